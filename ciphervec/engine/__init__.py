@@ -1,0 +1,1 @@
+"""The core: pure Python + numpy + faiss + cryptography. No boto3, no environment, no HTTP."""

@@ -1,0 +1,120 @@
+"""The only module that imports faiss or cupy, and picks CPU vs GPU once per process.
+
+``select(name)`` with ``auto`` (default), ``numpy`` or ``cupy``; ``auto`` takes CuPy when
+``cupy.is_available()`` and faiss GPU when ``faiss.get_num_gpus() > 0``. The rest of the
+engine receives a ``Backend`` and never imports either library itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("ciphervec.backend")
+
+try:
+    import faiss
+except ImportError:  # pragma: no cover - faiss is a hard dependency of the [cpu]/[gpu] extras
+    faiss = None
+
+
+@dataclass
+class Backend:
+    """Array module plus the handful of numeric kernels that differ per device."""
+
+    name: str
+    xp: Any
+    faiss_gpu: bool
+
+    def kmeans(
+        self, x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float
+    ) -> np.ndarray:
+        """Train ``k`` centroids on float32 rows ``x``; returns float32 ``(k, d)``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if faiss is not None:
+            km = faiss.Kmeans(
+                x.shape[1],
+                k,
+                niter=niter,
+                seed=seed,
+                spherical=spherical,
+                gpu=self.faiss_gpu,
+                verbose=False,
+                max_points_per_centroid=256,
+                min_points_per_centroid=1,
+            )
+            km.train(x)
+            return np.asarray(km.centroids, dtype=np.float32)
+        return _numpy_kmeans(x, k, niter=niter, seed=seed, spherical=spherical, tol=tol)
+
+    def nearest(self, x: np.ndarray, centroids: np.ndarray, k: int = 1) -> np.ndarray:
+        """Indices ``(n, k)`` of the ``k`` nearest centroids (L2) for each row of ``x``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) == 0:
+            return np.empty((0, k), dtype=np.int64)
+        if faiss is not None:
+            _, idx = faiss.knn(x, np.ascontiguousarray(centroids, dtype=np.float32), k)
+            return np.asarray(idx)
+        d2 = (centroids**2).sum(1)[None, :] - 2.0 * (x @ centroids.T)
+        if k == 1:
+            return d2.argmin(1)[:, None]
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(d2, part, 1).argsort(1)
+        return np.take_along_axis(part, order, 1)
+
+
+def _numpy_kmeans(
+    x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float
+) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cent = x[rng.choice(len(x), size=k, replace=False)].copy()
+    prev = np.inf
+    for _ in range(niter):
+        d2 = (cent**2).sum(1)[None, :] - 2.0 * (x @ cent.T)
+        assign = d2.argmin(1)
+        inertia = float(d2[np.arange(len(x)), assign].sum())
+        for j in range(k):
+            members = x[assign == j]
+            cent[j] = members.mean(0) if len(members) else x[rng.integers(len(x))]
+        if spherical:
+            cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        if abs(prev - inertia) <= tol * max(abs(prev), 1.0):
+            break
+        prev = inertia
+    return cent.astype(np.float32)
+
+
+_selected: Backend | None = None
+
+
+def select(name: str = "auto") -> Backend:
+    """Choose the backend once per process and log the choice."""
+    global _selected
+    if _selected is not None and name in ("auto", _selected.name):
+        return _selected
+    faiss_gpu = bool(faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
+    chosen: Backend
+    if name in ("auto", "cupy"):
+        try:
+            import cupy
+
+            if cupy.is_available():
+                chosen = Backend("cupy", cupy, faiss_gpu)
+            elif name == "cupy":
+                raise RuntimeError("CIPHERVEC_BACKEND=cupy but no CUDA device is available")
+            else:
+                chosen = Backend("numpy", np, faiss_gpu)
+        except ImportError:
+            if name == "cupy":
+                raise RuntimeError("CIPHERVEC_BACKEND=cupy but cupy is not installed") from None
+            chosen = Backend("numpy", np, faiss_gpu)
+    elif name == "numpy":
+        chosen = Backend("numpy", np, False)
+    else:
+        raise ValueError(f"unknown backend {name!r}; use auto, numpy or cupy")
+    log.info("array backend: %s (faiss %s)", chosen.name, "gpu" if chosen.faiss_gpu else "cpu")
+    _selected = chosen
+    return chosen

@@ -1,0 +1,95 @@
+"""One error tree for the whole engine.
+
+Every class carries the HTTP status the edge answers with; ``handlers/`` maps them in one
+place and never matches on message text.
+"""
+
+from __future__ import annotations
+
+
+class CipherVecError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    status = 500
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail or self.__class__.__name__
+
+
+class InvalidRequest(CipherVecError):
+    """The request is well-formed JSON but asks for something impossible (400)."""
+
+    status = 400
+
+
+class ValidationFailed(CipherVecError):
+    """The payload fails validation: dimensions, counts, encodings, ranges (422)."""
+
+    status = 422
+
+    def __init__(self, detail: str = "", loc: tuple[str | int, ...] = ("body",)) -> None:
+        super().__init__(detail)
+        self.loc = loc
+
+
+class Unauthorized(CipherVecError):
+    """Missing or unknown API key (401)."""
+
+    status = 401
+
+
+class WrongKey(Unauthorized):
+    """The ``index_key`` does not open this index (401); detected by AEAD authentication."""
+
+
+class Forbidden(CipherVecError):
+    """The API key is valid but lacks the permission for this call (403)."""
+
+    status = 403
+
+
+class IndexNotFound(CipherVecError):
+    """No such index in the caller's tenant (404)."""
+
+    status = 404
+
+
+class NotFound(CipherVecError):
+    """Some other addressed thing (a user, a route) does not exist (404)."""
+
+    status = 404
+
+
+class IndexExists(CipherVecError):
+    """An index of that name already exists (409)."""
+
+    status = 409
+
+
+class PayloadTooLarge(CipherVecError):
+    """A request or response exceeds a configured or platform size limit (413)."""
+
+    status = 413
+
+
+class Contention(CipherVecError):
+    """Concurrent writers kept winning the head; retry later (503 + Retry-After)."""
+
+    status = 503
+
+    def __init__(self, detail: str = "", retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class CorruptObject(CipherVecError):
+    """A stored object failed authentication under the right key: tampered or swapped (500)."""
+
+    status = 500
+
+
+class TrainingFailed(CipherVecError):
+    """An explicit training call could not complete (500)."""
+
+    status = 500

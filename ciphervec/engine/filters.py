@@ -1,0 +1,175 @@
+"""The metadata filter language (API.md §7), compiled to a predicate over one item.
+
+Mongo style: implicit equality ``{"f": v}``; ``$eq $ne $gt $gte $lt $lte $in $nin
+$exists $regex $contains``; logical ``$and $or $nor $not``; dotted paths reach nested
+fields. Numbers and booleans compare natively (``True`` is not ``1``). A field missing
+on an item matches ``$ne``/``$nin`` (and ``$exists: false``) and nothing else.
+Unknown operators raise ``InvalidRequest`` (400) at compile time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .errors import InvalidRequest
+
+Predicate = Callable[[dict[str, Any] | None], bool]
+_MISSING = object()
+_LOGICAL = {"$and", "$or", "$nor", "$not"}
+_FIELD_OPS = {
+    "$eq",
+    "$ne",
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$in",
+    "$nin",
+    "$exists",
+    "$regex",
+    "$contains",
+    "$not",
+    "$options",
+}
+
+
+def _lookup(item: dict[str, Any] | None, path: list[str]) -> Any:
+    value: Any = item
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)
+
+
+def _eq(value: Any, operand: Any) -> bool:
+    if _same(value, operand):
+        return True
+    return isinstance(value, list) and not isinstance(operand, list) and any(_same(v, operand) for v in value)
+
+
+def _orderable(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    numbers = (int, float)
+    return (isinstance(a, numbers) and isinstance(b, numbers)) or (isinstance(a, str) and isinstance(b, str))
+
+
+def _compare(op: str, operand: Any) -> Callable[[Any], bool]:
+    def test(value: Any) -> bool:
+        candidates = value if isinstance(value, list) else [value]
+        for v in candidates:
+            if _orderable(v, operand):
+                if op == "$gt" and v > operand:
+                    return True
+                if op == "$gte" and v >= operand:
+                    return True
+                if op == "$lt" and v < operand:
+                    return True
+                if op == "$lte" and v <= operand:
+                    return True
+        return False
+
+    return test
+
+
+def _field_op(op: str, operand: Any, spec: dict[str, Any]) -> Callable[[Any], bool]:
+    """A test on a field's value (``_MISSING`` when absent)."""
+    if op == "$eq":
+        return lambda v: v is not _MISSING and _eq(v, operand)
+    if op == "$ne":
+        return lambda v: v is _MISSING or not _eq(v, operand)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        cmp = _compare(op, operand)
+        return lambda v: v is not _MISSING and cmp(v)
+    if op in ("$in", "$nin"):
+        if not isinstance(operand, list):
+            raise InvalidRequest(f"{op} needs a list")
+
+        def member(v: Any) -> bool:
+            return v is not _MISSING and any(_eq(v, o) for o in operand)
+
+        return member if op == "$in" else (lambda v: not member(v))
+    if op == "$exists":
+        want = bool(operand)
+        return lambda v: (v is not _MISSING) == want
+    if op == "$regex":
+        flags = re.IGNORECASE if "i" in str(spec.get("$options", "")) else 0
+        try:
+            pattern = re.compile(str(operand), flags)
+        except re.error as exc:
+            raise InvalidRequest(f"invalid $regex: {exc}") from None
+        return lambda v: isinstance(v, str) and pattern.search(v) is not None
+    if op == "$contains":
+
+        def contains(v: Any) -> bool:
+            if isinstance(v, str) and isinstance(operand, str):
+                return operand in v
+            if isinstance(v, list):
+                return any(_same(x, operand) for x in v)
+            return False
+
+        return contains
+    if op == "$not":
+        inner = _field_tests(operand)
+        return lambda v: not inner(v)
+    if op == "$options":
+        return lambda v: True
+    raise InvalidRequest(f"unsupported filter operator: {op}")
+
+
+def _field_tests(spec: Any) -> Callable[[Any], bool]:
+    if isinstance(spec, dict) and spec and all(isinstance(k, str) and k.startswith("$") for k in spec):
+        for op in spec:
+            if op not in _FIELD_OPS:
+                raise InvalidRequest(f"unsupported filter operator: {op}")
+        tests = [_field_op(op, operand, spec) for op, operand in spec.items()]
+        return lambda v: all(t(v) for t in tests)
+    if isinstance(spec, dict) and any(isinstance(k, str) and k.startswith("$") for k in spec):
+        raise InvalidRequest("a field condition cannot mix operators and plain keys")
+    return _field_op("$eq", spec, {})
+
+
+def compile_filter(spec: Any) -> Predicate:
+    """Compile a filter document; ``{}``/``None`` matches everything."""
+    if spec is None:
+        return lambda item: True
+    if not isinstance(spec, dict):
+        raise InvalidRequest("filters must be a JSON object")
+    clauses: list[Predicate] = []
+    for key, value in spec.items():
+        if key.startswith("$"):
+            clauses.append(_logical(key, value))
+        else:
+            path = key.split(".")
+            test = _field_tests(value)
+            clauses.append(lambda item, p=path, t=test: t(_lookup(item, p)))
+    if not clauses:
+        return lambda item: True
+    if len(clauses) == 1:
+        return clauses[0]
+    return lambda item: all(c(item) for c in clauses)
+
+
+def _logical(op: str, value: Any) -> Predicate:
+    if op not in _LOGICAL:
+        raise InvalidRequest(f"unsupported filter operator: {op}")
+    if op == "$not":
+        inner = compile_filter(value)
+        return lambda item: not inner(item)
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(f"{op} needs a non-empty list of filters")
+    parts = [compile_filter(v) for v in value]
+    if op == "$and":
+        return lambda item: all(p(item) for p in parts)
+    if op == "$or":
+        return lambda item: any(p(item) for p in parts)
+    return lambda item: not any(p(item) for p in parts)

@@ -1,0 +1,90 @@
+"""IVF training: list count, k-means centroids, and the measured choice of ``n_probes``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import Backend
+from .search import scores, normalize
+
+MAX_LISTS = 65536
+RECALL_TARGET = 0.95
+# Aim a little above the promised recall: the estimate comes from a sample.
+RECALL_AIM = 0.97
+MAX_TRAINING_SAMPLE_PER_LIST = 256
+
+
+def auto_n_lists(count: int) -> int:
+    """√count rounded to a power of two, capped at 65,536 (API.md §6)."""
+    if count < 1:
+        return 1
+    return int(min(MAX_LISTS, 2 ** round(math.log2(math.sqrt(count)))))
+
+
+def train_centroids(
+    backend: Backend,
+    vectors: np.ndarray,
+    n_lists: int,
+    metric: str,
+    *,
+    max_iters: int,
+    tolerance: float,
+    seed: int = 1234,
+) -> np.ndarray:
+    """k-means on a sample of at most 256 rows per list (as faiss recommends)."""
+    rng = np.random.default_rng(seed)
+    limit = n_lists * MAX_TRAINING_SAMPLE_PER_LIST
+    sample = vectors if len(vectors) <= limit else vectors[rng.choice(len(vectors), limit, replace=False)]
+    if metric == "cosine":
+        sample = normalize(sample)
+    cent = backend.kmeans(
+        sample, n_lists, niter=max_iters, seed=seed, spherical=metric == "cosine", tol=tolerance
+    )
+    return normalize(cent).astype(np.float32) if metric == "cosine" else cent
+
+
+def choose_n_probes(
+    backend: Backend,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    metric: str,
+    *,
+    n_queries: int = 200,
+    k: int = 10,
+    seed: int = 4321,
+) -> tuple[int, float]:
+    """Smallest ``n_probes`` whose measured recall@k on sampled rows reaches the aim.
+
+    Each sampled row is a query; its exact top-k (itself excluded) is the truth. A
+    neighbour is found with ``p`` probes when its list is among the query's ``p``
+    nearest centroids, so one ranking of centroids gives recall for every ``p``.
+    Returns ``(n_probes, estimated recall)``.
+    """
+    n_lists = len(centroids)
+    if n_lists == 1 or len(vectors) <= k + 1:
+        return 1, 1.0
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)
+    queries = vectors[picks]
+    probe_space = normalize(queries) if metric == "cosine" else queries
+    ranking = backend.nearest(probe_space, centroids, k=n_lists)
+    rank_of = np.empty_like(ranking)
+    rank_of[np.arange(len(picks))[:, None], ranking] = np.arange(n_lists)[None, :]
+    hits = np.zeros(n_lists + 1, dtype=np.float64)
+    sqnorms = np.einsum("ij,ij->i", vectors, vectors)
+    qsq = sqnorms[picks]
+    step = max(1, (1 << 24) // len(vectors))
+    for lo in range(0, len(picks), step):
+        sl = slice(lo, lo + step)
+        dist = scores(metric, queries[sl], qsq[sl], vectors, sqnorms)
+        dist[np.arange(dist.shape[0]), picks[sl]] = np.inf
+        truth = np.argpartition(dist, k, axis=1)[:, :k]
+        ranks = np.take_along_axis(rank_of[sl], labels[truth], axis=1)
+        hits += np.bincount(ranks.ravel() + 1, minlength=n_lists + 1)
+    recall = np.cumsum(hits)[1:] / (len(picks) * k)
+    reach = np.flatnonzero(recall >= RECALL_AIM)
+    p = int(reach[0]) + 1 if len(reach) else n_lists
+    return p, float(recall[p - 1])

@@ -1,0 +1,194 @@
+"""The index head: the one mutable object of an index, and the commit protocol.
+
+Head layout::
+
+    0   4   magic b"CVH1"
+    4   4   envelope length E (uint32 little-endian)
+    8   E   envelope: plaintext UTF-8 JSON, nothing secret —
+            {"v": 1, "uid": index instance id, "generation": g, "key_mode": "client"|"kms",
+             "kms_name": str|null, "wrapped_dek": base64, "training": null|{...}}
+    8+E ..  body: the JSON of ``HeadBody`` sealed by ``IndexCipher`` under the object name
+            "head@<uid>@<generation>", so a body cannot be paired with another envelope.
+
+Commit protocol (DESIGN.md §4): write immutable objects with ``put_if_absent`` first,
+then read the head with its tag, apply the change, write it back with
+``put_if_match``; on ``StoreConflict`` re-read and retry with jittered backoff; after a
+bounded number of tries raise ``Contention`` (503). Acknowledge only after success.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .crypto import IndexCipher
+from .errors import Contention, CorruptObject, IndexNotFound
+from .ports import BlobNotFound, BlobStore, StoreConflict
+
+MAGIC = b"CVH1"
+VERSION = 1
+
+
+@dataclass
+class Envelope:
+    """The plaintext part of a head."""
+
+    uid: str
+    generation: int
+    key_mode: str  # "client" | "kms"
+    wrapped_dek: bytes
+    kms_name: str | None = None
+    training: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "v": VERSION,
+                "uid": self.uid,
+                "generation": self.generation,
+                "key_mode": self.key_mode,
+                "kms_name": self.kms_name,
+                "wrapped_dek": base64.b64encode(self.wrapped_dek).decode(),
+                "training": self.training,
+            }
+        ).encode()
+
+
+@dataclass
+class SegmentRef:
+    name: str
+    seq: int
+    kind: str
+    rows: int
+
+
+@dataclass
+class Centroids:
+    name: str
+    n_lists: int
+    auto_n_probes: int
+    trained_rows: int
+    trained_at: float
+    measured_recall: float | None = None
+
+
+@dataclass
+class HeadBody:
+    """The sealed part of a head: configuration and the live object list."""
+
+    config: dict[str, Any]
+    next_seq: int = 1
+    segments: list[SegmentRef] = field(default_factory=list)
+    centroids: Centroids | None = None
+    retired: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> HeadBody:
+        data = json.loads(raw)
+        return cls(
+            config=data["config"],
+            next_seq=data["next_seq"],
+            segments=[SegmentRef(**s) for s in data["segments"]],
+            centroids=Centroids(**data["centroids"]) if data["centroids"] else None,
+            retired=data["retired"],
+        )
+
+
+def body_name(envelope: Envelope) -> str:
+    return f"head@{envelope.uid}@{envelope.generation}"
+
+
+def parse_envelope(raw: bytes) -> tuple[Envelope, bytes]:
+    """Split a head into its envelope and the still-sealed body."""
+    try:
+        if raw[:4] != MAGIC:
+            raise ValueError("bad magic")
+        (elen,) = struct.unpack_from("<I", raw, 4)
+        data = json.loads(raw[8 : 8 + elen])
+        if data["v"] != VERSION:
+            raise ValueError(f"unsupported head version {data['v']}")
+        env = Envelope(
+            uid=data["uid"],
+            generation=int(data["generation"]),
+            key_mode=data["key_mode"],
+            wrapped_dek=base64.b64decode(data["wrapped_dek"]),
+            kms_name=data.get("kms_name"),
+            training=data.get("training"),
+        )
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptObject(f"index head is malformed: {exc}") from None
+    return env, raw[8 + elen :]
+
+
+def seal_head(envelope: Envelope, body: HeadBody, cipher: IndexCipher) -> bytes:
+    env = envelope.to_json()
+    sealed = cipher.encrypt(body_name(envelope), body.to_json())
+    return MAGIC + struct.pack("<I", len(env)) + env + sealed
+
+
+def open_body(envelope: Envelope, sealed: bytes, cipher: IndexCipher) -> HeadBody:
+    return HeadBody.from_json(cipher.decrypt(body_name(envelope), sealed))
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded, jittered exponential backoff for head compare-and-swap."""
+
+    attempts: int = 12
+    base_delay: float = 0.01
+    max_delay: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+
+    def pause(self, attempt: int) -> None:
+        cap = min(self.max_delay, self.base_delay * (2**attempt))
+        self.sleep(random.uniform(0, cap))
+
+
+Mutation = Callable[[Envelope, HeadBody], Any]
+
+
+def commit(
+    store: BlobStore,
+    head_key: str,
+    cipher: IndexCipher,
+    mutate: Mutation,
+    retry: RetryPolicy,
+    expected_uid: str,
+) -> tuple[Envelope, HeadBody, Any, str]:
+    """Apply ``mutate`` to the current head and CAS it back; retry on lost races.
+
+    ``mutate`` edits the envelope/body in place and returns a value passed back to the
+    caller; it may raise to abort (nothing is written). It runs once per attempt, on a
+    freshly read head, so it must derive everything from what it is given.
+    """
+    for attempt in range(retry.attempts):
+        try:
+            got = store.get(head_key)
+        except BlobNotFound:
+            raise IndexNotFound("index not found") from None
+        assert got is not None
+        raw, etag = got
+        envelope, sealed = parse_envelope(raw)
+        if envelope.uid != expected_uid:
+            raise IndexNotFound("index was deleted or replaced")
+        body = open_body(envelope, sealed, cipher)
+        outcome = mutate(envelope, body)
+        envelope.generation += 1
+        try:
+            new_etag = store.put_if_match(head_key, seal_head(envelope, body, cipher), etag)
+        except StoreConflict:
+            retry.pause(attempt)
+            continue
+        except BlobNotFound:
+            raise IndexNotFound("index not found") from None
+        return envelope, body, outcome, new_etag
+    raise Contention("too many concurrent writers on this index; retry shortly", retry_after=1)

@@ -1,0 +1,105 @@
+"""Typed inputs and outputs of the use cases (independent of the wire format)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidRequest, ValidationFailed
+from .search import METRICS
+
+PRECISIONS = ("float32", "float16")
+INCLUDABLE = ("distance", "metadata", "vector", "contents")
+MAX_NAME_BYTES = 255
+
+
+def check_index_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("index_name must be a non-empty string")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidRequest(f"index_name is longer than {MAX_NAME_BYTES} bytes")
+    return name
+
+
+@dataclass
+class IndexConfig:
+    """What an index is created with. Defaults match the CyborgDB service."""
+
+    dimension: int = 0  # 0: detected from the first upsert
+    metric: str = "euclidean"  # true L2 distance
+    storage_precision: str = "float32"
+    metadata_schema: dict[str, Any] = field(default_factory=dict)
+    index_type: str = "ivfflat"  # reported for legacy SDKs; the engine is IVF-Flat
+    index_config: dict[str, Any] = field(default_factory=dict)
+    embedding_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dimension, int) or self.dimension < 0:
+            raise InvalidRequest("dimension must be a non-negative integer")
+        if self.metric not in METRICS:
+            raise InvalidRequest(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        if self.storage_precision not in PRECISIONS:
+            raise InvalidRequest(
+                f"storage_precision {self.storage_precision!r} is not supported; "
+                f"use one of {', '.join(PRECISIONS)}"
+            )
+
+
+@dataclass
+class RowBatch:
+    """Rows of one upsert, validated: ids are strings, vectors finite float32 (n, d)."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    metadata: list[dict[str, Any] | None] | None = None
+    contents: list[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if n == 0:
+            raise ValidationFailed("at least one item is required", ("body", "ids"))
+        if any(not isinstance(i, str) or not i for i in self.ids):
+            raise ValidationFailed("every id must be a non-empty string", ("body", "ids"))
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n:
+            raise ValidationFailed(
+                f"{n} ids but {self.vectors.shape[0] if self.vectors.ndim else 0} vectors",
+                ("body", "vectors"),
+            )
+        if self.vectors.shape[1] < 1:
+            raise ValidationFailed("vectors must have at least one dimension", ("body", "vectors"))
+        if not np.isfinite(self.vectors).all():
+            raise ValidationFailed("vectors must not contain NaN or Inf", ("body", "vectors"))
+        for name, values in (("metadata", self.metadata), ("contents", self.contents)):
+            if values is not None and len(values) != n:
+                raise ValidationFailed(f"{n} ids but {len(values)} {name} entries", ("body", name))
+        if self.metadata is not None:
+            if any(m is not None and not isinstance(m, dict) for m in self.metadata):
+                raise ValidationFailed("metadata entries must be JSON objects", ("body", "metadata"))
+            self.metadata = [m if m else None for m in self.metadata]
+        if self.contents is not None:
+            if any(c is not None and not isinstance(c, str) for c in self.contents):
+                raise ValidationFailed("contents entries must be strings", ("body", "contents"))
+            self.contents = [c if c else None for c in self.contents]
+
+    @property
+    def dimension(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+@dataclass
+class UpsertResult:
+    upserted: int
+    total: int
+    training_triggered: bool = False
+    threshold: int = 0
+
+
+@dataclass
+class TrainResult:
+    trained: bool
+    message: str
+    n_lists: int = 1
+    n_probes: int = 1
+    recall_estimate: float | None = None

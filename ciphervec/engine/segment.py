@@ -1,0 +1,113 @@
+"""Plaintext byte format of segments (before sealing by ``crypto.IndexCipher``).
+
+A segment is an immutable batch of rows: either upserted rows (ids, vectors, optional
+metadata and contents) or tombstones (ids only). Compaction writes a *snapshot*
+segment holding every live row of an index as of a sequence number.
+
+Layout, format version 1::
+
+    0   4   magic b"CVS1"
+    4   4   header length H (uint32, little-endian)
+    8   H   header: UTF-8 JSON {"v": 1, "kind": "upsert"|"delete"|"snapshot",
+            "n": rows, "d": dimension, "dtype": "float32"|"float16",
+            "sizes": [ids, metadata, contents, vectors]}   (byte sizes of the sections)
+    ..      ids       JSON array of strings
+    ..      metadata  JSON array of objects or null        (empty when absent)
+    ..      contents  JSON array of strings or null        (empty when absent)
+    ..      vectors   n*d little-endian floats, C order     (empty for tombstones)
+
+JSON arrays keep the per-row work inside the C JSON codec; vectors stay raw.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptObject
+
+MAGIC = b"CVS1"
+VERSION = 1
+KINDS = ("upsert", "delete", "snapshot")
+_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+@dataclass
+class Segment:
+    """Rows of one write. ``vectors`` is float32 ``(n, d)``; None for tombstones."""
+
+    kind: str
+    ids: list[str]
+    vectors: np.ndarray | None = None
+    metadata: list[dict[str, Any] | None] | None = None
+    contents: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _dump(values: list[Any] | None) -> bytes:
+    if values is None or not any(v is not None for v in values):
+        return b""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode(segment: Segment, dtype: str = "float32") -> bytes:
+    """Serialise a segment. ``dtype`` is the storage precision of the vectors."""
+    if segment.kind not in KINDS:
+        raise ValueError(f"unknown segment kind {segment.kind!r}")
+    ids = json.dumps(segment.ids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    metadata = _dump(segment.metadata)
+    contents = _dump(segment.contents)
+    if segment.vectors is None:
+        vectors, d = b"", 0
+    else:
+        vectors = np.ascontiguousarray(segment.vectors, dtype=_DTYPES[dtype]).tobytes()
+        d = int(segment.vectors.shape[1])
+    header = json.dumps(
+        {
+            "v": VERSION,
+            "kind": segment.kind,
+            "n": len(segment.ids),
+            "d": d,
+            "dtype": dtype,
+            "sizes": [len(ids), len(metadata), len(contents), len(vectors)],
+        }
+    ).encode()
+    return b"".join([MAGIC, struct.pack("<I", len(header)), header, ids, metadata, contents, vectors])
+
+
+def decode(data: bytes) -> Segment:
+    """Parse bytes written by ``encode``; anything malformed raises ``CorruptObject``."""
+    try:
+        if data[:4] != MAGIC:
+            raise ValueError("bad magic")
+        (hlen,) = struct.unpack_from("<I", data, 4)
+        header = json.loads(data[8 : 8 + hlen])
+        if header["v"] != VERSION or header["kind"] not in KINDS:
+            raise ValueError("unsupported version or kind")
+        n, d = int(header["n"]), int(header["d"])
+        sizes = header["sizes"]
+        offset = 8 + hlen
+        parts = []
+        for size in sizes:
+            parts.append(memoryview(data)[offset : offset + size])
+            offset += size
+        if offset != len(data):
+            raise ValueError("section sizes do not add up")
+        ids = json.loads(bytes(parts[0]))
+        metadata = json.loads(bytes(parts[1])) if sizes[1] else None
+        contents = json.loads(bytes(parts[2])) if sizes[2] else None
+        vectors = None
+        if sizes[3]:
+            raw = np.frombuffer(parts[3], dtype=_DTYPES[header["dtype"]])
+            vectors = raw.reshape(n, d).astype(np.float32)
+        if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):
+            raise ValueError("row counts disagree")
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptObject(f"segment is malformed: {exc}") from None
+    return Segment(header["kind"], ids, vectors, metadata, contents)

@@ -1,0 +1,687 @@
+"""IndexService: the use cases (create, upsert, query, get, delete, train, ...).
+
+Every call re-reads the index head (a conditional GET when warm), proves the caller's
+key by unwrapping the data key, brings the in-memory state up to the head by applying
+any segments it has not seen, and only then reads or writes. Writes follow the commit
+protocol of ``manifest.commit`` and are acknowledged only after the head CAS succeeded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from . import crypto, kmeans, segment
+from .backend import Backend, select
+from .errors import (
+    CipherVecError,
+    Contention,
+    IndexExists,
+    IndexNotFound,
+    InvalidRequest,
+    TrainingFailed,
+    Unauthorized,
+    ValidationFailed,
+)
+from .filters import compile_filter
+from .manifest import (
+    Centroids,
+    Envelope,
+    HeadBody,
+    RetryPolicy,
+    SegmentRef,
+    commit,
+    open_body,
+    parse_envelope,
+    seal_head,
+)
+from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name
+from .ports import BlobNotFound, BlobStore, KeyWrapper, StoreConflict
+from .search import knn, normalize
+from .segment import Segment
+from .state import IndexState
+
+TRAINING_STALE_SECONDS = 3600.0
+
+
+def new_id() -> str:
+    """Time-ordered unique object id: 16 hex digits of nanoseconds + 16 random."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
+
+
+@dataclass
+class _Head:
+    """A verified, decrypted head as of one read."""
+
+    tenant: str
+    name: str
+    root: str
+    etag: str
+    envelope: Envelope
+    body: HeadBody
+    cipher: crypto.IndexCipher
+    dek: bytes
+
+
+class IndexService:
+    """The use cases of ciphervec over a ``BlobStore``."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        key_wrapper: KeyWrapper | None = None,
+        *,
+        prefix: str = "",
+        train_threshold: int = 65536,
+        backend: Backend | None = None,
+        retry: RetryPolicy | None = None,
+        cache_bytes: int = 8 << 30,
+        retire_grace_seconds: float = 900.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.key_wrapper = key_wrapper
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.train_threshold = train_threshold
+        self.backend = backend or select("auto")
+        self.retry = retry or RetryPolicy()
+        self.cache_bytes = cache_bytes
+        self.retire_grace = retire_grace_seconds
+        self.clock = clock
+        self._heads: dict[tuple[str, str], _Head] = {}
+        self._kms_deks: dict[bytes, bytes] = {}
+        self._states: OrderedDict[tuple[str, str], tuple[str, IndexState, list[str]]] = OrderedDict()
+        self._locks: dict[tuple[str, str], threading.RLock] = {}
+        self._commit_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # -- paths and locks ---------------------------------------------------------
+    def _tenant_root(self, tenant: str) -> str:
+        return f"{self.prefix}{_escape(tenant)}/"
+
+    def _root(self, tenant: str, name: str) -> str:
+        return f"{self._tenant_root(tenant)}{_escape(name)}/"
+
+    def _lock(self, key: tuple[str, str], table: dict[Any, Any], factory: Any) -> Any:
+        with self._guard:
+            if key not in table:
+                table[key] = factory()
+            return table[key]
+
+    # -- keys ----------------------------------------------------------------------
+    def _kms_context(self, tenant: str, name: str) -> dict[str, str]:
+        return {"purpose": "ciphervec-dek", "tenant": tenant, "index": name}
+
+    def _unwrap(self, tenant: str, name: str, env: Envelope, kek: bytes | None) -> bytes:
+        if env.key_mode == "kms":
+            if self.key_wrapper is None or env.kms_name is None:
+                raise InvalidRequest("this index uses a server-managed key, but no KMS is configured")
+            cached = self._kms_deks.get(env.wrapped_dek)
+            if cached is None:
+                cached = self.key_wrapper.unwrap(
+                    env.kms_name, env.wrapped_dek, self._kms_context(tenant, name)
+                )
+                self._kms_deks[env.wrapped_dek] = cached
+            return cached
+        if kek is None:
+            raise Unauthorized("index_key is required for this index")
+        return crypto.unwrap_data_key(kek, env.wrapped_dek, tenant, name)
+
+    # -- opening -------------------------------------------------------------------
+    def _open(self, tenant: str, name: str, kek: bytes | None) -> _Head:
+        """Read the head (cheaply when unchanged) and prove the caller's key."""
+        check_index_name(name)
+        key = (tenant, name)
+        root = self._root(tenant, name)
+        cached = self._heads.get(key)
+        try:
+            got = self.store.get(root + "head", if_none_match=cached.etag if cached else None)
+        except BlobNotFound:
+            self._forget(key)
+            raise IndexNotFound(f"Index '{name}' not found") from None
+        if got is None and cached is not None:
+            dek = self._unwrap(tenant, name, cached.envelope, kek)
+            if dek != cached.dek:  # pragma: no cover - AEAD already rejects other keys
+                raise Unauthorized("index_key does not open this index")
+            return cached
+        assert got is not None
+        raw, etag = got
+        env, sealed = parse_envelope(raw)
+        dek = self._unwrap(tenant, name, env, kek)
+        cipher = crypto.IndexCipher(dek, tenant, name)
+        head = _Head(tenant, name, root, etag, env, open_body(env, sealed, cipher), cipher, dek)
+        self._heads[key] = head
+        return head
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._heads.pop(key, None)
+        with self._guard:
+            self._states.pop(key, None)
+
+    def _read_object(self, head: _Head, name: str) -> bytes:
+        try:
+            got = self.store.get(head.root + name)
+        except BlobNotFound:
+            raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
+        assert got is not None
+        return head.cipher.decrypt(name, got[0])
+
+    def _write_object(self, head: _Head, name: str, plaintext: bytes) -> None:
+        self.store.put_if_absent(head.root + name, head.cipher.encrypt(name, plaintext))
+
+    def _assigner(self, metric: str, centroids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def assign(x: np.ndarray) -> np.ndarray:
+            space = normalize(x) if metric == "cosine" else x
+            return self.backend.nearest(space, centroids, 1)[:, 0]
+
+        return assign
+
+    def _sync(self, head: _Head) -> IndexState:
+        """Bring the cached state up to ``head``: apply new segments, or rebuild."""
+        key = (head.tenant, head.name)
+        names = [s.name for s in head.body.segments]
+        with self._guard:
+            entry = self._states.get(key)
+            if entry is not None:
+                self._states.move_to_end(key)
+        if entry is not None and entry[0] == head.envelope.uid and entry[2][: len(names)] == names:
+            if len(entry[2]) > len(names):  # another request already applied a newer head
+                return entry[1]
+        if entry is not None and entry[0] == head.envelope.uid and names[: len(entry[2])] == entry[2]:
+            uid, state, applied = entry
+        else:
+            state, applied = IndexState(int(head.body.config["dimension"])), []
+        todo = head.body.segments[len(applied) :]
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+                blobs = pool.map(lambda ref: segment.decode(self._read_object(head, ref.name)), todo)
+                for ref, seg in zip(todo, blobs, strict=True):
+                    state.apply(seg, ref.seq)
+                    applied.append(ref.name)
+        cent = head.body.centroids
+        if (cent.name if cent else None) != state.centroids_name:
+            if cent is None:
+                state.set_centroids(None, None, None)
+            else:
+                arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
+                metric = head.body.config["metric"]
+                state.set_centroids(cent.name, arr, self._assigner(metric, arr))
+        with self._guard:
+            self._states[key] = (head.envelope.uid, state, applied)
+            self._states.move_to_end(key)
+            self._evict()
+        return state
+
+    def _evict(self) -> None:
+        total = sum(s.nbytes() for _, s, _ in self._states.values())
+        while total > self.cache_bytes and len(self._states) > 1:
+            _, (_, state, _) = self._states.popitem(last=False)
+            total -= state.nbytes()
+
+    def _state(self, tenant: str, name: str, kek: bytes | None) -> tuple[_Head, IndexState, Any]:
+        """Open, lock and sync; the caller holds the returned lock while reading."""
+        head = self._open(tenant, name, kek)
+        lock = self._lock((tenant, name), self._locks, threading.RLock)
+        lock.acquire()
+        try:
+            return head, self._sync(head), lock
+        except BaseException:
+            lock.release()
+            raise
+
+    # -- index lifecycle -------------------------------------------------------------
+    def create_index(
+        self,
+        tenant: str,
+        name: str,
+        config: IndexConfig,
+        *,
+        kek: bytes | None = None,
+        kms_name: str | None = None,
+    ) -> None:
+        check_index_name(name)
+        if (kek is None) == (kms_name is None):
+            raise InvalidRequest("give exactly one of index_key and kms_name")
+        dek = crypto.new_data_key()
+        if kek is not None:
+            env = Envelope(new_id(), 1, "client", crypto.wrap_data_key(kek, dek, tenant, name))
+        else:
+            if self.key_wrapper is None:
+                raise InvalidRequest("kms_name given, but this server has no KMS configured")
+            assert kms_name is not None
+            wrapped = self.key_wrapper.wrap(kms_name, dek, self._kms_context(tenant, name))
+            env = Envelope(new_id(), 1, "kms", wrapped, kms_name=kms_name)
+        body = HeadBody(config=asdict(config))
+        cipher = crypto.IndexCipher(dek, tenant, name)
+        root = self._root(tenant, name)
+        try:
+            self.store.put_if_absent(root + "head", seal_head(env, body, cipher))
+        except StoreConflict:
+            raise IndexExists(f"Index '{name}' already exists") from None
+        self._forget((tenant, name))
+
+    def describe(self, tenant: str, name: str, kek: bytes | None) -> dict[str, Any]:
+        head = self._open(tenant, name, kek)
+        cfg, cent = head.body.config, head.body.centroids
+        n_lists = cent.n_lists if cent else 1
+        legacy = dict(cfg.get("index_config") or {})
+        legacy.update({"type": cfg.get("index_type", "ivfflat"), "dimension": cfg["dimension"]})
+        legacy.update({"n_lists": n_lists, "metric": cfg["metric"]})
+        return {
+            "index_name": name,
+            "is_trained": cent is not None,
+            "dimension": int(cfg["dimension"]),
+            "metric": cfg["metric"],
+            "n_lists": n_lists,
+            "n_probes": cent.auto_n_probes if cent else 1,
+            "storage_precision": cfg.get("storage_precision", "float32"),
+            "metadata_schema": cfg.get("metadata_schema") or {},
+            "bm25": None,
+            "index_type": cfg.get("index_type", "ivfflat"),
+            "index_config": legacy,
+        }
+
+    def key_mode(self, tenant: str, name: str) -> str:
+        """``client`` or ``kms`` — readable without a key (it is in the plaintext envelope)."""
+        return self._envelope(tenant, name).key_mode
+
+    def _envelope(self, tenant: str, name: str) -> Envelope:
+        check_index_name(name)
+        try:
+            got = self.store.get(self._root(tenant, name) + "head")
+        except BlobNotFound:
+            raise IndexNotFound(f"Index '{name}' not found") from None
+        assert got is not None
+        return parse_envelope(got[0])[0]
+
+    def delete_index(self, tenant: str, name: str, kek: bytes | None) -> None:
+        head = self._open(tenant, name, kek)
+        self.store.delete(head.root + "head")
+        self._forget((tenant, name))
+        for key in list(self.store.list(head.root)):
+            self.store.delete(key)
+
+    def list_indexes(self, tenant: str) -> list[str]:
+        root = self._tenant_root(tenant)
+        names = []
+        for key in self.store.list(root):
+            rest = key[len(root) :]
+            part, _, leaf = rest.partition("/")
+            if leaf == "head":
+                names.append(unquote(part))
+        return sorted(names)
+
+    def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
+        """``(name, state)`` of this tenant's indexes queued or running training."""
+        out = []
+        for name in self.list_indexes(tenant):
+            try:
+                env = self._envelope(tenant, name)
+            except CipherVecError:
+                continue
+            if self._training_active(env):
+                assert env.training is not None
+                out.append((name, str(env.training.get("state"))))
+        return out
+
+    def _training_active(self, env: Envelope) -> bool:
+        t = env.training
+        return bool(t) and self.clock() - float(t.get("since", 0)) < TRAINING_STALE_SECONDS  # type: ignore[union-attr]
+
+    # -- writes ----------------------------------------------------------------------
+    def _commit(self, head: _Head, mutate: Callable[[Envelope, HeadBody], Any]) -> Any:
+        key = (head.tenant, head.name)
+        with self._lock(key, self._commit_locks, threading.Lock):
+            env, body, outcome, etag = commit(
+                self.store, head.root + "head", head.cipher, mutate, self.retry, head.envelope.uid
+            )
+        self._heads[key] = _Head(head.tenant, head.name, head.root, etag, env, body, head.cipher, head.dek)
+        return outcome
+
+    def _write_segment(
+        self, head: _Head, seg: Segment, mutate: Callable[[Envelope, HeadBody, int], Any]
+    ) -> Any:
+        """Write ``seg`` immutably, then commit it to the head; clean up if the commit fails."""
+        name = f"seg/{new_id()}"
+        precision = head.body.config.get("storage_precision", "float32")
+        self._write_object(head, name, segment.encode(seg, precision))
+
+        def add(env: Envelope, body: HeadBody) -> Any:
+            seq = body.next_seq
+            outcome = mutate(env, body, seq)
+            body.next_seq += 1
+            body.segments.append(SegmentRef(name, seq, seg.kind, len(seg)))
+            return outcome
+
+        try:
+            return self._commit(head, add)
+        except BaseException:
+            self.store.delete(head.root + name)
+            raise
+
+    def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
+        head, state, lock = self._state(tenant, name, kek)
+        try:
+            known = int(head.body.config["dimension"])
+            if known and known != batch.dimension:
+                raise ValidationFailed(
+                    f"vector dimension {batch.dimension} does not match the index dimension {known}",
+                    ("body", "vectors"),
+                )
+            fresh = len(set(batch.ids).difference(state.pos))
+            estimate = state.live + fresh
+        finally:
+            lock.release()
+        seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
+
+        def mutate(env: Envelope, body: HeadBody, seq: int) -> bool:
+            dim = int(body.config["dimension"])
+            if dim and dim != batch.dimension:
+                raise ValidationFailed(
+                    f"vector dimension {batch.dimension} does not match the index dimension {dim}",
+                    ("body", "vectors"),
+                )
+            body.config["dimension"] = batch.dimension
+            return self._maybe_queue_training(env, body, estimate)
+
+        triggered = self._write_segment(head, seg, mutate)
+        return UpsertResult(len(batch.ids), estimate, bool(triggered), self.train_threshold)
+
+    def _maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
+        if count <= self.train_threshold or self._training_active(env):
+            return False
+        cent = body.centroids
+        if cent is not None and kmeans.auto_n_lists(count) <= cent.n_lists:
+            return False
+        env.training = {"state": "queued", "since": self.clock(), "count": count}
+        return True
+
+    def delete_vectors(self, tenant: str, name: str, kek: bytes | None, ids: list[str]) -> int:
+        if any(not isinstance(i, str) for i in ids):
+            raise ValidationFailed("ids must be strings", ("body", "ids"))
+        head = self._open(tenant, name, kek)
+        if ids:
+            self._write_segment(head, Segment("delete", list(ids)), lambda env, body, seq: None)
+        return len(ids)
+
+    # -- reads -----------------------------------------------------------------------
+    def num_vectors(self, tenant: str, name: str, kek: bytes | None) -> int:
+        _, state, lock = self._state(tenant, name, kek)
+        try:
+            return state.live
+        finally:
+            lock.release()
+
+    def list_ids(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
+        _, state, lock = self._state(tenant, name, kek)
+        try:
+            return [state.ids[r] for r in state.live_rows().tolist()]
+        finally:
+            lock.release()
+
+    def get(
+        self, tenant: str, name: str, kek: bytes | None, ids: list[str], include: list[str]
+    ) -> list[dict[str, Any]]:
+        _, state, lock = self._state(tenant, name, kek)
+        try:
+            out = []
+            for i in ids:
+                row = state.pos.get(i)
+                if row is None:
+                    continue
+                item: dict[str, Any] = {"id": i}
+                if "vector" in include:
+                    item["vector"] = state.vectors[row].tolist()
+                if "contents" in include:
+                    item["contents"] = state.contents[row] or ""
+                if "metadata" in include:
+                    item["metadata"] = state.metadata[row] or {}
+                out.append(item)
+            return out
+        finally:
+            lock.release()
+
+    def _filter_mask(self, state: IndexState, filters: Any) -> np.ndarray | None:
+        if not filters:
+            return None
+        predicate = compile_filter(filters)
+        key = ("filter", json.dumps(filters, sort_keys=True, default=str))
+        return state.cached(  # type: ignore[no-any-return]
+            key,
+            lambda: np.fromiter((predicate(m) for m in state.metadata), dtype=bool, count=state.n_rows),
+        )
+
+    def query(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        queries: np.ndarray,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Nearest neighbours for each row of ``queries`` (float32 ``(m, d)``)."""
+        if filters:
+            compile_filter(filters)  # 400 on a bad filter before touching the index
+        if not np.isfinite(queries).all():
+            raise ValidationFailed("query vectors must not contain NaN or Inf", ("body", "query_vectors"))
+        include = include or []
+        head, state, lock = self._state(tenant, name, kek)
+        try:
+            dim = int(head.body.config["dimension"])
+            if dim and queries.shape[1] != dim:
+                raise ValidationFailed(
+                    f"query dimension {queries.shape[1]} does not match the index dimension {dim}",
+                    ("body", "query_vectors"),
+                )
+            if state.live == 0 or not dim:
+                return [[] for _ in range(len(queries))]
+            metric = head.body.config["metric"]
+            mask = self._filter_mask(state, filters)
+            cent = head.body.centroids
+            probes = n_probes or (cent.auto_n_probes if cent else 1)
+            probe = None
+            if cent is not None and state.centroids is not None:
+                centroids = state.centroids
+                probes = max(1, min(probes, len(centroids)))
+
+                def probe(q: np.ndarray, p: int) -> np.ndarray:
+                    space = normalize(q) if metric == "cosine" else q
+                    return self.backend.nearest(space, centroids, p)
+
+                # A selective filter leaves few rows: scan them all instead of probing.
+                if mask is not None and int(mask.sum()) <= max(4096, 8 * top_k):
+                    probe = None
+            hits = knn(state, queries, top_k, metric, probes, mask, probe)
+            return [self._shape(state, rows, dist, include) for rows, dist in hits]
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _shape(
+        state: IndexState, rows: np.ndarray, dist: np.ndarray, include: list[str]
+    ) -> list[dict[str, Any]]:
+        out = []
+        for row, d in zip(rows.tolist(), dist.tolist(), strict=True):
+            item: dict[str, Any] = {"id": state.ids[row]}
+            if "distance" in include:
+                item["distance"] = float(d)
+            if "metadata" in include:
+                item["metadata"] = state.metadata[row] or {}
+            if "vector" in include:
+                item["vector"] = state.vectors[row].tolist()
+            if "contents" in include:
+                item["contents"] = state.contents[row] or ""
+            out.append(item)
+        return out
+
+    def query_metadata(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        filters: Any,
+        *,
+        top_k: int | None = None,
+        order_by: str | None = None,
+        ascending: bool = True,
+    ) -> list[str]:
+        compile_filter(filters)
+        _, state, lock = self._state(tenant, name, kek)
+        try:
+            rows = state.live_rows()
+            mask = self._filter_mask(state, filters)
+            if mask is not None:
+                rows = rows[mask[rows]]
+            ids = [state.ids[r] for r in rows.tolist()]
+            if order_by:
+                path = order_by.split(".")
+                keyed = [(_sort_key(state.metadata[r], path), i) for r, i in zip(rows.tolist(), ids, strict=True)]
+                present = sorted((k for k in keyed if k[0] is not None), key=lambda k: k[0], reverse=not ascending)
+                ids = [i for _, i in present] + [i for k, i in keyed if k is None]
+            return ids if top_k is None else ids[:top_k]
+        finally:
+            lock.release()
+
+    # -- training ----------------------------------------------------------------------
+    def set_training(self, tenant: str, name: str, kek: bytes | None, state: str | None) -> None:
+        """Record ``queued``/``running``/``None`` in the head so every container sees it."""
+        head = self._open(tenant, name, kek)
+
+        def mark(env: Envelope, body: HeadBody) -> None:
+            env.training = {"state": state, "since": self.clock()} if state else None
+
+        self._commit(head, mark)
+
+    def train(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        *,
+        n_lists: int | None = None,
+        max_iters: int = 100,
+        tolerance: float = 1e-6,
+    ) -> TrainResult:
+        """Train (or retrain) IVF centroids and compact all segments into one snapshot."""
+        head, state, lock = self._state(tenant, name, kek)
+        try:
+            metric = head.body.config["metric"]
+            live = state.live_rows()
+            count = len(live)
+            hint = (head.body.config.get("index_config") or {}).get("n_lists")
+            lists = int(n_lists or hint or kmeans.auto_n_lists(count))
+            if lists < 1:
+                raise InvalidRequest("n_lists must be at least 1")
+            if count < max(2 * lists, 2):
+                self.set_training(tenant, name, kek, None)
+                return TrainResult(
+                    False,
+                    f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
+                    f"{max(2 * lists, 2)}. Queries stay exact.",
+                )
+            vectors = state.vectors[live]
+            snap = state.snapshot()
+            applied = list(self._states[(tenant, name)][2])
+            seq = state.applied_seq
+        finally:
+            lock.release()
+        try:
+            centroids = kmeans.train_centroids(
+                self.backend, vectors, lists, metric, max_iters=max_iters, tolerance=tolerance
+            )
+            labels = self._assigner(metric, centroids)(vectors)
+            probes, recall = kmeans.choose_n_probes(self.backend, vectors, labels, centroids, metric)
+        except CipherVecError:
+            raise
+        except Exception as exc:
+            raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
+        del vectors
+        cent_name, snap_name = f"run/{new_id()}", f"seg/{new_id()}"
+        buf = io.BytesIO()
+        np.save(buf, centroids, allow_pickle=False)
+        self._write_object(head, cent_name, buf.getvalue())
+        precision = head.body.config.get("storage_precision", "float32")
+        self._write_object(head, snap_name, segment.encode(snap, precision))
+        now = self.clock()
+
+        def swap(env: Envelope, body: HeadBody) -> None:
+            older = [s for s in body.segments if s.seq <= seq]
+            if [s.name for s in older] != applied:
+                raise Contention("the index was compacted concurrently; train again")
+            retired = [s.name for s in older] + ([body.centroids.name] if body.centroids else [])
+            body.retired.extend({"name": r, "at": now} for r in retired)
+            body.segments = [SegmentRef(snap_name, seq, "snapshot", len(snap))] + [
+                s for s in body.segments if s.seq > seq
+            ]
+            body.centroids = Centroids(cent_name, lists, probes, len(snap), now, round(recall, 4))
+            env.training = None
+
+        try:
+            self._commit(head, swap)
+        except BaseException:
+            self.store.delete(head.root + cent_name)
+            self.store.delete(head.root + snap_name)
+            raise
+        self.sweep(tenant, name, kek)
+        return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
+
+    def sweep(self, tenant: str, name: str, kek: bytes | None) -> int:
+        """Delete retired objects past the grace period, and old uncommitted orphans."""
+        head = self._open(tenant, name, kek)
+        now = self.clock()
+        due = [r["name"] for r in head.body.retired if now - r["at"] >= self.retire_grace]
+        live = {s.name for s in head.body.segments}
+        if head.body.centroids:
+            live.add(head.body.centroids.name)
+        retired = {r["name"] for r in head.body.retired}
+        orphans = []
+        for key in self.store.list(head.root):
+            obj = key[len(head.root) :]
+            if obj == "head" or obj in live or obj in retired:
+                continue
+            born = int(obj.split("/")[-1][:16], 16) / 1e9 if "/" in obj else now
+            if now - born >= self.retire_grace:
+                orphans.append(obj)
+        if due:
+
+            def drop(env: Envelope, body: HeadBody) -> None:
+                body.retired = [r for r in body.retired if r["name"] not in due]
+
+            self._commit(head, drop)
+        for obj in due + orphans:
+            self.store.delete(head.root + obj)
+        return len(due) + len(orphans)
+
+
+def _escape(name: str) -> str:
+    """One path component: percent-encoded, never ``.`` or ``..``."""
+    escaped = quote(name, safe="")
+    return "%2E" + escaped[1:] if escaped.startswith(".") else escaped
+
+
+def _sort_key(item: dict[str, Any] | None, path: list[str]) -> Any:
+    value: Any = item
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool | int | float):
+        return (0, float(value), "")
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return None

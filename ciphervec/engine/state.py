@@ -1,0 +1,180 @@
+"""The decrypted, in-memory materialisation of one index in a warm container.
+
+Rows live in growable columnar arrays; an id maps to its current row; overwritten and
+deleted rows are marked dead and dropped at the next in-memory compaction. Segments
+are applied strictly in sequence order, so every container that has applied the same
+sequence prefix holds the same rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .segment import Segment
+
+
+class IndexState:
+    """Columnar rows of one index plus its IVF list assignment, if trained."""
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+        self.ids: list[str] = []
+        self.pos: dict[str, int] = {}
+        self.vectors = np.empty((0, max(dimension, 1)), dtype=np.float32)
+        self.sqnorms = np.empty(0, dtype=np.float32)
+        self.alive = np.empty(0, dtype=bool)
+        self.lists = np.empty(0, dtype=np.int32)
+        self.metadata: list[dict[str, Any] | None] = []
+        self.contents: list[str | None] = []
+        self.applied_seq = 0
+        self.snapshot_name: str | None = None
+        self.centroids: np.ndarray | None = None
+        self.centroids_name: str | None = None
+        self._assigner: Any = None
+        self.version = 0  # bumps on every change; keys derived caches
+        self._cache: dict[Any, Any] = {}
+
+    # -- sizes -------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    @property
+    def live(self) -> int:
+        return len(self.pos)
+
+    def nbytes(self) -> int:
+        return int(self.vectors.nbytes + self.sqnorms.nbytes + self.alive.nbytes + 64 * self.n_rows)
+
+    # -- mutation ----------------------------------------------------------------
+    def _grow(self, extra: int) -> None:
+        need = self.n_rows + extra
+        if need <= len(self.alive):
+            return
+        cap = max(need, int(len(self.alive) * 1.5) + 1024)
+        for name, shape in (
+            ("vectors", (cap, self.vectors.shape[1])),
+            ("sqnorms", (cap,)),
+            ("alive", (cap,)),
+            ("lists", (cap,)),
+        ):
+            old = getattr(self, name)
+            new = np.zeros(shape, dtype=old.dtype)
+            new[: self.n_rows] = old[: self.n_rows]
+            setattr(self, name, new)
+
+    def apply(self, segment: Segment, seq: int) -> None:
+        """Apply one committed segment (must be the next in sequence order)."""
+        self._cache.clear()
+        self.version += 1
+        self.applied_seq = max(self.applied_seq, seq)
+        if segment.kind == "delete":
+            dead = [r for r in (self.pos.pop(i, None) for i in segment.ids) if r is not None]
+            if dead:
+                self.alive[dead] = False
+            return
+        assert segment.vectors is not None
+        n = len(segment)
+        if self.dimension == 0 or self.vectors.shape[1] != segment.vectors.shape[1]:
+            self.dimension = int(segment.vectors.shape[1])
+            if self.n_rows == 0:
+                self.vectors = np.empty((0, self.dimension), dtype=np.float32)
+        self._grow(n)
+        start = self.n_rows
+        rows = np.arange(start, start + n)
+        old = [r for r in (self.pos.get(i) for i in segment.ids) if r is not None]
+        if old:
+            self.alive[old] = False
+        self.pos.update(zip(segment.ids, rows.tolist(), strict=True))
+        self.ids.extend(segment.ids)
+        self.vectors[start : start + n] = segment.vectors
+        self.sqnorms[start : start + n] = np.einsum("ij,ij->i", segment.vectors, segment.vectors)
+        if len(set(segment.ids)) == n:
+            self.alive[start : start + n] = True
+        else:  # duplicate ids in one write: the last one wins
+            current = np.fromiter((self.pos[i] for i in segment.ids), dtype=np.int64, count=n)
+            self.alive[start : start + n] = current == rows
+        self.metadata.extend(segment.metadata or [None] * n)
+        self.contents.extend(segment.contents or [None] * n)
+        self.lists[start : start + n] = -1
+        if self.centroids is not None:
+            self.assign(rows)
+
+    def set_centroids(self, name: str | None, centroids: np.ndarray | None, assigner: Any) -> None:
+        """Adopt trained centroids and assign every row to its list."""
+        self._assigner = assigner
+        self.centroids = centroids
+        self.centroids_name = name
+        self._cache.clear()
+        self.version += 1
+        if centroids is None:
+            self.lists[: self.n_rows] = -1
+        else:
+            self.assign(np.arange(self.n_rows))
+
+    def assign(self, rows: np.ndarray) -> None:
+        assert self.centroids is not None
+        chunk = 65536
+        for lo in range(0, len(rows), chunk):
+            part = rows[lo : lo + chunk]
+            self.lists[part] = self._assigner(self.vectors[part])
+
+    def compact(self) -> None:
+        """Drop dead rows from memory (row numbers change)."""
+        keep = np.flatnonzero(self.alive[: self.n_rows])
+        if len(keep) == self.n_rows:
+            return
+        self.vectors = self.vectors[keep].copy()
+        self.sqnorms = self.sqnorms[keep].copy()
+        self.lists = self.lists[keep].copy()
+        self.alive = np.ones(len(keep), dtype=bool)
+        self.ids = [self.ids[i] for i in keep]
+        self.metadata = [self.metadata[i] for i in keep]
+        self.contents = [self.contents[i] for i in keep]
+        self.pos = {i: r for r, i in enumerate(self.ids)}
+        self._cache.clear()
+        self.version += 1
+
+    # -- derived views (cached per version) --------------------------------------
+    def live_rows(self) -> np.ndarray:
+        """Row numbers of live rows, ascending."""
+        key = "live_rows"
+        if key not in self._cache:
+            self._cache[key] = np.flatnonzero(self.alive[: self.n_rows])
+        return self._cache[key]  # type: ignore[no-any-return]
+
+    def list_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, offsets)``: live rows grouped by list; list ``l`` is
+        ``rows[offsets[l]:offsets[l+1]]``."""
+        key = "list_rows"
+        if key not in self._cache:
+            assert self.centroids is not None
+            live = self.live_rows()
+            labels = self.lists[live]
+            order = np.argsort(labels, kind="stable")
+            counts = np.bincount(labels, minlength=len(self.centroids))
+            offsets = np.zeros(len(self.centroids) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            self._cache[key] = (live[order], offsets)
+        return self._cache[key]  # type: ignore[no-any-return]
+
+    def snapshot(self) -> Segment:
+        """Every live row as one segment (used by compaction)."""
+        live = self.live_rows()
+        metadata = [self.metadata[i] for i in live]
+        contents = [self.contents[i] for i in live]
+        return Segment(
+            "snapshot",
+            [self.ids[i] for i in live],
+            self.vectors[live].copy(),
+            metadata if any(m is not None for m in metadata) else None,
+            contents if any(c is not None for c in contents) else None,
+        )
+
+    def cached(self, key: Any, compute: Any) -> Any:
+        """Memoise ``compute()`` until the next change (e.g. a filter's row mask)."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
