@@ -1,0 +1,143 @@
+"""``ciphervec serve | keys`` for humans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from ..infra.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "store_uri": getattr(args, "store", None),
+        "keys_uri": getattr(args, "keys", None),
+    }
+    if getattr(args, "no_auth", False):
+        overrides["auth"] = False
+    if getattr(args, "max_body_mb", None):
+        overrides["max_body_bytes"] = int(args.max_body_mb * (1 << 20))
+    if getattr(args, "train_threshold", None):
+        overrides["train_threshold"] = args.train_threshold
+    return Settings.from_env(**overrides)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ..infra.local_api import LocalServer
+    from ..infra.wiring import configure
+    from .api import lambda_handler
+
+    logging.basicConfig(level=os.environ.get("CIPHERVEC_LOG_LEVEL", "WARNING"))
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", os.environ.get("CIPHERVEC_LOG_LEVEL", "WARNING"))
+    settings = _settings(args)
+    c = configure(settings)
+    server = LocalServer((args.host, args.port), lambda_handler, settings.max_body_bytes)
+    host, port = server.server_address[:2]
+    base = f"http://{host}:{port}"
+    print(f"ciphervec listening on {base}  (store {settings.store_uri}, keys {settings.keys_uri})")
+    if not settings.auth:
+        print("WARNING: authentication is OFF (--no-auth). Development only.")
+    elif not c.auth.store.list() and not settings.root_key:
+        api_key, _ = c.auth.create_key("default", "admin", label="first admin key")
+        print("\nThe key store was empty, so an admin API key was created (shown once, keep it):")
+        print(f"\n    {api_key}\n")
+        print("Try it:")
+        print(f"    curl -s {base}/v1/health")
+        print(
+            f"    curl -s -X POST {base}/v1/indexes/create -H 'X-API-Key: {api_key}' "
+            "-H 'Content-Type: application/json' "
+            f"-d '{{\"index_name\": \"demo\", \"index_key\": \"{'ab' * 32}\", \"dimension\": 4}}'"
+        )
+        print(f"\nPython: cyborgdb.Client('{base}', '{api_key}')\n")
+    else:
+        print("API keys exist already; mint another with: ciphervec keys create --role admin")
+    if args.port_file:
+        with open(args.port_file, "w") as fh:
+            fh.write(str(port))
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    from ..infra.keystore import Authenticator, open_keystore
+
+    settings = _settings(args)
+    auth = Authenticator(open_keystore(settings.keys_uri))
+    if args.keys_cmd == "create":
+        perms = args.permissions.split(",") if args.permissions else None
+        role = "user" if args.index else args.role
+        if role == "user" and not perms:
+            perms = ["read", "write"] if args.role != "read" else ["read"]
+        api_key, record = auth.create_key(
+            args.tenant, role, index_name=args.index, permissions=perms, label=args.label or ""
+        )
+        print(api_key)
+        print(f"key id {record.key_id}, tenant {record.tenant}, role {record.role}", file=sys.stderr)
+    elif args.keys_cmd == "list":
+        for r in auth.store.list(args.tenant):
+            row = {
+                "key_id": r.key_id,
+                "tenant": r.tenant,
+                "role": r.role,
+                "index_name": r.index_name,
+                "permissions": r.permissions,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at)),
+                "revoked": bool(r.revoked_at),
+                "label": r.label,
+            }
+            print(json.dumps(row))
+    elif args.keys_cmd == "revoke":
+        if auth.revoke(args.key_id) is None:
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ciphervec", description="Encrypted vector index (CyborgDB REST v1)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run the API locally over HTTP")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    s.add_argument("--store", help="memory://, file://PATH (default ./.ciphervec/data) or s3://BUCKET/PREFIX")
+    s.add_argument("--keys", help="file://PATH (default ./.ciphervec/keys.json) or dynamodb://TABLE")
+    s.add_argument("--no-auth", action="store_true", help="accept requests without API keys (development)")
+    s.add_argument("--max-body-mb", type=float, help="largest request body accepted (default 64)")
+    s.add_argument("--train-threshold", type=int, help="vectors before automatic training (65536)")
+    s.add_argument("--port-file", help="write the bound port here once listening")
+    s.set_defaults(func=serve)
+    k = sub.add_parser("keys", help="manage API keys")
+    k.add_argument("--keys", help="key store URI (default from CIPHERVEC_KEYS)")
+    ks = k.add_subparsers(dest="keys_cmd", required=True)
+    kc = ks.add_parser("create", help="mint a key and print it once")
+    kc.add_argument("--tenant", default="default")
+    kc.add_argument("--role", choices=["admin", "write", "read"], default="admin")
+    kc.add_argument("--index", help="limit the key to one index")
+    kc.add_argument("--permissions", help="with --index: read,write")
+    kc.add_argument("--label", help="a note stored with the key")
+    kl = ks.add_parser("list", help="list keys (never their secrets)")
+    kl.add_argument("--tenant")
+    kr = ks.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("key_id")
+    k.set_defaults(func=keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

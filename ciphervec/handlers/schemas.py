@@ -1,0 +1,119 @@
+"""Wire models of the CyborgDB REST v1 API (requests). Unknown fields are ignored and
+every optional field may be absent or JSON null, as the SDK sends explicit nulls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+
+Number = StrictFloat | StrictInt
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class IndexRequest(Wire):
+    index_name: StrictStr
+    index_key: StrictStr | None = None
+
+
+class CreateIndexRequest(IndexRequest):
+    kms_name: StrictStr | None = None
+    dimension: StrictInt | None = None
+    metric: StrictStr | None = None
+    embedding_model: StrictStr | None = None
+    storage_precision: StrictStr | None = None
+    metadata_schema: dict[str, Any] | None = None
+    text_fields: list[StrictStr] | None = None
+    bm25_k1: Number | None = None
+    bm25_b: Number | None = None
+    index_config: dict[str, Any] | None = None
+
+
+class TrainRequest(IndexRequest):
+    n_lists: StrictInt | None = None
+    batch_size: StrictInt | None = None
+    max_iters: StrictInt | None = None
+    tolerance: Number | None = None
+    max_memory: StrictInt | None = None
+
+
+class Item(Wire):
+    id: StrictStr
+    vector: list[Number] | None = None
+    contents: StrictStr | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class UpsertRequest(IndexRequest):
+    items: list[Item]
+
+
+class BinaryBatch(Wire):
+    ids: list[StrictStr]
+    vectors_b64: StrictStr
+    dimension: StrictInt
+    metadata: list[dict[str, Any] | None] | None = None
+    contents: list[StrictStr | None] | None = None
+
+
+class UpsertBinaryRequest(IndexRequest):
+    batch: BinaryBatch
+
+
+class SearchOptions(IndexRequest):
+    top_k: StrictInt | None = None
+    n_probes: StrictInt | None = None
+    greedy: StrictBool | None = None
+    rerank_mult: StrictInt | None = None
+    filters: dict[str, Any] | None = None
+    include: list[StrictStr] | None = None
+    # Hybrid text search (BM25) fields: refused explicitly until supported.
+    text: StrictStr | None = None
+    text_fields: list[StrictStr] | None = None
+    text_field_weights: list[Number] | None = None
+    require_all_terms: StrictBool | None = None
+    alpha: Number | None = None
+    rrf_k: Number | None = None
+    window_mult: StrictInt | None = None
+
+
+class QueryRequest(SearchOptions):
+    query_vectors: list[Number] | list[list[Number]] | None = None
+    query_contents: StrictStr | None = None
+
+
+class QueryBatch(Wire):
+    vectors_b64: StrictStr
+    dimension: StrictInt
+
+
+class QueryBinaryRequest(SearchOptions):
+    batch: QueryBatch
+
+
+class GetRequest(IndexRequest):
+    ids: list[StrictStr]
+    include: list[StrictStr] | None = None
+
+
+class DeleteRequest(IndexRequest):
+    ids: list[StrictStr]
+
+
+class QueryMetadataRequest(IndexRequest):
+    filters: dict[str, Any] | None = None
+    top_k: StrictInt | None = None
+    order_by: StrictStr | dict[str, StrictInt] | None = None
+    ascending: StrictBool | None = True
+    text: StrictStr | None = None
+    text_fields: list[StrictStr] | None = None
+    text_field_weights: list[Number] | None = None
+    require_all_terms: StrictBool | None = None
+
+
+class CreateUserRequest(Wire):
+    permissions: list[StrictStr]
+    index_key: StrictStr | None = None

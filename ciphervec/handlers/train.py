@@ -1,0 +1,34 @@
+"""TrainFunction: asynchronous training (invoked with InvocationType=Event by ApiFunction).
+
+Payload: ``{"tenant", "index_name", "sealed_key": base64|null, "params": {...}}``; a
+client ``index_key`` arrives sealed under KMS, never in plaintext.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from ..engine.errors import CipherVecError
+from ..infra.training import LambdaTrainer, run_job
+from ..infra.wiring import container
+
+logger = Logger(service="ciphervec-train")
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    c = container()
+    trainer = c.trainer if isinstance(c.trainer, LambdaTrainer) else LambdaTrainer(c.service, "")
+    job = trainer.open(event)
+    logger.info("training started", extra={"tenant": job.tenant})
+    try:
+        result = run_job(c.service, job)
+    except CipherVecError as exc:
+        logger.warning("training failed", extra={"tenant": job.tenant, "error": type(exc).__name__})
+        return {"status": "error", "error": type(exc).__name__}
+    logger.info(
+        "training finished",
+        extra={"tenant": job.tenant, "n_lists": result.n_lists, "n_probes": result.n_probes},
+    )
+    return {"status": "success" if result.trained else "skipped", "n_lists": result.n_lists}

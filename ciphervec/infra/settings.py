@@ -1,0 +1,103 @@
+"""Settings.from_env(): the only reader of environment variables in ciphervec.
+
+An explicit argument beats the environment variable (``Settings.from_env(store_uri=...)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+MiB = 1 << 20
+
+ENV = {
+    "store_uri": "CIPHERVEC_STORE",
+    "keys_uri": "CIPHERVEC_KEYS",
+    "root_key": "CIPHERVEC_ROOT_KEY",
+    "auth": "CIPHERVEC_AUTH",
+    "train_threshold": "CIPHERVEC_TRAIN_THRESHOLD",
+    "max_body_bytes": "CIPHERVEC_MAX_BODY_BYTES",
+    "max_response_bytes": "CIPHERVEC_MAX_RESPONSE_BYTES",
+    "max_top_k": "CIPHERVEC_MAX_TOP_K",
+    "backend": "CIPHERVEC_BACKEND",
+    "kms_uri": "CIPHERVEC_KMS",
+    "kms_keys": "CIPHERVEC_KMS_KEYS",
+    "train_function": "CIPHERVEC_TRAIN_FUNCTION",
+    "train_sync_seconds": "CIPHERVEC_TRAIN_SYNC_SECONDS",
+    "cache_bytes": "CIPHERVEC_CACHE_BYTES",
+    "key_cache_seconds": "CIPHERVEC_KEY_CACHE_SECONDS",
+}
+
+
+def _in_lambda() -> bool:
+    return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration with documented defaults. See README, "Configuration"."""
+
+    # Where index objects live: memory://, file://PATH or s3://BUCKET/PREFIX.
+    store_uri: str = "file://./.ciphervec/data"
+    # Where API keys live: file://PATH (JSON, mode 0600) or dynamodb://TABLE.
+    keys_uri: str = "file://./.ciphervec/keys.json"
+    # Optional admin key of tenant "default", like CyborgDB's root key.
+    root_key: str | None = None
+    # Authentication is on unless explicitly switched off for local development.
+    auth: bool = True
+    # Untrained indexes are queued for training once they hold more vectors than this.
+    train_threshold: int = 65536
+    # Request body limit: Lambda's payload limit in AWS, generous locally (SDK sends ~10 MB).
+    max_body_bytes: int = 64 * MiB
+    # Response limit; 0 = none. Lambda answers at most 6 MB.
+    max_response_bytes: int = 0
+    max_top_k: int = 10000
+    backend: str = "auto"
+    # Server-managed keys: local://DIR (key files, development) or aws (AWS KMS).
+    kms_uri: str = "local://./.ciphervec/kms"
+    # kms_name -> KMS key id/ARN/alias (aws only); empty = names are used as key ids.
+    kms_keys: dict[str, str] = field(default_factory=dict)
+    # Lambda function that trains asynchronously; empty = an in-process worker.
+    train_function: str = ""
+    # How long an explicit /train call waits before answering 202 and finishing later.
+    train_sync_seconds: float = 25.0
+    cache_bytes: int = 8 << 30
+    key_cache_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        values: dict[str, Any] = {}
+        if _in_lambda():
+            values.update(max_body_bytes=6 * MiB, max_response_bytes=6 * MiB, kms_uri="aws")
+        for f in fields(cls):
+            raw = env.get(ENV[f.name])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _parse(name: str, raw: str) -> Any:
+    if name == "auth":
+        if raw.lower() in ("off", "false", "0", "no"):
+            return False
+        if raw.lower() in ("on", "true", "1", "yes"):
+            return True
+        raise ValueError(f"CIPHERVEC_AUTH must be on or off, not {raw!r}")
+    if name == "kms_keys":
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("CIPHERVEC_KMS_KEYS must be a JSON object")
+        return {str(k): str(v) for k, v in value.items()}
+    if name in ("train_threshold", "max_body_bytes", "max_response_bytes", "max_top_k", "cache_bytes"):
+        return int(raw)
+    if name in ("train_sync_seconds", "key_cache_seconds"):
+        return float(raw)
+    return raw

@@ -1,0 +1,191 @@
+"""Where training runs: an in-process worker (local server) or an async Lambda invoke.
+
+Both answer the same three questions: run this explicit train (waiting up to a budget),
+queue an automatic one, and what is training now.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.errors import CipherVecError, IndexNotFound
+from ..engine.model import TrainResult
+from ..engine.service import IndexService
+
+log = logging.getLogger("ciphervec.training")
+
+
+@dataclass
+class TrainJob:
+    tenant: str
+    index_name: str
+    kek: bytes | None
+    params: dict[str, Any] = field(default_factory=dict)
+    future: Future[TrainResult] = field(default_factory=Future)
+
+
+def run_job(service: IndexService, job: TrainJob) -> TrainResult:
+    """Mark the index as training, train, and always clear the mark."""
+    try:
+        service.set_training(job.tenant, job.index_name, job.kek, "running")
+        return service.train(job.tenant, job.index_name, job.kek, **job.params)
+    except BaseException:
+        try:
+            service.set_training(job.tenant, job.index_name, job.kek, None)
+        except CipherVecError:
+            pass
+        raise
+
+
+class LocalTrainer:
+    """One background thread trains queued indexes one at a time."""
+
+    def __init__(self, service: IndexService) -> None:
+        self.service = service
+        self._queue: queue.Queue[TrainJob] = queue.Queue()
+        self._pending: list[tuple[str, str]] = []
+        self._current: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="ciphervec-train", daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            with self._lock:
+                self._pending.remove((job.tenant, job.index_name))
+                self._current = (job.tenant, job.index_name)
+            try:
+                job.future.set_result(run_job(self.service, job))
+            except BaseException as exc:  # reported through the future / the log
+                if not isinstance(exc, IndexNotFound):
+                    log.warning("training of an index failed: %s", type(exc).__name__)
+                job.future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def submit(self, job: TrainJob) -> TrainJob:
+        key = (job.tenant, job.index_name)
+        with self._lock:
+            self._pending.append(key)
+        self._queue.put(job)
+        self._ensure_worker()
+        return job
+
+    def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:
+        """Run an explicit train; ``None`` when it is still running after the budget."""
+        self.submit(job)
+        try:
+            return job.future.result(timeout=wait_seconds)
+        except TimeoutError:
+            return None
+
+    def enqueue(self, tenant: str, index_name: str, kek: bytes | None) -> None:
+        with self._lock:
+            if (tenant, index_name) in self._pending or self._current == (tenant, index_name):
+                return
+        self.submit(TrainJob(tenant, index_name, kek))
+
+    def status(self, tenant: str) -> dict[str, Any]:
+        with self._lock:
+            current = self._current
+            queued = [n for t, n in self._pending if t == tenant]
+            running = bool(self._thread and self._thread.is_alive())
+        return {
+            "currently_training": current[1] if current and current[0] == tenant else None,
+            "queued_indexes": queued,
+            "worker_running": running,
+        }
+
+
+class LambdaTrainer:
+    """Explicit trains run inline when they fit the budget; the rest go to TrainFunction.
+
+    The async payload never carries a plaintext key: a client ``index_key`` is sealed
+    with KMS (context binds tenant and index) and opened by TrainFunction.
+    """
+
+    # Rough CPU throughput of faiss k-means in Lambda, in float multiply-adds per second.
+    FLOPS = 4e9
+
+    def __init__(self, service: IndexService, function_name: str, client: Any = None) -> None:
+        self.service = service
+        self.function_name = function_name
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("lambda")
+        return self._client
+
+    def _context(self, tenant: str, index_name: str) -> dict[str, str]:
+        return {"purpose": "ciphervec-train-job", "tenant": tenant, "index": index_name}
+
+    def seal(self, tenant: str, index_name: str, kek: bytes | None) -> str | None:
+        if kek is None:
+            return None
+        wrapper = self.service.key_wrapper
+        if wrapper is None:
+            raise CipherVecError("async training of client-key indexes needs KMS")
+        blob = wrapper.wrap("jobs", kek, self._context(tenant, index_name))
+        return base64.b64encode(blob).decode()
+
+    def open(self, payload: dict[str, Any]) -> TrainJob:
+        sealed = payload.get("sealed_key")
+        kek = None
+        if sealed:
+            assert self.service.key_wrapper is not None
+            kek = self.service.key_wrapper.unwrap(
+                "jobs", base64.b64decode(sealed), self._context(payload["tenant"], payload["index_name"])
+            )
+        return TrainJob(payload["tenant"], payload["index_name"], kek, payload.get("params") or {})
+
+    def _invoke(self, job: TrainJob) -> None:
+        payload = {
+            "tenant": job.tenant,
+            "index_name": job.index_name,
+            "sealed_key": self.seal(job.tenant, job.index_name, job.kek),
+            "params": job.params,
+        }
+        self.client.invoke(
+            FunctionName=self.function_name, InvocationType="Event", Payload=json.dumps(payload).encode()
+        )
+
+    def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:
+        rows = self.service.num_vectors(job.tenant, job.index_name, job.kek)
+        dim = self.service.describe(job.tenant, job.index_name, job.kek)["dimension"]
+        lists = job.params.get("n_lists") or max(1, int(rows**0.5))
+        sample = min(rows, 256 * lists)
+        seconds = sample * dim * lists * min(job.params.get("max_iters", 25), 25) / self.FLOPS
+        if seconds + rows * dim * 2e-9 < wait_seconds:
+            return run_job(self.service, job)
+        self.service.set_training(job.tenant, job.index_name, job.kek, "queued")
+        self._invoke(job)
+        return None
+
+    def enqueue(self, tenant: str, index_name: str, kek: bytes | None) -> None:
+        self._invoke(TrainJob(tenant, index_name, kek))
+
+    def status(self, tenant: str) -> dict[str, Any]:
+        return {"currently_training": None, "queued_indexes": [], "worker_running": True}
+
+
+def worker_pid() -> int:
+    return os.getpid()

@@ -1,0 +1,74 @@
+"""Composition root: settings → adapters → IndexService, built once per container."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.backend import select
+from ..engine.service import IndexService
+from .keystore import Authenticator, open_keystore
+from .kms import AwsKmsWrapper, open_key_wrapper
+from .settings import Settings
+from .storage import open_store
+from .training import LambdaTrainer, LocalTrainer
+
+log = logging.getLogger("ciphervec.wiring")
+
+
+@dataclass
+class Container:
+    settings: Settings
+    service: IndexService
+    auth: Authenticator
+    trainer: Any
+
+
+_container: Container | None = None
+_lock = threading.Lock()
+
+
+def build(settings: Settings, **clients: Any) -> Container:
+    """Build every adapter from ``settings``; ``clients`` injects boto3 clients (tests)."""
+    store = open_store(settings.store_uri, s3_client=clients.get("s3"))
+    wrapper = open_key_wrapper(settings.kms_uri, settings.kms_keys)
+    if isinstance(wrapper, AwsKmsWrapper) and clients.get("kms") is not None:
+        wrapper._client = clients["kms"]
+    service = IndexService(
+        store,
+        wrapper,
+        train_threshold=settings.train_threshold,
+        backend=select(settings.backend),
+        cache_bytes=settings.cache_bytes,
+    )
+    keys = open_keystore(settings.keys_uri, dynamodb_client=clients.get("dynamodb"))
+    auth = Authenticator(
+        keys, root_key=settings.root_key, enabled=settings.auth, cache_seconds=settings.key_cache_seconds
+    )
+    trainer: Any
+    if settings.train_function:
+        trainer = LambdaTrainer(service, settings.train_function, client=clients.get("lambda"))
+    else:
+        trainer = LocalTrainer(service)
+    if not settings.auth:
+        log.warning("authentication is OFF (explicitly configured); never do this outside development")
+    return Container(settings, service, auth, trainer)
+
+
+def container() -> Container:
+    """The process-wide container, built from the environment on first use."""
+    global _container
+    with _lock:
+        if _container is None:
+            _container = build(Settings.from_env())
+        return _container
+
+
+def configure(settings: Settings | None = None, **clients: Any) -> Container:
+    """Replace the process-wide container (CLI and tests)."""
+    global _container
+    with _lock:
+        _container = build(settings or Settings.from_env(), **clients)
+        return _container
