@@ -18,7 +18,7 @@ log = logging.getLogger("ciphervec.backend")
 try:
     import faiss
 except ImportError:  # pragma: no cover - faiss is a hard dependency of the [cpu]/[gpu] extras
-    faiss = None
+    faiss = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -66,9 +66,7 @@ class Backend:
         return np.take_along_axis(part, order, 1)
 
 
-def _numpy_kmeans(
-    x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float
-) -> np.ndarray:
+def _numpy_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
     cent = x[rng.choice(len(x), size=k, replace=False)].copy()
     prev = np.inf

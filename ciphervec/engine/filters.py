@@ -149,14 +149,16 @@ def compile_filter(spec: Any) -> Predicate:
         if key.startswith("$"):
             clauses.append(_logical(key, value))
         else:
-            path = key.split(".")
-            test = _field_tests(value)
-            clauses.append(lambda item, p=path, t=test: t(_lookup(item, p)))
+            clauses.append(_field_clause(key.split("."), _field_tests(value)))
     if not clauses:
         return lambda item: True
     if len(clauses) == 1:
         return clauses[0]
     return lambda item: all(c(item) for c in clauses)
+
+
+def _field_clause(path: list[str], test: Callable[[Any], bool]) -> Predicate:
+    return lambda item: test(_lookup(item, path))
 
 
 def _logical(op: str, value: Any) -> Predicate:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .backend import Backend
-from .search import scores, normalize
+from .search import normalize, scores
 
 MAX_LISTS = 65536
 RECALL_TARGET = 0.95

@@ -23,9 +23,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-30)
 
 
-def scores(
-    metric: str, q: np.ndarray, qsq: np.ndarray, vecs: np.ndarray, sqn: np.ndarray
-) -> np.ndarray:
+def scores(metric: str, q: np.ndarray, qsq: np.ndarray, vecs: np.ndarray, sqn: np.ndarray) -> np.ndarray:
     """Approximate distances ``(len(q), len(vecs))`` used for ranking."""
     dots = q @ vecs.T
     if metric == "cosine":
@@ -90,7 +88,7 @@ def knn(
         rows_by_list, offsets = state.list_rows()
         probes = probe(queries, n_probes)
         for i, q in enumerate(queries):
-            cand = np.concatenate([rows_by_list[offsets[l] : offsets[l + 1]] for l in probes[i]])
+            cand = np.concatenate([rows_by_list[offsets[lst] : offsets[lst + 1]] for lst in probes[i]])
             if row_mask is not None:
                 cand = cand[row_mask[cand]]
             dist = scores(metric, q[None, :], qsq[i : i + 1], state.vectors[cand], state.sqnorms[cand])[0]

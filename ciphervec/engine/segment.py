@@ -33,7 +33,7 @@ from .errors import CorruptObject
 MAGIC = b"CVS1"
 VERSION = 1
 KINDS = ("upsert", "delete", "snapshot")
-_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -195,9 +195,13 @@ class IndexService:
             entry = self._states.get(key)
             if entry is not None:
                 self._states.move_to_end(key)
-        if entry is not None and entry[0] == head.envelope.uid and entry[2][: len(names)] == names:
-            if len(entry[2]) > len(names):  # another request already applied a newer head
-                return entry[1]
+        if (
+            entry is not None
+            and entry[0] == head.envelope.uid
+            and len(entry[2]) > len(names)
+            and entry[2][: len(names)] == names
+        ):
+            return entry[1]  # another request already applied a newer head
         if entry is not None and entry[0] == head.envelope.uid and names[: len(entry[2])] == entry[2]:
             uid, state, applied = entry
         else:
@@ -457,7 +461,7 @@ class IndexService:
             return None
         predicate = compile_filter(filters)
         key = ("filter", json.dumps(filters, sort_keys=True, default=str))
-        return state.cached(  # type: ignore[no-any-return]
+        return state.cached(
             key,
             lambda: np.fromiter((predicate(m) for m in state.metadata), dtype=bool, count=state.n_rows),
         )
@@ -494,14 +498,16 @@ class IndexService:
             mask = self._filter_mask(state, filters)
             cent = head.body.centroids
             probes = n_probes or (cent.auto_n_probes if cent else 1)
-            probe = None
+            probe: Callable[[np.ndarray, int], np.ndarray] | None = None
             if cent is not None and state.centroids is not None:
                 centroids = state.centroids
                 probes = max(1, min(probes, len(centroids)))
 
-                def probe(q: np.ndarray, p: int) -> np.ndarray:
+                def probe_lists(q: np.ndarray, p: int) -> np.ndarray:
                     space = normalize(q) if metric == "cosine" else q
                     return self.backend.nearest(space, centroids, p)
+
+                probe = probe_lists
 
                 # A selective filter leaves few rows: scan them all instead of probing.
                 if mask is not None and int(mask.sum()) <= max(4096, 8 * top_k):
@@ -550,8 +556,14 @@ class IndexService:
             ids = [state.ids[r] for r in rows.tolist()]
             if order_by:
                 path = order_by.split(".")
-                keyed = [(_sort_key(state.metadata[r], path), i) for r, i in zip(rows.tolist(), ids, strict=True)]
-                present = sorted((k for k in keyed if k[0] is not None), key=lambda k: k[0], reverse=not ascending)
+                keyed = [
+                    (_sort_key(state.metadata[r], path), i) for r, i in zip(rows.tolist(), ids, strict=True)
+                ]
+                present = sorted(
+                    (k for k in keyed if k[0] is not None),
+                    key=lambda k: k[0],
+                    reverse=not ascending,
+                )
                 ids = [i for _, i in present] + [i for k, i in keyed if k is None]
             return ids if top_k is None else ids[:top_k]
         finally:

@@ -143,7 +143,7 @@ class IndexState:
         key = "live_rows"
         if key not in self._cache:
             self._cache[key] = np.flatnonzero(self.alive[: self.n_rows])
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]
 
     def list_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, offsets)``: live rows grouped by list; list ``l`` is
@@ -158,7 +158,7 @@ class IndexState:
             offsets = np.zeros(len(self.centroids) + 1, dtype=np.int64)
             np.cumsum(counts, out=offsets[1:])
             self._cache[key] = (live[order], offsets)
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]
 
     def snapshot(self) -> Segment:
         """Every live row as one segment (used by compaction)."""

@@ -338,7 +338,9 @@ def query() -> Response:
     try:
         queries = np.array(rows, dtype=np.float32)
     except ValueError:
-        raise ValidationFailed("all query vectors must have one dimension", ("body", "query_vectors")) from None
+        raise ValidationFailed(
+            "all query vectors must have one dimension", ("body", "query_vectors")
+        ) from None
     if queries.ndim != 2 or queries.shape[1] == 0:
         raise ValidationFailed("all query vectors must have one dimension", ("body", "query_vectors"))
     return _search(req, queries, tenant, kek)
@@ -402,7 +404,13 @@ def query_metadata() -> Response:
         ((order_by, direction),) = order_by.items()
         ascending = direction >= 0
     ids = _c().service.query_metadata(
-        tenant, req.index_name, kek, req.filters or {}, top_k=req.top_k, order_by=order_by, ascending=ascending
+        tenant,
+        req.index_name,
+        kek,
+        req.filters or {},
+        top_k=req.top_k,
+        order_by=order_by,
+        ascending=ascending,
     )
     return _ok({"results": [{"id": i} for i in ids], "ids": ids, "count": len(ids)})
 

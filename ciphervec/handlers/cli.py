@@ -50,7 +50,7 @@ def serve(args: argparse.Namespace) -> int:
         print(
             f"    curl -s -X POST {base}/v1/indexes/create -H 'X-API-Key: {api_key}' "
             "-H 'Content-Type: application/json' "
-            f"-d '{{\"index_name\": \"demo\", \"index_key\": \"{'ab' * 32}\", \"dimension\": 4}}'"
+            f'-d \'{{"index_name": "demo", "index_key": "{"ab" * 32}", "dimension": 4}}\''
         )
         print(f"\nPython: cyborgdb.Client('{base}', '{api_key}')\n")
     else:

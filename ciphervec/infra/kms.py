@@ -89,7 +89,10 @@ class AwsKmsWrapper:
                 KeyId=self._key_id(key_name), Plaintext=plaintext, EncryptionContext=context
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NotFoundException", "DisabledException"):
+            if exc.response.get("Error", {}).get("Code") in (
+                "NotFoundException",
+                "DisabledException",
+            ):
                 raise InvalidRequest(f"KMS key for {key_name!r} is not usable") from exc
             raise
         return bytes(resp["CiphertextBlob"])

@@ -32,7 +32,9 @@ class LocalContext:
         return 900_000
 
 
-def to_event(method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str) -> dict[str, Any]:
+def to_event(
+    method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str
+) -> dict[str, Any]:
     """Build an API Gateway v2 event for one HTTP request."""
     parts = urlsplit(target)
     request_id = headers.get("x-request-id") or uuid.uuid4().hex

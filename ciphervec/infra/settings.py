@@ -96,7 +96,13 @@ def _parse(name: str, raw: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError("CIPHERVEC_KMS_KEYS must be a JSON object")
         return {str(k): str(v) for k, v in value.items()}
-    if name in ("train_threshold", "max_body_bytes", "max_response_bytes", "max_top_k", "cache_bytes"):
+    if name in (
+        "train_threshold",
+        "max_body_bytes",
+        "max_response_bytes",
+        "max_top_k",
+        "cache_bytes",
+    ):
         return int(raw)
     if name in ("train_sync_seconds", "key_cache_seconds"):
         return float(raw)

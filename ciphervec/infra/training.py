@@ -7,6 +7,7 @@ queue an automatic one, and what is training now.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -38,10 +39,8 @@ def run_job(service: IndexService, job: TrainJob) -> TrainResult:
         service.set_training(job.tenant, job.index_name, job.kek, "running")
         return service.train(job.tenant, job.index_name, job.kek, **job.params)
     except BaseException:
-        try:
+        with contextlib.suppress(CipherVecError):
             service.set_training(job.tenant, job.index_name, job.kek, None)
-        except CipherVecError:
-            pass
         raise
 
 
@@ -153,7 +152,9 @@ class LambdaTrainer:
         if sealed:
             assert self.service.key_wrapper is not None
             kek = self.service.key_wrapper.unwrap(
-                "jobs", base64.b64decode(sealed), self._context(payload["tenant"], payload["index_name"])
+                "jobs",
+                base64.b64decode(sealed),
+                self._context(payload["tenant"], payload["index_name"]),
             )
         return TrainJob(payload["tenant"], payload["index_name"], kek, payload.get("params") or {})
 
@@ -165,7 +166,9 @@ class LambdaTrainer:
             "params": job.params,
         }
         self.client.invoke(
-            FunctionName=self.function_name, InvocationType="Event", Payload=json.dumps(payload).encode()
+            FunctionName=self.function_name,
+            InvocationType="Event",
+            Payload=json.dumps(payload).encode(),
         )
 
     def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:

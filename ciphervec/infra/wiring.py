@@ -45,7 +45,10 @@ def build(settings: Settings, **clients: Any) -> Container:
     )
     keys = open_keystore(settings.keys_uri, dynamodb_client=clients.get("dynamodb"))
     auth = Authenticator(
-        keys, root_key=settings.root_key, enabled=settings.auth, cache_seconds=settings.key_cache_seconds
+        keys,
+        root_key=settings.root_key,
+        enabled=settings.auth,
+        cache_seconds=settings.key_cache_seconds,
     )
     trainer: Any
     if settings.train_function:

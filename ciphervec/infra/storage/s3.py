@@ -40,7 +40,8 @@ class S3Store:
             from botocore.config import Config
 
             self._client = boto3.client(
-                "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+                "s3",
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
             )
         return self._client
 
@@ -67,7 +68,9 @@ class S3Store:
 
     def put_if_absent(self, key: str, data: bytes) -> str:
         try:
-            resp = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*"
+            )
         except ClientError as exc:
             raise self._translate(exc, key) from exc
         return str(resp["ETag"])
