@@ -1,0 +1,111 @@
+"""Shared fixtures: the memory store as the fake, real servers over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ciphervec.engine.backend import select
+from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.service import IndexService
+from ciphervec.infra.storage.memory import MemoryStore
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOT_KEY = "test-root-key-0123456789"
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def service(store: MemoryStore) -> IndexService:
+    return IndexService(store, train_threshold=10**9, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None))
+
+
+@pytest.fixture
+def kek() -> bytes:
+    return os.urandom(32)
+
+
+def clustered(n: int, d: int, clusters: int = 32, seed: int = 0, spread: float = 0.35) -> np.ndarray:
+    """Seeded clustered data: a stand-in for real embeddings in small tests."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d)).astype(np.float32)
+    labels = rng.integers(0, clusters, n)
+    return (centers[labels] + spread * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``ciphervec serve`` in a subprocess on a free port."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, name: str = "srv") -> None:
+        self.port_file = tmp / f"{name}.port"
+        self.log = tmp / f"{name}.log"
+        self.port_file.unlink(missing_ok=True)
+        full_env = {**os.environ, "CIPHERVEC_ROOT_KEY": ROOT_KEY, **(env or {})}
+        cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", "0"]
+        cmd += ["--port-file", str(self.port_file), *args]
+        self.proc = subprocess.Popen(cmd, cwd=tmp, env=full_env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while not self.port_file.exists() or not self.port_file.read_text():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: Any = None, key: str | None = ROOT_KEY, raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if key:
+            req.add_header("X-API-Key", key)
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                text = resp.read()
+                return resp.status, json.loads(text) if text else None, dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            text = err.read()
+            return err.code, json.loads(text) if text else None, dict(err.headers)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path):
+    servers: list[Server] = []
+
+    def start(*args: str, **kw: Any) -> Server:
+        srv = Server(tmp_path, *args, **kw)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()

@@ -1,0 +1,69 @@
+import pytest
+
+from ciphervec.engine.errors import InvalidRequest
+from ciphervec.engine.filters import compile_filter
+
+ITEMS = {
+    "a": {"n": 5, "s": "apple pie", "b": True, "tags": ["x", "y"], "loc": {"city": "Paris"}},
+    "b": {"n": 10, "s": "banana", "b": False, "tags": ["y"], "loc": {"city": "Rome"}},
+    "c": {"n": 1, "s": "cherry"},
+    "d": None,
+}
+
+
+def match(spec):
+    f = compile_filter(spec)
+    return sorted(k for k, v in ITEMS.items() if f(v))
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ({}, ["a", "b", "c", "d"]),
+        ({"n": 5}, ["a"]),
+        ({"n": {"$eq": 10}}, ["b"]),
+        ({"n": {"$ne": 5}}, ["b", "c", "d"]),
+        ({"n": {"$gt": 1}}, ["a", "b"]),
+        ({"n": {"$gte": 5, "$lt": 10}}, ["a"]),
+        ({"n": {"$lte": 5}}, ["a", "c"]),
+        ({"n": {"$in": [1, 10]}}, ["b", "c"]),
+        ({"n": {"$nin": [1, 10]}}, ["a", "d"]),
+        ({"b": {"$exists": True}}, ["a", "b"]),
+        ({"b": {"$exists": False}}, ["c", "d"]),
+        ({"s": {"$regex": "^b"}}, ["b"]),
+        ({"s": {"$regex": "PIE", "$options": "i"}}, ["a"]),
+        ({"s": {"$contains": "err"}}, ["c"]),
+        ({"tags": {"$contains": "x"}}, ["a"]),
+        ({"tags": "y"}, ["a", "b"]),
+        ({"loc.city": "Rome"}, ["b"]),
+        ({"$and": [{"n": {"$gt": 1}}, {"b": False}]}, ["b"]),
+        ({"$or": [{"n": 1}, {"loc.city": "Paris"}]}, ["a", "c"]),
+        ({"$nor": [{"n": 1}, {"n": 5}]}, ["b", "d"]),
+        ({"n": {"$not": {"$gt": 4}}}, ["c", "d"]),
+        ({"$not": {"n": 5}}, ["b", "c", "d"]),
+        ({"n": 5, "b": True}, ["a"]),
+    ],
+)
+def test_operators(spec, expected):
+    assert match(spec) == expected
+
+
+def test_booleans_are_not_numbers():
+    assert match({"b": 1}) == []
+    assert match({"b": True}) == ["a"]
+    assert match({"n": {"$gt": False}}) == []
+
+
+def test_type_mismatch_compares_false():
+    assert match({"s": {"$gt": 3}}) == []
+
+
+@pytest.mark.parametrize("spec", [{"n": {"$near": 1}}, {"$xor": [{"n": 1}]}, {"n": {"$in": 3}}, {"$and": []}, {"s": {"$regex": "("}}, {"n": {"$gt": 1, "plain": 2}}])
+def test_bad_filters_are_400(spec):
+    with pytest.raises(InvalidRequest):
+        compile_filter(spec)
+
+
+def test_filters_must_be_objects():
+    with pytest.raises(InvalidRequest):
+        compile_filter([1, 2])

@@ -1,0 +1,99 @@
+"""Numerics against references: brute force, faiss, and each metric's definition."""
+
+import faiss
+import numpy as np
+import pytest
+
+from ciphervec.engine import kmeans
+from ciphervec.engine.backend import Backend, select
+from ciphervec.engine.model import IndexConfig, RowBatch
+from tests.conftest import clustered
+
+
+def brute(x, q, k, metric):
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = 1 - (q / np.linalg.norm(q, axis=1, keepdims=True)) @ xn.T
+    else:
+        d = ((q[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1)
+        if metric == "euclidean":
+            d = np.sqrt(d)
+    return np.argsort(d, axis=1, kind="stable")[:, :k], np.sort(d, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "squared_euclidean", "cosine"])
+def test_exact_search_matches_brute_force(service, kek, metric):
+    x = clustered(2000, 24, seed=3)
+    q = clustered(20, 24, seed=4)
+    service.create_index("t", "i", IndexConfig(metric=metric), kek=kek)
+    service.upsert("t", "i", kek, RowBatch([str(i) for i in range(len(x))], x))
+    got = service.query("t", "i", kek, q, top_k=10, include=["distance"])
+    want_ids, want_d = brute(x, q, 10, metric)
+    for row, ids, dists in zip(got, want_ids, want_d):
+        assert [int(r["id"]) for r in row] == ids.tolist()
+        np.testing.assert_allclose([r["distance"] for r in row], dists, rtol=1e-4, atol=1e-5)
+
+
+def test_self_query_distance_is_zero(service, kek):
+    x = clustered(500, 16)
+    service.create_index("t", "i", IndexConfig(), kek=kek)
+    service.upsert("t", "i", kek, RowBatch([str(i) for i in range(500)], x))
+    res = service.query("t", "i", kek, x[:50], top_k=1, include=["distance"])
+    assert [r[0]["id"] for r in res] == [str(i) for i in range(50)]
+    assert all(r[0]["distance"] == 0.0 for r in res)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_ivf_auto_probes_keep_recall(service, kek, metric):
+    x = clustered(6000, 32, clusters=64, seed=5)
+    rng = np.random.default_rng(9)
+    q = x[rng.choice(len(x), 100, replace=False)] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32)
+    service.create_index("t", "i", IndexConfig(metric=metric), kek=kek)
+    service.upsert("t", "i", kek, RowBatch([str(i) for i in range(len(x))], x))
+    result = service.train("t", "i", kek)
+    assert result.trained and result.n_lists == kmeans.auto_n_lists(6000) == 64
+    assert 1 <= result.n_probes < result.n_lists
+    got = service.query("t", "i", kek, q, top_k=10)
+    want, _ = brute(x, q, 10, metric)
+    recall = np.mean([len({int(r["id"]) for r in row} & set(w.tolist())) / 10 for row, w in zip(got, want)])
+    assert recall >= 0.95
+
+
+def test_more_probes_never_lose_recall(service, kek):
+    x = clustered(4000, 16, clusters=40, seed=8)
+    q = clustered(50, 16, clusters=40, seed=18)
+    service.create_index("t", "i", IndexConfig(), kek=kek)
+    service.upsert("t", "i", kek, RowBatch([str(i) for i in range(len(x))], x))
+    service.train("t", "i", kek, n_lists=32)
+    want, _ = brute(x, q, 10, "euclidean")
+
+    def recall(p):
+        got = service.query("t", "i", kek, q, top_k=10, n_probes=p)
+        return np.mean([len({int(r["id"]) for r in row} & set(w.tolist())) / 10 for row, w in zip(got, want)])
+
+    r1, r4, r32 = recall(1), recall(4), recall(32)
+    assert r1 <= r4 <= r32 == 1.0
+
+
+def test_numpy_kmeans_inertia_close_to_faiss():
+    x = clustered(3000, 16, clusters=20, seed=2)
+    ref = select("numpy").kmeans(x, 20, niter=25, seed=1, spherical=False, tol=0)
+    ours = Backend("numpy", np, False)
+    import ciphervec.engine.backend as backend_mod
+
+    saved = backend_mod.faiss
+    backend_mod.faiss = None
+    try:
+        pure = ours.kmeans(x, 20, niter=25, seed=1, spherical=False, tol=0)
+    finally:
+        backend_mod.faiss = saved
+
+    def inertia(c):
+        _, d = faiss.knn(x, c, 1)
+        return float(d.sum())
+
+    assert inertia(pure) <= 1.15 * inertia(ref)
+
+
+def test_auto_n_lists_rule():
+    assert [kmeans.auto_n_lists(n) for n in (0, 1, 100, 10_000, 100_000, 10**12)] == [1, 1, 8, 128, 256, 65536]

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from ciphervec.engine import segment
+from ciphervec.engine.errors import CorruptObject
+from ciphervec.engine.segment import Segment
+
+
+def sample(n=5, d=3):
+    rng = np.random.default_rng(1)
+    return Segment(
+        "upsert",
+        [f"id-{i}" for i in range(n - 1)] + ["ünï/cøde\u0000"],
+        rng.standard_normal((n, d)).astype(np.float32),
+        [{"a": i, "nested": {"x": [1, 2]}} if i % 2 else None for i in range(n)],
+        [["text", None, "", "more"][i % 4] for i in range(n)],
+    )
+
+
+def test_round_trip_keeps_every_field():
+    seg = sample()
+    out = segment.decode(segment.encode(seg))
+    assert out.kind == "upsert" and out.ids == seg.ids
+    np.testing.assert_array_equal(out.vectors, seg.vectors)
+    assert out.metadata == seg.metadata and out.contents == seg.contents
+
+
+def test_float16_halves_vector_bytes_and_rounds():
+    seg = sample(n=64, d=32)
+    full, half = segment.encode(seg), segment.encode(seg, "float16")
+    assert len(full) - len(half) == 64 * 32 * 2
+    out = segment.decode(half)
+    np.testing.assert_allclose(out.vectors, seg.vectors, atol=2e-3)
+
+
+def test_tombstones_have_no_vectors():
+    out = segment.decode(segment.encode(Segment("delete", ["a", "b"])))
+    assert out.kind == "delete" and out.ids == ["a", "b"] and out.vectors is None
+
+
+def test_header_pins_version():
+    raw = segment.encode(sample())
+    assert raw[:4] == b"CVS1" and b'"v": 1' in raw[:200]
+
+
+@pytest.mark.parametrize("mutate", [lambda b: b"XXXX" + b[4:], lambda b: b[:-3], lambda b: b + b"!", lambda b: b[:10]])
+def test_malformed_is_corrupt(mutate):
+    with pytest.raises(CorruptObject):
+        segment.decode(mutate(segment.encode(sample())))
