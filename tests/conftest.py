@@ -32,7 +32,9 @@ def store() -> MemoryStore:
 
 @pytest.fixture
 def service(store: MemoryStore) -> IndexService:
-    return IndexService(store, train_threshold=10**9, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None))
+    return IndexService(
+        store, train_threshold=10**9, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None)
+    )
 
 
 @pytest.fixture
@@ -64,7 +66,9 @@ class Server:
         full_env = {**os.environ, "CIPHERVEC_ROOT_KEY": ROOT_KEY, **(env or {})}
         cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", "0"]
         cmd += ["--port-file", str(self.port_file), *args]
-        self.proc = subprocess.Popen(cmd, cwd=tmp, env=full_env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=tmp, env=full_env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
+        )
         deadline = time.time() + 60
         while not self.port_file.exists() or not self.port_file.read_text():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -73,7 +77,15 @@ class Server:
         self.port = int(self.port_file.read_text())
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str, body: Any = None, key: str | None = ROOT_KEY, raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        key: str | None = ROOT_KEY,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")

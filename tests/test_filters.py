@@ -58,7 +58,17 @@ def test_type_mismatch_compares_false():
     assert match({"s": {"$gt": 3}}) == []
 
 
-@pytest.mark.parametrize("spec", [{"n": {"$near": 1}}, {"$xor": [{"n": 1}]}, {"n": {"$in": 3}}, {"$and": []}, {"s": {"$regex": "("}}, {"n": {"$gt": 1, "plain": 2}}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"n": {"$near": 1}},
+        {"$xor": [{"n": 1}]},
+        {"n": {"$in": 3}},
+        {"$and": []},
+        {"s": {"$regex": "("}},
+        {"n": {"$gt": 1, "plain": 2}},
+    ],
+)
 def test_bad_filters_are_400(spec):
     with pytest.raises(InvalidRequest):
         compile_filter(spec)

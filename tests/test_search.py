@@ -96,4 +96,11 @@ def test_numpy_kmeans_inertia_close_to_faiss():
 
 
 def test_auto_n_lists_rule():
-    assert [kmeans.auto_n_lists(n) for n in (0, 1, 100, 10_000, 100_000, 10**12)] == [1, 1, 8, 128, 256, 65536]
+    assert [kmeans.auto_n_lists(n) for n in (0, 1, 100, 10_000, 100_000, 10**12)] == [
+        1,
+        1,
+        8,
+        128,
+        256,
+        65536,
+    ]

@@ -43,7 +43,9 @@ def test_header_pins_version():
     assert raw[:4] == b"CVS1" and b'"v": 1' in raw[:200]
 
 
-@pytest.mark.parametrize("mutate", [lambda b: b"XXXX" + b[4:], lambda b: b[:-3], lambda b: b + b"!", lambda b: b[:10]])
+@pytest.mark.parametrize(
+    "mutate", [lambda b: b"XXXX" + b[4:], lambda b: b[:-3], lambda b: b + b"!", lambda b: b[:10]]
+)
 def test_malformed_is_corrupt(mutate):
     with pytest.raises(CorruptObject):
         segment.decode(mutate(segment.encode(sample())))

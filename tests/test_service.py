@@ -77,7 +77,10 @@ def test_upsert_overwrites_and_last_duplicate_wins(service, kek):
     service.upsert("t", "i", kek, batch(["a", "a"], seed=1, metadata=[{"v": 2}, {"v": 3}]))
     assert service.num_vectors("t", "i", kek) == 2
     got = service.get("t", "i", kek, ["a", "b", "zz"], ["metadata", "contents"])
-    assert got == [{"id": "a", "metadata": {"v": 3}, "contents": ""}, {"id": "b", "metadata": {"v": 1}, "contents": ""}]
+    assert got == [
+        {"id": "a", "metadata": {"v": 3}, "contents": ""},
+        {"id": "b", "metadata": {"v": 1}, "contents": ""},
+    ]
 
 
 def test_delete_then_reupsert(service, kek):
@@ -133,7 +136,10 @@ def test_query_metadata_orders_and_limits(service, kek):
     meta = [{"n": 3}, {"n": 1}, None, {"n": 2}]
     service.upsert("t", "i", kek, batch("abcd", metadata=meta))
     assert service.query_metadata("t", "i", kek, {}, order_by="n") == ["b", "d", "a", "c"]
-    assert service.query_metadata("t", "i", kek, {"n": {"$gt": 1}}, order_by="n", ascending=False) == ["a", "d"]
+    assert service.query_metadata("t", "i", kek, {"n": {"$gt": 1}}, order_by="n", ascending=False) == [
+        "a",
+        "d",
+    ]
     assert service.query_metadata("t", "i", kek, {}, top_k=1, order_by="n") == ["b"]
 
 
@@ -276,7 +282,12 @@ def test_server_managed_key(store, tmp_path):
 def test_store_holds_no_plaintext(service, store, kek):
     service.create_index("t", "secret-index", IndexConfig(metric="cosine"), kek=kek)
     vec = np.array([[1.25, -3.5, 7.75, 0.125]], np.float32)
-    service.upsert("t", "secret-index", kek, RowBatch(["id-PLAINTEXT-1"], vec, [{"field": "meta-PLAINTEXT"}], ["contents-PLAINTEXT"]))
+    service.upsert(
+        "t",
+        "secret-index",
+        kek,
+        RowBatch(["id-PLAINTEXT-1"], vec, [{"field": "meta-PLAINTEXT"}], ["contents-PLAINTEXT"]),
+    )
     service.train("t", "secret-index", kek, n_lists=1)
     blob = b"".join(k.encode() + v for k, v in store.items())
     for needle in (b"PLAINTEXT", vec.tobytes(), vec[0, :2].tobytes(), b"cosine", kek, kek.hex().encode()):
