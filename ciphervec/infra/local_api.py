@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger("ciphervec.local_api")
 
+_DRAIN_LIMIT = 1 << 30
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
@@ -71,6 +72,9 @@ def to_event(
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Nagle off: headers and body are two writes, which would otherwise wait for a
+    # delayed ACK (~40 ms per response on Linux loopback).
+    disable_nagle_algorithm = True
     server: LocalServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -82,6 +86,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if key.lower() not in ("content-length", "connection"):
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close" if self.close_connection else "keep-alive")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -90,6 +95,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         limit = self.server.max_body_bytes
         if limit and length > limit:
+            # Drain (bounded) so the client reads our answer instead of a broken pipe.
+            remaining = length if length <= _DRAIN_LIMIT else 0
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
             self.close_connection = True
             detail = (
                 f'{{"status_code":413,"detail":"request body is {length} bytes; the limit is {limit}. '

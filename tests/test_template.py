@@ -1,0 +1,67 @@
+"""template.yaml is the deployed shape: its handlers, variables and policies match the code."""
+
+import importlib
+
+import yaml
+from cfnlint.decode.cfn_yaml import loads as cfn_loads
+
+from ciphervec.infra.settings import ENV
+from tests.conftest import ROOT
+
+
+def template():
+    return cfn_loads((ROOT / "template.yaml").read_text())
+
+
+def functions(t):
+    return {k: v for k, v in t["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def test_every_handler_is_importable():
+    fns = functions(template())
+    assert set(fns) == {"ApiFunction", "TrainFunction"}
+    for fn in fns.values():
+        module, _, attr = fn["Properties"]["Handler"].rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_environment_names_are_settings():
+    t = template()
+    names = set(t["Globals"]["Function"]["Environment"]["Variables"])
+    for fn in functions(t).values():
+        names |= set(fn["Properties"].get("Environment", {}).get("Variables", {}))
+    ours = {n for n in names if n.startswith("CIPHERVEC_")}
+    assert ours <= set(ENV.values())
+    assert {"CIPHERVEC_STORE", "CIPHERVEC_KEYS", "CIPHERVEC_TRAIN_FUNCTION"} <= ours
+
+
+def test_api_routes_everything_to_api_function():
+    t = template()
+    events = t["Resources"]["ApiFunction"]["Properties"]["Events"]
+    assert any(e["Type"] == "HttpApi" and e["Properties"]["Path"] == "/{proxy+}" for e in events.values())
+
+
+def test_bucket_is_private_encrypted_and_tls_only():
+    r = template()["Resources"]
+    bucket = r["DataBucket"]["Properties"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
+    assert "BucketEncryption" in bucket
+    statement = r["DataBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert statement["Effect"] == "Deny" and statement["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+
+
+def test_least_privilege_policies_have_no_wildcard_actions():
+    for name, fn in functions(template()).items():
+        for policy in fn["Properties"]["Policies"]:
+            for statement in policy["Statement"]:
+                actions = (
+                    statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                )
+                assert all("*" not in a for a in actions), name
+
+
+def test_events_are_valid_json_api_gateway_v2():
+    for path in (ROOT / "events").glob("*.json"):
+        event = yaml.safe_load(path.read_text())
+        assert event["version"] == "2.0" and event["rawPath"].startswith("/v1/")
