@@ -48,7 +48,9 @@ def pct(values: list[float], q: float) -> float:
 
 def recall(got: list[list[str]], truth: np.ndarray, k: int) -> float:
     return float(
-        np.mean([len({int(i) for i in g[:k]} & set(t[:k].tolist())) / k for g, t in zip(got, truth)])
+        np.mean(
+            [len({int(i) for i in g[:k]} & set(t[:k].tolist())) / k for g, t in zip(got, truth, strict=True)]
+        )
     )
 
 
@@ -137,7 +139,7 @@ def main() -> int:
         out["n_lists"] = idx.n_lists
         out["ivf_query_p50_ms"], out["ivf_query_p99_ms"], out["ivf_recall@10"] = run_queries()
         t = time.perf_counter()
-        res = idx.query(queries[:100], top_k=k)
+        idx.query(queries[:100], top_k=k)
         out["batch100_qps"] = 100 / (time.perf_counter() - t)
 
         # faiss in-process, same data, flat and IVF with the same list count
@@ -155,9 +157,9 @@ def main() -> int:
         lat, got = [], []
         for q in qn:
             t = time.perf_counter()
-            _, I = ivf.search(q[None], k)
+            _, found = ivf.search(q[None], k)
             lat.append(time.perf_counter() - t)
-            got.append([str(i) for i in I[0]])
+            got.append([str(i) for i in found[0]])
         out["faiss_ivf_nprobe"] = ivf.nprobe
         out["faiss_ivf_p50_ms"], out["faiss_ivf_recall@10"] = pct(lat, 50) * 1e3, recall(got, truth, k)
     finally:
