@@ -1,0 +1,103 @@
+"""Async training in AWS: the ApiFunction seals the key with KMS (moto), TrainFunction opens it."""
+
+import json
+import os
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from ciphervec.engine.backend import select
+from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.engine.service import IndexService
+from ciphervec.handlers import train as train_handler
+from ciphervec.infra import wiring
+from ciphervec.infra.kms import AwsKmsWrapper
+from ciphervec.infra.settings import Settings
+from ciphervec.infra.storage.memory import MemoryStore
+from ciphervec.infra.training import LambdaTrainer, LocalTrainer, TrainJob
+from tests.conftest import clustered
+
+
+class RecordingLambda:
+    """Stands in for the Lambda service's invoke endpoint only (the network hop)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def invoke(self, **kwargs):
+        self.calls.append(kwargs)
+        return {"StatusCode": 202}
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        kms = boto3.client("kms")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        yield kms, key_id
+
+
+def test_enqueue_seals_the_key_and_train_function_trains(aws, tmp_path):
+    kms, key_id = aws
+    settings = Settings(
+        store_uri=f"file://{tmp_path}/d",
+        keys_uri="memory://",
+        kms_uri="aws",
+        kms_keys={"default": key_id, "jobs": key_id},
+        train_function="ciphervec-train",
+        train_threshold=100,
+    )
+    recorder = RecordingLambda()
+    c = wiring.configure(settings, kms=kms, **{"lambda": recorder})
+    assert isinstance(c.trainer, LambdaTrainer)
+    kek = os.urandom(32)
+    c.service.create_index("default", "big", IndexConfig(), kek=kek)
+    x = clustered(400, 8)
+    result = c.service.upsert("default", "big", kek, RowBatch([str(i) for i in range(400)], x))
+    assert result.training_triggered
+    c.trainer.enqueue("default", "big", kek)
+    (call,) = recorder.calls
+    assert call["InvocationType"] == "Event" and call["FunctionName"] == "ciphervec-train"
+    payload = call["Payload"]
+    assert kek not in payload and kek.hex().encode() not in payload
+    assert len(payload) < 1 << 20  # async invoke payload limit
+    assert c.service.training_indexes("default") == [("big", "queued")]
+
+    # TrainFunction: a fresh container over the same store, same KMS
+    worker = wiring.configure(settings.with_(train_function=""), kms=kms)
+    assert isinstance(worker.trainer, LocalTrainer)
+    out = train_handler.lambda_handler(json.loads(payload), None)
+    assert out == {"status": "success", "n_lists": 16}
+    assert worker.service.describe("default", "big", kek)["is_trained"] is True
+    assert worker.service.training_indexes("default") == []
+
+
+def test_sealed_key_is_bound_to_its_index(aws):
+    kms, key_id = aws
+    svc = IndexService(MemoryStore(), AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select("numpy"))
+    trainer = LambdaTrainer(svc, "fn", client=RecordingLambda())
+    sealed = trainer.seal("t", "a", os.urandom(32))
+    with pytest.raises(Exception) as info:
+        trainer.open({"tenant": "t", "index_name": "b", "sealed_key": sealed})
+    assert type(info.value).__name__ == "WrongKey"
+
+
+def test_small_explicit_train_runs_inline_in_lambda(aws):
+    kms, key_id = aws
+    svc = IndexService(MemoryStore(), AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select("numpy"))
+    recorder = RecordingLambda()
+    trainer = LambdaTrainer(svc, "fn", client=recorder)
+    kek = os.urandom(32)
+    svc.create_index("t", "small", IndexConfig(), kek=kek)
+    svc.upsert("t", "small", kek, RowBatch([str(i) for i in range(300)], clustered(300, 8)))
+    result = trainer.train(TrainJob("t", "small", kek, {"n_lists": 4}), wait_seconds=25)
+    assert result is not None and result.trained and recorder.calls == []
+    np.testing.assert_equal(svc.describe("t", "small", kek)["n_lists"], 4)
