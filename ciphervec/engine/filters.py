@@ -16,7 +16,7 @@ from typing import Any
 from .errors import InvalidRequest
 
 Predicate = Callable[[dict[str, Any] | None], bool]
-_MISSING = object()
+MISSING = object()
 _LOGICAL = {"$and", "$or", "$nor", "$not"}
 _FIELD_OPS = {
     "$eq",
@@ -35,11 +35,12 @@ _FIELD_OPS = {
 }
 
 
-def _lookup(item: dict[str, Any] | None, path: list[str]) -> Any:
+def lookup(item: dict[str, Any] | None, path: list[str]) -> Any:
+    """The value at a dotted path (split into parts), or ``MISSING``."""
     value: Any = item
     for part in path:
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return MISSING
         value = value[part]
     return value
 
@@ -82,25 +83,25 @@ def _compare(op: str, operand: Any) -> Callable[[Any], bool]:
 
 
 def _field_op(op: str, operand: Any, spec: dict[str, Any]) -> Callable[[Any], bool]:
-    """A test on a field's value (``_MISSING`` when absent)."""
+    """A test on a field's value (``MISSING`` when absent)."""
     if op == "$eq":
-        return lambda v: v is not _MISSING and _eq(v, operand)
+        return lambda v: v is not MISSING and _eq(v, operand)
     if op == "$ne":
-        return lambda v: v is _MISSING or not _eq(v, operand)
+        return lambda v: v is MISSING or not _eq(v, operand)
     if op in ("$gt", "$gte", "$lt", "$lte"):
         cmp = _compare(op, operand)
-        return lambda v: v is not _MISSING and cmp(v)
+        return lambda v: v is not MISSING and cmp(v)
     if op in ("$in", "$nin"):
         if not isinstance(operand, list):
             raise InvalidRequest(f"{op} needs a list")
 
         def member(v: Any) -> bool:
-            return v is not _MISSING and any(_eq(v, o) for o in operand)
+            return v is not MISSING and any(_eq(v, o) for o in operand)
 
         return member if op == "$in" else (lambda v: not member(v))
     if op == "$exists":
         want = bool(operand)
-        return lambda v: (v is not _MISSING) == want
+        return lambda v: (v is not MISSING) == want
     if op == "$regex":
         flags = re.IGNORECASE if "i" in str(spec.get("$options", "")) else 0
         try:
@@ -158,7 +159,7 @@ def compile_filter(spec: Any) -> Predicate:
 
 
 def _field_clause(path: list[str], test: Callable[[Any], bool]) -> Predicate:
-    return lambda item: test(_lookup(item, path))
+    return lambda item: test(lookup(item, path))
 
 
 def _logical(op: str, value: Any) -> Predicate:

@@ -34,7 +34,7 @@ from .errors import (
     Unauthorized,
     ValidationFailed,
 )
-from .filters import compile_filter
+from .filters import compile_filter, lookup
 from .manifest import (
     Centroids,
     Envelope,
@@ -687,11 +687,7 @@ def _escape(name: str) -> str:
 
 
 def _sort_key(item: dict[str, Any] | None, path: list[str]) -> Any:
-    value: Any = item
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
+    value = lookup(item, path)
     if isinstance(value, bool | int | float):
         return (0, float(value), "")
     if isinstance(value, str):

@@ -3,30 +3,17 @@ an atomic rename, so several local processes can share it."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
+from ..locking import exclusive
 from . import KeyRecord
 
 
 class FileKeyStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser().absolute()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -36,7 +23,7 @@ class FileKeyStore:
         return dict(data.get("keys", {}))
 
     def put(self, record: KeyRecord) -> None:
-        with self._locked():
+        with exclusive(self.path.with_name(self.path.name + ".lock")):
             keys = self._read()
             keys[record.key_id] = record.to_item()
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

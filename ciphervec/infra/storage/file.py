@@ -13,13 +13,13 @@ Several processes may share one directory safely.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ...engine.ports import BlobNotFound, StoreConflict
+from ..locking import exclusive
 
 _TMP = ".tmp-"
 _LOCK = ".lock"
@@ -79,20 +79,9 @@ class FileStore:
         self._fsync_dir(path.parent)
         return _tag(data)
 
-    @contextlib.contextmanager
-    def _locked(self, path: Path) -> Iterator[None]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_name(path.name + _LOCK), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
     def put_if_match(self, key: str, data: bytes, etag: str) -> str:
         path = self._path(key)
-        with self._locked(path):
+        with exclusive(path.with_name(path.name + _LOCK)):
             try:
                 current = _tag(path.read_bytes())
             except FileNotFoundError:
