@@ -18,7 +18,7 @@ log = logging.getLogger("ciphervec.backend")
 try:
     import faiss
 except ImportError:  # pragma: no cover - faiss is a hard dependency of the [cpu]/[gpu] extras
-    faiss = None  # type: ignore[assignment]
+    faiss = None
 
 
 @dataclass
@@ -64,6 +64,50 @@ class Backend:
         part = np.argpartition(d2, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(d2, part, 1).argsort(1)
         return np.take_along_axis(part, order, 1)
+
+
+class AnnIndex:
+    """A faiss index over search-space vectors whose ids are state row numbers.
+
+    Untrained: ``IndexFlatL2`` (exact). Trained: ``IndexIVFFlat`` over the given centroids
+    (per-list contiguous storage inside faiss). Rows are only ever appended; dead or
+    filtered-out rows are excluded at search time by a bitmap selector, so a delete or
+    overwrite never has to touch the index.
+    """
+
+    def __init__(self, dim: int, centroids: np.ndarray | None = None) -> None:
+        self.dim = dim
+        self.ntotal = 0
+        self.quantizer: Any = None
+        if centroids is None:
+            self.index: Any = faiss.IndexFlatL2(dim)
+        else:
+            self.quantizer = faiss.IndexFlatL2(dim)
+            self.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            self.index = faiss.IndexIVFFlat(self.quantizer, dim, len(centroids), faiss.METRIC_L2)
+        self.ivf = centroids is not None
+
+    def add(self, x: np.ndarray) -> None:
+        """Append rows ``ntotal .. ntotal+len(x)-1``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.ivf:
+            ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
+            self.index.add_with_ids(x, ids)
+        else:
+            self.index.add(x)
+        self.ntotal += len(x)
+
+    def search(self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, rows)`` of the ``k`` nearest valid rows; missing slots are -1."""
+        bits = np.packbits(valid[: self.ntotal], bitorder="little")
+        selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits))
+        if self.ivf:
+            params: Any = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        dist, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k, params=params)
+        del bits
+        return dist, rows
 
 
 def _numpy_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float) -> np.ndarray:

@@ -8,14 +8,11 @@ vector queried against itself gets distance 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from .state import IndexState
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
-_CHUNK_CELLS = 1 << 24  # query-chunk × rows scored at once (64 MB of float32)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -47,17 +44,6 @@ def exact_distances(metric: str, q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
     return np.sqrt(d2) if metric == "euclidean" else d2
 
 
-def _top(dist: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the ``k`` smallest finite distances (unordered)."""
-    finite = np.isfinite(dist)
-    if not finite.all():
-        dist, rows = dist[finite], rows[finite]
-    if len(rows) > k:
-        part = np.argpartition(dist, k - 1)[:k]
-        rows = rows[part]
-    return rows
-
-
 def knn(
     state: IndexState,
     queries: np.ndarray,
@@ -65,37 +51,26 @@ def knn(
     metric: str,
     n_probes: int,
     row_mask: np.ndarray | None = None,
-    probe: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-k ``(rows, distances)`` per query, ascending distance.
 
-    ``row_mask`` (bool over all rows) restricts candidates (filters). ``probe`` maps
-    queries to the lists to visit; IVF is used when the state has centroids.
+    Candidates come from the state's faiss index (flat, or IVF probing ``n_probes``
+    lists) restricted to live rows and ``row_mask`` (filters); the survivors are
+    re-scored exactly in the index's metric.
     """
     n = state.n_rows
-    qsq = np.einsum("ij,ij->i", queries, queries)
     valid = state.alive[:n] if row_mask is None else (state.alive[:n] & row_mask[:n])
-    ranked: list[np.ndarray] = []
-    if state.centroids is None or probe is None:
-        rows_all = np.arange(n)
-        step = max(1, _CHUNK_CELLS // max(n, 1))
-        for lo in range(0, len(queries), step):
-            q = queries[lo : lo + step]
-            dist = scores(metric, q, qsq[lo : lo + step], state.vectors[:n], state.sqnorms[:n])
-            dist[:, ~valid] = np.inf
-            ranked.extend(_top(d, rows_all, top_k) for d in dist)
-    else:
-        rows_by_list, offsets = state.list_rows()
-        probes = probe(queries, n_probes)
-        for i, q in enumerate(queries):
-            cand = np.concatenate([rows_by_list[offsets[lst] : offsets[lst + 1]] for lst in probes[i]])
-            if row_mask is not None:
-                cand = cand[row_mask[cand]]
-            dist = scores(metric, q[None, :], qsq[i : i + 1], state.vectors[cand], state.sqnorms[cand])[0]
-            ranked.append(_top(dist, cand, top_k))
+    space = normalize if metric == "cosine" else _as_is
+    ann = state.searchable(space)
+    _, found = ann.search(space(queries), min(top_k, n), n_probes, valid)
     results = []
-    for q, rows in zip(queries, ranked, strict=True):
+    for q, rows in zip(queries, found, strict=True):
+        rows = rows[rows >= 0]
         exact = exact_distances(metric, q, state.vectors[rows])
         order = np.lexsort((rows, exact))
         results.append((rows[order], exact[order]))
     return results
+
+
+def _as_is(x: np.ndarray) -> np.ndarray:
+    return x

@@ -216,11 +216,12 @@ class IndexService:
         cent = head.body.centroids
         if (cent.name if cent else None) != state.centroids_name:
             if cent is None:
-                state.set_centroids(None, None, None)
+                state.set_centroids(None, None)
             else:
                 arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
-                metric = head.body.config["metric"]
-                state.set_centroids(cent.name, arr, self._assigner(metric, arr))
+                state.set_centroids(cent.name, arr)
+        if state.n_rows > 4096 and state.dead_fraction > 0.5:
+            state.compact()  # overwrites and deletes: drop dead rows from memory
         with self._guard:
             self._states[key] = (head.envelope.uid, state, applied)
             self._states.move_to_end(key)
@@ -498,21 +499,12 @@ class IndexService:
             mask = self._filter_mask(state, filters)
             cent = head.body.centroids
             probes = n_probes or (cent.auto_n_probes if cent else 1)
-            probe: Callable[[np.ndarray, int], np.ndarray] | None = None
-            if cent is not None and state.centroids is not None:
-                centroids = state.centroids
-                probes = max(1, min(probes, len(centroids)))
-
-                def probe_lists(q: np.ndarray, p: int) -> np.ndarray:
-                    space = normalize(q) if metric == "cosine" else q
-                    return self.backend.nearest(space, centroids, p)
-
-                probe = probe_lists
-
-                # A selective filter leaves few rows: scan them all instead of probing.
+            if cent is not None:
+                probes = max(1, min(probes, cent.n_lists))
+                # A selective filter leaves few rows: visit every list, i.e. scan them all.
                 if mask is not None and int(mask.sum()) <= max(4096, 8 * top_k):
-                    probe = None
-            hits = knn(state, queries, top_k, metric, probes, mask, probe)
+                    probes = cent.n_lists
+            hits = knn(state, queries, top_k, metric, probes, mask)
             return [self._shape(state, rows, dist, include) for rows, dist in hits]
         finally:
             lock.release()

@@ -8,10 +8,12 @@ sequence prefix holds the same rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .backend import AnnIndex
 from .segment import Segment
 
 
@@ -23,16 +25,14 @@ class IndexState:
         self.ids: list[str] = []
         self.pos: dict[str, int] = {}
         self.vectors = np.empty((0, max(dimension, 1)), dtype=np.float32)
-        self.sqnorms = np.empty(0, dtype=np.float32)
         self.alive = np.empty(0, dtype=bool)
-        self.lists = np.empty(0, dtype=np.int32)
         self.metadata: list[dict[str, Any] | None] = []
         self.contents: list[str | None] = []
         self.applied_seq = 0
         self.snapshot_name: str | None = None
         self.centroids: np.ndarray | None = None
         self.centroids_name: str | None = None
-        self._assigner: Any = None
+        self.ann: AnnIndex | None = None  # built lazily by ``searchable``
         self.version = 0  # bumps on every change; keys derived caches
         self._cache: dict[Any, Any] = {}
 
@@ -46,7 +46,8 @@ class IndexState:
         return len(self.pos)
 
     def nbytes(self) -> int:
-        return int(self.vectors.nbytes + self.sqnorms.nbytes + self.alive.nbytes + 64 * self.n_rows)
+        ann = self.ann.ntotal * self.ann.dim * 4 if self.ann is not None else 0
+        return int(self.vectors.nbytes + self.alive.nbytes + ann + 64 * self.n_rows)
 
     # -- mutation ----------------------------------------------------------------
     def _grow(self, extra: int) -> None:
@@ -56,9 +57,7 @@ class IndexState:
         cap = max(need, int(len(self.alive) * 1.5) + 1024)
         for name, shape in (
             ("vectors", (cap, self.vectors.shape[1])),
-            ("sqnorms", (cap,)),
             ("alive", (cap,)),
-            ("lists", (cap,)),
         ):
             old = getattr(self, name)
             new = np.zeros(shape, dtype=old.dtype)
@@ -90,7 +89,6 @@ class IndexState:
         self.pos.update(zip(segment.ids, rows.tolist(), strict=True))
         self.ids.extend(segment.ids)
         self.vectors[start : start + n] = segment.vectors
-        self.sqnorms[start : start + n] = np.einsum("ij,ij->i", segment.vectors, segment.vectors)
         if len(set(segment.ids)) == n:
             self.alive[start : start + n] = True
         else:  # duplicate ids in one write: the last one wins
@@ -98,28 +96,31 @@ class IndexState:
             self.alive[start : start + n] = current == rows
         self.metadata.extend(segment.metadata or [None] * n)
         self.contents.extend(segment.contents or [None] * n)
-        self.lists[start : start + n] = -1
-        if self.centroids is not None:
-            self.assign(rows)
 
-    def set_centroids(self, name: str | None, centroids: np.ndarray | None, assigner: Any) -> None:
-        """Adopt trained centroids and assign every row to its list."""
-        self._assigner = assigner
+    def set_centroids(self, name: str | None, centroids: np.ndarray | None) -> None:
+        """Adopt trained centroids (``None``: back to exact search)."""
         self.centroids = centroids
         self.centroids_name = name
+        self.ann = None
         self._cache.clear()
         self.version += 1
-        if centroids is None:
-            self.lists[: self.n_rows] = -1
-        else:
-            self.assign(np.arange(self.n_rows))
 
-    def assign(self, rows: np.ndarray) -> None:
-        assert self.centroids is not None
+    def searchable(self, space: Callable[[np.ndarray], np.ndarray]) -> AnnIndex:
+        """The faiss index over every row, brought up to date with appended rows.
+
+        ``space`` maps stored vectors to the search space (normalised for cosine).
+        """
+        if self.ann is None:
+            self.ann = AnnIndex(self.vectors.shape[1], self.centroids)
         chunk = 65536
-        for lo in range(0, len(rows), chunk):
-            part = rows[lo : lo + chunk]
-            self.lists[part] = self._assigner(self.vectors[part])
+        while self.ann.ntotal < self.n_rows:
+            lo = self.ann.ntotal
+            self.ann.add(space(self.vectors[lo : min(lo + chunk, self.n_rows)]))
+        return self.ann
+
+    @property
+    def dead_fraction(self) -> float:
+        return 1.0 - self.live / self.n_rows if self.n_rows else 0.0
 
     def compact(self) -> None:
         """Drop dead rows from memory (row numbers change)."""
@@ -127,8 +128,7 @@ class IndexState:
         if len(keep) == self.n_rows:
             return
         self.vectors = self.vectors[keep].copy()
-        self.sqnorms = self.sqnorms[keep].copy()
-        self.lists = self.lists[keep].copy()
+        self.ann = None
         self.alive = np.ones(len(keep), dtype=bool)
         self.ids = [self.ids[i] for i in keep]
         self.metadata = [self.metadata[i] for i in keep]
@@ -143,21 +143,6 @@ class IndexState:
         key = "live_rows"
         if key not in self._cache:
             self._cache[key] = np.flatnonzero(self.alive[: self.n_rows])
-        return self._cache[key]
-
-    def list_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, offsets)``: live rows grouped by list; list ``l`` is
-        ``rows[offsets[l]:offsets[l+1]]``."""
-        key = "list_rows"
-        if key not in self._cache:
-            assert self.centroids is not None
-            live = self.live_rows()
-            labels = self.lists[live]
-            order = np.argsort(labels, kind="stable")
-            counts = np.bincount(labels, minlength=len(self.centroids))
-            offsets = np.zeros(len(self.centroids) + 1, dtype=np.int64)
-            np.cumsum(counts, out=offsets[1:])
-            self._cache[key] = (live[order], offsets)
         return self._cache[key]
 
     def snapshot(self) -> Segment:
