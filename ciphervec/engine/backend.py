@@ -28,6 +28,28 @@ class Backend:
     name: str
     xp: Any
     faiss_gpu: bool
+    _resources: Any = None
+
+    @property
+    def gpu_resources(self) -> Any:
+        """One ``StandardGpuResources`` per process (streams, scratch memory)."""
+        if self._resources is None:
+            self._resources = faiss.StandardGpuResources()
+        return self._resources
+
+    def ann_index(self, dim: int, centroids: np.ndarray | None = None) -> AnnIndex:
+        """A flat or IVF-Flat index; with faiss-gpu it is mirrored on the device."""
+        return AnnIndex(dim, centroids, self.gpu_resources if self.faiss_gpu else None)
+
+    def knn(self, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
+        """Exact L2 ``k`` nearest rows of ``base`` for each query (brute force)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        x = np.ascontiguousarray(base, dtype=np.float32)
+        if self.faiss_gpu:
+            _, idx = faiss.knn_gpu(self.gpu_resources, q, x, k)
+        else:
+            _, idx = faiss.knn(q, x, k)
+        return np.asarray(idx)
 
     def kmeans(
         self, x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float
@@ -56,8 +78,7 @@ class Backend:
         if len(x) == 0:
             return np.empty((0, k), dtype=np.int64)
         if faiss is not None:
-            _, idx = faiss.knn(x, np.ascontiguousarray(centroids, dtype=np.float32), k)
-            return np.asarray(idx)
+            return self.knn(x, centroids, k)
         d2 = (centroids**2).sum(1)[None, :] - 2.0 * (x @ centroids.T)
         if k == 1:
             return d2.argmin(1)[:, None]
@@ -75,9 +96,14 @@ class AnnIndex:
     overwrite never has to touch the index.
     """
 
-    def __init__(self, dim: int, centroids: np.ndarray | None = None) -> None:
+    # Over-fetch on the device when at most this many rows are excluded; else use the host.
+    DEVICE_EXCLUSION_LIMIT = 1024
+
+    def __init__(self, dim: int, centroids: np.ndarray | None = None, gpu: Any = None) -> None:
         self.dim = dim
         self.ntotal = 0
+        self.gpu = gpu
+        self.device: Any = None
         self.quantizer: Any = None
         if centroids is None:
             self.index: Any = faiss.IndexFlatL2(dim)
@@ -96,9 +122,18 @@ class AnnIndex:
         else:
             self.index.add(x)
         self.ntotal += len(x)
+        self.device = None  # re-mirrored on the next device search
+
+    def _device_index(self) -> Any:
+        if self.device is None:
+            self.device = faiss.index_cpu_to_gpu(self.gpu, 0, self.index)
+        return self.device
 
     def search(self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, rows)`` of the ``k`` nearest valid rows; missing slots are -1."""
+        excluded = self.ntotal - int(np.count_nonzero(valid[: self.ntotal]))
+        if self.gpu is not None and excluded <= self.DEVICE_EXCLUSION_LIMIT:
+            return self._search_device(q, k, nprobe, valid, excluded)
         bits = np.packbits(valid[: self.ntotal], bitorder="little")
         selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits))
         if self.ivf:
@@ -108,6 +143,22 @@ class AnnIndex:
         dist, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k, params=params)
         del bits
         return dist, rows
+
+    def _search_device(
+        self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray, excluded: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """GPU search has no id selector: over-fetch by the excluded count, drop them here."""
+        index = self._device_index()
+        if self.ivf:
+            index.nprobe = nprobe
+        fetch = min(self.ntotal, k + excluded)
+        dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), fetch)
+        if excluded:
+            keep = (rows >= 0) & valid[np.clip(rows, 0, None)]
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+            rows = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(rows, order, 1), -1)
+            dist = np.take_along_axis(dist, order, 1)
+        return dist[:, :k], rows[:, :k]
 
 
 def _numpy_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float) -> np.ndarray:

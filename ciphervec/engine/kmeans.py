@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .backend import Backend
-from .search import normalize, scores
+from .search import normalize
 
 MAX_LISTS = 65536
 RECALL_TARGET = 0.95
@@ -73,17 +73,13 @@ def choose_n_probes(
     ranking = backend.nearest(probe_space, centroids, k=n_lists)
     rank_of = np.empty_like(ranking)
     rank_of[np.arange(len(picks))[:, None], ranking] = np.arange(n_lists)[None, :]
-    hits = np.zeros(n_lists + 1, dtype=np.float64)
-    sqnorms = np.einsum("ij,ij->i", vectors, vectors)
-    qsq = sqnorms[picks]
-    step = max(1, (1 << 24) // len(vectors))
-    for lo in range(0, len(picks), step):
-        sl = slice(lo, lo + step)
-        dist = scores(metric, queries[sl], qsq[sl], vectors, sqnorms)
-        dist[np.arange(dist.shape[0]), picks[sl]] = np.inf
-        truth = np.argpartition(dist, k, axis=1)[:, :k]
-        ranks = np.take_along_axis(rank_of[sl], labels[truth], axis=1)
-        hits += np.bincount(ranks.ravel() + 1, minlength=n_lists + 1)
+    space = normalize(vectors) if metric == "cosine" else vectors
+    neighbours = backend.knn(space[picks], space, min(k + 1, len(vectors)))
+    # Each query finds itself (distance 0): move that hit last and keep the first k.
+    order = np.argsort(neighbours == picks[:, None], axis=1, kind="stable")
+    truth = np.take_along_axis(neighbours, order, 1)[:, :k]
+    ranks = np.take_along_axis(rank_of, labels[truth], axis=1)
+    hits = np.bincount(ranks.ravel() + 1, minlength=n_lists + 1).astype(np.float64)
     recall = np.cumsum(hits)[1:] / (len(picks) * k)
     reach = np.flatnonzero(recall >= RECALL_AIM)
     p = int(reach[0]) + 1 if len(reach) else n_lists

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import Backend
 from .state import IndexState
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
@@ -18,15 +19,6 @@ METRICS = ("euclidean", "squared_euclidean", "cosine")
 def normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-30)
-
-
-def scores(metric: str, q: np.ndarray, qsq: np.ndarray, vecs: np.ndarray, sqn: np.ndarray) -> np.ndarray:
-    """Approximate distances ``(len(q), len(vecs))`` used for ranking."""
-    dots = q @ vecs.T
-    if metric == "cosine":
-        denom = np.sqrt(qsq)[:, None] * np.sqrt(sqn)[None, :]
-        return 1.0 - dots / np.maximum(denom, 1e-30)
-    return qsq[:, None] - 2.0 * dots + sqn[None, :]
 
 
 def exact_distances(metric: str, q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
@@ -50,7 +42,8 @@ def knn(
     top_k: int,
     metric: str,
     n_probes: int,
-    row_mask: np.ndarray | None = None,
+    row_mask: np.ndarray | None,
+    backend: Backend,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-k ``(rows, distances)`` per query, ascending distance.
 
@@ -61,7 +54,7 @@ def knn(
     n = state.n_rows
     valid = state.alive[:n] if row_mask is None else (state.alive[:n] & row_mask[:n])
     space = normalize if metric == "cosine" else _as_is
-    ann = state.searchable(space)
+    ann = state.searchable(space, backend)
     _, found = ann.search(space(queries), min(top_k, n), n_probes, valid)
     results = []
     for q, rows in zip(queries, found, strict=True):

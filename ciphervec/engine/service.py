@@ -504,7 +504,7 @@ class IndexService:
                 # A selective filter leaves few rows: visit every list, i.e. scan them all.
                 if mask is not None and int(mask.sum()) <= max(4096, 8 * top_k):
                     probes = cent.n_lists
-            hits = knn(state, queries, top_k, metric, probes, mask)
+            hits = knn(state, queries, top_k, metric, probes, mask, self.backend)
             return [self._shape(state, rows, dist, include) for rows, dist in hits]
         finally:
             lock.release()

