@@ -370,10 +370,33 @@ class IndexService:
             return outcome
 
         try:
-            return self._commit(head, add)
+            outcome = self._commit(head, add)
         except BaseException:
             self.store.delete(head.root + name)
             raise
+        self._adopt(head, name, seg, precision)
+        return outcome
+
+    def _adopt(self, head: _Head, name: str, seg: Segment, precision: str) -> None:
+        """Apply a segment this container just committed, when its state is right before it,
+        so the next request does not read it back from the store."""
+        key = (head.tenant, head.name)
+        committed = self._heads.get(key)
+        if committed is None:
+            return
+        refs = committed.body.segments
+        with self._lock(key, self._locks, threading.RLock):
+            entry = self._states.get(key)
+            if entry is None or entry[0] != committed.envelope.uid or not refs or refs[-1].name != name:
+                return
+            _, state, applied = entry
+            if len(refs) != len(applied) + 1 or [r.name for r in refs[:-1]] != applied:
+                return
+            if precision == "float16" and seg.vectors is not None:
+                rounded = seg.vectors.astype(np.float16).astype(np.float32)
+                seg = Segment(seg.kind, seg.ids, rounded, seg.metadata, seg.contents)
+            state.apply(seg, refs[-1].seq)
+            applied.append(name)
 
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
         head, state, lock = self._state(tenant, name, kek)

@@ -60,7 +60,7 @@ class IndexState:
             ("alive", (cap,)),
         ):
             old = getattr(self, name)
-            new = np.zeros(shape, dtype=old.dtype)
+            new = np.zeros(shape, dtype=old.dtype) if name == "alive" else np.empty(shape, dtype=old.dtype)
             new[: self.n_rows] = old[: self.n_rows]
             setattr(self, name, new)
 
