@@ -122,3 +122,22 @@ def test_device_overfetch_drops_excluded_rows(trained):
     np.testing.assert_array_equal(r_sel, r_dev)
     np.testing.assert_allclose(d_sel, d_dev, rtol=1e-5)
     assert valid[r_dev].all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_float16_precision_halves_memory_and_keeps_recall(service, kek, metric):
+    x = clustered(4000, 128, clusters=32, seed=12)
+    q = clustered(60, 128, clusters=32, seed=13)
+    for name, precision in (("full", "float32"), ("half", "float16")):
+        service.create_index("t", name, IndexConfig(metric=metric, storage_precision=precision), kek=kek)
+        service.upsert("t", name, kek, RowBatch([str(i) for i in range(len(x))], x))
+        service.train("t", name, kek, n_lists=16)
+    want, _ = brute(x, q, 10, metric)
+    half = service.query("t", "half", kek, q, top_k=10, n_probes=16)
+    service.query("t", "full", kek, q[:1], top_k=10)
+    recall = np.mean([len({int(r["id"]) for r in row} & set(w.tolist())) / 10 for row, w in zip(half, want)])
+    assert recall >= 0.98
+    states = {name: service._states[("t", name)][1] for name in ("full", "half")}
+    assert states["half"].nbytes() < 0.6 * states["full"].nbytes()
+    got = service.get("t", "half", kek, ["7"], ["vector"])[0]["vector"]
+    np.testing.assert_allclose(got, x[7], rtol=1e-3, atol=1e-3)

@@ -37,9 +37,9 @@ class Backend:
             self._resources = faiss.StandardGpuResources()
         return self._resources
 
-    def ann_index(self, dim: int, centroids: np.ndarray | None = None) -> AnnIndex:
-        """A flat or IVF-Flat index; with faiss-gpu it is mirrored on the device."""
-        return AnnIndex(dim, centroids, self.gpu_resources if self.faiss_gpu else None)
+    def ann_index(self, dim: int, centroids: np.ndarray | None = None, *, half: bool = False) -> AnnIndex:
+        """A flat or IVF index (float16 codes when ``half``); mirrored on a GPU when present."""
+        return AnnIndex(dim, centroids, self.gpu_resources if self.faiss_gpu else None, half=half)
 
     def knn(self, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
         """Exact L2 ``k`` nearest rows of ``base`` for each query (brute force)."""
@@ -99,18 +99,30 @@ class AnnIndex:
     # Over-fetch on the device when at most this many rows are excluded; else use the host.
     DEVICE_EXCLUSION_LIMIT = 1024
 
-    def __init__(self, dim: int, centroids: np.ndarray | None = None, gpu: Any = None) -> None:
+    def __init__(
+        self, dim: int, centroids: np.ndarray | None = None, gpu: Any = None, *, half: bool = False
+    ) -> None:
         self.dim = dim
         self.ntotal = 0
         self.gpu = gpu
         self.device: Any = None
         self.quantizer: Any = None
+        fp16 = faiss.ScalarQuantizer.QT_fp16
         if centroids is None:
-            self.index: Any = faiss.IndexFlatL2(dim)
+            self.index: Any = (
+                faiss.IndexScalarQuantizer(dim, fp16, faiss.METRIC_L2) if half else faiss.IndexFlatL2(dim)
+            )
         else:
+            cent = np.ascontiguousarray(centroids, dtype=np.float32)
             self.quantizer = faiss.IndexFlatL2(dim)
-            self.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-            self.index = faiss.IndexIVFFlat(self.quantizer, dim, len(centroids), faiss.METRIC_L2)
+            self.quantizer.add(cent)
+            if half:
+                self.index = faiss.IndexIVFScalarQuantizer(
+                    self.quantizer, dim, len(cent), fp16, faiss.METRIC_L2
+                )
+                self.index.train(cent)  # the quantizer is set; fp16 codes need no training
+            else:
+                self.index = faiss.IndexIVFFlat(self.quantizer, dim, len(cent), faiss.METRIC_L2)
         self.ivf = centroids is not None
 
     def add(self, x: np.ndarray) -> None:

@@ -205,7 +205,9 @@ class IndexService:
         if entry is not None and entry[0] == head.envelope.uid and names[: len(entry[2])] == entry[2]:
             uid, state, applied = entry
         else:
-            state, applied = IndexState(int(head.body.config["dimension"])), []
+            cfg = head.body.config
+            state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"))
+            applied = []
         todo = head.body.segments[len(applied) :]
         if todo:
             with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:

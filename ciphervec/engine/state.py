@@ -20,11 +20,13 @@ from .segment import Segment
 class IndexState:
     """Columnar rows of one index plus its IVF list assignment, if trained."""
 
-    def __init__(self, dimension: int) -> None:
+    def __init__(self, dimension: int, precision: str = "float32") -> None:
         self.dimension = dimension
+        self.precision = precision
         self.ids: list[str] = []
         self.pos: dict[str, int] = {}
-        self.vectors = np.empty((0, max(dimension, 1)), dtype=np.float32)
+        # float16 storage precision keeps rows (and the faiss index) at half the memory.
+        self.vectors = np.empty((0, max(dimension, 1)), dtype=np.dtype(precision))
         self.alive = np.empty(0, dtype=bool)
         self.metadata: list[dict[str, Any] | None] = []
         self.contents: list[str | None] = []
@@ -46,7 +48,7 @@ class IndexState:
         return len(self.pos)
 
     def nbytes(self) -> int:
-        ann = self.ann.ntotal * self.ann.dim * 4 if self.ann is not None else 0
+        ann = self.ann.ntotal * self.ann.dim * self.vectors.itemsize if self.ann is not None else 0
         return int(self.vectors.nbytes + self.alive.nbytes + ann + 64 * self.n_rows)
 
     # -- mutation ----------------------------------------------------------------
@@ -79,7 +81,7 @@ class IndexState:
         if self.dimension == 0 or self.vectors.shape[1] != segment.vectors.shape[1]:
             self.dimension = int(segment.vectors.shape[1])
             if self.n_rows == 0:
-                self.vectors = np.empty((0, self.dimension), dtype=np.float32)
+                self.vectors = np.empty((0, self.dimension), dtype=self.vectors.dtype)
         self._grow(n)
         start = self.n_rows
         rows = np.arange(start, start + n)
@@ -111,11 +113,13 @@ class IndexState:
         ``space`` maps stored vectors to the search space (normalised for cosine).
         """
         if self.ann is None:
-            self.ann = backend.ann_index(self.vectors.shape[1], self.centroids)
+            half = self.precision == "float16"
+            self.ann = backend.ann_index(self.vectors.shape[1], self.centroids, half=half)
         chunk = 65536
         while self.ann.ntotal < self.n_rows:
             lo = self.ann.ntotal
-            self.ann.add(space(self.vectors[lo : min(lo + chunk, self.n_rows)]))
+            rows = self.vectors[lo : min(lo + chunk, self.n_rows)].astype(np.float32)
+            self.ann.add(space(rows))
         return self.ann
 
     @property

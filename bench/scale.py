@@ -1,0 +1,175 @@
+"""Scale and cold-start runs for ciphervec (part of `make bench`, or on its own):
+
+    .venv/bin/python bench/scale.py [--sizes 10000,100000,1000000] [--cold]
+
+Scale: for each size, a fresh `ciphervec serve` (file store) ingests 384-d vectors through
+the official SDK in 1,000-vector batches, trains, and answers 200 held-out single queries.
+Base vectors beyond the real MiniLM sentence embeddings are those embeddings plus small
+Gaussian noise (a stated stand-in: embedding a million sentences takes hours on 2 cores).
+
+Cold start: the index lives in S3 (a moto server); after ingest and training the server
+is stopped, a fresh process is started, and the first query is timed against warm ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cyborgdb import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import API_KEY, HERE, Server, free_port, minilm, p, recall, rss_mb, truth  # noqa: E402
+
+
+def vectors(n: int, queries: int) -> tuple[np.ndarray, np.ndarray, str]:
+    real = minilm(101_000)
+    if real is None:
+        raise SystemExit("needs the MiniLM embeddings (make bench-deps)")
+    rng = np.random.default_rng(7)
+    perm = rng.permutation(len(real))
+    pool, held = real[perm[queries:]], real[perm[:queries]]
+    if n <= len(pool):
+        return pool[:n].copy(), held, "real"
+    reps = -(-n // len(pool))
+    noise = rng.standard_normal((reps * len(pool), pool.shape[1]), dtype=np.float32) * 0.02
+    base = (np.tile(pool, (reps, 1)) + noise)[:n]
+    return base, held, f"real + noise (x{reps})"
+
+
+def serve(tmp: Path, store: str, env: dict[str, str] | None = None, name: str = "cv") -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", str(port), "--store", store]
+    cmd += ["--keys", f"file://{tmp}/keys.json", "--train-threshold", "1000000000"]
+    return Server(name, cmd, {"CIPHERVEC_ROOT_KEY": API_KEY, **(env or {})}, port, tmp)
+
+
+def ingest_train(url: str, base: np.ndarray, key: bytes) -> tuple[Any, dict[str, float]]:
+    index = Client(url, API_KEY).create_index("scale", key, metric="cosine", dimension=base.shape[1])
+    ids = [str(i) for i in range(len(base))]
+    t = time.perf_counter()
+    for lo in range(0, len(base), 1000):
+        index.upsert(ids[lo : lo + 1000], base[lo : lo + 1000])
+    out = {"ingest_vps": len(base) / (time.perf_counter() - t)}
+    t = time.perf_counter()
+    index.train()
+    out["train_s"] = time.perf_counter() - t
+    out["n_lists"] = float(index.n_lists)
+    return index, out
+
+
+def query_stats(index: Any, queries: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        res = index.query(q, top_k=10)
+        times.append(time.perf_counter() - t)
+        found.append([int(r["id"]) for r in res])
+    return {
+        "query_p50_ms": p(times, 50) * 1e3,
+        "query_p99_ms": p(times, 99) * 1e3,
+        "recall": recall(found, gt),
+    }
+
+
+def scale(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        base, queries, source = vectors(n, 200)
+        gt = truth(base, queries)
+        srv = serve(tmp, f"file://{tmp}/scale-{n}")
+        try:
+            index, out = ingest_train(srv.url, base, Client.generate_key())
+            out.update(query_stats(index, queries, gt))
+            out["rss_mb"] = rss_mb(srv.proc.pid)
+        finally:
+            srv.stop()
+        out.update(n=n, data=source, raw_mb=base.nbytes / 2**20)
+        rows.append(out)
+        print(
+            f"  {n:>9,}  ingest {out['ingest_vps']:>9,.0f} v/s  train {out['train_s']:6.1f} s ({int(out['n_lists'])} lists)"
+            f"  query p50 {out['query_p50_ms']:6.2f} ms p99 {out['query_p99_ms']:6.2f} ms  recall {out['recall']:.3f}"
+            f"  RSS {out['rss_mb']:,.0f} MB (raw {out['raw_mb']:,.0f} MB)  [{source}]"
+        )
+        del base
+    return rows
+
+
+def cold(tmp: Path, n: int) -> dict[str, Any]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        ).create_bucket(Bucket="cv-bench")
+        base, queries, _ = vectors(n, 50)
+        key = Client.generate_key()
+        srv = serve(tmp, "s3://cv-bench/idx", env, "warm")
+        try:
+            ingest_train(srv.url, base, key)
+        finally:
+            srv.stop()
+        srv = serve(tmp, "s3://cv-bench/idx", env, "cold")
+        try:
+            index = Client(srv.url, API_KEY).load_index("scale", key)
+            t = time.perf_counter()
+            index.query(queries[0], top_k=10)
+            first = time.perf_counter() - t
+            warm = []
+            for q in queries[1:]:
+                t = time.perf_counter()
+                index.query(q, top_k=10)
+                warm.append(time.perf_counter() - t)
+        finally:
+            srv.stop()
+    finally:
+        moto.stop()
+    out = {"n": n, "cold_first_query_s": first, "warm_query_p50_ms": p(warm, 50) * 1e3}
+    print(
+        f"  cold start on S3 (moto), {n:,} vectors: first query {first:.2f} s, warm p50 {out['warm_query_p50_ms']:.2f} ms"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--cold", action="store_true", help="also time a cold start on S3 (moto)")
+    ap.add_argument("--cold-n", type=int, default=100_000)
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="cv-scale-"))
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{os.cpu_count()} cores",
+    }
+    print("scale (384-d, cosine, SDK over HTTP, 1,000-vector batches, 200 held-out queries):")
+    report["scale"] = scale([int(s) for s in args.sizes.split(",") if s], tmp)
+    if args.cold:
+        report["cold"] = cold(tmp, args.cold_n)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
