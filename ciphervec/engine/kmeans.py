@@ -14,6 +14,9 @@ RECALL_TARGET = 0.95
 # Aim a little above the promised recall: the estimate comes from a sample.
 RECALL_AIM = 0.97
 MAX_TRAINING_SAMPLE_PER_LIST = 256
+# k-means for IVF lists settles within ~20 iterations (faiss uses 25); more only costs time.
+# An explicit max_iters from the client is honoured as given.
+DEFAULT_ITERATIONS = 25
 
 
 def auto_n_lists(count: int) -> int:

@@ -603,7 +603,7 @@ class IndexService:
         kek: bytes | None,
         *,
         n_lists: int | None = None,
-        max_iters: int = 100,
+        max_iters: int = kmeans.DEFAULT_ITERATIONS,
         tolerance: float = 1e-6,
     ) -> TrainResult:
         """Train (or retrain) IVF centroids and compact all segments into one snapshot."""

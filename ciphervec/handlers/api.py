@@ -28,6 +28,7 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import to_json
 
 from .. import __version__
 from ..engine import crypto
@@ -101,10 +102,11 @@ def _kek(index_key: str | None) -> bytes | None:
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    # pydantic-core's serializer: an order of magnitude faster than json.dumps on float lists.
     return Response(
         status_code=status,
         content_type="application/json",
-        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        body=to_json(body).decode(),
         headers=headers or {},
     )
 

@@ -4,8 +4,11 @@
   the link fails atomically if the name exists, even across processes.
 * ``put_if_match``: under an exclusive ``fcntl`` lock on ``<key>.lock``, compare the
   current tag, write a temporary file, fsync, ``os.replace`` (atomic), fsync the folder.
-* The tag of an object is a BLAKE2b digest of its bytes. Sealed objects carry a fresh
-  random nonce, so every write of a head has a new tag (inode or mtime tags could repeat).
+* The tag of a small object (up to 64 KiB: heads) is a BLAKE2b digest of its bytes; sealed
+  objects carry a fresh random nonce, so every write of a head has a new tag (inode or
+  mtime tags could repeat within a clock tick). Large objects are immutable segments that
+  are never compared-and-swapped; hashing megabytes per write would only cost time, so
+  their tag is the digest of their size and first 64 KiB, which holds the random nonce.
 
 Several processes may share one directory safely.
 """
@@ -25,8 +28,15 @@ _TMP = ".tmp-"
 _LOCK = ".lock"
 
 
+_HASHED = 64 * 1024
+
+
 def _tag(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    if len(data) <= _HASHED:
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    digest = hashlib.blake2b(memoryview(data)[:_HASHED], digest_size=16)
+    digest.update(len(data).to_bytes(8, "little"))
+    return digest.hexdigest()
 
 
 class FileStore:
