@@ -17,21 +17,21 @@ METRICS = ("euclidean", "squared_euclidean", "cosine")
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
     return x / np.maximum(norms, 1e-30)
 
 
 def exact_distances(metric: str, q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-    """Distances of one query to a few rows, computed without cancellation."""
-    q64 = q.astype(np.float64)
-    v64 = vecs.astype(np.float64)
+    """Distances of one query to a few rows, without the cancellation of ``|x|²-2xq+|q|²``:
+    differences for L2 (a vector's distance to itself is exactly 0), float64 for cosine."""
     if metric == "cosine":
-        denom = np.linalg.norm(v64, axis=1) * np.linalg.norm(q64)
+        q64, v64 = q.astype(np.float64), vecs.astype(np.float64)
+        denom = np.sqrt(np.einsum("ij,ij->i", v64, v64) * (q64 @ q64))
         sims = (v64 @ q64) / np.maximum(denom, 1e-300)
         out = 1.0 - np.clip(sims, -1.0, 1.0)
         out[denom == 0] = 1.0
         return out
-    diff = v64 - q64
+    diff = (vecs - q).astype(np.float64)
     d2 = np.einsum("ij,ij->i", diff, diff)
     return np.sqrt(d2) if metric == "euclidean" else d2
 

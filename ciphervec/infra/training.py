@@ -20,6 +20,7 @@ from typing import Any
 from ..engine.errors import CipherVecError, IndexNotFound
 from ..engine.model import TrainResult
 from ..engine.service import IndexService
+from . import memory
 
 log = logging.getLogger("ciphervec.training")
 
@@ -37,7 +38,9 @@ def run_job(service: IndexService, job: TrainJob) -> TrainResult:
     """Mark the index as training, train, and always clear the mark."""
     try:
         service.set_training(job.tenant, job.index_name, job.kek, "running")
-        return service.train(job.tenant, job.index_name, job.kek, **job.params)
+        result = service.train(job.tenant, job.index_name, job.kek, **job.params)
+        memory.release()  # training's temporaries are large; give them back
+        return result
     except BaseException:
         with contextlib.suppress(CipherVecError):
             service.set_training(job.tenant, job.index_name, job.kek, None)

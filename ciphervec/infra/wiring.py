@@ -9,6 +9,7 @@ from typing import Any
 
 from ..engine.backend import select
 from ..engine.service import IndexService
+from . import memory
 from .keystore import Authenticator, open_keystore
 from .kms import AwsKmsWrapper, open_key_wrapper
 from .settings import Settings
@@ -32,6 +33,7 @@ _lock = threading.Lock()
 
 def build(settings: Settings, **clients: Any) -> Container:
     """Build every adapter from ``settings``; ``clients`` injects boto3 clients (tests)."""
+    memory.tune()
     store = open_store(settings.store_uri, s3_client=clients.get("s3"))
     wrapper = open_key_wrapper(settings.kms_uri, settings.kms_keys)
     if isinstance(wrapper, AwsKmsWrapper) and clients.get("kms") is not None:
