@@ -36,6 +36,7 @@ import numpy as np
 from cyborgdb import Client
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 REPO = HERE.parent
 CACHE = HERE / ".cache"
 K = 10
@@ -463,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="vectors per upsert request")
     ap.add_argument("--datasets", default="minilm,glove")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--scale", default="10000,100000,1000000", help="sizes for the scale run ('' = skip)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold start on S3 (moto)")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -482,6 +485,19 @@ def main(argv: list[str] | None = None) -> int:
                     {"minilm": "MiniLM-384 (real sentences)", "glove": "GloVe-50"}[name], data, args, tmp
                 )
             )
+        if args.scale or not args.no_cold:
+            import scale as scale_run
+
+            if args.scale:
+                print(
+                    "\n== scale (384-d, cosine, SDK over HTTP, 1,000-vector batches, 200 held-out queries) =="
+                )
+                report["scale"] = scale_run.scale([int(n) for n in args.scale.split(",")], tmp)
+            if not args.no_cold:
+                print("\n== cold start: index in S3 (moto server), fresh process ==")
+                report["cold"] = scale_run.cold(tmp, 100_000)
+                met = report["cold"]["cold_first_query_s"] <= 2.0
+                print(f"  target: first query within 2 s: {'yes' if met else 'NO'}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = HERE / "results"

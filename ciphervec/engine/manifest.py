@@ -89,7 +89,17 @@ class HeadBody:
     retired: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Plain dicts built by hand: dataclasses.asdict deep-copies and is slow for long lists.
+        data = {
+            "config": self.config,
+            "next_seq": self.next_seq,
+            "segments": [
+                {"name": s.name, "seq": s.seq, "kind": s.kind, "rows": s.rows} for s in self.segments
+            ],
+            "centroids": asdict(self.centroids) if self.centroids else None,
+            "retired": self.retired,
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> HeadBody:
