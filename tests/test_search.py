@@ -141,3 +141,14 @@ def test_float16_precision_halves_memory_and_keeps_recall(service, kek, metric):
     assert states["half"].nbytes() < 0.6 * states["full"].nbytes()
     got = service.get("t", "half", kek, ["7"], ["vector"])[0]["vector"]
     np.testing.assert_allclose(got, x[7], rtol=1e-3, atol=1e-3)
+
+
+def test_n_probes_estimate_ignores_exact_duplicates():
+    """Duplicated rows sit in their query's own list; counting them would flatter few probes."""
+    be = select("numpy")
+    x = clustered(3000, 16, clusters=30, seed=21, spread=2.0)
+    cent = kmeans.train_centroids(be, x, 32, "euclidean", max_iters=20, tolerance=0)
+    plain = kmeans.choose_n_probes(be, x, be.nearest(x, cent)[:, 0], cent, "euclidean")
+    dup = np.vstack([x] * 6)
+    sixfold = kmeans.choose_n_probes(be, dup, be.nearest(dup, cent)[:, 0], cent, "euclidean")
+    assert plain[0] > 4 and sixfold[0] >= 0.7 * plain[0]

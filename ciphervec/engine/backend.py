@@ -43,13 +43,19 @@ class Backend:
 
     def knn(self, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
         """Exact L2 ``k`` nearest rows of ``base`` for each query (brute force)."""
+        return self.knn_with_distances(queries, base, k)[1]
+
+    def knn_with_distances(
+        self, queries: np.ndarray, base: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(squared L2 distances, rows)`` of the exact ``k`` nearest rows."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         x = np.ascontiguousarray(base, dtype=np.float32)
         if self.faiss_gpu:
-            _, idx = faiss.knn_gpu(self.gpu_resources, q, x, k)
+            dist, idx = faiss.knn_gpu(self.gpu_resources, q, x, k)
         else:
-            _, idx = faiss.knn(q, x, k)
-        return np.asarray(idx)
+            dist, idx = faiss.knn(q, x, k)
+        return np.asarray(dist), np.asarray(idx)
 
     def kmeans(
         self, x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float

@@ -77,13 +77,16 @@ def choose_n_probes(
     rank_of = np.empty_like(ranking)
     rank_of[np.arange(len(picks))[:, None], ranking] = np.arange(n_lists)[None, :]
     space = normalize(vectors) if metric == "cosine" else vectors
-    neighbours = backend.knn(space[picks], space, min(k + 1, len(vectors)))
-    # Each query finds itself (distance 0): move that hit last and keep the first k.
-    order = np.argsort(neighbours == picks[:, None], axis=1, kind="stable")
+    # A sampled row finds itself and any exact duplicates at distance 0, all in its own
+    # list; counting them would flatter small n_probes. Fetch extra, drop them, keep k.
+    dist, neighbours = backend.knn_with_distances(space[picks], space, min(k + 8, len(vectors)))
+    duplicate = (dist <= 1e-9) | (neighbours == picks[:, None]) | (neighbours < 0)
+    order = np.argsort(duplicate, axis=1, kind="stable")
     truth = np.take_along_axis(neighbours, order, 1)[:, :k]
-    ranks = np.take_along_axis(rank_of, labels[truth], axis=1)
+    usable = ~np.take_along_axis(duplicate, order, 1)[:, :k]
+    ranks = np.take_along_axis(rank_of, labels[truth], axis=1)[usable]
     hits = np.bincount(ranks.ravel() + 1, minlength=n_lists + 1).astype(np.float64)
-    recall = np.cumsum(hits)[1:] / (len(picks) * k)
+    recall = np.cumsum(hits)[1:] / max(int(usable.sum()), 1)
     reach = np.flatnonzero(recall >= RECALL_AIM)
     p = int(reach[0]) + 1 if len(reach) else n_lists
     return p, float(recall[p - 1])
