@@ -292,3 +292,42 @@ def test_store_holds_no_plaintext(service, store, kek):
     blob = b"".join(k.encode() + v for k, v in store.items())
     for needle in (b"PLAINTEXT", vec.tobytes(), vec[0, :2].tobytes(), b"cosine", kek, kek.hex().encode()):
         assert needle not in blob
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric,make", [("euclidean", lambda x: x), ("cosine", unit)])
+def test_faiss_holds_the_only_copy_and_rows_stay_exact(service, kek, metric, make):
+    x = make(clustered(3000, 24, seed=31))
+    service.create_index("t", "one", IndexConfig(metric=metric), kek=kek)
+    service.upsert("t", "one", kek, RowBatch([str(i) for i in range(2000)], x[:2000]))
+    service.query("t", "one", kek, x[:1], top_k=1)
+    state = service._states[("t", "one")][1]
+    assert state.vectors is None  # the numpy copy was released
+    service.upsert("t", "one", kek, RowBatch([str(i) for i in range(2000, 3000)], x[2000:]))
+    service.delete_vectors("t", "one", kek, ["5"])
+    got = service.get("t", "one", kek, ["7", "2500"], ["vector"])
+    np.testing.assert_array_equal(np.array([g["vector"] for g in got], np.float32), x[[7, 2500]])
+    hits = service.query("t", "one", kek, x[[2500, 5]], top_k=2, include=["distance"])
+    assert hits[0][0] == {"id": "2500", "distance": 0.0} and hits[1][0]["id"] != "5"
+    service.train("t", "one", kek, n_lists=16)
+    res = service.query("t", "one", kek, x[[100]], top_k=1, n_probes=16, include=["distance"])
+    assert res[0][0] == {"id": "100", "distance": 0.0}
+    assert service._states[("t", "one")][1].vectors is None
+
+
+def test_cosine_rows_of_other_norms_keep_both_copies_and_rank_by_cosine(service, kek):
+    x = unit(clustered(500, 8, seed=32))
+    service.create_index("t", "mix", IndexConfig(metric="cosine"), kek=kek)
+    service.upsert("t", "mix", kek, RowBatch([str(i) for i in range(500)], x))
+    service.query("t", "mix", kek, x[:1], top_k=1)
+    long = (x[3] * 40.0)[None, :]  # same direction, other norm: cosine distance 0 to row 3
+    service.upsert("t", "mix", kek, RowBatch(["long"], long))
+    state = service._states[("t", "mix")][1]
+    hits = service.query("t", "mix", kek, x[[3]], top_k=2, include=["distance"])[0]
+    assert {h["id"] for h in hits} == {"3", "long"} and all(h["distance"] < 1e-6 for h in hits)
+    assert state.vectors is not None and not state.unit_rows
+    got = service.get("t", "mix", kek, ["long", "4"], ["vector"])
+    np.testing.assert_array_equal(np.array([g["vector"] for g in got], np.float32), np.vstack([long, x[[4]]]))

@@ -129,18 +129,27 @@ class AnnIndex:
                 self.index.train(cent)  # the quantizer is set; fp16 codes need no training
             else:
                 self.index = faiss.IndexIVFFlat(self.quantizer, dim, len(cent), faiss.METRIC_L2)
+            # Rows are added in order, so faiss ids are row numbers; an array direct map
+            # lets rows be read back (the index can then be their only copy).
+            self.index.set_direct_map_type(faiss.DirectMap.Array)
         self.ivf = centroids is not None
+        self.half = half
 
     def add(self, x: np.ndarray) -> None:
         """Append rows ``ntotal .. ntotal+len(x)-1``."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.ivf:
-            ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
-            self.index.add_with_ids(x, ids)
-        else:
-            self.index.add(x)
+        self.index.add(np.ascontiguousarray(x, dtype=np.float32))
         self.ntotal += len(x)
         self.device = None  # re-mirrored on the next device search
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``rows`` (float32)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.asarray(self.index.reconstruct_batch(rows), dtype=np.float32)
+
+    def nbytes(self) -> int:
+        return self.ntotal * self.dim * (2 if self.half else 4)
 
     def _device_index(self) -> Any:
         if self.device is None:
@@ -181,6 +190,12 @@ class AnnIndex:
             rows = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(rows, order, 1), -1)
             dist = np.take_along_axis(dist, order, 1)
         return dist[:, :k], rows[:, :k]
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
+    return x / np.maximum(norms, 1e-30)
 
 
 def _numpy_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, tol: float) -> np.ndarray:

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Backend
+from .backend import Backend, normalize
 from .state import IndexState
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
-    return x / np.maximum(norms, 1e-30)
 
 
 def exact_distances(metric: str, q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
@@ -53,17 +48,13 @@ def knn(
     """
     n = state.n_rows
     valid = state.alive[:n] if row_mask is None else (state.alive[:n] & row_mask[:n])
-    space = normalize if metric == "cosine" else _as_is
-    ann = state.searchable(space, backend)
-    _, found = ann.search(space(queries), min(top_k, n), n_probes, valid)
+    ann = state.searchable(backend)
+    space = normalize(queries) if metric == "cosine" else queries
+    _, found = ann.search(space, min(top_k, n), n_probes, valid)
     results = []
     for q, rows in zip(queries, found, strict=True):
         rows = rows[rows >= 0]
-        exact = exact_distances(metric, q, state.vectors[rows])
+        exact = exact_distances(metric, q, state.rows(rows))
         order = np.lexsort((rows, exact))
         results.append((rows[order], exact[order]))
     return results
-
-
-def _as_is(x: np.ndarray) -> np.ndarray:
-    return x

@@ -225,7 +225,7 @@ class IndexService:
             uid, state, applied = entry
         else:
             cfg = head.body.config
-            state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"))
+            state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"), cfg["metric"])
             applied = []
         todo = head.body.segments[len(applied) :]
         if todo:
@@ -484,14 +484,13 @@ class IndexService:
     ) -> list[dict[str, Any]]:
         _, state, lock = self._state(tenant, name, kek)
         try:
+            found = [(i, state.pos[i]) for i in ids if i in state.pos]
+            vectors = state.rows([r for _, r in found]).tolist() if "vector" in include else []
             out = []
-            for i in ids:
-                row = state.pos.get(i)
-                if row is None:
-                    continue
+            for n, (i, row) in enumerate(found):
                 item: dict[str, Any] = {"id": i}
                 if "vector" in include:
-                    item["vector"] = state.vectors[row].tolist()
+                    item["vector"] = vectors[n]
                 if "contents" in include:
                     item["contents"] = state.contents[row] or ""
                 if "metadata" in include:
@@ -558,14 +557,15 @@ class IndexService:
         state: IndexState, rows: np.ndarray, dist: np.ndarray, include: list[str]
     ) -> list[dict[str, Any]]:
         out = []
-        for row, d in zip(rows.tolist(), dist.tolist(), strict=True):
+        vectors = state.rows(rows).tolist() if "vector" in include else []
+        for n, (row, d) in enumerate(zip(rows.tolist(), dist.tolist(), strict=True)):
             item: dict[str, Any] = {"id": state.ids[row]}
             if "distance" in include:
                 item["distance"] = float(d)
             if "metadata" in include:
                 item["metadata"] = state.metadata[row] or {}
             if "vector" in include:
-                item["vector"] = state.vectors[row].tolist()
+                item["vector"] = vectors[n]
             if "contents" in include:
                 item["contents"] = state.contents[row] or ""
             out.append(item)
@@ -642,7 +642,7 @@ class IndexService:
                     f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
                     f"{max(2 * lists, 2)}. Queries stay exact.",
                 )
-            vectors = state.vectors[live]
+            vectors = state.rows(live)
             snap = state.snapshot()
             applied = list(self._states[(tenant, name)][2])
             seq = state.applied_seq

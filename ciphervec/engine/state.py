@@ -4,29 +4,36 @@ Rows live in growable columnar arrays; an id maps to its current row; overwritte
 deleted rows are marked dead and dropped at the next in-memory compaction. Segments
 are applied strictly in sequence order, so every container that has applied the same
 sequence prefix holds the same rows.
+
+One copy of the vectors: once the faiss index holds every row exactly as stored (L2
+metrics, or cosine over unit-norm rows; float32 or fp16 codes), the numpy array is dropped and rows
+are read back from faiss. Otherwise (cosine over rows of other norms, which faiss must
+hold normalised) both are kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .backend import AnnIndex, Backend
+from .backend import AnnIndex, Backend, normalize
 from .segment import Segment
 
 
 class IndexState:
     """Columnar rows of one index plus its IVF list assignment, if trained."""
 
-    def __init__(self, dimension: int, precision: str = "float32") -> None:
+    def __init__(self, dimension: int, precision: str = "float32", metric: str = "euclidean") -> None:
         self.dimension = dimension
         self.precision = precision
+        self.metric = metric
+        # cosine: while every row has unit norm, faiss can hold rows as they are.
+        self.unit_rows = True
         self.ids: list[str] = []
         self.pos: dict[str, int] = {}
         # float16 storage precision keeps rows (and the faiss index) at half the memory.
-        self.vectors = np.empty((0, max(dimension, 1)), dtype=np.dtype(precision))
+        self.vectors: np.ndarray | None = np.empty((0, max(dimension, 1)), dtype=np.dtype(precision))
         self.alive = np.empty(0, dtype=bool)
         self.metadata: list[dict[str, Any] | None] = []
         self.contents: list[str | None] = []
@@ -48,23 +55,42 @@ class IndexState:
         return len(self.pos)
 
     def nbytes(self) -> int:
-        ann = self.ann.ntotal * self.ann.dim * self.vectors.itemsize if self.ann is not None else 0
-        return int(self.vectors.nbytes + self.alive.nbytes + ann + 64 * self.n_rows)
+        ann = self.ann.nbytes() if self.ann is not None else 0
+        own = self.vectors.nbytes if self.vectors is not None else 0
+        return int(own + self.alive.nbytes + ann + 64 * self.n_rows)
+
+    def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Stored vectors of ``rows`` as float32, wherever they live."""
+        if self.vectors is not None:
+            return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        assert self.ann is not None
+        return self.ann.reconstruct(np.asarray(rows, dtype=np.int64))
+
+    def _space(self, x: np.ndarray) -> np.ndarray:
+        """Stored rows → the space faiss searches (L2 there ranks like the metric)."""
+        return normalize(x) if self.metric == "cosine" and not self.unit_rows else x
+
+    def _materialize(self) -> None:
+        """Bring rows back into a numpy array (before faiss must be rebuilt)."""
+        if self.vectors is None:
+            assert self.ann is not None
+            vectors = np.empty((len(self.alive), self.ann.dim), dtype=np.dtype(self.precision))
+            vectors[: self.n_rows] = self.ann.reconstruct(np.arange(self.n_rows))
+            self.vectors = vectors
 
     # -- mutation ----------------------------------------------------------------
     def _grow(self, extra: int) -> None:
         need = self.n_rows + extra
-        if need <= len(self.alive):
+        if need <= len(self.alive) and (self.vectors is None or need <= len(self.vectors)):
             return
         cap = max(need, int(len(self.alive) * 1.5) + 1024)
-        for name, shape in (
-            ("vectors", (cap, self.vectors.shape[1])),
-            ("alive", (cap,)),
-        ):
-            old = getattr(self, name)
-            new = np.zeros(shape, dtype=old.dtype) if name == "alive" else np.empty(shape, dtype=old.dtype)
-            new[: self.n_rows] = old[: self.n_rows]
-            setattr(self, name, new)
+        alive = np.zeros(cap, dtype=bool)
+        alive[: self.n_rows] = self.alive[: self.n_rows]
+        self.alive = alive
+        if self.vectors is not None:
+            vectors = np.empty((cap, self.vectors.shape[1]), dtype=self.vectors.dtype)
+            vectors[: self.n_rows] = self.vectors[: self.n_rows]
+            self.vectors = vectors
 
     def apply(self, segment: Segment, seq: int) -> None:
         """Apply one committed segment (must be the next in sequence order)."""
@@ -78,10 +104,13 @@ class IndexState:
             return
         assert segment.vectors is not None
         n = len(segment)
-        if self.dimension == 0 or self.vectors.shape[1] != segment.vectors.shape[1]:
+        if self.n_rows == 0 and self.dimension != segment.vectors.shape[1]:
             self.dimension = int(segment.vectors.shape[1])
-            if self.n_rows == 0:
-                self.vectors = np.empty((0, self.dimension), dtype=self.vectors.dtype)
+            self.vectors = np.empty((0, self.dimension), dtype=np.dtype(self.precision))
+        if self.metric == "cosine" and self.unit_rows and not _unit_norm(segment.vectors):
+            self._materialize()  # faiss must now hold normalised rows: keep both copies
+            self.unit_rows = False
+            self.ann = None
         self._grow(n)
         start = self.n_rows
         rows = np.arange(start, start + n)
@@ -90,7 +119,11 @@ class IndexState:
             self.alive[old] = False
         self.pos.update(zip(segment.ids, rows.tolist(), strict=True))
         self.ids.extend(segment.ids)
-        self.vectors[start : start + n] = segment.vectors
+        if self.vectors is not None:
+            self.vectors[start : start + n] = segment.vectors
+        else:
+            assert self.ann is not None
+            self.ann.add(self._space(segment.vectors))
         if len(set(segment.ids)) == n:
             self.alive[start : start + n] = True
         else:  # duplicate ids in one write: the last one wins
@@ -101,25 +134,30 @@ class IndexState:
 
     def set_centroids(self, name: str | None, centroids: np.ndarray | None) -> None:
         """Adopt trained centroids (``None``: back to exact search)."""
+        self._materialize()
         self.centroids = centroids
         self.centroids_name = name
         self.ann = None
         self._cache.clear()
         self.version += 1
 
-    def searchable(self, space: Callable[[np.ndarray], np.ndarray], backend: Backend) -> AnnIndex:
-        """The faiss index over every row, brought up to date with appended rows.
-
-        ``space`` maps stored vectors to the search space (normalised for cosine).
-        """
+    def searchable(self, backend: Backend) -> AnnIndex:
+        """The faiss index over every row, brought up to date with appended rows; then,
+        where faiss holds rows exactly as stored, the numpy copy is released."""
         if self.ann is None:
+            assert self.vectors is not None
             half = self.precision == "float16"
             self.ann = backend.ann_index(self.vectors.shape[1], self.centroids, half=half)
         chunk = 65536
         while self.ann.ntotal < self.n_rows:
+            assert self.vectors is not None
             lo = self.ann.ntotal
             rows = self.vectors[lo : min(lo + chunk, self.n_rows)].astype(np.float32)
-            self.ann.add(space(rows))
+            self.ann.add(self._space(rows))
+        # faiss's flat or fp16 codes hold exactly the stored values (float32 or float16).
+        exact_copy = self.metric != "cosine" or self.unit_rows
+        if exact_copy and self.vectors is not None:
+            self.vectors = None
         return self.ann
 
     @property
@@ -131,6 +169,8 @@ class IndexState:
         keep = np.flatnonzero(self.alive[: self.n_rows])
         if len(keep) == self.n_rows:
             return
+        self._materialize()
+        assert self.vectors is not None
         self.vectors = self.vectors[keep].copy()
         self.ann = None
         self.alive = np.ones(len(keep), dtype=bool)
@@ -157,7 +197,7 @@ class IndexState:
         return Segment(
             "snapshot",
             [self.ids[i] for i in live],
-            self.vectors[live].copy(),
+            self.rows(live),
             metadata if any(m is not None for m in metadata) else None,
             contents if any(c is not None for c in contents) else None,
         )
@@ -167,3 +207,8 @@ class IndexState:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+
+def _unit_norm(vectors: np.ndarray, tolerance: float = 1e-3) -> bool:
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+    return bool(np.all(np.abs(norms - 1.0) <= tolerance))
