@@ -11,8 +11,9 @@ from .search import normalize
 
 MAX_LISTS = 65536
 RECALL_TARGET = 0.95
-# Aim a little above the promised recall: the estimate comes from a sample.
-RECALL_AIM = 0.97
+# Aim above the promised recall: the estimate comes from a sample of indexed rows,
+# and queries from outside the index (the real case) are a little harder.
+RECALL_AIM = 0.98
 MAX_TRAINING_SAMPLE_PER_LIST = 256
 # k-means for IVF lists settles within ~20 iterations (faiss uses 25); more only costs time.
 # An explicit max_iters from the client is honoured as given.
