@@ -77,3 +77,57 @@ def test_bad_filters_are_400(spec):
 def test_filters_must_be_objects():
     with pytest.raises(InvalidRequest):
         compile_filter([1, 2])
+
+
+MIXED = [
+    {"n": 5, "s": "apple pie", "b": True, "tags": ["x", "y"], "loc": {"city": "Paris"}},
+    {"n": 10, "s": "banana", "b": False, "tags": ["y"], "loc": {"city": "Rome"}},
+    {"n": 1.5, "s": "cherry", "tags": "x"},
+    None,
+    {"n": None, "s": 7, "b": 1, "big": 2**60},
+    {"n": [1, 10], "s": ["banana", "kiwi"], "big": 2**60 + 1},
+]
+SPECS = [
+    {},
+    {"n": 5},
+    {"n": 10},
+    {"n": {"$ne": 10}},
+    {"n": {"$gt": 1, "$lte": 10}},
+    {"n": {"$in": [1, 10, 1.5]}},
+    {"n": {"$nin": [1, 10]}},
+    {"n": None},
+    {"s": "banana"},
+    {"s": {"$gte": "b"}},
+    {"s": {"$in": ["kiwi", "cherry"]}},
+    {"b": True},
+    {"b": 1},
+    {"b": {"$exists": False}},
+    {"tags": "x"},
+    {"loc.city": {"$ne": "Rome"}},
+    {"big": 2**60},
+    {"big": {"$gt": 2**60}},
+    {"s": {"$regex": "an"}},
+    {"$or": [{"n": 1.5}, {"b": False}], "s": {"$exists": True}},
+    {"$nor": [{"n": 5}, {"s": "banana"}]},
+    {"$not": {"tags": {"$contains": "y"}}},
+    {"n": {"$not": {"$gt": 4}}},
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_vectorised_masks_agree_with_row_predicates(spec):
+    import numpy as np
+
+    from ciphervec.engine.filters import Column, compile_mask, lookup
+
+    row = compile_filter(spec)
+    expected = [row(item) for item in MIXED]
+    columns = {}
+
+    def column(path):
+        if path not in columns:
+            columns[path] = Column([lookup(item, list(path)) for item in MIXED])
+        return columns[path]
+
+    got = compile_mask(spec)(column, len(MIXED))
+    assert got.dtype == np.bool_ and got.tolist() == expected

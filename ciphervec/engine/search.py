@@ -1,9 +1,9 @@
 """Exact (flat) and IVF k-nearest-neighbour search over an ``IndexState``.
 
 Distances: ``euclidean`` is the true L2 distance, ``squared_euclidean`` its square,
-``cosine`` is ``1 - cos(q, x)``. Candidates are scored with one matrix product per
-query chunk; the final top-k are re-scored exactly (difference of vectors), so a
-vector queried against itself gets distance 0.
+``cosine`` is ``1 - cos(q, x)``. Candidates come from faiss (flat or IVF, L2 in the
+state's search space); the final top-k are re-scored exactly (difference of vectors for
+L2, float64 for cosine), so a vector queried against itself gets distance 0.
 """
 
 from __future__ import annotations

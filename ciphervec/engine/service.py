@@ -35,7 +35,7 @@ from .errors import (
     Unauthorized,
     ValidationFailed,
 )
-from .filters import compile_filter, lookup
+from .filters import Column, compile_filter, compile_mask, lookup
 from .manifest import (
     Centroids,
     Envelope,
@@ -503,12 +503,15 @@ class IndexService:
     def _filter_mask(self, state: IndexState, filters: Any) -> np.ndarray | None:
         if not filters:
             return None
-        predicate = compile_filter(filters)
+        evaluate = compile_mask(filters)
         key = ("filter", json.dumps(filters, sort_keys=True, default=str))
-        return state.cached(
-            key,
-            lambda: np.fromiter((predicate(m) for m in state.metadata), dtype=bool, count=state.n_rows),
-        )
+
+        def column(path: tuple[str, ...]) -> Column:
+            return state.cached(
+                ("column", path), lambda: Column([lookup(m, list(path)) for m in state.metadata])
+            )
+
+        return state.cached(key, lambda: evaluate(column, state.n_rows))
 
     def query(
         self,

@@ -22,7 +22,7 @@ from .segment import Segment
 
 
 class IndexState:
-    """Columnar rows of one index plus its IVF list assignment, if trained."""
+    """Columnar rows of one index (ids, liveness, metadata, contents) and its faiss index."""
 
     def __init__(self, dimension: int, precision: str = "float32", metric: str = "euclidean") -> None:
         self.dimension = dimension
