@@ -112,7 +112,8 @@ def bench(args: argparse.Namespace) -> int:
     if not script.exists():
         print(f"no {script}: run `ciphervec bench` from a ciphervec source checkout", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(script), *args.bench_args])
+    extra = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    return subprocess.call([sys.executable, str(script), *extra])
 
 
 def parser() -> argparse.ArgumentParser:
