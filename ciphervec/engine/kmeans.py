@@ -10,8 +10,7 @@ from .backend import Backend
 from .search import normalize
 
 MAX_LISTS = 65536
-RECALL_TARGET = 0.95
-# Aim above the promised recall: the estimate comes from a sample of indexed rows,
+# Aim above the promised recall@10 of 0.95: the estimate comes from a sample of indexed rows,
 # and queries from outside the index (the real case) are a little harder.
 RECALL_AIM = 0.98
 MAX_TRAINING_SAMPLE_PER_LIST = 256

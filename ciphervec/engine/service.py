@@ -318,10 +318,6 @@ class IndexService:
             "index_config": legacy,
         }
 
-    def key_mode(self, tenant: str, name: str) -> str:
-        """``client`` or ``kms`` — readable without a key (it is in the plaintext envelope)."""
-        return self._envelope(tenant, name).key_mode
-
     def _envelope(self, tenant: str, name: str) -> Envelope:
         check_index_name(name)
         try:

@@ -38,7 +38,6 @@ class IndexState:
         self.metadata: list[dict[str, Any] | None] = []
         self.contents: list[str | None] = []
         self.applied_seq = 0
-        self.snapshot_name: str | None = None
         self.centroids: np.ndarray | None = None
         self.centroids_name: str | None = None
         self.ann: AnnIndex | None = None  # built lazily by ``searchable``
