@@ -156,9 +156,14 @@ class AnnIndex:
             self.device = faiss.index_cpu_to_gpu(self.gpu, 0, self.index)
         return self.device
 
-    def search(self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, rows)`` of the ``k`` nearest valid rows; missing slots are -1."""
-        excluded = self.ntotal - int(np.count_nonzero(valid[: self.ntotal]))
+    def search(
+        self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray, excluded: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, rows)`` of the ``k`` nearest valid rows; missing slots are -1.
+
+        ``excluded`` (rows of ``valid`` that are False) is counted here unless given."""
+        if excluded is None:
+            excluded = self.ntotal - int(np.count_nonzero(valid[: self.ntotal]))
         if self.gpu is not None and excluded <= self.DEVICE_EXCLUSION_LIMIT:
             return self._search_device(q, k, nprobe, valid, excluded)
         bits = None

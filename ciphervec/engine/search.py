@@ -50,7 +50,8 @@ def knn(
     valid = state.alive[:n] if row_mask is None else (state.alive[:n] & row_mask[:n])
     ann = state.searchable(backend)
     space = normalize(queries) if metric == "cosine" else queries
-    _, found = ann.search(space, min(top_k, n), n_probes, valid)
+    excluded = n - state.live if row_mask is None else None  # O(1) when only deletes exclude
+    _, found = ann.search(space, min(top_k, n), n_probes, valid, excluded)
     results = []
     for q, rows in zip(queries, found, strict=True):
         rows = rows[rows >= 0]

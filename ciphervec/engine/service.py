@@ -209,11 +209,13 @@ class IndexService:
     def _sync(self, head: _Head) -> IndexState:
         """Bring the cached state up to ``head``: apply new segments, or rebuild."""
         key = (head.tenant, head.name)
-        names = [s.name for s in head.body.segments]
         with self._guard:
             entry = self._states.get(key)
             if entry is not None:
                 self._states.move_to_end(key)
+        if entry is not None and entry[0] == head.envelope.uid and entry[1].synced_etag == head.etag:
+            return entry[1]  # already at this head: the common case of a read
+        names = [s.name for s in head.body.segments]
         if (
             entry is not None
             and entry[0] == head.envelope.uid
@@ -243,6 +245,7 @@ class IndexService:
                 state.set_centroids(cent.name, arr)
         if state.n_rows > 4096 and state.dead_fraction > 0.5:
             state.compact()  # overwrites and deletes: drop dead rows from memory
+        state.synced_etag = head.etag
         with self._guard:
             self._states[key] = (head.envelope.uid, state, applied)
             self._states.move_to_end(key)
@@ -414,6 +417,7 @@ class IndexService:
                 seg = Segment(seg.kind, seg.ids, rounded, seg.metadata, seg.contents)
             state.apply(seg, refs[-1].seq)
             applied.append(name)
+            state.synced_etag = committed.etag
 
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
         head, state, lock = self._state(tenant, name, kek)

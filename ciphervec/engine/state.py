@@ -41,6 +41,7 @@ class IndexState:
         self.centroids: np.ndarray | None = None
         self.centroids_name: str | None = None
         self.ann: AnnIndex | None = None  # built lazily by ``searchable``
+        self.synced_etag: str | None = None  # the head this state was last brought up to
         self.version = 0  # bumps on every change; keys derived caches
         self._cache: dict[Any, Any] = {}
 
