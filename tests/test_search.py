@@ -152,3 +152,19 @@ def test_n_probes_estimate_ignores_exact_duplicates():
     dup = np.vstack([x] * 6)
     sixfold = kmeans.choose_n_probes(be, dup, be.nearest(dup, cent)[:, 0], cent, "euclidean")
     assert plain[0] > 4 and sixfold[0] >= 0.7 * plain[0]
+
+
+def test_flat_numpy_view_matches_faiss_scan():
+    """Few queries read the flat index through a numpy view; many go to faiss: same answers."""
+    be = select("numpy")
+    x, q = clustered(3000, 16, seed=41), clustered(5, 16, seed=42)
+    ann = be.ann_index(16)
+    ann.add(x[:2000])
+    ann.add(x[2000:])  # norms of appended rows are tracked too
+    valid = np.ones(3000, bool)
+    valid[::7] = False
+    d_view, r_view = ann.search(q, 10, 1, valid)
+    d_faiss, r_faiss = ann.search(np.vstack([q] * 5), 10, 1, valid)  # 25 queries: faiss path
+    np.testing.assert_array_equal(r_view, r_faiss[:5])
+    np.testing.assert_allclose(d_view, d_faiss[:5], rtol=1e-4, atol=1e-4)
+    assert valid[r_view].all()
