@@ -503,7 +503,6 @@ class IndexService:
     def _filter_mask(self, state: IndexState, filters: Any) -> np.ndarray | None:
         if not filters:
             return None
-        evaluate = compile_mask(filters)
         key = ("filter", json.dumps(filters, sort_keys=True, default=str))
 
         def column(path: tuple[str, ...]) -> Column:
@@ -511,7 +510,7 @@ class IndexService:
                 ("column", path), lambda: Column([lookup(m, list(path)) for m in state.metadata])
             )
 
-        return state.cached(key, lambda: evaluate(column, state.n_rows))
+        return state.cached(key, lambda: compile_mask(filters)(column, state.n_rows))
 
     def query(
         self,
