@@ -331,3 +331,73 @@ def test_cosine_rows_of_other_norms_keep_both_copies_and_rank_by_cosine(service,
     assert state.vectors is not None and not state.unit_rows
     got = service.get("t", "mix", kek, ["long", "4"], ["vector"])
     np.testing.assert_array_equal(np.array([g["vector"] for g in got], np.float32), np.vstack([long, x[[4]]]))
+
+
+def build_tail(svc, kek, name="m"):
+    """Many small writes: overwrites, deletes, re-upserts, metadata and contents."""
+    x = clustered(300, 8, seed=51)
+    for lo in range(0, 300, 50):
+        ids = [str(i) for i in range(lo, lo + 50)]
+        svc.upsert(
+            "t",
+            name,
+            kek,
+            RowBatch(
+                ids,
+                x[lo : lo + 50],
+                [{"i": i} for i in range(lo, lo + 50)],
+                [f"c{i}" for i in range(lo, lo + 50)],
+            ),
+        )
+    svc.upsert("t", name, kek, RowBatch(["3", "4"], x[[100, 101]], [{"i": "over"}, None]))
+    svc.delete_vectors("t", name, kek, ["5", "6", "299"])
+    svc.upsert("t", name, kek, RowBatch(["6"], x[[7]]))
+    return x
+
+
+def everything(svc, kek, name="m"):
+    ids = sorted(svc.list_ids("t", name, kek))
+    return ids, svc.get("t", name, kek, ids, ["vector", "metadata", "contents"])
+
+
+def test_merge_tail_keeps_every_row_and_shortens_the_head(store, kek):
+    svc = fresh(store, merge_at=4)
+    svc.create_index("t", "m", IndexConfig(), kek=kek)
+    build_tail(svc, kek)
+    before = everything(svc, kek)
+    state = svc._states[("t", "m")][1]
+    assert svc.merge_tail("t", "m", kek) == 9
+    assert len(svc._heads[("t", "m")].body.segments) == 2
+    assert svc._states[("t", "m")][1] is state  # same rows: nothing was reloaded
+    assert everything(svc, kek) == before
+    assert everything(fresh(store), kek) == before  # a cold container reads the merged pair
+    svc.clock = lambda: 10**12
+    svc.sweep("t", "m", kek)
+    assert len(list(store.list("t/m/seg/"))) == 2
+    assert svc.merge_tail("t", "m", kek) == 0  # two segments: nothing to merge
+
+
+def test_merge_after_training_keeps_tombstones_over_the_snapshot(store, kek):
+    svc = fresh(store, merge_at=2)
+    svc.create_index("t", "m", IndexConfig(), kek=kek)
+    build_tail(svc, kek)
+    svc.train("t", "m", kek, n_lists=4)
+    svc.delete_vectors("t", "m", kek, ["10"])
+    svc.upsert("t", "m", kek, RowBatch(["new"], np.ones((1, 8), np.float32)))
+    before = everything(svc, kek)
+    assert svc.merge_tail("t", "m", kek) == 2
+    refs = svc._heads[("t", "m")].body.segments
+    assert [r.kind for r in refs] == ["snapshot", "delete", "upsert"]
+    assert everything(fresh(store), kek) == before and "10" not in before[0]
+
+
+def test_writes_racing_a_merge_survive(kek):
+    store = RacingStore()
+    svc, rival = fresh(store, merge_at=2), fresh(store)
+    svc.create_index("t", "m", IndexConfig(), kek=kek)
+    build_tail(svc, kek)
+    store.rival = lambda: rival.upsert("t", "m", kek, RowBatch(["late"], np.ones((1, 8), np.float32)))
+    store.races = 1
+    svc.merge_tail("t", "m", kek)
+    assert "late" in fresh(store).list_ids("t", "m", kek)
+    assert len(fresh(store).list_ids("t", "m", kek)) == 300 - 3 + 1 + 1

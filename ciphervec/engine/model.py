@@ -94,6 +94,7 @@ class UpsertResult:
     total: int
     training_triggered: bool = False
     threshold: int = 0
+    merge_due: bool = False  # the write-ahead tail is long enough to merge in the background
 
 
 @dataclass

@@ -89,6 +89,7 @@ class IndexService:
         retry: RetryPolicy | None = None,
         cache_bytes: int = 8 << 30,
         retire_grace_seconds: float = 900.0,
+        merge_at: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -99,6 +100,7 @@ class IndexService:
         self.retry = retry or RetryPolicy()
         self.cache_bytes = cache_bytes
         self.retire_grace = retire_grace_seconds
+        self.merge_at = merge_at
         self.clock = clock
         self._heads: dict[tuple[str, str], _Head] = {}
         self._kms_deks: dict[bytes, bytes] = {}
@@ -445,7 +447,9 @@ class IndexService:
             return self._maybe_queue_training(env, body, estimate)
 
         triggered = self._write_segment(head, seg, mutate)
-        return UpsertResult(len(batch.ids), estimate, bool(triggered), self.train_threshold)
+        committed = self._heads.get((tenant, name))
+        merge_due = committed is not None and len(_tail(committed.body.segments)) >= self.merge_at
+        return UpsertResult(len(batch.ids), estimate, bool(triggered), self.train_threshold, merge_due)
 
     def _maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
         if count <= self.train_threshold or self._training_active(env):
@@ -690,6 +694,75 @@ class IndexService:
         self.sweep(tenant, name, kek)
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
 
+    def merge_tail(self, tenant: str, name: str, kek: bytes | None) -> int:
+        """Merge the write-ahead tail (every segment after the last snapshot) into one
+        upsert segment and one tombstone segment; returns how many segments were merged.
+
+        Keeps the head short and cold loads few objects between trainings. The merged
+        segments hold the tail's net effect (last write per id wins; ids whose last write
+        is a delete become tombstones, which may still shadow rows of the snapshot).
+        """
+        head = self._open(tenant, name, kek)
+        refs = head.body.segments
+        base = [r.name for r in refs[: len(refs) - len(_tail(refs))]]
+        tail = _tail(refs)
+        if len(tail) < max(self.merge_at, 2):
+            return 0
+        latest: dict[str, tuple[Segment, int] | None] = {}
+        for ref in tail:
+            seg = segment.decode(self._read_object(head, ref.name))
+            if seg.kind == "delete":
+                latest.update(dict.fromkeys(seg.ids))
+            else:
+                latest.update((i, (seg, j)) for j, i in enumerate(seg.ids))
+        live = [(i, v) for i, v in latest.items() if v is not None]
+        merged: list[tuple[str, Segment]] = []
+        tombstones = [i for i, v in latest.items() if v is None]
+        if tombstones:
+            merged.append((f"seg/{new_id()}", Segment("delete", tombstones)))
+        if live:
+            rows = [seg.vectors[j] for _, (seg, j) in live if seg.vectors is not None]
+            meta = [seg.metadata[j] if seg.metadata else None for _, (seg, j) in live]
+            text = [seg.contents[j] if seg.contents else None for _, (seg, j) in live]
+            up = Segment(
+                "upsert",
+                [i for i, _ in live],
+                np.vstack(rows),
+                meta if any(m is not None for m in meta) else None,
+                text if any(t is not None for t in text) else None,
+            )
+            merged.append((f"seg/{new_id()}", up))
+        precision = head.body.config.get("storage_precision", "float32")
+        for obj, seg in merged:
+            self._write_object(head, obj, segment.encode(seg, precision))
+        tail_names = [r.name for r in tail]
+        last_seq = tail[-1].seq
+        now = self.clock()
+
+        def swap(env: Envelope, body: HeadBody) -> None:
+            names = [s.name for s in body.segments]
+            if names[: len(base) + len(tail_names)] != base + tail_names:
+                raise Contention("the index was compacted concurrently")
+            body.segments = (
+                body.segments[: len(base)]
+                + [SegmentRef(obj, last_seq, seg.kind, len(seg)) for obj, seg in merged]
+                + body.segments[len(base) + len(tail_names) :]
+            )
+            body.retired.extend({"name": n, "at": now} for n in tail_names)
+
+        try:
+            self._commit(head, swap)
+        except BaseException:
+            for obj, _ in merged:
+                self.store.delete(head.root + obj)
+            raise
+        key = (tenant, name)
+        with self._lock(key, self._locks, threading.RLock):  # same rows: just rename what was applied
+            entry = self._states.get(key)
+            if entry is not None and entry[2][: len(base) + len(tail_names)] == base + tail_names:
+                entry[2][len(base) : len(base) + len(tail_names)] = [obj for obj, _ in merged]
+        return len(tail)
+
     def sweep(self, tenant: str, name: str, kek: bytes | None) -> int:
         """Delete retired objects past the grace period, and old uncommitted orphans."""
         head = self._open(tenant, name, kek)
@@ -716,6 +789,11 @@ class IndexService:
         for obj in due + orphans:
             self.store.delete(head.root + obj)
         return len(due) + len(orphans)
+
+
+def _tail(refs: list[SegmentRef]) -> list[SegmentRef]:
+    """The write-ahead segments after the snapshot (if any) that starts the list."""
+    return refs[1:] if refs and refs[0].kind == "snapshot" else refs
 
 
 def _escape(name: str) -> str:

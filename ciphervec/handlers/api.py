@@ -269,6 +269,8 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
         body["training_message"] = (
             f"Index training has been triggered (vectors: {result.total}, threshold: {result.threshold})"
         )
+    elif result.merge_due:
+        c.trainer.enqueue(tenant, name, kek, kind="merge")
     return _ok(body)
 
 

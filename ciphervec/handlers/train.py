@@ -1,7 +1,9 @@
-"""TrainFunction: asynchronous training (invoked with InvocationType=Event by ApiFunction).
+"""TrainFunction: asynchronous training and write-ahead merges (invoked with
+InvocationType=Event by ApiFunction).
 
-Payload: ``{"tenant", "index_name", "sealed_key": base64|null, "params": {...}}``; a
-client ``index_key`` arrives sealed under KMS, never in plaintext.
+Payload: ``{"tenant", "index_name", "sealed_key": base64|null, "params": {...},
+"kind": "train"|"merge"}``; a client ``index_key`` arrives sealed under KMS, never in
+plaintext.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     c = container()
     trainer = c.trainer if isinstance(c.trainer, LambdaTrainer) else LambdaTrainer(c.service, "")
     job = trainer.open(event)
-    logger.info("training started", extra={"tenant": job.tenant})
+    logger.info("job started", extra={"tenant": job.tenant, "kind": job.kind})
     try:
         result = run_job(c.service, job)
     except CipherVecError as exc:
-        logger.warning("training failed", extra={"tenant": job.tenant, "error": type(exc).__name__})
+        logger.warning(
+            "job failed", extra={"tenant": job.tenant, "kind": job.kind, "error": type(exc).__name__}
+        )
         return {"status": "error", "error": type(exc).__name__}
+    if job.kind == "merge":
+        return {"status": "success", "message": result.message}
     logger.info(
         "training finished",
         extra={"tenant": job.tenant, "n_lists": result.n_lists, "n_probes": result.n_probes},

@@ -28,6 +28,7 @@ ENV = {
     "train_sync_seconds": "CIPHERVEC_TRAIN_SYNC_SECONDS",
     "cache_bytes": "CIPHERVEC_CACHE_BYTES",
     "key_cache_seconds": "CIPHERVEC_KEY_CACHE_SECONDS",
+    "merge_at": "CIPHERVEC_MERGE_AT",
 }
 
 
@@ -65,6 +66,8 @@ class Settings:
     train_sync_seconds: float = 25.0
     cache_bytes: int = 8 << 30
     key_cache_seconds: float = 60.0
+    # Write-ahead segments after the last snapshot that trigger a background merge.
+    merge_at: int = 64
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -102,6 +105,7 @@ def _parse(name: str, raw: str) -> Any:
         "max_response_bytes",
         "max_top_k",
         "cache_bytes",
+        "merge_at",
     ):
         return int(raw)
     if name in ("train_sync_seconds", "key_cache_seconds"):

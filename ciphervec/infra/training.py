@@ -32,10 +32,18 @@ class TrainJob:
     kek: bytes | None
     params: dict[str, Any] = field(default_factory=dict)
     future: Future[TrainResult] = field(default_factory=Future)
+    kind: str = "train"  # or "merge": fold the write-ahead tail into two segments
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.tenant, self.index_name, self.kind)
 
 
 def run_job(service: IndexService, job: TrainJob) -> TrainResult:
-    """Mark the index as training, train, and always clear the mark."""
+    """Train (marking the index as training, and always clearing the mark), or merge."""
+    if job.kind == "merge":
+        merged = service.merge_tail(job.tenant, job.index_name, job.kek)
+        return TrainResult(False, f"merged {merged} write-ahead segments")
     try:
         service.set_training(job.tenant, job.index_name, job.kek, "running")
         result = service.train(job.tenant, job.index_name, job.kek, **job.params)
@@ -53,8 +61,8 @@ class LocalTrainer:
     def __init__(self, service: IndexService) -> None:
         self.service = service
         self._queue: queue.Queue[TrainJob] = queue.Queue()
-        self._pending: list[tuple[str, str]] = []
-        self._current: tuple[str, str] | None = None
+        self._pending: list[tuple[str, str, str]] = []
+        self._current: tuple[str, str, str] | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -68,22 +76,21 @@ class LocalTrainer:
         while True:
             job = self._queue.get()
             with self._lock:
-                self._pending.remove((job.tenant, job.index_name))
-                self._current = (job.tenant, job.index_name)
+                self._pending.remove(job.key)
+                self._current = job.key
             try:
                 job.future.set_result(run_job(self.service, job))
             except BaseException as exc:  # reported through the future / the log
                 if not isinstance(exc, IndexNotFound):
-                    log.warning("training of an index failed: %s", type(exc).__name__)
+                    log.warning("%s job of an index failed: %s", job.kind, type(exc).__name__)
                 job.future.set_exception(exc)
             finally:
                 with self._lock:
                     self._current = None
 
     def submit(self, job: TrainJob) -> TrainJob:
-        key = (job.tenant, job.index_name)
         with self._lock:
-            self._pending.append(key)
+            self._pending.append(job.key)
         self._queue.put(job)
         self._ensure_worker()
         return job
@@ -96,16 +103,17 @@ class LocalTrainer:
         except TimeoutError:
             return None
 
-    def enqueue(self, tenant: str, index_name: str, kek: bytes | None) -> None:
+    def enqueue(self, tenant: str, index_name: str, kek: bytes | None, kind: str = "train") -> None:
+        job = TrainJob(tenant, index_name, kek, kind=kind)
         with self._lock:
-            if (tenant, index_name) in self._pending or self._current == (tenant, index_name):
+            if job.key in self._pending or self._current == job.key:
                 return
-        self.submit(TrainJob(tenant, index_name, kek))
+        self.submit(job)
 
     def status(self, tenant: str) -> dict[str, Any]:
         with self._lock:
-            current = self._current
-            queued = [n for t, n in self._pending if t == tenant]
+            current = self._current if self._current and self._current[2] == "train" else None
+            queued = [n for t, n, kind in self._pending if t == tenant and kind == "train"]
             running = bool(self._thread and self._thread.is_alive())
         return {
             "currently_training": current[1] if current and current[0] == tenant else None,
@@ -159,7 +167,10 @@ class LambdaTrainer:
                 base64.b64decode(sealed),
                 self._context(payload["tenant"], payload["index_name"]),
             )
-        return TrainJob(payload["tenant"], payload["index_name"], kek, payload.get("params") or {})
+        params = payload.get("params") or {}
+        return TrainJob(
+            payload["tenant"], payload["index_name"], kek, params, kind=payload.get("kind", "train")
+        )
 
     def _invoke(self, job: TrainJob) -> None:
         payload = {
@@ -167,6 +178,7 @@ class LambdaTrainer:
             "index_name": job.index_name,
             "sealed_key": self.seal(job.tenant, job.index_name, job.kek),
             "params": job.params,
+            "kind": job.kind,
         }
         self.client.invoke(
             FunctionName=self.function_name,
@@ -186,8 +198,8 @@ class LambdaTrainer:
         self._invoke(job)
         return None
 
-    def enqueue(self, tenant: str, index_name: str, kek: bytes | None) -> None:
-        self._invoke(TrainJob(tenant, index_name, kek))
+    def enqueue(self, tenant: str, index_name: str, kek: bytes | None, kind: str = "train") -> None:
+        self._invoke(TrainJob(tenant, index_name, kek, kind=kind))
 
     def status(self, tenant: str) -> dict[str, Any]:
         return {"currently_training": None, "queued_indexes": [], "worker_running": True}

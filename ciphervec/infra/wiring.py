@@ -44,6 +44,7 @@ def build(settings: Settings, **clients: Any) -> Container:
         train_threshold=settings.train_threshold,
         backend=select(settings.backend),
         cache_bytes=settings.cache_bytes,
+        merge_at=settings.merge_at,
     )
     keys = open_keystore(settings.keys_uri, dynamodb_client=clients.get("dynamodb"))
     auth = Authenticator(
