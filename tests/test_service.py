@@ -16,7 +16,7 @@ from ciphervec.engine.errors import (
     ValidationFailed,
     WrongKey,
 )
-from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.manifest import RetryPolicy, SegmentRef
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.kms import LocalKeyWrapper
@@ -401,3 +401,15 @@ def test_writes_racing_a_merge_survive(kek):
     svc.merge_tail("t", "m", kek)
     assert "late" in fresh(store).list_ids("t", "m", kek)
     assert len(fresh(store).list_ids("t", "m", kek)) == 300 - 3 + 1 + 1
+
+
+def test_merge_runs_are_size_tiered():
+    from ciphervec.engine.service import _merge_run
+
+    def refs(*rows, snapshot=False):
+        out = [SegmentRef(f"s{i}", i, "upsert", r) for i, r in enumerate(rows)]
+        return ([SegmentRef("snap", 0, "snapshot", 10**6)] if snapshot else []) + out
+
+    assert len(_merge_run(refs(1000, 10, 1000, 3, snapshot=True))) == 4  # ordinary writes always join
+    assert len(_merge_run(refs(64000, *[1000] * 10))) == 10  # a big merge output waits ...
+    assert len(_merge_run(refs(64000, *[1000] * 64))) == 65  # ... until newer rows reach its size

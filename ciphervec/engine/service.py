@@ -448,7 +448,7 @@ class IndexService:
 
         triggered = self._write_segment(head, seg, mutate)
         committed = self._heads.get((tenant, name))
-        merge_due = committed is not None and len(_tail(committed.body.segments)) >= self.merge_at
+        merge_due = committed is not None and len(_merge_run(committed.body.segments)) >= self.merge_at
         return UpsertResult(len(batch.ids), estimate, bool(triggered), self.train_threshold, merge_due)
 
     def _maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
@@ -695,19 +695,19 @@ class IndexService:
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
 
     def merge_tail(self, tenant: str, name: str, kek: bytes | None) -> int:
-        """Merge the write-ahead tail (every segment after the last snapshot) into one
+        """Merge the newest run of write-ahead segments (see ``_merge_run``) into one
         upsert segment and one tombstone segment; returns how many segments were merged.
 
         Keeps the head short and cold loads few objects between trainings. The merged
-        segments hold the tail's net effect (last write per id wins; ids whose last write
-        is a delete become tombstones, which may still shadow rows of the snapshot).
+        segments hold the run's net effect (last write per id wins; ids whose last write
+        is a delete become tombstones, which may still shadow older rows).
         """
         head = self._open(tenant, name, kek)
         refs = head.body.segments
-        base = [r.name for r in refs[: len(refs) - len(_tail(refs))]]
-        tail = _tail(refs)
+        tail = _merge_run(refs)
         if len(tail) < max(self.merge_at, 2):
             return 0
+        base = [r.name for r in refs[: len(refs) - len(tail)]]
         latest: dict[str, tuple[Segment, int] | None] = {}
         for ref in tail:
             seg = segment.decode(self._read_object(head, ref.name))
@@ -791,9 +791,22 @@ class IndexService:
         return len(due) + len(orphans)
 
 
-def _tail(refs: list[SegmentRef]) -> list[SegmentRef]:
-    """The write-ahead segments after the snapshot (if any) that starts the list."""
-    return refs[1:] if refs and refs[0].kind == "snapshot" else refs
+_SMALL_SEGMENT_ROWS = 8192
+
+
+def _merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
+    """The newest write-ahead segments worth merging, size-tiered like an LSM tree: walking
+    back from the newest, ordinary writes (up to 8,192 rows) always join; a bigger one (an
+    earlier merge's output) joins only once all newer rows together reach its size. Each
+    row is then rewritten O(log n) times, not once per merge."""
+    run: list[SegmentRef] = []
+    total = 0
+    for ref in reversed(refs):
+        if ref.kind == "snapshot" or (ref.rows > max(total, _SMALL_SEGMENT_ROWS)):
+            break
+        run.insert(0, ref)
+        total += ref.rows
+    return run
 
 
 def _escape(name: str) -> str:
