@@ -89,7 +89,7 @@ class IndexService:
         retry: RetryPolicy | None = None,
         cache_bytes: int = 8 << 30,
         retire_grace_seconds: float = 900.0,
-        merge_at: int = 64,
+        merge_at: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store

@@ -67,7 +67,7 @@ class Settings:
     cache_bytes: int = 8 << 30
     key_cache_seconds: float = 60.0
     # Write-ahead segments after the last snapshot that trigger a background merge.
-    merge_at: int = 64
+    merge_at: int = 256
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
