@@ -29,12 +29,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # Before the handlers are imported: powertools reads its level when the Logger is made.
+    level = os.environ.get("CIPHERVEC_LOG_LEVEL", "WARNING").upper()
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", level)
+    logging.basicConfig(level=level)
+    logging.getLogger("ciphervec").propagate = False  # powertools prints it already, as JSON
+
     from ..infra.local_api import LocalServer
     from ..infra.wiring import configure
     from .api import lambda_handler
 
-    logging.basicConfig(level=os.environ.get("CIPHERVEC_LOG_LEVEL", "WARNING"))
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", os.environ.get("CIPHERVEC_LOG_LEVEL", "WARNING"))
     settings = _settings(args)
     c = configure(settings)
     server = LocalServer((args.host, args.port), lambda_handler, settings.max_body_bytes)
