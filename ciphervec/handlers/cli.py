@@ -30,7 +30,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve(args: argparse.Namespace) -> int:
     # Before the handlers are imported: powertools reads its level when the Logger is made.
-    level = os.environ.get("CIPHERVEC_LOG_LEVEL", "WARNING").upper()
+    settings = _settings(args)
+    level = settings.log_level.upper()
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", level)
     logging.basicConfig(level=level)
     logging.getLogger("ciphervec").propagate = False  # powertools prints it already, as JSON
@@ -39,7 +40,6 @@ def serve(args: argparse.Namespace) -> int:
     from ..infra.wiring import configure
     from .api import lambda_handler
 
-    settings = _settings(args)
     c = configure(settings)
     server = LocalServer((args.host, args.port), lambda_handler, settings.max_body_bytes)
     host, port = server.server_address[:2]

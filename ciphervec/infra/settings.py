@@ -29,6 +29,7 @@ ENV = {
     "cache_bytes": "CIPHERVEC_CACHE_BYTES",
     "key_cache_seconds": "CIPHERVEC_KEY_CACHE_SECONDS",
     "merge_at": "CIPHERVEC_MERGE_AT",
+    "log_level": "CIPHERVEC_LOG_LEVEL",
 }
 
 
@@ -68,6 +69,8 @@ class Settings:
     key_cache_seconds: float = 60.0
     # Write-ahead segments after the last snapshot that trigger a background merge.
     merge_at: int = 256
+    # `ciphervec serve` logging; INFO adds one JSON line per request.
+    log_level: str = "WARNING"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
