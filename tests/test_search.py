@@ -168,3 +168,17 @@ def test_flat_numpy_view_matches_faiss_scan():
     np.testing.assert_array_equal(r_view, r_faiss[:5])
     np.testing.assert_allclose(d_view, d_faiss[:5], rtol=1e-4, atol=1e-4)
     assert valid[r_view].all()
+
+
+def test_an_index_the_gpu_cannot_mirror_is_searched_on_the_host():
+    be = select("numpy")
+    ann = be.ann_index(8)
+    ann.add(clustered(100, 8, seed=3))
+
+    def refuse():
+        raise RuntimeError("not implemented for this index type")
+
+    ann.gpu = object()  # pretend a GPU is there ...
+    ann._device_index = refuse  # ... that cannot clone this index
+    dist, rows = ann.search(clustered(2, 8, seed=4), 5, 1, np.ones(100, bool))
+    assert ann.gpu is None and rows.shape == (2, 5) and (rows >= 0).all()

@@ -165,6 +165,17 @@ class AnnIndex:
             self.device = faiss.index_cpu_to_gpu(self.gpu, 0, self.index)
         return self.device
 
+    def _device_ready(self) -> bool:
+        """Mirror on the GPU; index kinds faiss-gpu cannot clone stay on the host."""
+        try:
+            self._device_index()
+        except RuntimeError as exc:  # faiss raises RuntimeError for unsupported clones
+            log.warning("GPU mirror unavailable (%s); searching on the host", type(self.index).__name__)
+            log.debug("faiss: %s", exc)
+            self.gpu = None
+            return False
+        return True
+
     def search(
         self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray, excluded: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +184,7 @@ class AnnIndex:
         ``excluded`` (rows of ``valid`` that are False) is counted here unless given."""
         if excluded is None:
             excluded = self.ntotal - int(np.count_nonzero(valid[: self.ntotal]))
-        if self.gpu is not None and excluded <= self.DEVICE_EXCLUSION_LIMIT:
+        if self.gpu is not None and excluded <= self.DEVICE_EXCLUSION_LIMIT and self._device_ready():
             return self._search_device(q, k, nprobe, valid, excluded)
         if self._flat_view and len(q) < self.FEW_QUERIES and self.ntotal:
             return self._search_view(q, k, valid, excluded)
