@@ -648,8 +648,9 @@ class IndexService:
                     f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
                     f"{max(2 * lists, 2)}. Queries stay exact.",
                 )
-            vectors = state.rows(live)
-            snap = state.snapshot()
+            snap = state.snapshot()  # every live row, in row order
+            assert snap.vectors is not None
+            vectors = snap.vectors
             applied = list(self._states[(tenant, name)][2])
             seq = state.applied_seq
         finally:
@@ -664,7 +665,6 @@ class IndexService:
             raise
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
-        del vectors
         cent_name, snap_name = f"run/{new_id()}", f"seg/{new_id()}"
         buf = io.BytesIO()
         np.save(buf, centroids, allow_pickle=False)
