@@ -230,7 +230,8 @@ def test_train_compacts_and_keeps_every_row(service, store, kek):
     # retired segments are deleted after the grace period
     service.clock = lambda: 10**12
     assert service.sweep("t", "i", kek) == 5  # four upserts and one tombstone segment
-    assert len(list(store.list("t/i/seg/"))) == 2 and len(list(store.list("t/i/run/"))) == 1
+    # left: the late upsert, the centroids and the run of trained rows grouped by list
+    assert len(list(store.list("t/i/seg/"))) == 1 and len(list(store.list("t/i/run/"))) == 2
     assert fresh(store).num_vectors("t", "i", kek) == 1199
 
 
@@ -377,7 +378,7 @@ def test_merge_tail_keeps_every_row_and_shortens_the_head(store, kek):
     assert svc.merge_tail("t", "m", kek) == 0  # two segments: nothing to merge
 
 
-def test_merge_after_training_keeps_tombstones_over_the_snapshot(store, kek):
+def test_merge_after_training_keeps_tombstones_over_the_run(store, kek):
     svc = fresh(store, merge_at=2)
     svc.create_index("t", "m", IndexConfig(), kek=kek)
     build_tail(svc, kek)
@@ -387,7 +388,7 @@ def test_merge_after_training_keeps_tombstones_over_the_snapshot(store, kek):
     before = everything(svc, kek)
     assert svc.merge_tail("t", "m", kek) == 2
     refs = svc._heads[("t", "m")].body.segments
-    assert [r.kind for r in refs] == ["snapshot", "delete", "upsert"]
+    assert [r.kind for r in refs] == ["run", "delete", "upsert"]
     assert everything(fresh(store), kek) == before and "10" not in before[0]
 
 

@@ -141,10 +141,18 @@ class AnnIndex:
         self._flat_view = centroids is None and not half
         self._sqnorms = np.empty(0, dtype=np.float32)
 
-    def add(self, x: np.ndarray) -> None:
-        """Append rows ``ntotal .. ntotal+len(x)-1``."""
+    def add(self, x: np.ndarray, lists: np.ndarray | None = None) -> None:
+        """Append rows ``ntotal .. ntotal+len(x)-1``; an IVF index puts each row in its
+        given list (``lists``; -1 or ``None``: the nearest centroid, as faiss would)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        self.index.add(x)
+        if self.ivf and lists is not None and len(x) and bool((np.asarray(lists) >= 0).any()):
+            assign = np.array(lists, dtype=np.int64)
+            free = assign < 0
+            if free.any():
+                assign[free] = self.quantizer.search(x[free], 1)[1][:, 0]
+            self.index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
+        else:
+            self.index.add(x)
         if self._flat_view:
             self._sqnorms = np.concatenate([self._sqnorms, np.einsum("ij,ij->i", x, x)])
         self.ntotal += len(x)

@@ -4,6 +4,11 @@ Every call re-reads the index head (a conditional GET when warm), proves the cal
 key by unwrapping the data key, brings the in-memory state up to the head by applying
 any segments it has not seen, and only then reads or writes. Writes follow the commit
 protocol of ``manifest.commit`` and are acknowledged only after the head CAS succeeded.
+
+Cold reads of a trained index are lazy: a query on a container that has not loaded the
+index reads the head, the centroids, the run's directory and only the IVF lists it
+probes (ranged reads); the remaining lists are filled in by a background thread, and any
+call that needs every row (get, filters, training, ...) completes the load first.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -23,7 +29,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from . import crypto, kmeans, segment
+from . import crypto, kmeans, run, segment
 from .backend import Backend, select
 from .errors import (
     CipherVecError,
@@ -51,9 +57,13 @@ from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index
 from .ports import BlobNotFound, BlobStore, KeyWrapper, StoreConflict
 from .search import knn, normalize
 from .segment import Segment
-from .state import IndexState
+from .state import IndexState, PartialRun, _unit_norm
 
 TRAINING_STALE_SECONDS = 3600.0
+# Ranged reads of adjacent lists are merged into one read up to this many bytes.
+_COALESCE_BYTES = 8 << 20
+
+log = logging.getLogger("ciphervec.service")
 
 
 def new_id() -> str:
@@ -90,6 +100,7 @@ class IndexService:
         cache_bytes: int = 8 << 30,
         retire_grace_seconds: float = 900.0,
         merge_at: int = 256,
+        lazy_rows: int = 50_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -101,6 +112,7 @@ class IndexService:
         self.cache_bytes = cache_bytes
         self.retire_grace = retire_grace_seconds
         self.merge_at = merge_at
+        self.lazy_rows = lazy_rows
         self.clock = clock
         self._heads: dict[tuple[str, str], _Head] = {}
         self._kms_deks: dict[bytes, bytes] = {}
@@ -109,6 +121,7 @@ class IndexService:
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._commit_locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        self._fillers: dict[tuple[str, str], threading.Thread] = {}
 
     # -- paths and locks ---------------------------------------------------------
     def _tenant_root(self, tenant: str) -> str:
@@ -190,13 +203,16 @@ class IndexService:
         with self._guard:
             self._states.pop(key, None)
 
-    def _read_object(self, head: _Head, name: str) -> bytes:
+    def _read_raw(self, head: _Head, name: str) -> bytes:
         try:
             got = self.store.get(head.root + name)
         except BlobNotFound:
             raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
         assert got is not None
-        return head.cipher.decrypt(name, got[0])
+        return got[0]
+
+    def _read_object(self, head: _Head, name: str) -> bytes:
+        return head.cipher.decrypt(name, self._read_raw(head, name))
 
     def _write_object(self, head: _Head, name: str, plaintext: bytes) -> None:
         self.store.put_if_absent(head.root + name, head.cipher.encrypt(name, plaintext))
@@ -208,8 +224,16 @@ class IndexService:
 
         return assign
 
-    def _sync(self, head: _Head) -> IndexState:
-        """Bring the cached state up to ``head``: apply new segments, or rebuild."""
+    def _sync(self, head: _Head, full: bool = True) -> IndexState:
+        """Bring the cached state up to ``head``; with ``full``, load every row (a partial
+        state loads its missing lists now)."""
+        state = self._sync_rows(head, full)
+        if full and state.partial is not None:
+            self._load_lists(head, state, state.partial.missing())
+        return state
+
+    def _sync_rows(self, head: _Head, full: bool) -> IndexState:
+        """Apply new segments to the cached state, or rebuild it (lazily when allowed)."""
         key = (head.tenant, head.name)
         with self._guard:
             entry = self._states.get(key)
@@ -228,15 +252,24 @@ class IndexService:
         if entry is not None and entry[0] == head.envelope.uid and names[: len(entry[2])] == entry[2]:
             uid, state, applied = entry
         else:
-            cfg = head.body.config
-            state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"), cfg["metric"])
-            applied = []
+            state, applied = self._fresh_state(head, full)
         todo = head.body.segments[len(applied) :]
         if todo:
             with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-                blobs = pool.map(lambda ref: segment.decode(self._read_object(head, ref.name)), todo)
-                for ref, seg in zip(todo, blobs, strict=True):
-                    state.apply(seg, ref.seq)
+                blobs = pool.map(
+                    lambda ref: (
+                        self._read_raw(head, ref.name)
+                        if ref.kind == "run"  # sealed list by list, not as a whole
+                        else self._read_object(head, ref.name)
+                    ),
+                    todo,
+                )
+                for ref, blob in zip(todo, blobs, strict=True):
+                    if ref.kind == "run":
+                        for k, rows in run.decode_all(head.cipher, ref.name, blob):
+                            state.apply(rows, ref.seq, ivf_list=k)
+                    else:
+                        state.apply(segment.decode(blob), ref.seq)
                     applied.append(ref.name)
         cent = head.body.centroids
         if (cent.name if cent else None) != state.centroids_name:
@@ -245,7 +278,7 @@ class IndexService:
             else:
                 arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
                 state.set_centroids(cent.name, arr)
-        if state.n_rows > 4096 and state.dead_fraction > 0.5:
+        if state.n_rows > 4096 and state.dead_fraction > 0.5 and state.partial is None:
             state.compact()  # overwrites and deletes: drop dead rows from memory
         state.synced_etag = head.etag
         with self._guard:
@@ -254,19 +287,129 @@ class IndexService:
             self._evict()
         return state
 
+    def _fresh_state(self, head: _Head, full: bool) -> tuple[IndexState, list[str]]:
+        """An empty state for ``head``; a trained index whose base is a run gets its
+        centroids first (rows keep the run's lists) and, unless ``full``, opens the run
+        lazily: only its directory is read, lists come later."""
+        cfg, cent, refs = head.body.config, head.body.centroids, head.body.segments
+        state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"), cfg["metric"])
+        if cent is None or not refs or refs[0].kind != "run":
+            return state, []
+        arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
+        state.set_centroids(cent.name, arr)
+        base = refs[0]
+        if full or not self.lazy_rows or base.rows < self.lazy_rows:
+            return state, []
+        directory = run.read_directory(
+            head.cipher, base.name, lambda start, n: self._read_range(head, base.name, start, n)
+        )
+        state.unit_rows = directory.unit or state.metric != "cosine"
+        state.partial = PartialRun(base.name, directory)
+        state.applied_seq = base.seq
+        return state, [base.name]
+
+    def _read_range(self, head: _Head, name: str, start: int, length: int) -> bytes:
+        try:
+            return self.store.get_range(head.root + name, start, length)
+        except BlobNotFound:
+            raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
+
+    def _fetch_lists(self, head: _Head, partial: PartialRun, lists: list[int]) -> list[tuple[int, Segment]]:
+        """Read, decrypt and decode lists of a run: adjacent frames in one ranged read."""
+        d, name = partial.directory, partial.name
+        groups: list[list[int]] = []
+        for k in lists:
+            if (
+                groups
+                and groups[-1][-1] == k - 1
+                and d.offsets[k] + d.lengths[k] - d.offsets[groups[-1][0]] <= _COALESCE_BYTES
+            ):
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+
+        def fetch(group: list[int]) -> list[tuple[int, Segment]]:
+            start = d.offsets[group[0]]
+            blob = self._read_range(head, name, start, d.offsets[group[-1]] + d.lengths[group[-1]] - start)
+            return [
+                (
+                    k,
+                    run.open_list(
+                        head.cipher, name, k, blob[d.offsets[k] - start : d.offsets[k] - start + d.lengths[k]]
+                    ),
+                )
+                for k in group
+            ]
+
+        if len(groups) == 1:
+            return fetch(groups[0])
+        with ThreadPoolExecutor(max_workers=min(8, len(groups))) as pool:
+            return [item for part in pool.map(fetch, groups) for item in part]
+
+    def _load_lists(self, head: _Head, state: IndexState, lists: list[int]) -> None:
+        """Load ``lists`` of a partial state (caller holds the index lock)."""
+        partial = state.partial
+        if partial is None or not lists:
+            return
+        for k, rows in self._fetch_lists(head, partial, lists):
+            if state.partial is partial and k not in partial.loaded:
+                state.apply_list(k, rows)
+
+    def _fill_later(self, head: _Head, state: IndexState) -> None:
+        """Load the rest of a partial state in a background thread, a few lists at a time,
+        taking the index lock only to apply what was read."""
+        key = (head.tenant, head.name)
+        with self._guard:
+            running = self._fillers.get(key)
+            if running is not None and running.is_alive():
+                return
+            worker = threading.Thread(
+                target=self._fill, args=(head, state), name="ciphervec-fill", daemon=True
+            )
+            self._fillers[key] = worker
+        worker.start()
+
+    def _fill(self, head: _Head, state: IndexState) -> None:
+        key = (head.tenant, head.name)
+        lock = self._lock(key, self._locks, threading.RLock)
+        started = time.perf_counter()
+        while True:
+            with lock:
+                entry = self._states.get(key)
+                partial = state.partial
+                if entry is None or entry[1] is not state or partial is None:
+                    break
+                todo = partial.missing()[:32]
+            try:
+                got = self._fetch_lists(head, partial, todo)
+            except Exception as exc:  # the next full read reports it to its caller
+                log.warning("background load of index lists stopped: %s", type(exc).__name__)
+                return
+            with lock:
+                for k, rows in got:
+                    if state.partial is partial and k not in partial.loaded:
+                        state.apply_list(k, rows)
+                if state.partial is None:
+                    with self._guard:
+                        self._evict()
+        log.debug("index lists loaded in the background in %.2f s", time.perf_counter() - started)
+
     def _evict(self) -> None:
         total = sum(s.nbytes() for _, s, _ in self._states.values())
         while total > self.cache_bytes and len(self._states) > 1:
             _, (_, state, _) = self._states.popitem(last=False)
             total -= state.nbytes()
 
-    def _state(self, tenant: str, name: str, kek: bytes | None) -> tuple[_Head, IndexState, Any]:
-        """Open, lock and sync; the caller holds the returned lock while reading."""
+    def _state(
+        self, tenant: str, name: str, kek: bytes | None, full: bool = True
+    ) -> tuple[_Head, IndexState, Any]:
+        """Open, lock and sync; the caller holds the returned lock while reading.
+        ``full=False`` accepts a partial state (the caller loads the lists it needs)."""
         head = self._open(tenant, name, kek)
         lock = self._lock((tenant, name), self._locks, threading.RLock)
         lock.acquire()
         try:
-            return head, self._sync(head), lock
+            return head, self._sync(head, full), lock
         except BaseException:
             lock.release()
             raise
@@ -422,7 +565,7 @@ class IndexService:
             state.synced_etag = committed.etag
 
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
-        head, state, lock = self._state(tenant, name, kek)
+        head, state, lock = self._state(tenant, name, kek, full=False)
         try:
             known = int(head.body.config["dimension"])
             if known and known != batch.dimension:
@@ -431,7 +574,8 @@ class IndexService:
                     ("body", "vectors"),
                 )
             fresh = len(set(batch.ids).difference(state.pos))
-            estimate = state.live + fresh
+            # A partial state counts its unloaded lists whole (an estimate either way).
+            estimate = state.live + fresh + (state.partial.unloaded_rows() if state.partial else 0)
         finally:
             lock.release()
         seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
@@ -534,7 +678,8 @@ class IndexService:
         if not np.isfinite(queries).all():
             raise ValidationFailed("query vectors must not contain NaN or Inf", ("body", "query_vectors"))
         include = include or []
-        head, state, lock = self._state(tenant, name, kek)
+        # Without filters a query needs only the lists it probes: a cold state stays partial.
+        head, state, lock = self._state(tenant, name, kek, full=bool(filters))
         try:
             dim = int(head.body.config["dimension"])
             if dim and queries.shape[1] != dim:
@@ -542,7 +687,7 @@ class IndexService:
                     f"query dimension {queries.shape[1]} does not match the index dimension {dim}",
                     ("body", "query_vectors"),
                 )
-            if state.live == 0 or not dim:
+            if (state.live == 0 and state.partial is None) or not dim:
                 return [[] for _ in range(len(queries))]
             metric = head.body.config["metric"]
             mask = self._filter_mask(state, filters)
@@ -553,10 +698,17 @@ class IndexService:
                 # A selective filter leaves few rows: visit every list, i.e. scan them all.
                 if mask is not None and int(mask.sum()) <= max(4096, 8 * top_k):
                     probes = cent.n_lists
+            if state.partial is not None:
+                ann = state.searchable(self.backend)
+                space = normalize(queries) if metric == "cosine" else queries
+                probed = ann.quantizer.search(np.ascontiguousarray(space, dtype=np.float32), probes)[1]
+                self._load_lists(head, state, state.partial.missing(probed[probed >= 0].ravel()))
             hits = knn(state, queries, top_k, metric, probes, mask, self.backend)
             return [self._shape(state, rows, dist, include) for rows, dist in hits]
         finally:
             lock.release()
+            if state.partial is not None:
+                self._fill_later(head, state)
 
     @staticmethod
     def _shape(
@@ -665,12 +817,15 @@ class IndexService:
             raise
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
-        cent_name, snap_name = f"run/{new_id()}", f"seg/{new_id()}"
+        cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
         buf = io.BytesIO()
         np.save(buf, centroids, allow_pickle=False)
         self._write_object(head, cent_name, buf.getvalue())
         precision = head.body.config.get("storage_precision", "float32")
-        self._write_object(head, snap_name, segment.encode(snap, precision))
+        unit = metric != "cosine" or _unit_norm(vectors)
+        sealed = run.encode(head.cipher, snap_name, snap, labels, lists, precision, unit)
+        self.store.put_if_absent(head.root + snap_name, sealed)
+        del sealed
         now = self.clock()
 
         def swap(env: Envelope, body: HeadBody) -> None:
@@ -679,7 +834,7 @@ class IndexService:
                 raise Contention("the index was compacted concurrently; train again")
             retired = [s.name for s in older] + ([body.centroids.name] if body.centroids else [])
             body.retired.extend({"name": r, "at": now} for r in retired)
-            body.segments = [SegmentRef(snap_name, seq, "snapshot", len(snap))] + [
+            body.segments = [SegmentRef(snap_name, seq, "run", len(snap))] + [
                 s for s in body.segments if s.seq > seq
             ]
             body.centroids = Centroids(cent_name, lists, probes, len(snap), now, round(recall, 4))
@@ -802,7 +957,7 @@ def _merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
     run: list[SegmentRef] = []
     total = 0
     for ref in reversed(refs):
-        if ref.kind == "snapshot" or (ref.rows > max(total, _SMALL_SEGMENT_ROWS)):
+        if ref.kind in ("snapshot", "run") or (ref.rows > max(total, _SMALL_SEGMENT_ROWS)):
             break
         run.insert(0, ref)
         total += ref.rows

@@ -9,16 +9,43 @@ One copy of the vectors: once the faiss index holds every row exactly as stored 
 metrics, or cosine over unit-norm rows; float32 or fp16 codes), the numpy array is dropped and rows
 are read back from faiss. Otherwise (cosine over rows of other norms, which faiss must
 hold normalised) both are kept.
+
+A state can be *partial*: opened from a run (run.py) with only some IVF lists loaded,
+the rest read on demand (``PartialRun``). Rows of the write-ahead tail shadow run rows
+with the same id, so a list loaded late never resurrects an overwritten or deleted row.
+Each row remembers its IVF list (``lists``; -1 where faiss assigns the nearest
+centroid), so the lists a query probes hold exactly the rows the run put there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .backend import AnnIndex, Backend, normalize
+from .run import Directory
 from .segment import Segment
+
+
+@dataclass
+class PartialRun:
+    """The lists of a run not yet loaded into a state, and the ids that shadow them."""
+
+    name: str
+    directory: Directory
+    loaded: set[int] = field(default_factory=set)
+    shadow: set[str] = field(default_factory=set)
+
+    def missing(self, lists: Any = None) -> list[int]:
+        """Non-empty lists (of ``lists``, default all) not loaded yet, ascending."""
+        pick = range(self.directory.n_lists) if lists is None else sorted(set(int(k) for k in lists))
+        rows = self.directory.rows
+        return [k for k in pick if rows[k] and k not in self.loaded]
+
+    def unloaded_rows(self) -> int:
+        return sum(self.directory.rows[k] for k in self.missing())
 
 
 class IndexState:
@@ -35,6 +62,7 @@ class IndexState:
         # float16 storage precision keeps rows (and the faiss index) at half the memory.
         self.vectors: np.ndarray | None = np.empty((0, max(dimension, 1)), dtype=np.dtype(precision))
         self.alive = np.empty(0, dtype=bool)
+        self.lists = np.empty(0, dtype=np.int64)  # IVF list of each row; -1: nearest centroid
         self.metadata: list[dict[str, Any] | None] = []
         self.contents: list[str | None] = []
         self.applied_seq = 0
@@ -44,6 +72,7 @@ class IndexState:
         self.synced_etag: str | None = None  # the head this state was last brought up to
         self.version = 0  # bumps on every change; keys derived caches
         self._cache: dict[Any, Any] = {}
+        self.partial: PartialRun | None = None
 
     # -- sizes -------------------------------------------------------------------
     @property
@@ -57,7 +86,7 @@ class IndexState:
     def nbytes(self) -> int:
         ann = self.ann.nbytes() if self.ann is not None else 0
         own = self.vectors.nbytes if self.vectors is not None else 0
-        return int(own + self.alive.nbytes + ann + 64 * self.n_rows)
+        return int(own + self.alive.nbytes + self.lists.nbytes + ann + 64 * self.n_rows)
 
     def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """Stored vectors of ``rows`` as float32, wherever they live."""
@@ -87,16 +116,22 @@ class IndexState:
         alive = np.zeros(cap, dtype=bool)
         alive[: self.n_rows] = self.alive[: self.n_rows]
         self.alive = alive
+        lists = np.full(cap, -1, dtype=np.int64)
+        lists[: self.n_rows] = self.lists[: self.n_rows]
+        self.lists = lists
         if self.vectors is not None:
             vectors = np.empty((cap, self.vectors.shape[1]), dtype=self.vectors.dtype)
             vectors[: self.n_rows] = self.vectors[: self.n_rows]
             self.vectors = vectors
 
-    def apply(self, segment: Segment, seq: int) -> None:
-        """Apply one committed segment (must be the next in sequence order)."""
+    def apply(self, segment: Segment, seq: int, ivf_list: int = -1) -> None:
+        """Apply one committed segment (must be the next in sequence order); ``ivf_list``
+        pins its rows to one IVF list (a run's list), else faiss picks the nearest."""
         self._cache.clear()
         self.version += 1
         self.applied_seq = max(self.applied_seq, seq)
+        if self.partial is not None:
+            self.partial.shadow.update(segment.ids)
         if segment.kind == "delete":
             dead = [r for r in (self.pos.pop(i, None) for i in segment.ids) if r is not None]
             if dead:
@@ -119,11 +154,12 @@ class IndexState:
             self.alive[old] = False
         self.pos.update(zip(segment.ids, rows.tolist(), strict=True))
         self.ids.extend(segment.ids)
+        self.lists[start : start + n] = ivf_list
         if self.vectors is not None:
             self.vectors[start : start + n] = segment.vectors
         else:
             assert self.ann is not None
-            self.ann.add(self._space(segment.vectors))
+            self.ann.add(self._space(segment.vectors), self.lists[start : start + n])
         if len(set(segment.ids)) == n:
             self.alive[start : start + n] = True
         else:  # duplicate ids in one write: the last one wins
@@ -132,9 +168,34 @@ class IndexState:
         self.metadata.extend(segment.metadata or [None] * n)
         self.contents.extend(segment.contents or [None] * n)
 
+    def apply_list(self, k: int, rows: Segment) -> None:
+        """Load list ``k`` of the partial run: its rows, minus those the tail shadows."""
+        partial = self.partial
+        assert partial is not None and k not in partial.loaded
+        keep = [j for j, i in enumerate(rows.ids) if i not in partial.shadow]
+        if len(keep) < len(rows):
+            assert rows.vectors is not None
+            rows = Segment(
+                rows.kind,
+                [rows.ids[j] for j in keep],
+                rows.vectors[keep],
+                [rows.metadata[j] for j in keep] if rows.metadata else None,
+                [rows.contents[j] for j in keep] if rows.contents else None,
+            )
+        partial.loaded.add(k)
+        if len(rows):
+            self.partial = None  # run rows shadow nothing
+            try:
+                self.apply(rows, self.applied_seq, ivf_list=k)
+            finally:
+                self.partial = partial
+        if not partial.missing():
+            self.partial = None  # every list is in: an ordinary, complete state
+
     def set_centroids(self, name: str | None, centroids: np.ndarray | None) -> None:
         """Adopt trained centroids (``None``: back to exact search)."""
         self._materialize()
+        self.lists[:] = -1  # list numbers of other centroids mean nothing here
         self.centroids = centroids
         self.centroids_name = name
         self.ann = None
@@ -152,8 +213,9 @@ class IndexState:
         while self.ann.ntotal < self.n_rows:
             assert self.vectors is not None
             lo = self.ann.ntotal
-            rows = self.vectors[lo : min(lo + chunk, self.n_rows)].astype(np.float32)
-            self.ann.add(self._space(rows))
+            hi = min(lo + chunk, self.n_rows)
+            rows = self.vectors[lo:hi].astype(np.float32)
+            self.ann.add(self._space(rows), self.lists[lo:hi])
         # faiss's flat or fp16 codes hold exactly the stored values (float32 or float16).
         exact_copy = self.metric != "cosine" or self.unit_rows
         if exact_copy and self.vectors is not None:
@@ -174,6 +236,7 @@ class IndexState:
         self.vectors = self.vectors[keep].copy()
         self.ann = None
         self.alive = np.ones(len(keep), dtype=bool)
+        self.lists = self.lists[keep].copy()
         self.ids = [self.ids[i] for i in keep]
         self.metadata = [self.metadata[i] for i in keep]
         self.contents = [self.contents[i] for i in keep]

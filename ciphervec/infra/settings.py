@@ -29,6 +29,7 @@ ENV = {
     "cache_bytes": "CIPHERVEC_CACHE_BYTES",
     "key_cache_seconds": "CIPHERVEC_KEY_CACHE_SECONDS",
     "merge_at": "CIPHERVEC_MERGE_AT",
+    "lazy_rows": "CIPHERVEC_LAZY_ROWS",
     "log_level": "CIPHERVEC_LOG_LEVEL",
 }
 
@@ -69,6 +70,9 @@ class Settings:
     key_cache_seconds: float = 60.0
     # Write-ahead segments after the last snapshot that trigger a background merge.
     merge_at: int = 256
+    # Trained indexes with at least this many rows open lazily on a cold container
+    # (only the IVF lists a query probes are read first); 0 = always load whole.
+    lazy_rows: int = 50_000
     # `ciphervec serve` logging; INFO adds one JSON line per request.
     log_level: str = "WARNING"
 
@@ -109,6 +113,7 @@ def _parse(name: str, raw: str) -> Any:
         "max_top_k",
         "cache_bytes",
         "merge_at",
+        "lazy_rows",
     ):
         return int(raw)
     if name in ("train_sync_seconds", "key_cache_seconds"):

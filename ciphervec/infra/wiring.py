@@ -45,6 +45,7 @@ def build(settings: Settings, **clients: Any) -> Container:
         backend=select(settings.backend),
         cache_bytes=settings.cache_bytes,
         merge_at=settings.merge_at,
+        lazy_rows=settings.lazy_rows,
     )
     keys = open_keystore(settings.keys_uri, dynamodb_client=clients.get("dynamodb"))
     auth = Authenticator(

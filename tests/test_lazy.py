@@ -1,0 +1,236 @@
+"""Runs grouped by IVF list, and cold containers that read only the lists a query probes."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from ciphervec.engine import crypto, run
+from ciphervec.engine.backend import select
+from ciphervec.engine.errors import CorruptObject
+from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.engine.segment import Segment
+from ciphervec.engine.service import IndexService
+from ciphervec.infra.storage.memory import MemoryStore
+from tests.conftest import clustered
+
+N, D, LISTS = 6000, 16, 64
+
+
+class CountingStore(MemoryStore):
+    """The memory store, counting the bytes read from objects under ``run/``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_bytes = 0
+        self.count = threading.Lock()
+
+    def get(self, key, if_none_match=None):
+        got = super().get(key, if_none_match)
+        if got is not None and "/run/" in key:
+            with self.count:
+                self.run_bytes += len(got[0])
+        return got
+
+    def get_range(self, key, start, length):
+        data = super().get_range(key, start, length)
+        if "/run/" in key:
+            with self.count:
+                self.run_bytes += len(data)
+        return data
+
+
+def service(store, **kw):
+    return IndexService(store, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None), **kw)
+
+
+def run_size(store, name):
+    head = service(store)._open("t", name, KEK)
+    base = head.body.segments[0]
+    assert base.kind == "run"
+    return len(store.get(head.root + base.name)[0])
+
+
+def wait_filled(svc, name):
+    worker = svc._fillers.get(("t", name))
+    if worker is not None:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+
+
+KEK = bytes(range(32))
+
+
+@pytest.fixture
+def trained():
+    """A trained index of clustered rows with metadata, in a store that counts run reads."""
+    store = CountingStore()
+    svc = service(store)
+    x = clustered(N, D, clusters=48, seed=11)
+    ids = [f"r{i}" for i in range(N)]
+    meta = [{"i": i, "even": i % 2 == 0} for i in range(N)]
+    svc.create_index("t", "i", IndexConfig(metric="euclidean"), kek=KEK)
+    for lo in range(0, N, 1500):
+        svc.upsert("t", "i", KEK, RowBatch(ids[lo : lo + 1500], x[lo : lo + 1500], meta[lo : lo + 1500]))
+    assert svc.train("t", "i", KEK, n_lists=LISTS).trained
+    store.run_bytes = 0
+    return store, x
+
+
+def answers(svc, q, **kw):
+    return [
+        [(r["id"], round(r["distance"], 5)) for r in hits]
+        for hits in svc.query("t", "i", KEK, q, top_k=10, include=["distance"], **kw)
+    ]
+
+
+def test_run_round_trip_and_directory_by_ranged_reads():
+    cipher = crypto.IndexCipher(bytes(32), "t", "i")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    labels = rng.integers(0, 7, 500)
+    labels[labels == 3] = 4  # an empty list
+    snap = Segment("snapshot", [str(i) for i in range(500)], x, [{"i": i} for i in range(500)], None)
+    blob = run.encode(cipher, "run/a", snap, labels, 7, "float32", False)
+    reads = []
+
+    def read(start, n):
+        reads.append(n)
+        return blob[start : start + n]
+
+    run.PREFIX_BYTES, saved = 16, run.PREFIX_BYTES  # force the second read of a long directory
+    try:
+        directory = run.read_directory(cipher, "run/a", read)
+    finally:
+        run.PREFIX_BYTES = saved
+    assert len(reads) == 2 and directory.rows[3] == 0 and directory.total_rows == 500
+    assert directory.rows == tuple(int((labels == k).sum()) for k in range(7))
+    decoded = run.decode_all(cipher, "run/a", blob)
+    assert [k for k, _ in decoded] == [0, 1, 2, 4, 5, 6]
+    for k, part in decoded:
+        want = np.flatnonzero(labels == k)
+        assert part.ids == [str(i) for i in want]
+        np.testing.assert_array_equal(part.vectors, x[want])
+        assert part.metadata == [{"i": int(i)} for i in want]
+    # each frame is bound to its list: list 1's bytes do not open as list 2
+    off, n = directory.offsets[1], directory.lengths[1]
+    with pytest.raises(CorruptObject):
+        run.open_list(cipher, "run/a", 2, blob[off : off + n])
+    with pytest.raises(CorruptObject):  # nor under another run's name
+        run.open_list(cipher, "run/b", 1, blob[off : off + n])
+    # a plaintext scan finds no id, metadata or vector bytes
+    assert b'"i"' not in blob and x[0].tobytes() not in blob and b'"17"' not in blob
+
+
+def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
+    store, x = trained
+    q = x[::500] + 0.01
+    full = answers(service(store, lazy_rows=0), q, n_probes=3)
+    store.run_bytes = 0
+    cold = service(store, lazy_rows=100)
+    with cold._lock(("t", "i"), cold._locks, threading.RLock):  # the background fill waits
+        assert answers(cold, q[:1], n_probes=3) == full[:1]
+        first = store.run_bytes
+    size = run_size(store, "i")
+    # the directory's prefix read plus 3 of 64 lists, not the whole run
+    assert 0 < first < run.PREFIX_BYTES + 0.1 * size < 0.5 * size
+    wait_filled(cold, "i")  # the rest arrives in the background
+    assert cold._states[("t", "i")][1].partial is None
+    assert answers(cold, q, n_probes=3) == full
+    assert len(cold.list_ids("t", "i", KEK)) == N
+
+
+def test_tail_writes_shadow_rows_of_lists_loaded_later(trained):
+    store, x = trained
+    far = np.full((1, D), 50.0, np.float32)
+    q = np.vstack([x[7:10], far])
+
+    def check_query(svc):
+        got = answers(svc, q, n_probes=LISTS)
+        flat = [i for hits in got for i, _ in hits]
+        assert "r8" not in flat and "r9" not in flat
+        assert got[3][0] == ("r7", 0.0)  # the overwrite, at its new place
+        assert got[0][0][0] != "r7"  # and no longer at the old one
+
+    def check_rows(svc):
+        wait_filled(svc, "i")
+        assert svc.num_vectors("t", "i", KEK) == N - 2
+        item = svc.get("t", "i", KEK, ["r7", "r8"], ["metadata"])
+        assert item == [{"id": "r7", "metadata": {"moved": True}}]
+
+    early = service(store, lazy_rows=100)  # opened (partial) before the writes below
+    with early._lock(("t", "i"), early._locks, threading.RLock):  # the background fill waits
+        answers(early, x[:1], n_probes=1)
+        writer = service(store)
+        writer.upsert("t", "i", KEK, RowBatch(["r7"], far, [{"moved": True}]))
+        writer.delete_vectors("t", "i", KEK, ["r8", "r9"])
+        check_query(early)
+    check_rows(early)
+    late = service(store, lazy_rows=100)  # opened after them: the tail comes first
+    check_query(late)
+    check_rows(late)
+
+
+def test_writes_to_a_partial_state_survive_the_background_fill(trained):
+    store, x = trained
+    cold = service(store, lazy_rows=100)
+    lock = cold._lock(("t", "i"), cold._locks, threading.RLock)
+    with lock:  # hold the filler back until the writes below are in
+        answers(cold, x[:1], n_probes=1)
+        cold.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(0, N, 97)], -x[0:N:97]))
+        cold.delete_vectors("t", "i", KEK, ["r1", "r2"])
+        cold.query("t", "i", KEK, x[:1], top_k=1)  # applies the new tail to the partial state
+    wait_filled(cold, "i")
+    full = service(store, lazy_rows=0)
+    assert cold.num_vectors("t", "i", KEK) == full.num_vectors("t", "i", KEK) == N - 2
+    ids = [f"r{i}" for i in range(0, N, 97)] + ["r1", "r3"]
+    assert cold.get("t", "i", KEK, ids, ["vector"]) == full.get("t", "i", KEK, ids, ["vector"])
+    np.testing.assert_array_equal(
+        np.array([r["vector"] for r in cold.get("t", "i", KEK, ["r97"], ["vector"])]), -x[97:98]
+    )
+    q = x[::300]
+    assert answers(cold, q, n_probes=8) == answers(full, q, n_probes=8)
+
+
+def test_calls_that_need_every_row_complete_the_load(trained):
+    store, x = trained
+    cold = service(store, lazy_rows=100)
+    lock = cold._lock(("t", "i"), cold._locks, threading.RLock)
+    with lock:
+        answers(cold, x[:1], n_probes=1)
+        assert cold._states[("t", "i")][1].partial is not None
+        # filters need every row's metadata; get needs any row
+        hits = cold.query("t", "i", KEK, x[1:2], top_k=5, n_probes=LISTS, filters={"even": False})
+        assert hits[0] and all(int(h["id"][1:]) % 2 == 1 for h in hits[0])
+        assert cold._states[("t", "i")][1].partial is None
+    assert len(cold.get("t", "i", KEK, [f"r{i}" for i in range(N)], [])) == N
+
+
+@pytest.mark.parametrize(
+    ("metric", "precision", "scale"),
+    [("cosine", "float32", None), ("cosine", "float32", 3.0), ("squared_euclidean", "float16", None)],
+)
+def test_lazy_and_full_loads_agree(metric, precision, scale):
+    store = MemoryStore()
+    svc = service(store)
+    x = clustered(3000, 12, clusters=24, seed=5)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if scale:  # rows of other norms: cosine keeps a raw copy
+        x = x * np.linspace(0.5, scale, len(x), dtype=np.float32)[:, None]
+    svc.create_index("t", "i", IndexConfig(metric=metric, storage_precision=precision), kek=KEK)
+    svc.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(len(x))], x))
+    assert svc.train("t", "i", KEK, n_lists=32).trained
+    q = x[::150] * 1.01
+    lazy = service(store, lazy_rows=10)
+    first = answers(lazy, q, n_probes=4)
+    assert answers(service(store, lazy_rows=0), q, n_probes=4) == first
+    wait_filled(lazy, "i")
+    assert answers(lazy, q, n_probes=4) == first
+
+
+def test_small_runs_load_whole(trained):
+    store, x = trained
+    svc = service(store, lazy_rows=N + 1)
+    answers(svc, x[:1], n_probes=1)
+    assert svc._states[("t", "i")][1].partial is None and ("t", "i") not in svc._fillers
