@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from ciphervec.engine import crypto, run
+from ciphervec.engine import run
 from ciphervec.engine.backend import select
 from ciphervec.engine.errors import CorruptObject
 from ciphervec.engine.manifest import RetryPolicy
@@ -33,23 +33,14 @@ class CountingStore(MemoryStore):
                 self.run_bytes += len(got[0])
         return got
 
-    def get_range(self, key, start, length):
-        data = super().get_range(key, start, length)
-        if "/run/" in key:
-            with self.count:
-                self.run_bytes += len(data)
-        return data
-
 
 def service(store, **kw):
     return IndexService(store, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None), **kw)
 
 
-def run_size(store, name):
-    head = service(store)._open("t", name, KEK)
-    base = head.body.segments[0]
-    assert base.kind == "run"
-    return len(store.get(head.root + base.name)[0])
+def run_size(store):
+    """Bytes of every run object (centroids, directory, lists), read without counting."""
+    return sum(len(MemoryStore.get(store, k)[0]) for k in store.list("t/i/run/"))
 
 
 def wait_filled(svc, name):
@@ -85,42 +76,37 @@ def answers(svc, q, **kw):
     ]
 
 
-def test_run_round_trip_and_directory_by_ranged_reads():
-    cipher = crypto.IndexCipher(bytes(32), "t", "i")
+def test_run_directory_and_grouping():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 8)).astype(np.float32)
     labels = rng.integers(0, 7, 500)
     labels[labels == 3] = 4  # an empty list
     snap = Segment("snapshot", [str(i) for i in range(500)], x, [{"i": i} for i in range(500)], None)
-    blob = run.encode(cipher, "run/a", snap, labels, 7, "float32", False)
-    reads = []
-
-    def read(start, n):
-        reads.append(n)
-        return blob[start : start + n]
-
-    run.PREFIX_BYTES, saved = 16, run.PREFIX_BYTES  # force the second read of a long directory
-    try:
-        directory = run.read_directory(cipher, "run/a", read)
-    finally:
-        run.PREFIX_BYTES = saved
-    assert len(reads) == 2 and directory.rows[3] == 0 and directory.total_rows == 500
-    assert directory.rows == tuple(int((labels == k).sum()) for k in range(7))
-    decoded = run.decode_all(cipher, "run/a", blob)
-    assert [k for k, _ in decoded] == [0, 1, 2, 4, 5, 6]
-    for k, part in decoded:
+    members = run.group(snap, labels, 7)
+    assert [len(m) for m in members] == [int((labels == k).sum()) for k in range(7)]
+    for k, rows in enumerate(members):
+        part = run.take(snap, rows) if len(rows) else None
+        if part is None:
+            assert k == 3
+            continue
         want = np.flatnonzero(labels == k)
-        assert part.ids == [str(i) for i in want]
+        assert part.ids == [str(i) for i in want] and part.metadata == [{"i": int(i)} for i in want]
         np.testing.assert_array_equal(part.vectors, x[want])
-        assert part.metadata == [{"i": int(i)} for i in want]
-    # each frame is bound to its list: list 1's bytes do not open as list 2
-    off, n = directory.offsets[1], directory.lengths[1]
+    d = run.Directory(7, tuple(len(m) for m in members), False, "float16")
+    assert run.Directory.from_json(d.to_json(), "run/a") == d and d.lists() == [0, 1, 2, 4, 5, 6]
     with pytest.raises(CorruptObject):
-        run.open_list(cipher, "run/a", 2, blob[off : off + n])
-    with pytest.raises(CorruptObject):  # nor under another run's name
-        run.open_list(cipher, "run/b", 1, blob[off : off + n])
-    # a plaintext scan finds no id, metadata or vector bytes
-    assert b'"i"' not in blob and x[0].tobytes() not in blob and b'"17"' not in blob
+        run.Directory.from_json(b'{"v":1,"n_lists":3,"rows":[1],"unit":true,"dtype":"float32"}', "run/a")
+    assert run.base_name("run/abc-12") == "run/abc" and run.base_name("seg/abc") == "seg/abc"
+
+
+def test_a_list_object_moved_to_another_list_fails_loudly(trained):
+    store, x = trained
+    head = service(store)._open("t", "i", KEK)
+    base = head.body.segments[0].name
+    first, second = sorted(store.list(f"{head.root}{base}-"))[:2]
+    store._data[second] = store._data[first]
+    with pytest.raises(CorruptObject):
+        service(store, lazy_rows=0).query("t", "i", KEK, x[:1], n_probes=LISTS)
 
 
 def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
@@ -132,9 +118,8 @@ def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
     with cold._lock(("t", "i"), cold._locks, threading.RLock):  # the background fill waits
         assert answers(cold, q[:1], n_probes=3) == full[:1]
         first = store.run_bytes
-    size = run_size(store, "i")
-    # the directory's prefix read plus 3 of 64 lists, not the whole run
-    assert 0 < first < run.PREFIX_BYTES + 0.1 * size < 0.5 * size
+    # centroids, directory and 3 of 64 lists, not the whole run
+    assert 0 < first < 0.12 * run_size(store)
     wait_filled(cold, "i")  # the rest arrives in the background
     assert cold._states[("t", "i")][1].partial is None
     assert answers(cold, q, n_probes=3) == full

@@ -230,8 +230,17 @@ def test_train_compacts_and_keeps_every_row(service, store, kek):
     # retired segments are deleted after the grace period
     service.clock = lambda: 10**12
     assert service.sweep("t", "i", kek) == 5  # four upserts and one tombstone segment
-    # left: the late upsert, the centroids and the run of trained rows grouped by list
-    assert len(list(store.list("t/i/seg/"))) == 1 and len(list(store.list("t/i/run/"))) == 2
+    # left: the late upsert, the centroids, the run's directory and its 8 lists
+    assert len(list(store.list("t/i/seg/"))) == 1 and len(list(store.list("t/i/run/"))) == 2 + 8
+    assert fresh(store).num_vectors("t", "i", kek) == 1199
+    # a retrain retires the old run with all its lists; the sweep deletes them after the grace
+    before = set(store.list("t/i/run/"))
+    service.clock = lambda: 2 * 10**12
+    assert service.train("t", "i", kek, n_lists=4).trained
+    service.clock = lambda: 3 * 10**12
+    service.sweep("t", "i", kek)
+    after = set(store.list("t/i/run/"))
+    assert not before & after and len(after) == 2 + 4
     assert fresh(store).num_vectors("t", "i", kek) == 1199
 
 

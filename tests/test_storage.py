@@ -58,17 +58,6 @@ def test_missing_and_delete(blob_store):
         blob_store.get("t/a")
 
 
-def test_ranged_reads(blob_store):
-    data = bytes(range(256)) * 40
-    blob_store.put_if_absent("t/i/run/1", data)
-    assert blob_store.get_range("t/i/run/1", 0, 8) == data[:8]
-    assert blob_store.get_range("t/i/run/1", 1000, 3000) == data[1000:4000]
-    assert blob_store.get_range("t/i/run/1", len(data) - 5, 100) == data[-5:]  # short at the end
-    assert blob_store.get_range("t/i/run/1", len(data), 10) == b""
-    with pytest.raises(BlobNotFound):
-        blob_store.get_range("t/i/run/none", 0, 10)
-
-
 def test_list_by_prefix(blob_store):
     for key in ("t/i/head", "t/i/seg/1", "t/ij/head", "u/i/head"):
         blob_store.put_if_absent(key, b"x")

@@ -34,13 +34,6 @@ class BlobStore(Protocol):
         """
         ...
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        """Bytes ``start .. start+length-1`` of an immutable object (fewer at its end).
-
-        Raises ``BlobNotFound`` when the object is absent.
-        """
-        ...
-
     def put_if_absent(self, key: str, data: bytes) -> str:
         """Create ``key``; raise ``StoreConflict`` if it exists. Returns the new etag."""
         ...

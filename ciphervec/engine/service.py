@@ -60,8 +60,8 @@ from .segment import Segment
 from .state import IndexState, PartialRun, _unit_norm
 
 TRAINING_STALE_SECONDS = 3600.0
-# Ranged reads of adjacent lists are merged into one read up to this many bytes.
-_COALESCE_BYTES = 8 << 20
+# Parallel reads of a run's list objects (S3 GETs are latency-bound).
+_READERS = 16
 
 log = logging.getLogger("ciphervec.service")
 
@@ -258,18 +258,18 @@ class IndexService:
             with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
                 blobs = pool.map(
                     lambda ref: (
-                        self._read_raw(head, ref.name)
-                        if ref.kind == "run"  # sealed list by list, not as a whole
+                        self._read_run(head, ref.name)
+                        if ref.kind == "run"
                         else self._read_object(head, ref.name)
                     ),
                     todo,
                 )
                 for ref, blob in zip(todo, blobs, strict=True):
-                    if ref.kind == "run":
-                        for k, rows in run.decode_all(head.cipher, ref.name, blob):
-                            state.apply(rows, ref.seq, ivf_list=k)
-                    else:
+                    if isinstance(blob, bytes):
                         state.apply(segment.decode(blob), ref.seq)
+                    else:
+                        for k, rows in blob:
+                            state.apply(rows, ref.seq, ivf_list=k)
                     applied.append(ref.name)
         cent = head.body.centroids
         if (cent.name if cent else None) != state.centroids_name:
@@ -300,58 +300,34 @@ class IndexService:
         base = refs[0]
         if full or not self.lazy_rows or base.rows < self.lazy_rows:
             return state, []
-        directory = run.read_directory(
-            head.cipher, base.name, lambda start, n: self._read_range(head, base.name, start, n)
-        )
+        directory = run.Directory.from_json(self._read_object(head, base.name), base.name)
         state.unit_rows = directory.unit or state.metric != "cosine"
         state.partial = PartialRun(base.name, directory)
         state.applied_seq = base.seq
         return state, [base.name]
 
-    def _read_range(self, head: _Head, name: str, start: int, length: int) -> bytes:
-        try:
-            return self.store.get_range(head.root + name, start, length)
-        except BlobNotFound:
-            raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
+    def _read_run(self, head: _Head, name: str) -> list[tuple[int, Segment]]:
+        """Every non-empty list of a run, as ``(list number, rows)``."""
+        directory = run.Directory.from_json(self._read_object(head, name), name)
+        return self._fetch_lists(head, name, directory.lists())
 
-    def _fetch_lists(self, head: _Head, partial: PartialRun, lists: list[int]) -> list[tuple[int, Segment]]:
-        """Read, decrypt and decode lists of a run: adjacent frames in one ranged read."""
-        d, name = partial.directory, partial.name
-        groups: list[list[int]] = []
-        for k in lists:
-            if (
-                groups
-                and groups[-1][-1] == k - 1
-                and d.offsets[k] + d.lengths[k] - d.offsets[groups[-1][0]] <= _COALESCE_BYTES
-            ):
-                groups[-1].append(k)
-            else:
-                groups.append([k])
+    def _fetch_lists(self, head: _Head, name: str, lists: list[int]) -> list[tuple[int, Segment]]:
+        """Read, decrypt and decode lists of run ``name``, in parallel."""
 
-        def fetch(group: list[int]) -> list[tuple[int, Segment]]:
-            start = d.offsets[group[0]]
-            blob = self._read_range(head, name, start, d.offsets[group[-1]] + d.lengths[group[-1]] - start)
-            return [
-                (
-                    k,
-                    run.open_list(
-                        head.cipher, name, k, blob[d.offsets[k] - start : d.offsets[k] - start + d.lengths[k]]
-                    ),
-                )
-                for k in group
-            ]
+        def fetch(k: int) -> tuple[int, Segment]:
+            return k, segment.decode(self._read_object(head, run.list_name(name, k)))
 
-        if len(groups) == 1:
-            return fetch(groups[0])
-        with ThreadPoolExecutor(max_workers=min(8, len(groups))) as pool:
-            return [item for part in pool.map(fetch, groups) for item in part]
+        if len(lists) <= 1:
+            return [fetch(k) for k in lists]
+        with ThreadPoolExecutor(max_workers=min(_READERS, len(lists))) as pool:
+            return list(pool.map(fetch, lists))
 
     def _load_lists(self, head: _Head, state: IndexState, lists: list[int]) -> None:
         """Load ``lists`` of a partial state (caller holds the index lock)."""
         partial = state.partial
         if partial is None or not lists:
             return
-        for k, rows in self._fetch_lists(head, partial, lists):
+        for k, rows in self._fetch_lists(head, partial.name, lists):
             if state.partial is partial and k not in partial.loaded:
                 state.apply_list(k, rows)
 
@@ -381,7 +357,7 @@ class IndexService:
                     break
                 todo = partial.missing()[:32]
             try:
-                got = self._fetch_lists(head, partial, todo)
+                got = self._fetch_lists(head, partial.name, todo)
             except Exception as exc:  # the next full read reports it to its caller
                 log.warning("background load of index lists stopped: %s", type(exc).__name__)
                 return
@@ -805,8 +781,10 @@ class IndexService:
             vectors = snap.vectors
             applied = list(self._states[(tenant, name)][2])
             seq = state.applied_seq
+            dimension, precision = state.dimension, state.precision
         finally:
             lock.release()
+        del state  # the rows live on in ``snap`` until the new state holds them
         try:
             centroids = kmeans.train_centroids(
                 self.backend, vectors, lists, metric, max_iters=max_iters, tolerance=tolerance
@@ -823,9 +801,21 @@ class IndexService:
         self._write_object(head, cent_name, buf.getvalue())
         precision = head.body.config.get("storage_precision", "float32")
         unit = metric != "cosine" or _unit_norm(vectors)
-        sealed = run.encode(head.cipher, snap_name, snap, labels, lists, precision, unit)
-        self.store.put_if_absent(head.root + snap_name, sealed)
-        del sealed
+        members = run.group(snap, labels, lists)
+        directory = run.Directory(lists, tuple(len(m) for m in members), unit, precision)
+        written = [cent_name]
+        try:
+            with ThreadPoolExecutor(max_workers=_READERS) as pool:
+                for obj in pool.map(
+                    lambda k: self._write_list(head, snap_name, k, run.take(snap, members[k]), precision),
+                    directory.lists(),
+                ):
+                    written.append(obj)
+            self._write_object(head, snap_name, directory.to_json())  # last: a run with a directory is whole
+            written.append(snap_name)
+        except BaseException:
+            self._delete_all(head, written)
+            raise
         now = self.clock()
 
         def swap(env: Envelope, body: HeadBody) -> None:
@@ -843,11 +833,51 @@ class IndexService:
         try:
             self._commit(head, swap)
         except BaseException:
-            self.store.delete(head.root + cent_name)
-            self.store.delete(head.root + snap_name)
+            self._delete_all(head, written)
             raise
+        self._adopt_run(head, snap_name, cent_name, centroids, snap, labels, seq, dimension, precision)
         self.sweep(tenant, name, kek)
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
+
+    def _write_list(self, head: _Head, name: str, k: int, rows: Segment, precision: str) -> str:
+        obj = run.list_name(name, k)
+        self._write_object(head, obj, segment.encode(rows, precision))
+        return obj
+
+    def _delete_all(self, head: _Head, names: list[str]) -> None:
+        """Delete objects; a run's name takes its list objects with it."""
+        for obj in names:
+            if obj.startswith("run/") and "-" not in obj:
+                for key in list(self.store.list(f"{head.root}{obj}-")):
+                    self.store.delete(key)
+            self.store.delete(head.root + obj)
+
+    def _adopt_run(
+        self,
+        head: _Head,
+        run_name: str,
+        cent_name: str,
+        centroids: np.ndarray,
+        snap: Segment,
+        labels: np.ndarray,
+        seq: int,
+        dimension: int,
+        precision: str,
+    ) -> None:
+        """Replace this container's state with the rows just trained (the run's content),
+        instead of reading the run back from the store; later segments apply as usual."""
+        key = (head.tenant, head.name)
+        committed = self._heads.get(key)
+        if committed is None or not committed.body.segments or committed.body.segments[0].name != run_name:
+            return
+        with self._lock(key, self._locks, threading.RLock):
+            with self._guard:
+                self._states.pop(key, None)  # release the old rows before building the new
+            state = IndexState(dimension, precision, committed.body.config["metric"])
+            state.set_centroids(cent_name, centroids)
+            state.apply(snap, seq, ivf_list=labels)
+            with self._guard:
+                self._states[key] = (committed.envelope.uid, state, [run_name])
 
     def merge_tail(self, tenant: str, name: str, kek: bytes | None) -> int:
         """Merge the newest run of write-ahead segments (see ``_merge_run``) into one
@@ -930,7 +960,7 @@ class IndexService:
         orphans = []
         for key in self.store.list(head.root):
             obj = key[len(head.root) :]
-            if obj == "head" or obj in live or obj in retired:
+            if obj == "head" or run.base_name(obj) in live or run.base_name(obj) in retired:
                 continue
             born = int(obj.split("/")[-1][:16], 16) / 1e9 if "/" in obj else now
             if now - born >= self.retire_grace:
@@ -941,8 +971,7 @@ class IndexService:
                 body.retired = [r for r in body.retired if r["name"] not in due]
 
             self._commit(head, drop)
-        for obj in due + orphans:
-            self.store.delete(head.root + obj)
+        self._delete_all(head, due + orphans)
         return len(due) + len(orphans)
 
 

@@ -124,9 +124,10 @@ class IndexState:
             vectors[: self.n_rows] = self.vectors[: self.n_rows]
             self.vectors = vectors
 
-    def apply(self, segment: Segment, seq: int, ivf_list: int = -1) -> None:
+    def apply(self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1) -> None:
         """Apply one committed segment (must be the next in sequence order); ``ivf_list``
-        pins its rows to one IVF list (a run's list), else faiss picks the nearest."""
+        pins its rows to IVF lists (one for all, or one per row), else (-1) faiss picks
+        the nearest centroid."""
         self._cache.clear()
         self.version += 1
         self.applied_seq = max(self.applied_seq, seq)

@@ -77,14 +77,6 @@ class FileStore:
         tag = _tag(data)
         return None if tag == if_none_match else (data, tag)
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        try:
-            with self._path(key).open("rb") as f:
-                f.seek(start)
-                return f.read(length)
-        except FileNotFoundError:
-            raise BlobNotFound(key) from None
-
     def put_if_absent(self, key: str, data: bytes) -> str:
         path = self._path(key)
         tmp = self._write_temp(path, data)

@@ -26,12 +26,6 @@ class MemoryStore:
             return None
         return data, etag
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        with self._lock:
-            if key not in self._data:
-                raise BlobNotFound(key)
-            return self._data[key][0][start : start + length]
-
     def put_if_absent(self, key: str, data: bytes) -> str:
         with self._lock:
             if key in self._data:

@@ -66,19 +66,6 @@ class S3Store:
             raise self._translate(exc, key) from exc
         return resp["Body"].read(), resp["ETag"]
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
-        rng = f"bytes={start}-{start + length - 1}"
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, Range=rng)
-        except ClientError as exc:
-            code, _ = _code(exc)
-            if code == "InvalidRange":  # start at or past the end
-                return b""
-            raise self._translate(exc, key) from exc
-        return bytes(resp["Body"].read())
-
     def put_if_absent(self, key: str, data: bytes) -> str:
         try:
             resp = self.client.put_object(
