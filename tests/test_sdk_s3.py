@@ -42,10 +42,15 @@ def test_sdk_flow_on_s3_and_dynamodb(moto_server, server_factory):
     items = ddb.scan(TableName="ciphervec-keys")["Items"]
     assert items and all("secret_hash" in i for i in items)
 
-    # a second process (cold) reads the same index from S3
+    # a second process (cold) reads the same index from S3, lazily: the first query reads
+    # only the lists it probes, list_ids then needs (and loads) every row
     srv.stop()
-    srv2 = server_factory(*args, env=env, name="cold")
+    srv2 = server_factory(*args, env={**env, "CIPHERVEC_LAZY_ROWS": "100"}, name="cold")
     idx = Client(srv2.url, ROOT_KEY).load_index(stored["name"], stored["key"])
+    first = idx.query(stored["x"][100:110], top_k=1, include=["distance"])
+    assert [r[0]["id"] for r in first] == stored["ids"][100:110] and all(
+        r[0]["distance"] == 0.0 for r in first
+    )
     assert len(idx.list_ids()) == 2999 and idx.is_trained()
 
     blobs = []

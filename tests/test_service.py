@@ -189,6 +189,21 @@ def test_endless_contention_is_503_and_leaves_no_orphan(kek):
     assert len(segs) == 3  # the failed write's segment was removed
 
 
+def test_a_training_that_cannot_commit_leaves_no_run_objects(kek):
+    store = RacingStore()
+    a, b = fresh(store), fresh(store)
+    a.create_index("t", "i", IndexConfig(), kek=kek)
+    a.upsert("t", "i", kek, RowBatch([str(i) for i in range(400)], clustered(400, 8, seed=3)))
+    a.retry = RetryPolicy(attempts=3, sleep=lambda s: None)
+    store.rival = lambda: b.upsert("t", "i", kek, batch([f"r{os.urandom(2).hex()}"], d=8, seed=2))
+    store.races = 100
+    with pytest.raises(Contention):
+        a.train("t", "i", kek, n_lists=4)
+    store.races = 0
+    assert not list(store.list("t/i/run/"))  # centroids, directory and every list removed
+    assert fresh(store).describe("t", "i", kek)["is_trained"] is False
+
+
 def test_many_threads_lose_no_write(kek):
     store = MemoryStore()
     services = [fresh(store) for _ in range(3)]
@@ -418,7 +433,7 @@ def test_merge_runs_are_size_tiered():
 
     def refs(*rows, snapshot=False):
         out = [SegmentRef(f"s{i}", i, "upsert", r) for i, r in enumerate(rows)]
-        return ([SegmentRef("snap", 0, "snapshot", 10**6)] if snapshot else []) + out
+        return ([SegmentRef("snap", 0, "run", 10**6)] if snapshot else []) + out
 
     assert len(_merge_run(refs(1000, 10, 1000, 3, snapshot=True))) == 4  # ordinary writes always join
     assert len(_merge_run(refs(64000, *[1000] * 10))) == 10  # a big merge output waits ...

@@ -68,7 +68,7 @@ class Settings:
     train_sync_seconds: float = 25.0
     cache_bytes: int = 8 << 30
     key_cache_seconds: float = 60.0
-    # Write-ahead segments after the last snapshot that trigger a background merge.
+    # Write-ahead segments after the trained run that trigger a background merge.
     merge_at: int = 256
     # Trained indexes with at least this many rows open lazily on a cold container
     # (only the IVF lists a query probes are read first); 0 = always load whole.
