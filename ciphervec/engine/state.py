@@ -61,6 +61,10 @@ class IndexState:
         self.pos: dict[str, int] = {}
         # float16 storage precision keeps rows (and the faiss index) at half the memory.
         self.vectors: np.ndarray | None = np.empty((0, max(dimension, 1)), dtype=np.dtype(precision))
+        # Rows appended since ``vectors`` was last consolidated: the written arrays themselves,
+        # copied into ``vectors`` once, when rows are next read or indexed (ingest copies nothing).
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
         self.alive = np.empty(0, dtype=bool)
         self.lists = np.empty(0, dtype=np.int64)  # IVF list of each row; -1: nearest centroid
         self.metadata: list[dict[str, Any] | None] = []
@@ -86,11 +90,13 @@ class IndexState:
     def nbytes(self) -> int:
         ann = self.ann.nbytes() if self.ann is not None else 0
         own = self.vectors.nbytes if self.vectors is not None else 0
+        own += sum(p.nbytes for p in self._pending)
         return int(own + self.alive.nbytes + self.lists.nbytes + ann + 64 * self.n_rows)
 
     def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """Stored vectors of ``rows`` as float32, wherever they live."""
         if self.vectors is not None:
+            self._flush()
             return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
         assert self.ann is not None
         return self.ann.reconstruct(np.asarray(rows, dtype=np.int64))
@@ -106,11 +112,30 @@ class IndexState:
             vectors = np.empty((len(self.alive), self.ann.dim), dtype=np.dtype(self.precision))
             vectors[: self.n_rows] = self.ann.reconstruct(np.arange(self.n_rows))
             self.vectors = vectors
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Copy pending rows into ``vectors`` (growing it by half again when full)."""
+        if not self._pending:
+            return
+        assert self.vectors is not None
+        start = self.n_rows - self._pending_rows
+        if len(self.vectors) < self.n_rows:
+            cap = max(self.n_rows, int(len(self.vectors) * 1.5) + 1024)
+            grown = np.empty((cap, self.vectors.shape[1]), dtype=self.vectors.dtype)
+            grown[:start] = self.vectors[:start]
+            self.vectors = grown
+        for chunk in self._pending:
+            self.vectors[start : start + len(chunk)] = chunk
+            start += len(chunk)
+        self._pending.clear()
+        self._pending_rows = 0
 
     # -- mutation ----------------------------------------------------------------
     def _grow(self, extra: int) -> None:
         need = self.n_rows + extra
-        if need <= len(self.alive) and (self.vectors is None or need <= len(self.vectors)):
+        if need <= len(self.alive):
             return
         cap = max(need, int(len(self.alive) * 1.5) + 1024)
         alive = np.zeros(cap, dtype=bool)
@@ -119,10 +144,6 @@ class IndexState:
         lists = np.full(cap, -1, dtype=np.int64)
         lists[: self.n_rows] = self.lists[: self.n_rows]
         self.lists = lists
-        if self.vectors is not None:
-            vectors = np.empty((cap, self.vectors.shape[1]), dtype=self.vectors.dtype)
-            vectors[: self.n_rows] = self.vectors[: self.n_rows]
-            self.vectors = vectors
 
     def apply(self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1) -> None:
         """Apply one committed segment (must be the next in sequence order); ``ivf_list``
@@ -157,7 +178,8 @@ class IndexState:
         self.ids.extend(segment.ids)
         self.lists[start : start + n] = ivf_list
         if self.vectors is not None:
-            self.vectors[start : start + n] = segment.vectors
+            self._pending.append(segment.vectors.astype(self.vectors.dtype, copy=False))
+            self._pending_rows += n
         else:
             assert self.ann is not None
             self.ann.add(self._space(segment.vectors), self.lists[start : start + n])
@@ -210,17 +232,28 @@ class IndexState:
             assert self.vectors is not None
             half = self.precision == "float16"
             self.ann = backend.ann_index(self.vectors.shape[1], self.centroids, half=half)
-        chunk = 65536
-        while self.ann.ntotal < self.n_rows:
+        step = 65536
+        start = self.n_rows - self._pending_rows  # rows from here on are pending arrays
+        while self.ann.ntotal < start:
             assert self.vectors is not None
             lo = self.ann.ntotal
-            hi = min(lo + chunk, self.n_rows)
-            rows = self.vectors[lo:hi].astype(np.float32)
-            self.ann.add(self._space(rows), self.lists[lo:hi])
+            hi = min(lo + step, start)
+            self.ann.add(self._space(self.vectors[lo:hi].astype(np.float32)), self.lists[lo:hi])
+        if self._pending:
+            assert self.ann.ntotal == start
+            for chunk in self._pending:
+                for lo in range(0, len(chunk), step):
+                    part = chunk[lo : lo + step].astype(np.float32)
+                    first = self.ann.ntotal
+                    self.ann.add(self._space(part), self.lists[first : first + len(part)])
         # faiss's flat or fp16 codes hold exactly the stored values (float32 or float16).
         exact_copy = self.metric != "cosine" or self.unit_rows
         if exact_copy and self.vectors is not None:
             self.vectors = None
+            self._pending.clear()
+            self._pending_rows = 0
+        else:
+            self._flush()
         return self.ann
 
     @property
