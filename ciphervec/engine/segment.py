@@ -63,10 +63,11 @@ def encode(segment: Segment, dtype: str = "float32") -> bytes:
     ids = json.dumps(segment.ids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     metadata = _dump(segment.metadata)
     contents = _dump(segment.contents)
+    vectors: bytes | memoryview
     if segment.vectors is None:
         vectors, d = b"", 0
-    else:
-        vectors = np.ascontiguousarray(segment.vectors, dtype=_DTYPES[dtype]).tobytes()
+    else:  # a view: the join below is the only copy
+        vectors = np.ascontiguousarray(segment.vectors, dtype=_DTYPES[dtype]).data.cast("B")
         d = int(segment.vectors.shape[1])
     header = json.dumps(
         {
