@@ -185,14 +185,24 @@ class AnnIndex:
         return True
 
     def search(
-        self, q: np.ndarray, k: int, nprobe: int, valid: np.ndarray, excluded: int | None = None
+        self,
+        q: np.ndarray,
+        k: int,
+        nprobe: int,
+        valid: np.ndarray,
+        excluded: int | None = None,
+        *,
+        host: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, rows)`` of the ``k`` nearest valid rows; missing slots are -1.
 
-        ``excluded`` (rows of ``valid`` that are False) is counted here unless given."""
+        ``excluded`` (rows of ``valid`` that are False) is counted here unless given;
+        ``host`` searches on the host even with a GPU (an index still being filled would
+        be mirrored to the device again after every addition)."""
         if excluded is None:
             excluded = self.ntotal - int(np.count_nonzero(valid[: self.ntotal]))
-        if self.gpu is not None and excluded <= self.DEVICE_EXCLUSION_LIMIT and self._device_ready():
+        device = self.gpu is not None and not host
+        if device and excluded <= self.DEVICE_EXCLUSION_LIMIT and self._device_ready():
             return self._search_device(q, k, nprobe, valid, excluded)
         if self._flat_view and len(q) < self.FEW_QUERIES and self.ntotal:
             return self._search_view(q, k, valid, excluded)

@@ -51,7 +51,7 @@ def knn(
     ann = state.searchable(backend)
     space = normalize(queries) if metric == "cosine" else queries
     excluded = n - state.live if row_mask is None else None  # O(1) when only deletes exclude
-    _, found = ann.search(space, min(top_k, n), n_probes, valid, excluded)
+    _, found = ann.search(space, min(top_k, n), n_probes, valid, excluded, host=state.partial is not None)
     results = []
     for q, rows in zip(queries, found, strict=True):
         rows = rows[rows >= 0]

@@ -60,8 +60,12 @@ from .segment import Segment
 from .state import IndexState, PartialRun, _unit_norm
 
 TRAINING_STALE_SECONDS = 3600.0
-# Parallel reads of a run's list objects (S3 GETs are latency-bound).
+# Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
+# the background fill reads with fewer threads, in small batches, so that the requests it
+# shares the GIL and the index lock with stay fast.
 _READERS = 16
+_FILL_READERS = 2
+_FILL_BATCH = 4
 
 log = logging.getLogger("ciphervec.service")
 
@@ -311,7 +315,9 @@ class IndexService:
         directory = run.Directory.from_json(self._read_object(head, name), name)
         return self._fetch_lists(head, name, directory.lists())
 
-    def _fetch_lists(self, head: _Head, name: str, lists: list[int]) -> list[tuple[int, Segment]]:
+    def _fetch_lists(
+        self, head: _Head, name: str, lists: list[int], readers: int = _READERS
+    ) -> list[tuple[int, Segment]]:
         """Read, decrypt and decode lists of run ``name``, in parallel."""
 
         def fetch(k: int) -> tuple[int, Segment]:
@@ -319,7 +325,7 @@ class IndexService:
 
         if len(lists) <= 1:
             return [fetch(k) for k in lists]
-        with ThreadPoolExecutor(max_workers=min(_READERS, len(lists))) as pool:
+        with ThreadPoolExecutor(max_workers=min(readers, len(lists))) as pool:
             return list(pool.map(fetch, lists))
 
     def _load_lists(self, head: _Head, state: IndexState, lists: list[int]) -> None:
@@ -355,9 +361,9 @@ class IndexService:
                 partial = state.partial
                 if entry is None or entry[1] is not state or partial is None:
                     break
-                todo = partial.missing()[:32]
+                todo = partial.missing()[:_FILL_BATCH]
             try:
-                got = self._fetch_lists(head, partial.name, todo)
+                got = self._fetch_lists(head, partial.name, todo, _FILL_READERS)
             except Exception as exc:  # the next full read reports it to its caller
                 log.warning("background load of index lists stopped: %s", type(exc).__name__)
                 return
