@@ -7,7 +7,7 @@ import pytest
 
 from ciphervec.engine import run
 from ciphervec.engine.backend import select
-from ciphervec.engine.errors import CorruptObject
+from ciphervec.engine.errors import Contention, CorruptObject
 from ciphervec.engine.manifest import RetryPolicy
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.segment import Segment
@@ -219,3 +219,74 @@ def test_small_runs_load_whole(trained):
     svc = service(store, lazy_rows=N + 1)
     answers(svc, x[:1], n_probes=1)
     assert svc._states[("t", "i")][1].partial is None and ("t", "i") not in svc._fillers
+
+
+def everything(svc):
+    ids = sorted(svc.list_ids("t", "i", KEK))
+    return ids, svc.get("t", "i", KEK, ids, ["vector", "metadata"])
+
+
+def test_merged_tails_become_runs_and_the_newest_write_wins_in_any_load_order(trained):
+    store, x = trained
+    svc = service(store, merge_at=2)
+    rng = np.random.default_rng(3)
+    moved = [f"r{i}" for i in range(0, 600, 3)]
+    svc.upsert("t", "i", KEK, RowBatch(moved, x[:200] * -1.0, [{"v": 1}] * 200))
+    svc.upsert("t", "i", KEK, RowBatch([f"n{i}" for i in range(300)], x[1000:1300] + 0.5))
+    svc.delete_vectors("t", "i", KEK, ["r1", "r4", "n7"])
+    assert svc.merge_tail("t", "i", KEK) == 3
+    kinds = [r.kind for r in svc._heads[("t", "i")].body.segments]
+    assert kinds == ["run", "delete", "run"]
+    # newer writes over both runs: a third version of some ids, deletes of others
+    again = moved[:50] + ["r2", "n8"]
+    svc.upsert(
+        "t", "i", KEK, RowBatch(again, rng.standard_normal((52, D)).astype(np.float32), [{"v": 2}] * 52)
+    )
+    svc.delete_vectors("t", "i", KEK, [moved[60], "n9", "r5"])
+    full = service(store, lazy_rows=0)
+    want = everything(full)
+    assert len(want[0]) == N + 300 - 2 - 1 - 3  # r1 r4 n7 (then r2 n8 back), moved[60] n9 r5
+    q = np.vstack([x[::400], x[1000:1300:30] + 0.5, -x[:200:20]])
+    expect = answers(full, q, n_probes=6)
+
+    by_query = service(store, lazy_rows=100)
+    assert answers(by_query, q, n_probes=6) == expect
+    wait_filled(by_query, "i")
+    assert everything(by_query) == want
+
+    backwards = service(store, lazy_rows=100)  # newest lists first, the base run last
+    head = backwards._open("t", "i", KEK)
+    with backwards._lock(("t", "i"), backwards._locks, threading.RLock):
+        state = backwards._sync(head, full=False)
+        assert state.partial is not None and len(state.partial.runs) == 2
+        backwards._load_lists(head, state, list(reversed(state.partial.missing())))
+        assert state.partial is None
+    assert everything(backwards) == want and answers(backwards, q, n_probes=6) == expect
+
+
+def test_a_failed_merge_leaves_no_run_objects(trained):
+    store, x = trained
+    svc = service(store, merge_at=2)
+    svc.upsert("t", "i", KEK, RowBatch(["a", "b"], x[:2] + 1))
+    svc.upsert("t", "i", KEK, RowBatch(["c"], x[2:3] + 1))
+    before = set(store.list("t/i/run/"))
+    svc.retry = RetryPolicy(attempts=1, sleep=lambda s: None)
+    rival = service(store)
+    real = store.put_if_match
+
+    busy = []
+
+    def racing(key, data, etag):  # someone else commits first, every time
+        if key.endswith("/head") and not busy:
+            busy.append(1)
+            try:
+                rival.upsert("t", "i", KEK, RowBatch([f"z{len(data)}"], x[3:4]))
+            finally:
+                busy.clear()
+        return real(key, data, etag)
+
+    store.put_if_match = racing
+    with pytest.raises(Contention):
+        svc.merge_tail("t", "i", KEK)
+    store.put_if_match = real
+    assert set(store.list("t/i/run/")) == before

@@ -57,7 +57,7 @@ from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index
 from .ports import BlobNotFound, BlobStore, KeyWrapper, StoreConflict
 from .search import knn, normalize
 from .segment import Segment
-from .state import IndexState, PartialRun, _unit_norm
+from .state import IndexState, Partial, PartialRun, _unit_norm
 
 TRAINING_STALE_SECONDS = 3600.0
 # Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
@@ -258,23 +258,26 @@ class IndexService:
         else:
             state, applied = self._fresh_state(head, full)
         todo = head.body.segments[len(applied) :]
+        lazy = state.partial is not None  # runs open by their directory; lists come later
+
+        def read(ref: SegmentRef) -> Any:
+            if ref.kind != "run":
+                return self._read_object(head, ref.name)
+            return self._read_directory(head, ref.name) if lazy else self._read_run(head, ref.name)
+
         if todo:
             with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-                blobs = pool.map(
-                    lambda ref: (
-                        self._read_run(head, ref.name)
-                        if ref.kind == "run"
-                        else self._read_object(head, ref.name)
-                    ),
-                    todo,
-                )
-                for ref, blob in zip(todo, blobs, strict=True):
-                    if isinstance(blob, bytes):
-                        state.apply(segment.decode(blob), ref.seq)
+                for ref, got in zip(todo, pool.map(read, todo), strict=True):
+                    if isinstance(got, bytes):
+                        state.apply(segment.decode(got), ref.seq)
+                    elif isinstance(got, run.Directory):
+                        state.open_run(ref.name, ref.seq, got)
                     else:
-                        for k, rows in blob:
+                        for k, rows in got:
                             state.apply(rows, ref.seq, ivf_list=k)
                     applied.append(ref.name)
+        if state.partial is not None and not state.partial.missing():
+            state.partial = None
         cent = head.body.centroids
         if (cent.name if cent else None) != state.centroids_name:
             if cent is None:
@@ -293,49 +296,52 @@ class IndexService:
 
     def _fresh_state(self, head: _Head, full: bool) -> tuple[IndexState, list[str]]:
         """An empty state for ``head``; a trained index whose base is a run gets its
-        centroids first (rows keep the run's lists) and, unless ``full``, opens the run
-        lazily: only its directory is read, lists come later."""
+        centroids first (rows keep the run's lists) and, unless ``full``, opens its runs
+        lazily: only their directories are read, lists come later."""
         cfg, cent, refs = head.body.config, head.body.centroids, head.body.segments
         state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"), cfg["metric"])
         if cent is None or not refs or refs[0].kind != "run":
             return state, []
         arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
         state.set_centroids(cent.name, arr)
-        base = refs[0]
-        if full or not self.lazy_rows or base.rows < self.lazy_rows:
-            return state, []
-        directory = run.Directory.from_json(self._read_object(head, base.name), base.name)
-        state.unit_rows = directory.unit or state.metric != "cosine"
-        state.partial = PartialRun(base.name, directory)
-        state.applied_seq = base.seq
-        return state, [base.name]
+        if not full and self.lazy_rows and sum(r.rows for r in refs if r.kind == "run") >= self.lazy_rows:
+            state.partial = Partial()  # runs below open lazily
+        return state, []
+
+    def _read_directory(self, head: _Head, name: str) -> run.Directory:
+        return run.Directory.from_json(self._read_object(head, name), name)
 
     def _read_run(self, head: _Head, name: str) -> list[tuple[int, Segment]]:
         """Every non-empty list of a run, as ``(list number, rows)``."""
-        directory = run.Directory.from_json(self._read_object(head, name), name)
-        return self._fetch_lists(head, name, directory.lists())
+        lists = self._fetch_lists(head, [(name, k) for k in self._read_directory(head, name).lists()])
+        return [(k, rows) for _, k, rows in lists]
 
     def _fetch_lists(
-        self, head: _Head, name: str, lists: list[int], readers: int = _READERS
-    ) -> list[tuple[int, Segment]]:
-        """Read, decrypt and decode lists of run ``name``, in parallel."""
+        self, head: _Head, lists: list[tuple[str, int]], readers: int = _READERS
+    ) -> list[tuple[str, int, Segment]]:
+        """Read, decrypt and decode ``(run name, list)`` objects, in parallel."""
 
-        def fetch(k: int) -> tuple[int, Segment]:
-            return k, segment.decode(self._read_object(head, run.list_name(name, k)))
+        def fetch(item: tuple[str, int]) -> tuple[str, int, Segment]:
+            name, k = item
+            return name, k, segment.decode(self._read_object(head, run.list_name(name, k)))
 
         if len(lists) <= 1:
-            return [fetch(k) for k in lists]
+            return [fetch(item) for item in lists]
         with ThreadPoolExecutor(max_workers=min(readers, len(lists))) as pool:
             return list(pool.map(fetch, lists))
 
-    def _load_lists(self, head: _Head, state: IndexState, lists: list[int]) -> None:
-        """Load ``lists`` of a partial state (caller holds the index lock)."""
+    def _apply_lists(self, state: IndexState, partial: Partial, got: list[tuple[str, int, Segment]]) -> None:
+        runs = {r.name: r for r in partial.runs}
+        for name, k, rows in got:
+            if state.partial is partial and k not in runs[name].loaded:
+                state.apply_list(runs[name], k, rows)
+
+    def _load_lists(self, head: _Head, state: IndexState, todo: list[tuple[PartialRun, int]]) -> None:
+        """Load lists of a partial state (caller holds the index lock)."""
         partial = state.partial
-        if partial is None or not lists:
+        if partial is None or not todo:
             return
-        for k, rows in self._fetch_lists(head, partial.name, lists):
-            if state.partial is partial and k not in partial.loaded:
-                state.apply_list(k, rows)
+        self._apply_lists(state, partial, self._fetch_lists(head, [(r.name, k) for r, k in todo]))
 
     def _fill_later(self, head: _Head, state: IndexState) -> None:
         """Load the rest of a partial state in a background thread, a few lists at a time,
@@ -361,16 +367,14 @@ class IndexService:
                 partial = state.partial
                 if entry is None or entry[1] is not state or partial is None:
                     break
-                todo = partial.missing()[:_FILL_BATCH]
+                todo = [(r.name, k) for r, k in partial.missing()[:_FILL_BATCH]]
             try:
-                got = self._fetch_lists(head, partial.name, todo, _FILL_READERS)
+                got = self._fetch_lists(head, todo, _FILL_READERS)
             except Exception as exc:  # the next full read reports it to its caller
                 log.warning("background load of index lists stopped: %s", type(exc).__name__)
                 return
             with lock:
-                for k, rows in got:
-                    if state.partial is partial and k not in partial.loaded:
-                        state.apply_list(k, rows)
+                self._apply_lists(state, partial, got)
                 if state.partial is None:
                     with self._guard:
                         self._evict()
@@ -806,22 +810,12 @@ class IndexService:
         np.save(buf, centroids, allow_pickle=False)
         self._write_object(head, cent_name, buf.getvalue())
         precision = head.body.config.get("storage_precision", "float32")
-        unit = metric != "cosine" or _unit_norm(vectors)
-        members = run.group(snap, labels, lists)
-        directory = run.Directory(lists, tuple(len(m) for m in members), unit, precision)
-        written = [cent_name]
         try:
-            with ThreadPoolExecutor(max_workers=_READERS) as pool:
-                for obj in pool.map(
-                    lambda k: self._write_list(head, snap_name, k, run.take(snap, members[k]), precision),
-                    directory.lists(),
-                ):
-                    written.append(obj)
-            self._write_object(head, snap_name, directory.to_json())  # last: a run with a directory is whole
-            written.append(snap_name)
+            self._write_run(head, snap_name, snap, labels, lists, precision)
         except BaseException:
-            self._delete_all(head, written)
+            self._delete_all(head, [cent_name])
             raise
+        written = [cent_name, snap_name]
         now = self.clock()
 
         def swap(env: Envelope, body: HeadBody) -> None:
@@ -845,10 +839,27 @@ class IndexService:
         self.sweep(tenant, name, kek)
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
 
-    def _write_list(self, head: _Head, name: str, k: int, rows: Segment, precision: str) -> str:
-        obj = run.list_name(name, k)
-        self._write_object(head, obj, segment.encode(rows, precision))
-        return obj
+    def _write_run(
+        self, head: _Head, name: str, rows: Segment, labels: np.ndarray, n_lists: int, precision: str
+    ) -> None:
+        """Write ``rows`` as run ``name``: one object per non-empty list (in parallel), then
+        the directory. On failure nothing of it is left behind."""
+        assert rows.vectors is not None
+        unit = head.body.config["metric"] != "cosine" or _unit_norm(rows.vectors)
+        members = run.group(rows, labels, n_lists)
+        directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
+
+        def put(k: int) -> None:
+            part = run.take(rows, members[k])
+            self._write_object(head, run.list_name(name, k), segment.encode(part, precision))
+
+        try:
+            with ThreadPoolExecutor(max_workers=_READERS) as pool:
+                list(pool.map(put, directory.lists()))
+            self._write_object(head, name, directory.to_json())
+        except BaseException:
+            self._delete_all(head, [name])
+            raise
 
     def _delete_all(self, head: _Head, names: list[str]) -> None:
         """Delete objects; a run's name takes its list objects with it."""
@@ -886,11 +897,13 @@ class IndexService:
                 self._states[key] = (committed.envelope.uid, state, [run_name])
 
     def merge_tail(self, tenant: str, name: str, kek: bytes | None) -> int:
-        """Merge the newest run of write-ahead segments (see ``_merge_run``) into one
+        """Merge the newest stretch of write-ahead segments (see ``_merge_run``) into one
         upsert segment and one tombstone segment; returns how many segments were merged.
+        In a trained index the upserts become a run grouped by the current IVF lists, so
+        a cold container reads only the probed lists of it too.
 
         Keeps the head short and cold loads few objects between trainings. The merged
-        segments hold the run's net effect (last write per id wins; ids whose last write
+        objects hold the stretch's net effect (last write per id wins; ids whose last write
         is a delete become tombstones, which may still shadow older rows).
         """
         head = self._open(tenant, name, kek)
@@ -907,6 +920,7 @@ class IndexService:
             else:
                 latest.update((i, (seg, j)) for j, i in enumerate(seg.ids))
         live = [(i, v) for i, v in latest.items() if v is not None]
+        cent = head.body.centroids
         merged: list[tuple[str, Segment]] = []
         tombstones = [i for i, v in latest.items() if v is None]
         if tombstones:
@@ -922,21 +936,36 @@ class IndexService:
                 meta if any(m is not None for m in meta) else None,
                 text if any(t is not None for t in text) else None,
             )
-            merged.append((f"seg/{new_id()}", up))
+            merged.append((f"{'run' if cent else 'seg'}/{new_id()}", up))
         precision = head.body.config.get("storage_precision", "float32")
-        for obj, seg in merged:
-            self._write_object(head, obj, segment.encode(seg, precision))
+        try:
+            for obj, seg in merged:
+                if obj.startswith("run/"):
+                    assert cent is not None and seg.vectors is not None
+                    arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
+                    labels = self._assigner(head.body.config["metric"], arr)(seg.vectors)
+                    self._write_run(head, obj, seg, labels, cent.n_lists, precision)
+                else:
+                    self._write_object(head, obj, segment.encode(seg, precision))
+        except BaseException:
+            self._delete_all(head, [obj for obj, _ in merged])
+            raise
         tail_names = [r.name for r in tail]
         last_seq = tail[-1].seq
         now = self.clock()
 
         def swap(env: Envelope, body: HeadBody) -> None:
             names = [s.name for s in body.segments]
-            if names[: len(base) + len(tail_names)] != base + tail_names:
+            if names[: len(base) + len(tail_names)] != base + tail_names or (
+                (body.centroids.name if body.centroids else None) != (cent.name if cent else None)
+            ):
                 raise Contention("the index was compacted concurrently")
             body.segments = (
                 body.segments[: len(base)]
-                + [SegmentRef(obj, last_seq, seg.kind, len(seg)) for obj, seg in merged]
+                + [
+                    SegmentRef(obj, last_seq, "run" if obj.startswith("run/") else seg.kind, len(seg))
+                    for obj, seg in merged
+                ]
                 + body.segments[len(base) + len(tail_names) :]
             )
             body.retired.extend({"name": n, "at": now} for n in tail_names)
@@ -944,8 +973,7 @@ class IndexService:
         try:
             self._commit(head, swap)
         except BaseException:
-            for obj, _ in merged:
-                self.store.delete(head.root + obj)
+            self._delete_all(head, [obj for obj, _ in merged])
             raise
         key = (tenant, name)
         with self._lock(key, self._locks, threading.RLock):  # same rows: just rename what was applied

@@ -10,9 +10,11 @@ metrics, or cosine over unit-norm rows; float32 or fp16 codes), the numpy array 
 are read back from faiss. Otherwise (cosine over rows of other norms, which faiss must
 hold normalised) both are kept.
 
-A state can be *partial*: opened from a run (run.py) with only some IVF lists loaded,
-the rest read on demand (``PartialRun``). Rows of the write-ahead tail shadow run rows
-with the same id, so a list loaded late never resurrects an overwritten or deleted row.
+A state can be *partial*: opened from runs (run.py) with only some IVF lists loaded, the
+rest read on demand (``Partial``). Lists may load in any order, so every id remembers
+the sequence number of its newest write or delete applied so far; a run's row loads only
+where its run is newer, and a list loaded late never resurrects an overwritten or deleted
+row.
 Each row remembers its IVF list (``lists``; -1 where faiss assigns the nearest
 centroid), so the lists a query probes hold exactly the rows the run put there.
 """
@@ -31,21 +33,34 @@ from .segment import Segment
 
 @dataclass
 class PartialRun:
-    """The lists of a run not yet loaded into a state, and the ids that shadow them."""
+    """One run of a partial state: which of its lists are loaded."""
 
     name: str
+    seq: int
     directory: Directory
     loaded: set[int] = field(default_factory=set)
-    shadow: set[str] = field(default_factory=set)
 
     def missing(self, lists: Any = None) -> list[int]:
         """Non-empty lists (of ``lists``, default all) not loaded yet, ascending."""
-        pick = range(self.directory.n_lists) if lists is None else sorted(set(int(k) for k in lists))
+        pick = range(self.directory.n_lists) if lists is None else sorted({int(k) for k in lists})
         rows = self.directory.rows
-        return [k for k in pick if rows[k] and k not in self.loaded]
+        return [k for k in pick if k < len(rows) and rows[k] and k not in self.loaded]
+
+
+@dataclass
+class Partial:
+    """The runs of a state whose lists load on demand, and what shadows their rows."""
+
+    runs: list[PartialRun] = field(default_factory=list)
+    # id -> sequence number of its newest write or delete applied so far
+    shadow: dict[str, int] = field(default_factory=dict)
+
+    def missing(self, lists: Any = None) -> list[tuple[PartialRun, int]]:
+        """``(run, list)`` pairs not loaded yet (of ``lists``, default all)."""
+        return [(r, k) for r in self.runs for k in r.missing(lists)]
 
     def unloaded_rows(self) -> int:
-        return sum(self.directory.rows[k] for k in self.missing())
+        return sum(r.directory.rows[k] for r, k in self.missing())
 
 
 class IndexState:
@@ -76,7 +91,7 @@ class IndexState:
         self.synced_etag: str | None = None  # the head this state was last brought up to
         self.version = 0  # bumps on every change; keys derived caches
         self._cache: dict[Any, Any] = {}
-        self.partial: PartialRun | None = None
+        self.partial: Partial | None = None
 
     # -- sizes -------------------------------------------------------------------
     @property
@@ -153,7 +168,7 @@ class IndexState:
         self.version += 1
         self.applied_seq = max(self.applied_seq, seq)
         if self.partial is not None:
-            self.partial.shadow.update(segment.ids)
+            self.partial.shadow.update(dict.fromkeys(segment.ids, seq))
         if segment.kind == "delete":
             dead = [r for r in (self.pos.pop(i, None) for i in segment.ids) if r is not None]
             if dead:
@@ -191,11 +206,23 @@ class IndexState:
         self.metadata.extend(segment.metadata or [None] * n)
         self.contents.extend(segment.contents or [None] * n)
 
-    def apply_list(self, k: int, rows: Segment) -> None:
-        """Load list ``k`` of the partial run: its rows, minus those the tail shadows."""
+    def open_run(self, name: str, seq: int, directory: Directory) -> None:
+        """Add a run whose lists load later (``apply_list``)."""
+        if self.partial is None:
+            self.partial = Partial()
+        if self.metric == "cosine" and self.unit_rows and not directory.unit:
+            self._materialize()  # faiss must hold normalised rows: keep both copies
+            self.unit_rows = False
+            self.ann = None
+        self.partial.runs.append(PartialRun(name, seq, directory))
+        self.applied_seq = max(self.applied_seq, seq)
+
+    def apply_list(self, run: PartialRun, k: int, rows: Segment) -> None:
+        """Load list ``k`` of a partial run: its rows, minus ids written since."""
         partial = self.partial
-        assert partial is not None and k not in partial.loaded
-        keep = [j for j, i in enumerate(rows.ids) if i not in partial.shadow]
+        assert partial is not None and run in partial.runs and k not in run.loaded
+        shadow = partial.shadow
+        keep = [j for j, i in enumerate(rows.ids) if shadow.get(i, -1) < run.seq]
         if len(keep) < len(rows):
             assert rows.vectors is not None
             rows = Segment(
@@ -205,11 +232,13 @@ class IndexState:
                 [rows.metadata[j] for j in keep] if rows.metadata else None,
                 [rows.contents[j] for j in keep] if rows.contents else None,
             )
-        partial.loaded.add(k)
+        run.loaded.add(k)
         if len(rows):
-            self.partial = None  # run rows shadow nothing
+            if any(r.seq < run.seq and r.missing() for r in partial.runs):
+                shadow.update(dict.fromkeys(rows.ids, run.seq))  # an older run may hold them too
+            self.partial = None  # applied without touching the shadow
             try:
-                self.apply(rows, self.applied_seq, ivf_list=k)
+                self.apply(rows, run.seq, ivf_list=k)
             finally:
                 self.partial = partial
         if not partial.missing():
