@@ -483,9 +483,11 @@ def main(argv: list[str] | None = None) -> int:
             data = minilm(args.n + args.queries) if name == "minilm" else glove() if name == "glove" else None
             if data is None:
                 continue
+            own = tmp / name  # each dataset gets its own stores (index names repeat)
+            own.mkdir()
             report["runs"].append(
                 run_dataset(
-                    {"minilm": "MiniLM-384 (real sentences)", "glove": "GloVe-50"}[name], data, args, tmp
+                    {"minilm": "MiniLM-384 (real sentences)", "glove": "GloVe-50"}[name], data, args, own
                 )
             )
         if args.scale or not args.no_cold:
