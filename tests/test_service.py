@@ -172,6 +172,20 @@ def test_lost_race_is_retried_and_both_writes_survive(kek):
     assert sorted(fresh(store).list_ids("t", "i", kek)) == ["mine", "rival"]
 
 
+def test_a_commit_on_a_stale_cached_head_never_edits_it_and_loses_nothing(kek):
+    store = RacingStore()
+    a, b = fresh(store), fresh(store)
+    a.create_index("t", "i", IndexConfig(), kek=kek)
+    a.upsert("t", "i", kek, batch(["x"]))
+    held = a._heads[("t", "i")]
+    before = (held.body.to_json(), held.envelope.to_json())
+    store.rival = lambda: b.upsert("t", "i", kek, batch(["y"], seed=2))
+    store.races = 1  # b commits after a has prepared its change on the cached head
+    a.upsert("t", "i", kek, batch(["z"], seed=3))
+    assert (held.body.to_json(), held.envelope.to_json()) == before
+    assert sorted(fresh(store).list_ids("t", "i", kek)) == ["x", "y", "z"]
+
+
 def test_endless_contention_is_503_and_leaves_no_orphan(kek):
     store = RacingStore()
     a, b = fresh(store), fresh(store)

@@ -19,12 +19,13 @@ bounded number of tries raise ``Contention`` (503). Acknowledge only after succe
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import random
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .crypto import IndexCipher
@@ -101,6 +102,16 @@ class HeadBody:
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
+    def copy(self) -> HeadBody:
+        """A copy that mutations cannot reach through (refs are never edited in place)."""
+        return HeadBody(
+            copy.deepcopy(self.config),
+            self.next_seq,
+            list(self.segments),
+            self.centroids,
+            [dict(r) for r in self.retired],
+        )
+
     @classmethod
     def from_json(cls, raw: bytes) -> HeadBody:
         data = json.loads(raw)
@@ -173,30 +184,41 @@ def commit(
     mutate: Mutation,
     retry: RetryPolicy,
     expected_uid: str,
+    known: tuple[Envelope, HeadBody, str] | None = None,
 ) -> tuple[Envelope, HeadBody, Any, str]:
     """Apply ``mutate`` to the current head and CAS it back; retry on lost races.
 
     ``mutate`` edits the envelope/body in place and returns a value passed back to the
     caller; it may raise to abort (nothing is written). It runs once per attempt, on a
     freshly read head, so it must derive everything from what it is given.
+
+    ``known``: a head this process already holds (envelope, body, tag). The first attempt
+    works on a copy of it instead of reading the head again; the compare-and-swap on its
+    tag makes that exactly as safe, and a stale copy only costs the retry.
     """
     for attempt in range(retry.attempts):
-        try:
-            got = store.get(head_key)
-        except BlobNotFound:
-            raise IndexNotFound("index not found") from None
-        assert got is not None
-        raw, etag = got
-        envelope, sealed = parse_envelope(raw)
-        if envelope.uid != expected_uid:
-            raise IndexNotFound("index was deleted or replaced")
-        body = open_body(envelope, sealed, cipher)
+        optimistic = attempt == 0 and known is not None and known[0].uid == expected_uid
+        if optimistic:
+            assert known is not None
+            envelope, body, etag = replace(known[0]), known[1].copy(), known[2]
+        else:
+            try:
+                got = store.get(head_key)
+            except BlobNotFound:
+                raise IndexNotFound("index not found") from None
+            assert got is not None
+            raw, etag = got
+            envelope, sealed = parse_envelope(raw)
+            if envelope.uid != expected_uid:
+                raise IndexNotFound("index was deleted or replaced")
+            body = open_body(envelope, sealed, cipher)
         outcome = mutate(envelope, body)
         envelope.generation += 1
         try:
             new_etag = store.put_if_match(head_key, seal_head(envelope, body, cipher), etag)
         except StoreConflict:
-            retry.pause(attempt)
+            if not optimistic:  # a stale copy is no contention: read and retry at once
+                retry.pause(attempt)
             continue
         except BlobNotFound:
             raise IndexNotFound("index not found") from None

@@ -499,8 +499,10 @@ class IndexService:
     def _commit(self, head: _Head, mutate: Callable[[Envelope, HeadBody], Any]) -> Any:
         key = (head.tenant, head.name)
         with self._lock(key, self._commit_locks, threading.Lock):
+            held = self._heads.get(key)
+            known = (held.envelope, held.body, held.etag) if held is not None else None
             env, body, outcome, etag = commit(
-                self.store, head.root + "head", head.cipher, mutate, self.retry, head.envelope.uid
+                self.store, head.root + "head", head.cipher, mutate, self.retry, head.envelope.uid, known
             )
         self._heads[key] = _Head(head.tenant, head.name, head.root, etag, env, body, head.cipher, head.dek)
         return outcome
