@@ -85,7 +85,7 @@ def test_run_directory_and_grouping():
     members = run.group(snap, labels, 7)
     assert [len(m) for m in members] == [int((labels == k).sum()) for k in range(7)]
     for k, rows in enumerate(members):
-        part = run.take(snap, rows) if len(rows) else None
+        part = snap.take(rows) if len(rows) else None
         if part is None:
             assert k == 3
             continue

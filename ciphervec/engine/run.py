@@ -39,13 +39,14 @@ class Directory:
     unit: bool  # every row has unit L2 norm (cosine indexes can keep one copy)
     dtype: str
 
-    @property
-    def total_rows(self) -> int:
-        return sum(self.rows)
-
     def to_json(self) -> bytes:
-        data = {"v": VERSION, "n_lists": self.n_lists, "rows": list(self.rows), "unit": self.unit}
-        data["dtype"] = self.dtype
+        data = {
+            "v": VERSION,
+            "n_lists": self.n_lists,
+            "rows": list(self.rows),
+            "unit": self.unit,
+            "dtype": self.dtype,
+        }
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -83,15 +84,3 @@ def group(snapshot: Segment, labels: np.ndarray, n_lists: int) -> list[np.ndarra
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_lists + 1))
     return [order[bounds[k] : bounds[k + 1]] for k in range(n_lists)]
-
-
-def take(snapshot: Segment, rows: np.ndarray) -> Segment:
-    """The rows ``rows`` of ``snapshot``, as one list's segment."""
-    assert snapshot.vectors is not None
-    return Segment(
-        "snapshot",
-        [snapshot.ids[i] for i in rows],
-        snapshot.vectors[rows],
-        [snapshot.metadata[i] for i in rows] if snapshot.metadata else None,
-        [snapshot.contents[i] for i in rows] if snapshot.contents else None,
-    )

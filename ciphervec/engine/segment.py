@@ -49,6 +49,16 @@ class Segment:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, rows: Any) -> Segment:
+        """The rows at positions ``rows``, as a segment of the same kind."""
+        return Segment(
+            self.kind,
+            [self.ids[i] for i in rows],
+            None if self.vectors is None else self.vectors[np.asarray(rows, dtype=np.int64)],
+            [self.metadata[i] for i in rows] if self.metadata else None,
+            [self.contents[i] for i in rows] if self.contents else None,
+        )
+
 
 def _dump(values: list[Any] | None) -> bytes:
     if values is None or not any(v is not None for v in values):

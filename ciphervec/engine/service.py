@@ -6,9 +6,9 @@ any segments it has not seen, and only then reads or writes. Writes follow the c
 protocol of ``manifest.commit`` and are acknowledged only after the head CAS succeeded.
 
 Cold reads of a trained index are lazy: a query on a container that has not loaded the
-index reads the head, the centroids, the run's directory and only the IVF lists it
-probes (ranged reads); the remaining lists are filled in by a background thread, and any
-call that needs every row (get, filters, training, ...) completes the load first.
+index reads the head, the centroids, the runs' directories and only the IVF lists it
+probes (one object each); the remaining lists are filled in by a background thread, and
+any call that needs every row (get, filters, training, ...) completes the load first.
 """
 
 from __future__ import annotations
@@ -207,16 +207,16 @@ class IndexService:
         with self._guard:
             self._states.pop(key, None)
 
-    def _read_raw(self, head: _Head, name: str) -> bytes:
+    def _read_object(self, head: _Head, name: str) -> bytes:
         try:
             got = self.store.get(head.root + name)
         except BlobNotFound:
             raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
         assert got is not None
-        return got[0]
+        return head.cipher.decrypt(name, got[0])
 
-    def _read_object(self, head: _Head, name: str) -> bytes:
-        return head.cipher.decrypt(name, self._read_raw(head, name))
+    def _read_centroids(self, head: _Head, name: str) -> np.ndarray:
+        return np.load(io.BytesIO(self._read_object(head, name)), allow_pickle=False)
 
     def _write_object(self, head: _Head, name: str, plaintext: bytes) -> None:
         self.store.put_if_absent(head.root + name, head.cipher.encrypt(name, plaintext))
@@ -283,7 +283,7 @@ class IndexService:
             if cent is None:
                 state.set_centroids(None, None)
             else:
-                arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
+                arr = self._read_centroids(head, cent.name)
                 state.set_centroids(cent.name, arr)
         if state.n_rows > 4096 and state.dead_fraction > 0.5 and state.partial is None:
             state.compact()  # overwrites and deletes: drop dead rows from memory
@@ -302,7 +302,7 @@ class IndexService:
         state = IndexState(int(cfg["dimension"]), cfg.get("storage_precision", "float32"), cfg["metric"])
         if cent is None or not refs or refs[0].kind != "run":
             return state, []
-        arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
+        arr = self._read_centroids(head, cent.name)
         state.set_centroids(cent.name, arr)
         if not full and self.lazy_rows and sum(r.rows for r in refs if r.kind == "run") >= self.lazy_rows:
             state.partial = Partial()  # runs below open lazily
@@ -852,7 +852,7 @@ class IndexService:
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
 
         def put(k: int) -> None:
-            part = run.take(rows, members[k])
+            part = rows.take(members[k])
             self._write_object(head, run.list_name(name, k), segment.encode(part, precision))
 
         try:
@@ -944,7 +944,7 @@ class IndexService:
             for obj, seg in merged:
                 if obj.startswith("run/"):
                     assert cent is not None and seg.vectors is not None
-                    arr = np.load(io.BytesIO(self._read_object(head, cent.name)), allow_pickle=False)
+                    arr = self._read_centroids(head, cent.name)
                     labels = self._assigner(head.body.config["metric"], arr)(seg.vectors)
                     self._write_run(head, obj, seg, labels, cent.n_lists, precision)
                 else:

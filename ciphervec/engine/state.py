@@ -224,14 +224,7 @@ class IndexState:
         shadow = partial.shadow
         keep = [j for j, i in enumerate(rows.ids) if shadow.get(i, -1) < run.seq]
         if len(keep) < len(rows):
-            assert rows.vectors is not None
-            rows = Segment(
-                rows.kind,
-                [rows.ids[j] for j in keep],
-                rows.vectors[keep],
-                [rows.metadata[j] for j in keep] if rows.metadata else None,
-                [rows.contents[j] for j in keep] if rows.contents else None,
-            )
+            rows = rows.take(keep)
         run.loaded.add(k)
         if len(rows):
             if any(r.seq < run.seq and r.missing() for r in partial.runs):
