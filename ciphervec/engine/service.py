@@ -57,7 +57,7 @@ from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index
 from .ports import BlobNotFound, BlobStore, KeyWrapper, StoreConflict
 from .search import knn, normalize
 from .segment import Segment
-from .state import IndexState, Partial, PartialRun, _unit_norm
+from .state import IndexState, Partial, PartialRun, unit_norm
 
 TRAINING_STALE_SECONDS = 3600.0
 # Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
@@ -847,7 +847,7 @@ class IndexService:
         """Write ``rows`` as run ``name``: one object per non-empty list (in parallel), then
         the directory. On failure nothing of it is left behind."""
         assert rows.vectors is not None
-        unit = head.body.config["metric"] != "cosine" or _unit_norm(rows.vectors)
+        unit = head.body.config["metric"] != "cosine" or unit_norm(rows.vectors)
         members = run.group(rows, labels, n_lists)
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
 

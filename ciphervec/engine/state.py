@@ -160,14 +160,17 @@ class IndexState:
         lists[: self.n_rows] = self.lists[: self.n_rows]
         self.lists = lists
 
-    def apply(self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1) -> None:
+    def apply(
+        self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1, *, shadows: bool = True
+    ) -> None:
         """Apply one committed segment (must be the next in sequence order); ``ivf_list``
         pins its rows to IVF lists (one for all, or one per row), else (-1) faiss picks
-        the nearest centroid."""
+        the nearest centroid. In a partial state the segment's ids shadow older run rows
+        unless ``shadows`` is off (rows of a run itself)."""
         self._cache.clear()
         self.version += 1
         self.applied_seq = max(self.applied_seq, seq)
-        if self.partial is not None:
+        if self.partial is not None and shadows:
             self.partial.shadow.update(dict.fromkeys(segment.ids, seq))
         if segment.kind == "delete":
             dead = [r for r in (self.pos.pop(i, None) for i in segment.ids) if r is not None]
@@ -179,7 +182,7 @@ class IndexState:
         if self.n_rows == 0 and self.dimension != segment.vectors.shape[1]:
             self.dimension = int(segment.vectors.shape[1])
             self.vectors = np.empty((0, self.dimension), dtype=np.dtype(self.precision))
-        if self.metric == "cosine" and self.unit_rows and not _unit_norm(segment.vectors):
+        if self.metric == "cosine" and self.unit_rows and not unit_norm(segment.vectors):
             self._materialize()  # faiss must now hold normalised rows: keep both copies
             self.unit_rows = False
             self.ann = None
@@ -229,11 +232,7 @@ class IndexState:
         if len(rows):
             if any(r.seq < run.seq and r.missing() for r in partial.runs):
                 shadow.update(dict.fromkeys(rows.ids, run.seq))  # an older run may hold them too
-            self.partial = None  # applied without touching the shadow
-            try:
-                self.apply(rows, run.seq, ivf_list=k)
-            finally:
-                self.partial = partial
+            self.apply(rows, run.seq, ivf_list=k, shadows=False)
         if not partial.missing():
             self.partial = None  # every list is in: an ordinary, complete state
 
@@ -328,6 +327,6 @@ class IndexState:
         return self._cache[key]
 
 
-def _unit_norm(vectors: np.ndarray, tolerance: float = 1e-3) -> bool:
+def unit_norm(vectors: np.ndarray, tolerance: float = 1e-3) -> bool:
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
     return bool(np.all(np.abs(norms - 1.0) <= tolerance))
