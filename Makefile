@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy ciphervec/engine
+	$(BIN)/mypy engine
 
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml

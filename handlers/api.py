@@ -13,6 +13,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import unquote
 
@@ -30,7 +31,6 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 
-from .. import __version__
 from ..engine import crypto
 from ..engine.errors import (
     CipherVecError,
@@ -47,6 +47,10 @@ from ..infra.wiring import Container, container
 from . import schemas
 
 logger = Logger(service="ciphervec")
+try:
+    __version__ = version("ciphervec")
+except PackageNotFoundError:  # a source tree without installation
+    __version__ = "0.0.0"
 router = Router()
 _ROUTES: list[tuple[str, re.Pattern[str]]] = []
 # Anything before "/v1/" is a stage or base-path prefix (API Gateway stage, proxy path).
