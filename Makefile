@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck cfn-lint unit install bench bench-deps clean
+.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -35,7 +35,12 @@ cfn-lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck cfn-lint unit
+# The same suite on array-api-strict: every line of engine array math must be portable
+# (the path CuPy takes on a GPU host), proven on a CPU-only machine.
+unit-strict: $(STAMP)
+	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q
+
+test: lint typecheck cfn-lint unit unit-strict
 
 # Benchmark side venvs: real-text embeddings (torch CPU + all-MiniLM-L6-v2, offline) and the
 # reference service. Each is optional: the bench skips, with a clear line, what is missing.

@@ -5,11 +5,20 @@ $exists $regex $contains``; logical ``$and $or $nor $not``; dotted paths reach n
 fields. Numbers and booleans compare natively (``True`` is not ``1``). A field missing
 on an item matches ``$ne``/``$nin`` (and ``$exists: false``) and nothing else.
 Unknown operators raise ``InvalidRequest`` (400) at compile time.
+
+Filters run two ways: row by row (``compile_filter``), and over whole columns at once
+(``compile_mask``) as boolean arrays of any array-API namespace (numpy, CuPy,
+array-api-strict). Columns are built on the host from decrypted metadata and handed to the
+namespace once; strings become integer codes ordered like the strings, so equality and
+ordering are integer comparisons there. Lists, objects, ``$regex`` and ``$contains`` are
+evaluated row by row on the host and merged in.
 """
 
 from __future__ import annotations
 
+import operator
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import Any
 
@@ -182,22 +191,38 @@ def _logical(op: str, value: Any) -> Predicate:
 
 # -- vectorised evaluation over columns ------------------------------------------------------
 class Column:
-    """One metadata field across all rows, split by JSON type for vectorised comparisons."""
+    """One metadata field across all rows, split by JSON type, as arrays of namespace ``xp``."""
 
-    def __init__(self, values: list[Any]) -> None:
+    def __init__(self, values: list[Any], xp: Any) -> None:
         n = len(values)
+        self.xp = xp
         self.values = values
-        self.present = np.fromiter((v is not MISSING for v in values), dtype=bool, count=n)
-        self.is_bool = np.fromiter((isinstance(v, bool) for v in values), dtype=bool, count=n)
+        present = np.fromiter((v is not MISSING for v in values), dtype=bool, count=n)
+        is_bool = np.fromiter((isinstance(v, bool) for v in values), dtype=bool, count=n)
         # numbers float64 holds exactly; larger integers go row by row with the lists
-        self.is_num = np.fromiter((_exact_number(v) for v in values), dtype=bool, count=n)
-        self.is_str = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=n)
+        is_num = np.fromiter((_exact_number(v) for v in values), dtype=bool, count=n)
+        is_str = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=n)
+        other = present & ~(is_bool | is_num | is_str)
+        self.present, self.is_bool, self.is_num = xp.asarray(present), xp.asarray(is_bool), xp.asarray(is_num)
+        self.is_str = xp.asarray(is_str)
         # lists, objects and nulls: compared row by row with the scalar semantics above
-        self.other = self.present & ~(self.is_bool | self.is_num | self.is_str)
-        numbers = [v if _exact_number(v) else 0 for v in values]
-        self.num = np.where(self.is_num, np.array(numbers, dtype=np.float64), np.nan)
-        self.boolean = np.array([v is True for v in values], dtype=bool)
-        self.text = np.array([v if isinstance(v, str) else "" for v in values], dtype=object)
+        self.other, self.other_rows = xp.asarray(other), np.flatnonzero(other).tolist()
+        numbers = np.array([v if _exact_number(v) else 0 for v in values], dtype=np.float64)
+        self.num = xp.asarray(np.where(is_num, numbers, np.nan))
+        self.boolean = xp.asarray(np.array([v is True for v in values], dtype=bool))
+        # each string as its rank among the column's distinct strings (-1: not a string)
+        self.strings = sorted({v for v in values if isinstance(v, str)})
+        rank = {v: r for r, v in enumerate(self.strings)}
+        codes = np.fromiter((rank[v] if isinstance(v, str) else -1 for v in values), dtype=np.int64, count=n)
+        self.code = xp.asarray(codes)
+
+    def asarray(self, mask: np.ndarray) -> Any:
+        """A host mask in this column's namespace."""
+        return self.xp.asarray(mask)
+
+    def string_range(self, operand: str) -> tuple[int, int]:
+        """Codes ``[lo, hi)`` of strings equal to ``operand``; ``lo``: how many are smaller."""
+        return bisect_left(self.strings, operand), bisect_right(self.strings, operand)
 
 
 def _exact_number(v: Any) -> bool:
@@ -205,11 +230,12 @@ def _exact_number(v: Any) -> bool:
 
 
 ColumnSource = Callable[[tuple[str, ...]], Column]
-MaskFn = Callable[[ColumnSource, int], np.ndarray]
+MaskFn = Callable[[ColumnSource, int, Any], Any]
 
 
 def compile_mask(spec: Any) -> MaskFn:
-    """Like ``compile_filter`` but evaluated over whole columns at once (one bool per row)."""
+    """Like ``compile_filter`` but evaluated over whole columns at once: ``mask(columns, n,
+    xp)`` gives one boolean per row, an array of namespace ``xp``."""
     compile_filter(spec)  # validates; raises InvalidRequest on unknown operators
     return _mask_doc(spec or {})
 
@@ -222,10 +248,10 @@ def _mask_doc(spec: dict[str, Any]) -> MaskFn:
         else:
             parts.append(_mask_field(tuple(key.split(".")), value))
 
-    def run(columns: ColumnSource, n: int) -> np.ndarray:
-        mask = np.ones(n, dtype=bool)
+    def run(columns: ColumnSource, n: int, xp: Any) -> Any:
+        mask = xp.ones(n, dtype=xp.bool)
         for part in parts:
-            mask &= part(columns, n)
+            mask = mask & part(columns, n, xp)
         return mask
 
     return run
@@ -234,15 +260,15 @@ def _mask_doc(spec: dict[str, Any]) -> MaskFn:
 def _mask_logical(op: str, value: Any) -> MaskFn:
     if op == "$not":
         inner = _mask_doc(value)
-        return lambda columns, n: ~inner(columns, n)
+        return lambda columns, n, xp: ~inner(columns, n, xp)
     parts = [_mask_doc(v) for v in value]
 
-    def run(columns: ColumnSource, n: int) -> np.ndarray:
-        masks = [p(columns, n) for p in parts]
-        if op == "$and":
-            return np.logical_and.reduce(masks)
-        hit = np.logical_or.reduce(masks)
-        return hit if op == "$or" else ~hit
+    def run(columns: ColumnSource, n: int, xp: Any) -> Any:
+        masks = [p(columns, n, xp) for p in parts]
+        hit = masks[0]
+        for m in masks[1:]:
+            hit = (hit & m) if op == "$and" else (hit | m)
+        return hit if op in ("$and", "$or") else ~hit
 
     return run
 
@@ -253,42 +279,55 @@ def _mask_field(path: tuple[str, ...], spec: Any) -> MaskFn:
     else:
         ops = [("$eq", spec)]
 
-    def run(columns: ColumnSource, n: int) -> np.ndarray:
+    def run(columns: ColumnSource, n: int, xp: Any) -> Any:
         col = columns(path)
-        mask = np.ones(n, dtype=bool)
+        mask = xp.ones(n, dtype=xp.bool)
         for op, operand in ops:
             fast = _mask_op(col, op, operand)
             if fast is None:  # no vectorised form: the row test on this column only
                 test = _field_op(op, operand, spec if isinstance(spec, dict) else {})
-                fast = np.fromiter((test(v) for v in col.values), dtype=bool, count=n)
-            mask &= fast
+                fast = col.asarray(np.fromiter((test(v) for v in col.values), dtype=bool, count=n))
+            mask = mask & fast
         return mask
 
     return run
 
 
-def _scalar_eq(col: Column, operand: Any) -> np.ndarray | None:
+def _scalar_eq(col: Column, operand: Any) -> Any:
     if isinstance(operand, bool):
         return col.is_bool & (col.boolean == operand)
     if isinstance(operand, int | float):
         if not _exact_number(operand):
             return None  # beyond float64's exact integers: compare row by row
-        return col.is_num & (col.num == operand)
+        return col.is_num & (col.num == float(operand))
     if isinstance(operand, str):
-        return col.is_str & (col.text == operand)
+        lo, hi = col.string_range(operand)
+        return (col.code >= lo) & (col.code < hi)
     return None
 
 
-def _rowwise(col: Column, op: str, operand: Any, mask: np.ndarray) -> np.ndarray:
+def _rowwise(col: Column, op: str, operand: Any, mask: Any) -> Any:
     """Fix up rows holding lists/objects/null with the exact row semantics."""
-    rows = np.flatnonzero(col.other)
-    if len(rows):
-        test = _field_op(op, operand, {})
-        mask[rows] = [test(col.values[r]) for r in rows]
-    return mask
+    rows = col.other_rows
+    if not rows:
+        return mask
+    test = _field_op(op, operand, {})
+    fixed = np.zeros(len(col.values), dtype=bool)
+    fixed[rows] = [test(col.values[r]) for r in rows]
+    return col.xp.where(col.other, col.asarray(fixed), mask)
 
 
-def _mask_op(col: Column, op: str, operand: Any) -> np.ndarray | None:
+_ORDER = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+# Over string codes: ``lo`` strings are smaller than the operand, ``hi`` no greater.
+_CODE_ORDER = {
+    "$gt": (operator.ge, True),
+    "$gte": (operator.ge, False),
+    "$lt": (operator.lt, False),
+    "$lte": (operator.lt, True),
+}
+
+
+def _mask_op(col: Column, op: str, operand: Any) -> Any:
     if op == "$exists":
         return col.present == bool(operand)
     if op in ("$eq", "$ne"):
@@ -300,21 +339,21 @@ def _mask_op(col: Column, op: str, operand: Any) -> np.ndarray | None:
     if op in ("$in", "$nin"):
         if not isinstance(operand, list):
             return None
-        member = np.zeros(len(col.values), dtype=bool)
+        member = col.xp.zeros(len(col.values), dtype=col.xp.bool)
         for o in operand:
             hit = _scalar_eq(col, o)
             if hit is None:
                 return None
-            member |= hit
+            member = member | hit
         member = _rowwise(col, "$in", operand, member)
         return member if op == "$in" else ~member
     if op in ("$gt", "$gte", "$lt", "$lte"):
-        compare = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}[op]
-        if _exact_number(operand):
-            with np.errstate(invalid="ignore"):
-                out = col.is_num & compare(col.num, operand)
+        if _exact_number(operand):  # NaN (rows that are not numbers) compares False
+            out = col.is_num & _ORDER[op](col.num, float(operand))
         elif isinstance(operand, str):
-            out = col.is_str & compare(col.text, operand).astype(bool)
+            lo, hi = col.string_range(operand)
+            compare, use_hi = _CODE_ORDER[op]
+            out = col.is_str & compare(col.code, hi if use_hi else lo)
         else:
             return None
         return _rowwise(col, op, operand, out)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .backend import Backend
-from .search import normalize
+from .kernels import inverse_permutation, normalize, recall_curve
 
 MAX_LISTS = 65536
 # Aim above the promised recall@10 of 0.95: the estimate comes from a sample of indexed rows,
@@ -40,12 +40,17 @@ def train_centroids(
     rng = np.random.default_rng(seed)
     limit = n_lists * MAX_TRAINING_SAMPLE_PER_LIST
     sample = vectors if len(vectors) <= limit else vectors[rng.choice(len(vectors), limit, replace=False)]
-    if metric == "cosine":
-        sample = normalize(sample)
-    cent = backend.kmeans(
-        sample, n_lists, niter=max_iters, seed=seed, spherical=metric == "cosine", tol=tolerance
-    )
-    return normalize(cent).astype(np.float32) if metric == "cosine" else cent
+    cosine = metric == "cosine"
+    if cosine:
+        sample = backend.to_host(normalize(backend.asarray(sample)))
+    cent = backend.kmeans(sample, n_lists, niter=max_iters, seed=seed, spherical=cosine, tol=tolerance)
+    return backend.to_host(normalize(backend.asarray(cent))).astype(np.float32) if cosine else cent
+
+
+def assign_lists(backend: Backend, vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """The IVF list of each row: its nearest centroid in the search space."""
+    space = backend.to_host(normalize(backend.asarray(vectors))) if metric == "cosine" else vectors
+    return backend.nearest(space, centroids, 1)[:, 0]
 
 
 def choose_n_probes(
@@ -71,22 +76,20 @@ def choose_n_probes(
         return 1, 1.0
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)
-    queries = vectors[picks]
-    probe_space = normalize(queries) if metric == "cosine" else queries
-    ranking = backend.nearest(probe_space, centroids, k=n_lists)
-    rank_of = np.empty_like(ranking)
-    rank_of[np.arange(len(picks))[:, None], ranking] = np.arange(n_lists)[None, :]
-    space = normalize(vectors) if metric == "cosine" else vectors
+    space = backend.to_host(normalize(backend.asarray(vectors))) if metric == "cosine" else vectors
+    ranking = backend.nearest(space[picks], centroids, k=n_lists)
     # A sampled row finds itself and any exact duplicates at distance 0, all in its own
     # list; counting them would flatter small n_probes. Fetch extra, drop them, keep k.
     dist, neighbours = backend.knn_with_distances(space[picks], space, min(k + 8, len(vectors)))
-    duplicate = (dist <= 1e-9) | (neighbours == picks[:, None]) | (neighbours < 0)
-    order = np.argsort(duplicate, axis=1, kind="stable")
-    truth = np.take_along_axis(neighbours, order, 1)[:, :k]
-    usable = ~np.take_along_axis(duplicate, order, 1)[:, :k]
-    ranks = np.take_along_axis(rank_of, labels[truth], axis=1)[usable]
-    hits = np.bincount(ranks.ravel() + 1, minlength=n_lists + 1).astype(np.float64)
-    recall = np.cumsum(hits)[1:] / max(int(usable.sum()), 1)
+    xp, to = backend.xp, backend.asarray
+    found = to(neighbours)
+    duplicate = (to(dist) <= 1e-9) | (found == to(picks)[:, None]) | (found < 0)
+    order = xp.argsort(xp.astype(duplicate, xp.int8), axis=1, stable=True)
+    truth = xp.take_along_axis(found, order, axis=1)[:, :k]
+    usable = ~xp.take_along_axis(duplicate, order, axis=1)[:, :k]
+    lists = xp.reshape(xp.take(to(labels), xp.reshape(xp.clip(truth, min=0), (-1,))), truth.shape)
+    ranks = xp.take_along_axis(inverse_permutation(to(ranking)), lists, axis=1)
+    recall = backend.to_host(recall_curve(ranks, usable, n_lists))
     reach = np.flatnonzero(recall >= RECALL_AIM)
     p = int(reach[0]) + 1 if len(reach) else n_lists
     return p, float(recall[p - 1])

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import AnnIndex, Backend, normalize
+from .ann import AnnIndex
+from .backend import Backend
+from .kernels import normalize, unit_norm
 from .run import Directory
 from .segment import Segment
 
@@ -325,8 +327,3 @@ class IndexState:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
-
-
-def unit_norm(vectors: np.ndarray, tolerance: float = 1e-3) -> bool:
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
-    return bool(np.all(np.abs(norms - 1.0) <= tolerance))

@@ -151,7 +151,7 @@ class LambdaTrainer:
     def seal(self, tenant: str, index_name: str, kek: bytes | None) -> str | None:
         if kek is None:
             return None
-        wrapper = self.service.key_wrapper
+        wrapper = self.service.keys.key_wrapper
         if wrapper is None:
             raise CipherVecError("async training of client-key indexes needs KMS")
         blob = wrapper.wrap("jobs", kek, self._context(tenant, index_name))
@@ -161,8 +161,8 @@ class LambdaTrainer:
         sealed = payload.get("sealed_key")
         kek = None
         if sealed:
-            assert self.service.key_wrapper is not None
-            kek = self.service.key_wrapper.unwrap(
+            assert self.service.keys.key_wrapper is not None
+            kek = self.service.keys.key_wrapper.unwrap(
                 "jobs",
                 base64.b64decode(sealed),
                 self._context(payload["tenant"], payload["index_name"]),

@@ -30,11 +30,58 @@ def store() -> MemoryStore:
     return MemoryStore()
 
 
+# The backend engine-level tests run on: numpy by default; `make test` runs them again with
+# CIPHERVEC_BACKEND=strict (array-api-strict), which refuses anything non-portable.
+BACKEND = os.environ.get("CIPHERVEC_BACKEND", "numpy")
+
+
 @pytest.fixture
 def service(store: MemoryStore) -> IndexService:
     return IndexService(
-        store, train_threshold=10**9, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None)
+        store, train_threshold=10**9, backend=select(BACKEND), retry=RetryPolicy(sleep=lambda s: None)
     )
+
+
+def _has_cupy() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.is_available())
+    except ImportError:
+        return False
+
+
+@pytest.fixture(
+    params=[
+        "numpy",
+        "strict",
+        pytest.param(
+            "cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not _has_cupy(), reason="needs CuPy")]
+        ),
+    ]
+)
+def xp(request: pytest.FixtureRequest) -> Any:
+    """An array namespace the engine's array math must run on unchanged."""
+    if request.param == "numpy":
+        import array_api_compat.numpy
+
+        return array_api_compat.numpy
+    if request.param == "strict":
+        import array_api_strict
+
+        return array_api_strict
+    import array_api_compat.cupy
+
+    return array_api_compat.cupy
+
+
+def host(x: Any) -> np.ndarray:
+    """Any namespace's array as numpy (for assertions)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get"):  # CuPy
+        return np.asarray(x.get())
+    return np.from_dlpack(x)
 
 
 @pytest.fixture

@@ -454,15 +454,15 @@ def test_response_over_limit_is_413(app):
 
 
 def test_long_write_ahead_tail_is_merged_in_the_background(app):
-    app.service.merge_at = 3
+    app.service.maintenance.merge_at = 3
     create()
     for n in range(4):
         upsert_b64("idx", [f"{n}-{i}" for i in range(10)], np.random.default_rng(n).standard_normal((10, 4)))
     deadline = time.time() + 30
-    while time.time() < deadline and len(app.service._heads[("default", "idx")].body.segments) > 2:
+    while time.time() < deadline and len(app.service.heads.held(("default", "idx")).body.segments) > 2:
         time.sleep(0.05)
         call("POST", "/v1/vectors/num_vectors", {"index_name": "idx", "index_key": KEY})
-    assert len(app.service._heads[("default", "idx")].body.segments) <= 2
+    assert len(app.service.heads.held(("default", "idx")).body.segments) <= 2
     assert count() == 40
     assert app.trainer.status("default") == {
         "currently_training": None,

@@ -115,10 +115,11 @@ SPECS = [
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_vectorised_masks_agree_with_row_predicates(spec):
+def test_vectorised_masks_agree_with_row_predicates(spec, xp):
     import numpy as np
 
     from ciphervec.engine.filters import Column, compile_mask, lookup
+    from tests.conftest import host
 
     row = compile_filter(spec)
     expected = [row(item) for item in MIXED]
@@ -126,8 +127,8 @@ def test_vectorised_masks_agree_with_row_predicates(spec):
 
     def column(path):
         if path not in columns:
-            columns[path] = Column([lookup(item, list(path)) for item in MIXED])
+            columns[path] = Column([lookup(item, list(path)) for item in MIXED], xp)
         return columns[path]
 
-    got = compile_mask(spec)(column, len(MIXED))
-    assert got.dtype == np.bool_ and got.tolist() == expected
+    got = compile_mask(spec)(column, len(MIXED), xp)
+    assert got.dtype == xp.bool and host(got).dtype == np.bool_ and host(got).tolist() == expected

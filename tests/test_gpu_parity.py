@@ -1,11 +1,18 @@
-"""GPU (faiss-gpu) vs CPU parity. Skipped without a GPU; run on a GPU host with
-`pytest -m gpu` after installing the [gpu] extra."""
+"""GPU (CuPy + faiss-gpu) vs CPU parity. Skipped without a GPU; run on a GPU host with
+`pytest -m gpu` after installing the [gpu] extra. The kernels themselves run on CuPy in
+test_kernels.py and test_filters.py (the ``xp`` fixture's gpu-marked parameter)."""
+
+import os
 
 import numpy as np
 import pytest
 
 from ciphervec.engine import backend as backend_mod
 from ciphervec.engine.backend import Backend
+from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.engine.service import IndexService
+from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import clustered
 
 faiss = backend_mod.faiss
@@ -15,7 +22,44 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not has_gpu, reason="needs an 
 
 @pytest.fixture
 def backends():
-    return Backend("numpy", np, False), Backend("cupy", None, True)
+    import array_api_compat.cupy
+    import array_api_compat.numpy
+
+    return Backend("numpy", array_api_compat.numpy, False), Backend("cupy", array_api_compat.cupy, True)
+
+
+def test_cupy_backend_converts_at_its_edges(backends):
+    _, gpu = backends
+    x = clustered(50, 8, seed=9)
+    on_device = gpu.asarray(x)
+    assert type(on_device).__module__.startswith("cupy")
+    np.testing.assert_array_equal(gpu.to_host(on_device), x)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_service_answers_alike_on_cupy_and_numpy(backends, metric):
+    """Queries (normalisation, re-scoring, filter masks on the device) and training agree."""
+    x, q = clustered(6000, 32, seed=10), clustered(20, 32, seed=11)
+    meta = [{"g": i % 5, "s": f"k{i % 13}"} for i in range(len(x))]
+    answers = []
+    for be in backends:
+        svc = IndexService(
+            MemoryStore(), backend=be, train_threshold=10**9, retry=RetryPolicy(sleep=lambda s: None)
+        )
+        kek = os.urandom(32)
+        svc.create_index("t", "i", IndexConfig(metric=metric), kek=kek)
+        svc.upsert("t", "i", kek, RowBatch([str(i) for i in range(len(x))], x, meta, None))
+        flat = svc.query("t", "i", kek, q, top_k=10, include=["distance"], filters={"s": {"$gte": "k5"}})
+        svc.train("t", "i", kek, n_lists=32)
+        ivf = svc.query("t", "i", kek, q, top_k=10, n_probes=32, include=["distance"])
+        answers.append((flat, ivf))
+    for got, want in zip(answers[1], answers[0]):
+        assert [[r["id"] for r in row] for row in got] == [[r["id"] for r in row] for row in want]
+        np.testing.assert_allclose(
+            [[r["distance"] for r in row] for row in got],
+            [[r["distance"] for r in row] for row in want],
+            rtol=1e-6,
+        )
 
 
 def test_knn_parity(backends):

@@ -8,12 +8,13 @@ import pytest
 from ciphervec.engine import run
 from ciphervec.engine.backend import select
 from ciphervec.engine.errors import Contention, CorruptObject
+from ciphervec.engine.lazy import load_lists
 from ciphervec.engine.manifest import RetryPolicy
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.segment import Segment
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.storage.memory import MemoryStore
-from tests.conftest import clustered
+from tests.conftest import BACKEND, clustered
 
 N, D, LISTS = 6000, 16, 64
 
@@ -35,7 +36,7 @@ class CountingStore(MemoryStore):
 
 
 def service(store, **kw):
-    return IndexService(store, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None), **kw)
+    return IndexService(store, backend=select(BACKEND), retry=RetryPolicy(sleep=lambda s: None), **kw)
 
 
 def run_size(store):
@@ -44,7 +45,7 @@ def run_size(store):
 
 
 def wait_filled(svc, name):
-    worker = svc._fillers.get(("t", name))
+    worker = svc.cache.filler(("t", name))
     if worker is not None:
         worker.join(timeout=30)
         assert not worker.is_alive()
@@ -101,7 +102,7 @@ def test_run_directory_and_grouping():
 
 def test_a_list_object_moved_to_another_list_fails_loudly(trained):
     store, x = trained
-    head = service(store)._open("t", "i", KEK)
+    head = service(store).heads.open("t", "i", KEK)
     base = head.body.segments[0].name
     first, second = sorted(store.list(f"{head.root}{base}-"))[:2]
     store._data[second] = store._data[first]
@@ -115,13 +116,13 @@ def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
     full = answers(service(store, lazy_rows=0), q, n_probes=3)
     store.run_bytes = 0
     cold = service(store, lazy_rows=100)
-    with cold._lock(("t", "i"), cold._locks, threading.RLock):  # the background fill waits
+    with cold.cache.lock(("t", "i")):  # the background fill waits
         assert answers(cold, q[:1], n_probes=3) == full[:1]
         first = store.run_bytes
     # centroids, directory and 3 of 64 lists, not the whole run
     assert 0 < first < 0.12 * run_size(store)
     wait_filled(cold, "i")  # the rest arrives in the background
-    assert cold._states[("t", "i")][1].partial is None
+    assert cold.cache.entry(("t", "i")).state.partial is None
     assert answers(cold, q, n_probes=3) == full
     assert len(cold.list_ids("t", "i", KEK)) == N
 
@@ -145,7 +146,7 @@ def test_tail_writes_shadow_rows_of_lists_loaded_later(trained):
         assert item == [{"id": "r7", "metadata": {"moved": True}}]
 
     early = service(store, lazy_rows=100)  # opened (partial) before the writes below
-    with early._lock(("t", "i"), early._locks, threading.RLock):  # the background fill waits
+    with early.cache.lock(("t", "i")):  # the background fill waits
         answers(early, x[:1], n_probes=1)
         writer = service(store)
         writer.upsert("t", "i", KEK, RowBatch(["r7"], far, [{"moved": True}]))
@@ -160,7 +161,7 @@ def test_tail_writes_shadow_rows_of_lists_loaded_later(trained):
 def test_writes_to_a_partial_state_survive_the_background_fill(trained):
     store, x = trained
     cold = service(store, lazy_rows=100)
-    lock = cold._lock(("t", "i"), cold._locks, threading.RLock)
+    lock = cold.cache.lock(("t", "i"))
     with lock:  # hold the filler back until the writes below are in
         answers(cold, x[:1], n_probes=1)
         cold.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(0, N, 97)], -x[0:N:97]))
@@ -181,14 +182,14 @@ def test_writes_to_a_partial_state_survive_the_background_fill(trained):
 def test_calls_that_need_every_row_complete_the_load(trained):
     store, x = trained
     cold = service(store, lazy_rows=100)
-    lock = cold._lock(("t", "i"), cold._locks, threading.RLock)
+    lock = cold.cache.lock(("t", "i"))
     with lock:
         answers(cold, x[:1], n_probes=1)
-        assert cold._states[("t", "i")][1].partial is not None
+        assert cold.cache.entry(("t", "i")).state.partial is not None
         # filters need every row's metadata; get needs any row
         hits = cold.query("t", "i", KEK, x[1:2], top_k=5, n_probes=LISTS, filters={"even": False})
         assert hits[0] and all(int(h["id"][1:]) % 2 == 1 for h in hits[0])
-        assert cold._states[("t", "i")][1].partial is None
+        assert cold.cache.entry(("t", "i")).state.partial is None
     assert len(cold.get("t", "i", KEK, [f"r{i}" for i in range(N)], [])) == N
 
 
@@ -218,7 +219,7 @@ def test_small_runs_load_whole(trained):
     store, x = trained
     svc = service(store, lazy_rows=N + 1)
     answers(svc, x[:1], n_probes=1)
-    assert svc._states[("t", "i")][1].partial is None and ("t", "i") not in svc._fillers
+    assert svc.cache.entry(("t", "i")).state.partial is None and svc.cache.filler(("t", "i")) is None
 
 
 def everything(svc):
@@ -235,7 +236,7 @@ def test_merged_tails_become_runs_and_the_newest_write_wins_in_any_load_order(tr
     svc.upsert("t", "i", KEK, RowBatch([f"n{i}" for i in range(300)], x[1000:1300] + 0.5))
     svc.delete_vectors("t", "i", KEK, ["r1", "r4", "n7"])
     assert svc.merge_tail("t", "i", KEK) == 3
-    kinds = [r.kind for r in svc._heads[("t", "i")].body.segments]
+    kinds = [r.kind for r in svc.heads.held(("t", "i")).body.segments]
     assert kinds == ["run", "delete", "run"]
     # newer writes over both runs: a third version of some ids, deletes of others
     again = moved[:50] + ["r2", "n8"]
@@ -255,11 +256,11 @@ def test_merged_tails_become_runs_and_the_newest_write_wins_in_any_load_order(tr
     assert everything(by_query) == want
 
     backwards = service(store, lazy_rows=100)  # newest lists first, the base run last
-    head = backwards._open("t", "i", KEK)
-    with backwards._lock(("t", "i"), backwards._locks, threading.RLock):
-        state = backwards._sync(head, full=False)
+    head = backwards.heads.open("t", "i", KEK)
+    with backwards.cache.lock(("t", "i")):
+        state = backwards.cache.sync(head, full=False)
         assert state.partial is not None and len(state.partial.runs) == 2
-        backwards._load_lists(head, state, list(reversed(state.partial.missing())))
+        load_lists(backwards.heads, head, state, list(reversed(state.partial.missing())))
         assert state.partial is None
     assert everything(backwards) == want and answers(backwards, q, n_probes=6) == expect
 
@@ -270,7 +271,7 @@ def test_a_failed_merge_leaves_no_run_objects(trained):
     svc.upsert("t", "i", KEK, RowBatch(["a", "b"], x[:2] + 1))
     svc.upsert("t", "i", KEK, RowBatch(["c"], x[2:3] + 1))
     before = set(store.list("t/i/run/"))
-    svc.retry = RetryPolicy(attempts=1, sleep=lambda s: None)
+    svc.heads.retry = RetryPolicy(attempts=1, sleep=lambda s: None)
     rival = service(store)
     real = store.put_if_match
 

@@ -7,7 +7,7 @@ import pytest
 from ciphervec.engine import kmeans
 from ciphervec.engine.backend import Backend, select
 from ciphervec.engine.model import IndexConfig, RowBatch
-from tests.conftest import clustered
+from tests.conftest import BACKEND, clustered
 
 
 def brute(x, q, k, metric):
@@ -137,7 +137,7 @@ def test_float16_precision_halves_memory_and_keeps_recall(service, kek, metric):
     service.query("t", "full", kek, q[:1], top_k=10)
     recall = np.mean([len({int(r["id"]) for r in row} & set(w.tolist())) / 10 for row, w in zip(half, want)])
     assert recall >= 0.98
-    states = {name: service._states[("t", name)][1] for name in ("full", "half")}
+    states = {name: service.cache.entry(("t", name)).state for name in ("full", "half")}
     assert states["half"].nbytes() < 0.6 * states["full"].nbytes()
     got = service.get("t", "half", kek, ["7"], ["vector"])[0]["vector"]
     np.testing.assert_allclose(got, x[7], rtol=1e-3, atol=1e-3)
@@ -145,7 +145,7 @@ def test_float16_precision_halves_memory_and_keeps_recall(service, kek, metric):
 
 def test_n_probes_estimate_ignores_exact_duplicates():
     """Duplicated rows sit in their query's own list; counting them would flatter few probes."""
-    be = select("numpy")
+    be = select(BACKEND)
     x = clustered(3000, 16, clusters=30, seed=21, spread=2.0)
     cent = kmeans.train_centroids(be, x, 32, "euclidean", max_iters=20, tolerance=0)
     plain = kmeans.choose_n_probes(be, x, be.nearest(x, cent)[:, 0], cent, "euclidean")

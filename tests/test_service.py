@@ -21,7 +21,7 @@ from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.kms import LocalKeyWrapper
 from ciphervec.infra.storage.memory import MemoryStore
-from tests.conftest import clustered
+from tests.conftest import BACKEND, clustered
 
 
 def batch(ids, d=4, seed=0, **kw):
@@ -31,7 +31,7 @@ def batch(ids, d=4, seed=0, **kw):
 
 def fresh(store, **kw):
     """Another container over the same store: nothing cached."""
-    return IndexService(store, backend=select("numpy"), retry=RetryPolicy(sleep=lambda s: None), **kw)
+    return IndexService(store, backend=select(BACKEND), retry=RetryPolicy(sleep=lambda s: None), **kw)
 
 
 def snapshot(store):
@@ -177,7 +177,7 @@ def test_a_commit_on_a_stale_cached_head_never_edits_it_and_loses_nothing(kek):
     a, b = fresh(store), fresh(store)
     a.create_index("t", "i", IndexConfig(), kek=kek)
     a.upsert("t", "i", kek, batch(["x"]))
-    held = a._heads[("t", "i")]
+    held = a.heads.held(("t", "i"))
     before = (held.body.to_json(), held.envelope.to_json())
     store.rival = lambda: b.upsert("t", "i", kek, batch(["y"], seed=2))
     store.races = 1  # b commits after a has prepared its change on the cached head
@@ -189,7 +189,7 @@ def test_a_commit_on_a_stale_cached_head_never_edits_it_and_loses_nothing(kek):
 def test_endless_contention_is_503_and_leaves_no_orphan(kek):
     store = RacingStore()
     a, b = fresh(store), fresh(store)
-    a.retry = RetryPolicy(attempts=3, sleep=lambda s: None)
+    a.heads.retry = RetryPolicy(attempts=3, sleep=lambda s: None)
     a.create_index("t", "i", IndexConfig(), kek=kek)
     store.rival = lambda: b.upsert("t", "i", kek, batch([f"r{os.urandom(2).hex()}"], seed=2))
     store.races = 100
@@ -208,7 +208,7 @@ def test_a_training_that_cannot_commit_leaves_no_run_objects(kek):
     a, b = fresh(store), fresh(store)
     a.create_index("t", "i", IndexConfig(), kek=kek)
     a.upsert("t", "i", kek, RowBatch([str(i) for i in range(400)], clustered(400, 8, seed=3)))
-    a.retry = RetryPolicy(attempts=3, sleep=lambda s: None)
+    a.heads.retry = RetryPolicy(attempts=3, sleep=lambda s: None)
     store.rival = lambda: b.upsert("t", "i", kek, batch([f"r{os.urandom(2).hex()}"], d=8, seed=2))
     store.races = 100
     with pytest.raises(Contention):
@@ -257,16 +257,16 @@ def test_train_compacts_and_keeps_every_row(service, store, kek):
     res = other.query("t", "i", kek, x[5:6], top_k=1, n_probes=8, include=["distance"])[0]
     assert res[0]["id"] == "5" and res[0]["distance"] == 0.0
     # retired segments are deleted after the grace period
-    service.clock = lambda: 10**12
+    service.maintenance.clock = lambda: 10**12
     assert service.sweep("t", "i", kek) == 5  # four upserts and one tombstone segment
     # left: the late upsert, the centroids, the run's directory and its 8 lists
     assert len(list(store.list("t/i/seg/"))) == 1 and len(list(store.list("t/i/run/"))) == 2 + 8
     assert fresh(store).num_vectors("t", "i", kek) == 1199
     # a retrain retires the old run with all its lists; the sweep deletes them after the grace
     before = set(store.list("t/i/run/"))
-    service.clock = lambda: 2 * 10**12
+    service.maintenance.clock = lambda: 2 * 10**12
     assert service.train("t", "i", kek, n_lists=4).trained
-    service.clock = lambda: 3 * 10**12
+    service.maintenance.clock = lambda: 3 * 10**12
     service.sweep("t", "i", kek)
     after = set(store.list("t/i/run/"))
     assert not before & after and len(after) == 2 + 4
@@ -343,7 +343,7 @@ def test_faiss_holds_the_only_copy_and_rows_stay_exact(service, kek, metric, mak
     service.create_index("t", "one", IndexConfig(metric=metric), kek=kek)
     service.upsert("t", "one", kek, RowBatch([str(i) for i in range(2000)], x[:2000]))
     service.query("t", "one", kek, x[:1], top_k=1)
-    state = service._states[("t", "one")][1]
+    state = service.cache.entry(("t", "one")).state
     assert state.vectors is None  # the numpy copy was released
     service.upsert("t", "one", kek, RowBatch([str(i) for i in range(2000, 3000)], x[2000:]))
     service.delete_vectors("t", "one", kek, ["5"])
@@ -354,7 +354,7 @@ def test_faiss_holds_the_only_copy_and_rows_stay_exact(service, kek, metric, mak
     service.train("t", "one", kek, n_lists=16)
     res = service.query("t", "one", kek, x[[100]], top_k=1, n_probes=16, include=["distance"])
     assert res[0][0] == {"id": "100", "distance": 0.0}
-    assert service._states[("t", "one")][1].vectors is None
+    assert service.cache.entry(("t", "one")).state.vectors is None
 
 
 def test_cosine_rows_of_other_norms_keep_both_copies_and_rank_by_cosine(service, kek):
@@ -364,7 +364,7 @@ def test_cosine_rows_of_other_norms_keep_both_copies_and_rank_by_cosine(service,
     service.query("t", "mix", kek, x[:1], top_k=1)
     long = (x[3] * 40.0)[None, :]  # same direction, other norm: cosine distance 0 to row 3
     service.upsert("t", "mix", kek, RowBatch(["long"], long))
-    state = service._states[("t", "mix")][1]
+    state = service.cache.entry(("t", "mix")).state
     hits = service.query("t", "mix", kek, x[[3]], top_k=2, include=["distance"])[0]
     assert {h["id"] for h in hits} == {"3", "long"} and all(h["distance"] < 1e-6 for h in hits)
     assert state.vectors is not None and not state.unit_rows
@@ -404,13 +404,13 @@ def test_merge_tail_keeps_every_row_and_shortens_the_head(store, kek):
     svc.create_index("t", "m", IndexConfig(), kek=kek)
     build_tail(svc, kek)
     before = everything(svc, kek)
-    state = svc._states[("t", "m")][1]
+    state = svc.cache.entry(("t", "m")).state
     assert svc.merge_tail("t", "m", kek) == 9
-    assert len(svc._heads[("t", "m")].body.segments) == 2
-    assert svc._states[("t", "m")][1] is state  # same rows: nothing was reloaded
+    assert len(svc.heads.held(("t", "m")).body.segments) == 2
+    assert svc.cache.entry(("t", "m")).state is state  # same rows: nothing was reloaded
     assert everything(svc, kek) == before
     assert everything(fresh(store), kek) == before  # a cold container reads the merged pair
-    svc.clock = lambda: 10**12
+    svc.maintenance.clock = lambda: 10**12
     svc.sweep("t", "m", kek)
     assert len(list(store.list("t/m/seg/"))) == 2
     assert svc.merge_tail("t", "m", kek) == 0  # two segments: nothing to merge
@@ -425,7 +425,7 @@ def test_merge_after_training_keeps_tombstones_over_the_run(store, kek):
     svc.upsert("t", "m", kek, RowBatch(["new"], np.ones((1, 8), np.float32)))
     before = everything(svc, kek)
     assert svc.merge_tail("t", "m", kek) == 2
-    refs = svc._heads[("t", "m")].body.segments
+    refs = svc.heads.held(("t", "m")).body.segments
     assert [r.kind for r in refs] == ["run", "delete", "run"]  # merged upserts of a trained index: a run
     assert everything(fresh(store), kek) == before and "10" not in before[0]
 
@@ -443,7 +443,7 @@ def test_writes_racing_a_merge_survive(kek):
 
 
 def test_merge_runs_are_size_tiered():
-    from ciphervec.engine.service import _merge_run
+    from ciphervec.engine.maintenance import merge_run as _merge_run
 
     def refs(*rows, snapshot=False):
         out = [SegmentRef(f"s{i}", i, "upsert", r) for i, r in enumerate(rows)]

@@ -17,7 +17,7 @@ from ciphervec.infra.kms import AwsKmsWrapper
 from ciphervec.infra.settings import Settings
 from ciphervec.infra.storage.memory import MemoryStore
 from ciphervec.infra.training import LambdaTrainer, LocalTrainer, TrainJob
-from tests.conftest import clustered
+from tests.conftest import BACKEND, clustered
 
 
 class RecordingLambda:
@@ -82,7 +82,7 @@ def test_enqueue_seals_the_key_and_train_function_trains(aws, tmp_path):
 
 def test_sealed_key_is_bound_to_its_index(aws):
     kms, key_id = aws
-    svc = IndexService(MemoryStore(), AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select("numpy"))
+    svc = IndexService(MemoryStore(), AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select(BACKEND))
     trainer = LambdaTrainer(svc, "fn", client=RecordingLambda())
     sealed = trainer.seal("t", "a", os.urandom(32))
     with pytest.raises(Exception) as info:
@@ -92,7 +92,7 @@ def test_sealed_key_is_bound_to_its_index(aws):
 
 def test_small_explicit_train_runs_inline_in_lambda(aws):
     kms, key_id = aws
-    svc = IndexService(MemoryStore(), AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select("numpy"))
+    svc = IndexService(MemoryStore(), AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select(BACKEND))
     recorder = RecordingLambda()
     trainer = LambdaTrainer(svc, "fn", client=recorder)
     kek = os.urandom(32)

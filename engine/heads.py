@@ -1,0 +1,157 @@
+"""Index storage: open and verify heads (a conditional GET when warm), commit changes to
+them by compare-and-swap, and read, write and delete an index's sealed objects."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import crypto, run
+from .errors import IndexNotFound, Unauthorized
+from .keys import KeyRing
+from .manifest import Envelope, HeadBody, RetryPolicy, commit, open_body, parse_envelope
+from .model import check_index_name
+from .names import index_root, tenant_root
+from .ports import BlobNotFound, BlobStore
+
+Key = tuple[str, str]  # (tenant, index name)
+
+
+@dataclass
+class Head:
+    """A verified, decrypted head as of one read."""
+
+    tenant: str
+    name: str
+    root: str
+    etag: str
+    envelope: Envelope
+    body: HeadBody
+    cipher: crypto.IndexCipher
+    dek: bytes
+
+    @property
+    def key(self) -> Key:
+        return (self.tenant, self.name)
+
+    @property
+    def precision(self) -> str:
+        return str(self.body.config.get("storage_precision", "float32"))
+
+    @property
+    def metric(self) -> str:
+        return str(self.body.config["metric"])
+
+
+class Heads:
+    """The heads this container holds, and the sealed objects they name."""
+
+    def __init__(self, store: BlobStore, keys: KeyRing, prefix: str = "", retry: RetryPolicy | None = None):
+        self.store = store
+        self.keys = keys
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.retry = retry or RetryPolicy()
+        self._held: dict[Key, Head] = {}
+        # Called when an index is found gone or re-created, so caches built on it let go.
+        self.on_forget: Callable[[Key], None] = lambda key: None
+        self._commit_locks: dict[Key, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def tenant_root(self, tenant: str) -> str:
+        return tenant_root(self.prefix, tenant)
+
+    def root(self, tenant: str, name: str) -> str:
+        return index_root(self.prefix, tenant, name)
+
+    def held(self, key: Key) -> Head | None:
+        """The newest head this container has read or committed."""
+        return self._held.get(key)
+
+    def forget(self, key: Key) -> None:
+        self._held.pop(key, None)
+        self.on_forget(key)
+
+    def open(self, tenant: str, name: str, kek: bytes | None) -> Head:
+        """Read the head (cheaply when unchanged) and prove the caller's key."""
+        check_index_name(name)
+        key = (tenant, name)
+        root = self.root(tenant, name)
+        cached = self._held.get(key)
+        try:
+            got = self.store.get(root + "head", if_none_match=cached.etag if cached else None)
+        except BlobNotFound:
+            self.forget(key)
+            raise IndexNotFound(f"Index '{name}' not found") from None
+        if got is None and cached is not None:
+            dek = self.keys.unwrap(tenant, name, cached.envelope, kek)
+            if dek != cached.dek:  # pragma: no cover - AEAD already rejects other keys
+                raise Unauthorized("index_key does not open this index")
+            return cached
+        assert got is not None
+        raw, etag = got
+        env, sealed = parse_envelope(raw)
+        dek = self.keys.unwrap(tenant, name, env, kek)
+        cipher = crypto.IndexCipher(dek, tenant, name)
+        head = Head(tenant, name, root, etag, env, open_body(env, sealed, cipher), cipher, dek)
+        self._held[key] = head
+        return head
+
+    def envelope(self, tenant: str, name: str) -> Envelope:
+        """The plaintext envelope of a head, without proving any key."""
+        check_index_name(name)
+        try:
+            got = self.store.get(self.root(tenant, name) + "head")
+        except BlobNotFound:
+            raise IndexNotFound(f"Index '{name}' not found") from None
+        assert got is not None
+        return parse_envelope(got[0])[0]
+
+    def commit(self, head: Head, mutate: Callable[[Envelope, HeadBody], Any]) -> Any:
+        """Apply ``mutate`` to the newest head by CAS (``manifest.commit``); returns its outcome."""
+        key = head.key
+        with self._guard:
+            lock = self._commit_locks.setdefault(key, threading.Lock())
+        with lock:
+            held = self._held.get(key)
+            known = (held.envelope, held.body, held.etag) if held is not None else None
+            env, body, outcome, etag = commit(
+                self.store, head.root + "head", head.cipher, mutate, self.retry, head.envelope.uid, known
+            )
+        self._held[key] = Head(head.tenant, head.name, head.root, etag, env, body, head.cipher, head.dek)
+        return outcome
+
+    # -- sealed objects ----------------------------------------------------------------
+    def read(self, head: Head, name: str) -> bytes:
+        try:
+            got = self.store.get(head.root + name)
+        except BlobNotFound:
+            raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
+        assert got is not None
+        return head.cipher.decrypt(name, got[0])
+
+    def write(self, head: Head, name: str, plaintext: bytes) -> None:
+        self.store.put_if_absent(head.root + name, head.cipher.encrypt(name, plaintext))
+
+    def read_centroids(self, head: Head, name: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read(head, name)), allow_pickle=False)
+
+    def write_centroids(self, head: Head, name: str, centroids: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, centroids, allow_pickle=False)
+        self.write(head, name, buf.getvalue())
+
+    def read_directory(self, head: Head, name: str) -> run.Directory:
+        return run.Directory.from_json(self.read(head, name), name)
+
+    def delete_all(self, head: Head, names: list[str]) -> None:
+        """Delete objects; a run's name takes its list objects with it."""
+        for obj in names:
+            if obj.startswith("run/") and "-" not in obj:
+                for key in list(self.store.list(f"{head.root}{obj}-")):
+                    self.store.delete(key)
+            self.store.delete(head.root + obj)

@@ -1,0 +1,54 @@
+"""Lazy IVF lists: read a run's list objects in parallel and apply them to a partial state."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from . import run, segment
+from .heads import Head, Heads
+from .segment import Segment
+from .state import IndexState, Partial, PartialRun
+
+# Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
+# the background fill reads with fewer threads, in small batches, so that the requests it
+# shares the GIL and the index lock with stay fast.
+READERS = 16
+FILL_READERS = 2
+FILL_BATCH = 4
+
+Fetched = list[tuple[str, int, Segment]]  # (run name, list number, rows)
+
+
+def fetch_lists(heads: Heads, head: Head, lists: list[tuple[str, int]], readers: int = READERS) -> Fetched:
+    """Read, decrypt and decode ``(run name, list)`` objects, in parallel."""
+
+    def fetch(item: tuple[str, int]) -> tuple[str, int, Segment]:
+        name, k = item
+        return name, k, segment.decode(heads.read(head, run.list_name(name, k)))
+
+    if len(lists) <= 1:
+        return [fetch(item) for item in lists]
+    with ThreadPoolExecutor(max_workers=min(readers, len(lists))) as pool:
+        return list(pool.map(fetch, lists))
+
+
+def read_run(heads: Heads, head: Head, name: str) -> list[tuple[int, Segment]]:
+    """Every non-empty list of a run, as ``(list number, rows)``."""
+    lists = fetch_lists(heads, head, [(name, k) for k in heads.read_directory(head, name).lists()])
+    return [(k, rows) for _, k, rows in lists]
+
+
+def apply_lists(state: IndexState, partial: Partial, got: Fetched) -> None:
+    """Apply fetched lists that ``state`` (still partial as ``partial``) has not loaded."""
+    runs = {r.name: r for r in partial.runs}
+    for name, k, rows in got:
+        if state.partial is partial and k not in runs[name].loaded:
+            state.apply_list(runs[name], k, rows)
+
+
+def load_lists(heads: Heads, head: Head, state: IndexState, todo: list[tuple[PartialRun, int]]) -> None:
+    """Load lists of a partial state now (the caller holds the index lock)."""
+    partial = state.partial
+    if partial is None or not todo:
+        return
+    apply_lists(state, partial, fetch_lists(heads, head, [(r.name, k) for r, k in todo]))

@@ -1,0 +1,293 @@
+"""Maintenance: training (k-means centroids + every live row rewritten as a run), merges of
+the write-ahead tail, sweeps of retired objects, and the training marks kept in the head."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import kmeans, run, segment
+from .cache import StateCache
+from .errors import CipherVecError, Contention, InvalidRequest, TrainingFailed
+from .heads import Head, Heads
+from .manifest import Centroids, Envelope, HeadBody, SegmentRef
+from .model import TrainResult
+from .names import born, new_id
+from .segment import Segment
+from .state import IndexState
+from .writes import Writer
+
+TRAINING_STALE_SECONDS = 3600.0
+SMALL_SEGMENT_ROWS = 8192
+
+
+class Maintenance:
+    """Train, merge and sweep one index at a time."""
+
+    def __init__(
+        self,
+        heads: Heads,
+        cache: StateCache,
+        writer: Writer,
+        backend: Any,
+        *,
+        train_threshold: int = 65536,
+        retire_grace_seconds: float = 900.0,
+        merge_at: int = 256,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.heads = heads
+        self.cache = cache
+        self.writer = writer
+        self.backend = backend
+        self.train_threshold = train_threshold
+        self.retire_grace = retire_grace_seconds
+        self.merge_at = merge_at
+        self.clock = clock
+
+    # -- training marks --------------------------------------------------------------------
+    def training_active(self, env: Envelope) -> bool:
+        t = env.training
+        return bool(t) and self.clock() - float(t.get("since", 0)) < TRAINING_STALE_SECONDS  # type: ignore[union-attr]
+
+    def maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
+        """Mark the head ``queued`` when ``count`` rows call for a (re)training."""
+        if count <= self.train_threshold or self.training_active(env):
+            return False
+        cent = body.centroids
+        if cent is not None and kmeans.auto_n_lists(count) <= cent.n_lists:
+            return False
+        env.training = {"state": "queued", "since": self.clock(), "count": count}
+        return True
+
+    def merge_due(self, head: Head | None) -> bool:
+        return head is not None and len(merge_run(head.body.segments)) >= self.merge_at
+
+    def set_training(self, tenant: str, name: str, kek: bytes | None, state: str | None) -> None:
+        """Record ``queued``/``running``/``None`` in the head so every container sees it."""
+        head = self.heads.open(tenant, name, kek)
+
+        def mark(env: Envelope, body: HeadBody) -> None:
+            env.training = {"state": state, "since": self.clock()} if state else None
+
+        self.heads.commit(head, mark)
+
+    # -- training --------------------------------------------------------------------------
+    def train(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        *,
+        n_lists: int | None = None,
+        max_iters: int = kmeans.DEFAULT_ITERATIONS,
+        tolerance: float = 1e-6,
+    ) -> TrainResult:
+        """Train (or retrain) IVF centroids and compact all segments into one run."""
+        head = self.heads.open(tenant, name, kek)
+        state, lock = self.cache.acquire(head)
+        try:
+            metric = head.metric
+            count = len(state.live_rows())
+            hint = (head.body.config.get("index_config") or {}).get("n_lists")
+            lists = int(n_lists or hint or kmeans.auto_n_lists(count))
+            if lists < 1:
+                raise InvalidRequest("n_lists must be at least 1")
+            if count < max(2 * lists, 2):
+                self.set_training(tenant, name, kek, None)
+                return TrainResult(
+                    False,
+                    f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
+                    f"{max(2 * lists, 2)}. Queries stay exact.",
+                )
+            snap = state.snapshot()  # every live row, in row order
+            assert snap.vectors is not None
+            vectors = snap.vectors
+            entry = self.cache.entry(head.key)
+            assert entry is not None
+            applied = list(entry.applied)
+            seq = state.applied_seq
+            dimension, precision = state.dimension, state.precision
+        finally:
+            lock.release()
+        del state  # the rows live on in ``snap`` until the new state holds them
+        try:
+            centroids = kmeans.train_centroids(
+                self.backend, vectors, lists, metric, max_iters=max_iters, tolerance=tolerance
+            )
+            labels = kmeans.assign_lists(self.backend, vectors, centroids, metric)
+            probes, recall = kmeans.choose_n_probes(self.backend, vectors, labels, centroids, metric)
+        except CipherVecError:
+            raise
+        except Exception as exc:
+            raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
+        cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
+        self.heads.write_centroids(head, cent_name, centroids)
+        try:
+            self.writer.run(head, snap_name, snap, labels, lists)
+        except BaseException:
+            self.heads.delete_all(head, [cent_name])
+            raise
+        written = [cent_name, snap_name]
+        now = self.clock()
+
+        def swap(env: Envelope, body: HeadBody) -> None:
+            older = [s for s in body.segments if s.seq <= seq]
+            if [s.name for s in older] != applied:
+                raise Contention("the index was compacted concurrently; train again")
+            retired = [s.name for s in older] + ([body.centroids.name] if body.centroids else [])
+            body.retired.extend({"name": r, "at": now} for r in retired)
+            body.segments = [SegmentRef(snap_name, seq, "run", len(snap))] + [
+                s for s in body.segments if s.seq > seq
+            ]
+            body.centroids = Centroids(cent_name, lists, probes, len(snap), now, round(recall, 4))
+            env.training = None
+
+        try:
+            self.heads.commit(head, swap)
+        except BaseException:
+            self.heads.delete_all(head, written)
+            raise
+        committed = self.heads.held(head.key)
+        if committed is not None and committed.body.segments and committed.body.segments[0].name == snap_name:
+
+            def trained() -> IndexState:  # the run's content, instead of reading it back
+                fresh = IndexState(dimension, precision, metric)
+                fresh.set_centroids(cent_name, centroids)
+                fresh.apply(snap, seq, ivf_list=labels)
+                return fresh
+
+            self.cache.replace(committed, trained, [snap_name])
+        self.sweep(tenant, name, kek)
+        return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
+
+    # -- merges and sweeps --------------------------------------------------------------------
+    def merge_tail(self, tenant: str, name: str, kek: bytes | None) -> int:
+        """Merge the newest stretch of write-ahead segments (see ``merge_run``) into one
+        upsert segment and one tombstone segment; returns how many segments were merged.
+        In a trained index the upserts become a run grouped by the current IVF lists, so
+        a cold container reads only the probed lists of it too.
+
+        Keeps the head short and cold loads few objects between trainings. The merged
+        objects hold the stretch's net effect (last write per id wins; ids whose last write
+        is a delete become tombstones, which may still shadow older rows).
+        """
+        head = self.heads.open(tenant, name, kek)
+        refs = head.body.segments
+        tail = merge_run(refs)
+        if len(tail) < max(self.merge_at, 2):
+            return 0
+        base = [r.name for r in refs[: len(refs) - len(tail)]]
+        cent = head.body.centroids
+        merged = self._net_effect(head, tail, trained=cent is not None)
+        try:
+            for obj, seg in merged:
+                if obj.startswith("run/"):
+                    assert cent is not None and seg.vectors is not None
+                    arr = self.heads.read_centroids(head, cent.name)
+                    labels = kmeans.assign_lists(self.backend, seg.vectors, arr, head.metric)
+                    self.writer.run(head, obj, seg, labels, cent.n_lists)
+                else:
+                    self.heads.write(head, obj, segment.encode(seg, head.precision))
+        except BaseException:
+            self.heads.delete_all(head, [obj for obj, _ in merged])
+            raise
+        tail_names = [r.name for r in tail]
+        last_seq = tail[-1].seq
+        now = self.clock()
+
+        def swap(env: Envelope, body: HeadBody) -> None:
+            names = [s.name for s in body.segments]
+            if names[: len(base) + len(tail_names)] != base + tail_names or (
+                (body.centroids.name if body.centroids else None) != (cent.name if cent else None)
+            ):
+                raise Contention("the index was compacted concurrently")
+            body.segments = (
+                body.segments[: len(base)]
+                + [
+                    SegmentRef(obj, last_seq, "run" if obj.startswith("run/") else seg.kind, len(seg))
+                    for obj, seg in merged
+                ]
+                + body.segments[len(base) + len(tail_names) :]
+            )
+            body.retired.extend({"name": n, "at": now} for n in tail_names)
+
+        try:
+            self.heads.commit(head, swap)
+        except BaseException:
+            self.heads.delete_all(head, [obj for obj, _ in merged])
+            raise
+        self.cache.rename(head.key, base, tail_names, [obj for obj, _ in merged])  # same rows
+        return len(tail)
+
+    def _net_effect(self, head: Head, tail: list[SegmentRef], *, trained: bool) -> list[tuple[str, Segment]]:
+        """The rows of ``tail`` as at most one tombstone segment and one upsert object (a run
+        name when ``trained``), each with the object name it will be written under."""
+        latest: dict[str, tuple[Segment, int] | None] = {}
+        for ref in tail:
+            seg = segment.decode(self.heads.read(head, ref.name))
+            if seg.kind == "delete":
+                latest.update(dict.fromkeys(seg.ids))
+            else:
+                latest.update((i, (seg, j)) for j, i in enumerate(seg.ids))
+        live = [(i, v) for i, v in latest.items() if v is not None]
+        merged: list[tuple[str, Segment]] = []
+        tombstones = [i for i, v in latest.items() if v is None]
+        if tombstones:
+            merged.append((f"seg/{new_id()}", Segment("delete", tombstones)))
+        if live:
+            rows = [seg.vectors[j] for _, (seg, j) in live if seg.vectors is not None]
+            meta = [seg.metadata[j] if seg.metadata else None for _, (seg, j) in live]
+            text = [seg.contents[j] if seg.contents else None for _, (seg, j) in live]
+            up = Segment(
+                "upsert",
+                [i for i, _ in live],
+                np.vstack(rows),
+                meta if any(m is not None for m in meta) else None,
+                text if any(t is not None for t in text) else None,
+            )
+            merged.append((f"{'run' if trained else 'seg'}/{new_id()}", up))
+        return merged
+
+    def sweep(self, tenant: str, name: str, kek: bytes | None) -> int:
+        """Delete retired objects past the grace period, and old uncommitted orphans."""
+        head = self.heads.open(tenant, name, kek)
+        now = self.clock()
+        due = [r["name"] for r in head.body.retired if now - r["at"] >= self.retire_grace]
+        live = {s.name for s in head.body.segments}
+        if head.body.centroids:
+            live.add(head.body.centroids.name)
+        retired = {r["name"] for r in head.body.retired}
+        orphans = []
+        for key in self.heads.store.list(head.root):
+            obj = key[len(head.root) :]
+            if obj == "head" or run.base_name(obj) in live or run.base_name(obj) in retired:
+                continue
+            if now - born(obj, now) >= self.retire_grace:
+                orphans.append(obj)
+        if due:
+
+            def drop(env: Envelope, body: HeadBody) -> None:
+                body.retired = [r for r in body.retired if r["name"] not in due]
+
+            self.heads.commit(head, drop)
+        self.heads.delete_all(head, due + orphans)
+        return len(due) + len(orphans)
+
+
+def merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
+    """The newest write-ahead segments worth merging, size-tiered like an LSM tree: walking
+    back from the newest, ordinary writes (up to 8,192 rows) always join; a bigger one (an
+    earlier merge's output) joins only once all newer rows together reach its size. Each
+    row is then rewritten O(log n) times, not once per merge."""
+    stretch: list[SegmentRef] = []
+    total = 0
+    for ref in reversed(refs):
+        if ref.kind in ("snapshot", "run") or (ref.rows > max(total, SMALL_SEGMENT_ROWS)):
+            break
+        stretch.insert(0, ref)
+        total += ref.rows
+    return stretch

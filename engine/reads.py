@@ -1,0 +1,194 @@
+"""Read use cases: count, list ids, get by id, vector query (probing only the lists it needs
+on a cold index), and metadata query with ordering."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend
+from .cache import StateCache
+from .errors import ValidationFailed
+from .filters import Column, compile_filter, compile_mask, lookup
+from .heads import Heads
+from .kernels import all_finite
+from .lazy import load_lists
+from .search import knn, search_space
+from .state import IndexState
+
+# A filter that leaves at most max(this, 8 x top_k) rows scans every list instead of probing.
+SELECTIVE_ROWS = 4096
+
+
+class Reader:
+    """The read use cases over the head and read caches."""
+
+    def __init__(self, heads: Heads, cache: StateCache, backend: Backend) -> None:
+        self.heads = heads
+        self.cache = cache
+        self.backend = backend
+
+    def num_vectors(self, tenant: str, name: str, kek: bytes | None) -> int:
+        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
+        try:
+            return state.live
+        finally:
+            lock.release()
+
+    def list_ids(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
+        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
+        try:
+            return [state.ids[r] for r in state.live_rows().tolist()]
+        finally:
+            lock.release()
+
+    def get(
+        self, tenant: str, name: str, kek: bytes | None, ids: list[str], include: list[str]
+    ) -> list[dict[str, Any]]:
+        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
+        try:
+            found = [(i, state.pos[i]) for i in ids if i in state.pos]
+            vectors = state.rows([r for _, r in found]).tolist() if "vector" in include else []
+            out = []
+            for n, (i, row) in enumerate(found):
+                item: dict[str, Any] = {"id": i}
+                if "vector" in include:
+                    item["vector"] = vectors[n]
+                if "contents" in include:
+                    item["contents"] = state.contents[row] or ""
+                if "metadata" in include:
+                    item["metadata"] = state.metadata[row] or {}
+                out.append(item)
+            return out
+        finally:
+            lock.release()
+
+    def _filter_mask(self, state: IndexState, filters: Any) -> np.ndarray | None:
+        """The rows ``filters`` keep, as a host mask (cached with the state's version); the
+        masks themselves are computed in the backend's namespace."""
+        if not filters:
+            return None
+        key = ("filter", json.dumps(filters, sort_keys=True, default=str))
+        xp = self.backend.xp
+
+        def column(path: tuple[str, ...]) -> Column:
+            return state.cached(
+                ("column", path), lambda: Column([lookup(m, list(path)) for m in state.metadata], xp)
+            )
+
+        return state.cached(
+            key, lambda: self.backend.to_host(compile_mask(filters)(column, state.n_rows, xp))
+        )
+
+    def query(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        queries: np.ndarray,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Nearest neighbours for each row of ``queries`` (float32 ``(m, d)``)."""
+        if filters:
+            compile_filter(filters)  # 400 on a bad filter before touching the index
+        q = self.backend.asarray(queries)
+        if not all_finite(q):
+            raise ValidationFailed("query vectors must not contain NaN or Inf", ("body", "query_vectors"))
+        include = include or []
+        head = self.heads.open(tenant, name, kek)
+        # Without filters a query needs only the lists it probes: a cold state stays partial.
+        state, lock = self.cache.acquire(head, full=bool(filters))
+        try:
+            dim = int(head.body.config["dimension"])
+            if dim and queries.shape[1] != dim:
+                raise ValidationFailed(
+                    f"query dimension {queries.shape[1]} does not match the index dimension {dim}",
+                    ("body", "query_vectors"),
+                )
+            if (state.live == 0 and state.partial is None) or not dim:
+                return [[] for _ in range(len(queries))]
+            metric = head.metric
+            mask = self._filter_mask(state, filters)
+            cent = head.body.centroids
+            probes = n_probes or (cent.auto_n_probes if cent else 1)
+            if cent is not None:
+                probes = max(1, min(probes, cent.n_lists))
+                # A selective filter leaves few rows: visit every list, i.e. scan them all.
+                if mask is not None and int(mask.sum()) <= max(SELECTIVE_ROWS, 8 * top_k):
+                    probes = cent.n_lists
+            if state.partial is not None:
+                ann = state.searchable(self.backend)
+                space = np.ascontiguousarray(self.backend.to_host(search_space(metric, q)), dtype=np.float32)
+                probed = ann.quantizer.search(space, probes)[1]
+                load_lists(self.heads, head, state, state.partial.missing(probed[probed >= 0].ravel()))
+            hits = knn(state, q, top_k, metric, probes, mask, self.backend)
+            return [_shape(state, rows, dist, include) for rows, dist in hits]
+        finally:
+            lock.release()
+            if state.partial is not None:
+                self.cache.fill_later(head, state)
+
+    def query_metadata(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        filters: Any,
+        *,
+        top_k: int | None = None,
+        order_by: str | None = None,
+        ascending: bool = True,
+    ) -> list[str]:
+        compile_filter(filters)
+        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
+        try:
+            rows = state.live_rows()
+            mask = self._filter_mask(state, filters)
+            if mask is not None:
+                rows = rows[mask[rows]]
+            ids = [state.ids[r] for r in rows.tolist()]
+            if order_by:
+                path = order_by.split(".")
+                keyed = [
+                    (_sort_key(state.metadata[r], path), i) for r, i in zip(rows.tolist(), ids, strict=True)
+                ]
+                present = sorted(
+                    (k for k in keyed if k[0] is not None), key=lambda k: k[0], reverse=not ascending
+                )
+                ids = [i for _, i in present] + [i for k, i in keyed if k is None]
+            return ids if top_k is None else ids[:top_k]
+        finally:
+            lock.release()
+
+
+def _shape(state: IndexState, rows: np.ndarray, dist: np.ndarray, include: list[str]) -> list[dict[str, Any]]:
+    """One query's result items with the ``include`` fields."""
+    out = []
+    vectors = state.rows(rows).tolist() if "vector" in include else []
+    for n, (row, d) in enumerate(zip(rows.tolist(), dist.tolist(), strict=True)):
+        item: dict[str, Any] = {"id": state.ids[row]}
+        if "distance" in include:
+            item["distance"] = float(d)
+        if "metadata" in include:
+            item["metadata"] = state.metadata[row] or {}
+        if "vector" in include:
+            item["vector"] = vectors[n]
+        if "contents" in include:
+            item["contents"] = state.contents[row] or ""
+        out.append(item)
+    return out
+
+
+def _sort_key(item: dict[str, Any] | None, path: list[str]) -> Any:
+    value = lookup(item, path)
+    if isinstance(value, bool | int | float):
+        return (0, float(value), "")
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return None

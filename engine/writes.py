@@ -1,0 +1,76 @@
+"""The write path: rows sealed into immutable objects (segments, runs), committed to the
+head by compare-and-swap, and adopted by this container's cache without a read-back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import run, segment
+from .cache import StateCache
+from .heads import Head, Heads
+from .kernels import unit_norm
+from .lazy import READERS
+from .manifest import Envelope, HeadBody, SegmentRef
+from .names import new_id
+from .segment import Segment
+
+
+class Writer:
+    """Writes segments and runs of an index."""
+
+    def __init__(self, heads: Heads, cache: StateCache) -> None:
+        self.heads = heads
+        self.cache = cache
+
+    def segment(self, head: Head, seg: Segment, mutate: Callable[[Envelope, HeadBody, int], Any]) -> Any:
+        """Write ``seg`` immutably, then commit it to the head (``mutate`` sees the head and
+        the segment's sequence number); clean up if the commit fails. Returns ``mutate``'s
+        outcome, once the write is acknowledged."""
+        name = f"seg/{new_id()}"
+        precision = head.precision
+        self.heads.write(head, name, segment.encode(seg, precision))
+
+        def add(env: Envelope, body: HeadBody) -> Any:
+            seq = body.next_seq
+            outcome = mutate(env, body, seq)
+            body.next_seq += 1
+            body.segments.append(SegmentRef(name, seq, seg.kind, len(seg)))
+            return outcome
+
+        try:
+            outcome = self.heads.commit(head, add)
+        except BaseException:
+            self.heads.store.delete(head.root + name)
+            raise
+        committed = self.heads.held(head.key)
+        if committed is not None:
+            if precision == "float16" and seg.vectors is not None:  # as a reader would decode it
+                rounded = seg.vectors.astype(np.float16).astype(np.float32)
+                seg = Segment(seg.kind, seg.ids, rounded, seg.metadata, seg.contents)
+            self.cache.adopt(committed, name, seg)
+        return outcome
+
+    def run(self, head: Head, name: str, rows: Segment, labels: np.ndarray, n_lists: int) -> None:
+        """Write ``rows`` as run ``name``: one object per non-empty list (in parallel), then
+        the directory. On failure nothing of it is left behind."""
+        assert rows.vectors is not None
+        precision = head.precision
+        unit = head.metric != "cosine" or unit_norm(rows.vectors)
+        members = run.group(rows, labels, n_lists)
+        directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
+
+        def put(k: int) -> None:
+            part = rows.take(members[k])
+            self.heads.write(head, run.list_name(name, k), segment.encode(part, precision))
+
+        try:
+            with ThreadPoolExecutor(max_workers=READERS) as pool:
+                list(pool.map(put, directory.lists()))
+            self.heads.write(head, name, directory.to_json())
+        except BaseException:
+            self.heads.delete_all(head, [name])
+            raise
