@@ -469,3 +469,42 @@ def test_long_write_ahead_tail_is_merged_in_the_background(app):
         "queued_indexes": [],
         "worker_running": True,
     }
+
+
+def test_concurrent_requests_never_see_each_others_event(app):
+    """Threads resolving at once (as ``ciphervec serve`` does) each keep their own headers and
+    body: powertools keeps the current event in one class attribute unless told otherwise."""
+    import sys
+    import threading
+
+    create("alpha")
+    create("beta")
+    reader, _ = app.auth.create_key("default", "user", index_name="beta", permissions=["read"])
+    wrong, total = [], []
+
+    def describe(name, key, n=1500):
+        for _ in range(n):
+            status, payload, _ = call(
+                "POST", "/v1/indexes/describe", {"index_name": name, "index_key": KEY}, key=key
+            )
+            total.append(1)
+            # The beta-only key must never be used for alpha, nor answer with the other index.
+            if status != 200 or payload["index_name"] != name:
+                wrong.append((name, status))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so the two requests interleave
+    try:
+        threads = [
+            threading.Thread(target=describe, args=("alpha", EVENT_ROOT_KEY)),
+            threading.Thread(target=describe, args=("beta", reader)),
+            threading.Thread(target=describe, args=("alpha", EVENT_ROOT_KEY)),
+            threading.Thread(target=describe, args=("beta", reader)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(total) == 6000 and wrong == []

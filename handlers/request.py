@@ -1,0 +1,133 @@
+"""What every route does with a request: read headers and body, authenticate, parse the
+wire model, decode vectors, and answer JSON."""
+
+from __future__ import annotations
+
+import binascii
+import re
+import threading
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import pybase64
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import BaseProxyEvent
+from pydantic import BaseModel
+from pydantic_core import to_json
+
+from ..engine import crypto
+from ..engine.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
+from ..engine.model import check_index_name
+from ..infra.keystore import Principal
+from ..infra.wiring import Container, container
+from . import schemas
+
+try:
+    VERSION = version("ciphervec")
+except PackageNotFoundError:  # a source tree without installation
+    VERSION = "0.0.0"
+UNSUPPORTED_TEXT = "is not supported by this server (no embedding or BM25 text search yet)"
+# Every (method, path pattern) served, so that a known path with a wrong method answers 405.
+ROUTES: list[tuple[str, re.Pattern[str]]] = []
+_local = threading.local()
+
+
+def route(router: Any, method: str, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a route on ``router`` and remember it for the 405 answer."""
+    ROUTES.append((method, re.compile("^" + re.sub(r"<\w+>", r"[^/]+", path) + "$")))
+    return getattr(router, method.lower())(path)  # type: ignore[no-any-return]
+
+
+def event() -> BaseProxyEvent:
+    """The event of the request this thread is resolving (see ``api.ThreadEvent``)."""
+    return _local.event  # type: ignore[no-any-return]
+
+
+def set_event(value: BaseProxyEvent | None) -> None:
+    _local.event = value
+
+
+def c() -> Container:
+    """The process-wide container (settings, service, authenticator, trainer)."""
+    return container()
+
+
+def header(name: str) -> str | None:
+    for key, value in (event().headers or {}).items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def principal(right: str, index_name: str | None = None) -> Principal:
+    """The caller, authenticated by ``X-API-Key`` and holding ``right`` (on ``index_name``)."""
+    who = c().auth.authenticate(header("x-api-key"))
+    who.require(right, index_name)
+    return who
+
+
+def raw_body() -> str | bytes:
+    current = event()
+    raw: str | bytes = current.body or ""
+    if current.is_base64_encoded:
+        raw = pybase64.b64decode(raw)
+    limit = c().settings.max_body_bytes
+    if limit and len(raw) > limit:
+        raise PayloadTooLarge(
+            f"request body is {len(raw)} bytes; the limit is {limit}. Split the batch into "
+            "smaller upserts, or load large batches through the S3 batch path"
+        )
+    return raw
+
+
+def parse(model: type[BaseModel]) -> Any:
+    return model.model_validate_json(raw_body() or b"{}")
+
+
+def kek(index_key: str | None) -> bytes | None:
+    return None if index_key is None else crypto.parse_index_key(index_key)
+
+
+def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    # pydantic-core's serializer: an order of magnitude faster than json.dumps on float lists.
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=to_json(body).decode(),
+        headers=headers or {},
+    )
+
+
+def ok(body: Any) -> Response:
+    return answer(200, body)
+
+
+def index_target(right: str, req: schemas.IndexRequest) -> tuple[str, bytes | None]:
+    check_index_name(req.index_name)
+    return principal(right, req.index_name).tenant, kek(req.index_key)
+
+
+def decode_vectors(b64: str, rows: int | None, dimension: int, where: str) -> np.ndarray:
+    if dimension < 1:
+        raise ValidationFailed("dimension must be a positive integer", ("body", where, "dimension"))
+    try:
+        raw = pybase64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed("vectors_b64 is not valid base64", ("body", where, "vectors_b64")) from None
+    if len(raw) % (4 * dimension):
+        raise ValidationFailed(
+            f"vectors_b64 holds {len(raw)} bytes, not a multiple of 4 x dimension ({dimension})",
+            ("body", where, "vectors_b64"),
+        )
+    n = len(raw) // (4 * dimension)
+    if rows is not None and n != rows:
+        raise ValidationFailed(f"{rows} ids but {n} vectors of dimension {dimension}", ("body", where))
+    return np.frombuffer(raw, dtype="<f4").reshape(n, dimension)
+
+
+def refuse_text(req: Any, *fields: str) -> None:
+    for name in fields:
+        if getattr(req, name, None) not in (None, [], ""):
+            raise InvalidRequest(f"'{name}' {UNSUPPORTED_TEXT}")

@@ -1,0 +1,128 @@
+"""Routes under /v1/indexes (and /v1/health): create, describe, delete, train, training status, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import Router
+
+from ..engine.errors import InvalidRequest, ValidationFailed
+from ..engine.model import IndexConfig, check_index_name
+from ..infra.training import TrainJob, worker_pid
+from . import request as rq
+from . import schemas
+
+router = Router()
+
+
+@rq.route(router, "GET", "/v1/health")
+def health() -> Response:
+    return rq.ok({"status": "healthy", "api_version": "v1", "version": rq.VERSION})
+
+
+@rq.route(router, "GET", "/v1/indexes/list")
+def list_indexes() -> Response:
+    principal = rq.principal("admin")
+    names = rq.c().service.list_indexes(principal.tenant)
+    return rq.ok({"indexes": names})
+
+
+@rq.route(router, "POST", "/v1/indexes/create")
+def create_index() -> Response:
+    req: schemas.CreateIndexRequest = rq.parse(schemas.CreateIndexRequest)
+    check_index_name(req.index_name)
+    principal = rq.principal("admin", req.index_name)
+    if (req.index_key is None) == (req.kms_name is None):
+        raise InvalidRequest("give exactly one of index_key and kms_name")
+    rq.refuse_text(req, "embedding_model", "text_fields", "bm25_k1", "bm25_b")
+    for field, policy in (req.metadata_schema or {}).items():
+        if isinstance(policy, dict) and policy.get("full_text"):
+            raise InvalidRequest(f"full_text on '{field}' {rq.UNSUPPORTED_TEXT}")
+    legacy = dict(req.index_config or {})
+    dimension = req.dimension if req.dimension is not None else legacy.get("dimension") or 0
+    if not isinstance(dimension, int) or dimension < 0:
+        raise InvalidRequest("dimension must be a non-negative integer")
+    legacy_type = str(legacy.get("type") or legacy.get("index_type") or "ivfflat").lower()
+    if legacy_type not in ("ivf", "ivfflat", "ivfpq", "ivf_flat", "ivf_pq"):
+        raise InvalidRequest(f"unknown index_config type {legacy_type!r}")
+    config = IndexConfig(
+        dimension=dimension,
+        metric=req.metric or legacy.get("metric") or "euclidean",
+        storage_precision=req.storage_precision or "float32",
+        metadata_schema=req.metadata_schema or {},
+        index_type=legacy_type,
+        index_config=legacy,
+    )
+    rq.c().service.create_index(
+        principal.tenant, req.index_name, config, kek=rq.kek(req.index_key), kms_name=req.kms_name
+    )
+    return rq.ok({"status": "success", "message": f"Index '{req.index_name}' created successfully"})
+
+
+@rq.route(router, "POST", "/v1/indexes/describe")
+def describe_index() -> Response:
+    req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
+    tenant, kek = rq.index_target("read", req)
+    return rq.ok(rq.c().service.describe(tenant, req.index_name, kek))
+
+
+@rq.route(router, "POST", "/v1/indexes/delete")
+def delete_index() -> Response:
+    req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
+    tenant, kek = rq.index_target("admin", req)
+    rq.c().service.delete_index(tenant, req.index_name, kek)
+    for record in rq.c().auth.store.list(tenant):
+        if record.index_name == req.index_name and record.revoked_at is None:
+            rq.c().auth.revoke(record.key_id)
+    return rq.ok({"status": "success", "message": f"Index '{req.index_name}' deleted successfully"})
+
+
+@rq.route(router, "POST", "/v1/indexes/train")
+def train_index() -> Response:
+    req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)
+    tenant, kek = rq.index_target("admin", req)
+    if req.n_lists is not None and req.n_lists < 0:
+        raise ValidationFailed("n_lists must be >= 0", ("body", "n_lists"))
+    if req.max_iters is not None and req.max_iters < 0:
+        raise ValidationFailed("max_iters must be >= 0", ("body", "max_iters"))
+    params: dict[str, Any] = {"n_lists": req.n_lists or None}
+    if req.max_iters:
+        params["max_iters"] = req.max_iters
+    if req.tolerance is not None:
+        params["tolerance"] = float(req.tolerance)
+    c = rq.c()
+    c.service.describe(tenant, req.index_name, kek)  # 404/401 now, not from the worker
+    result = c.trainer.train(TrainJob(tenant, req.index_name, kek, params), c.settings.train_sync_seconds)
+    if result is None:
+        return rq.answer(
+            202,
+            {
+                "status": "queued",
+                "message": f"Training of index '{req.index_name}' continues in the background; "
+                "see /v1/indexes/training-status",
+            },
+        )
+    return rq.ok({"status": "success", "message": result.message})
+
+
+@rq.route(router, "GET", "/v1/indexes/training-status")
+def training_status() -> Response:
+    principal = rq.principal("admin")
+    c = rq.c()
+    local = c.trainer.status(principal.tenant)
+    marked = c.service.training_indexes(principal.tenant)
+    queued = list(dict.fromkeys(local["queued_indexes"] + [n for n, s in marked if s == "queued"]))
+    current = local["currently_training"] or next((n for n, s in marked if s == "running"), None)
+    training = list(dict.fromkeys(([current] if current else []) + queued + [n for n, _ in marked]))
+    return rq.ok(
+        {
+            "training_indexes": training,
+            "currently_training": current,
+            "queued_indexes": queued,
+            "retrain_threshold": c.settings.train_threshold,
+            "worker_running": bool(local["worker_running"]),
+            "worker_pid": worker_pid(),
+            "global_training": {},
+        }
+    )

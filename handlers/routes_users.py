@@ -1,0 +1,56 @@
+"""Routes of per-index API keys: /v1/indexes/{name}/users (create, list, revoke)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import Router
+
+from ..engine.errors import NotFound
+from ..engine.model import check_index_name
+from . import request as rq
+from . import schemas
+
+router = Router()
+
+
+def _user_index(index_name: str, right: str = "admin") -> tuple[str, str]:
+    name = unquote(index_name)
+    check_index_name(name)
+    return rq.principal(right, name).tenant, name
+
+
+@rq.route(router, "POST", "/v1/indexes/<index_name>/users")
+def create_user(index_name: str) -> Response:
+    tenant, name = _user_index(index_name)
+    req: schemas.CreateUserRequest = rq.parse(schemas.CreateUserRequest)
+    c = rq.c()
+    c.service.describe(tenant, name, rq.kek(req.index_key))  # the index exists and the key opens it
+    api_key, record = c.auth.create_key(tenant, "user", index_name=name, permissions=req.permissions)
+    return rq.ok({"user_id": record.key_id, "api_key": api_key})
+
+
+@rq.route(router, "GET", "/v1/indexes/<index_name>/users")
+def list_users(index_name: str) -> Response:
+    tenant, name = _user_index(index_name)
+    c = rq.c()
+    c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
+    users = [
+        {"user_id": r.key_id, "permissions": list(r.permissions)}
+        for r in c.auth.store.list(tenant)
+        if r.index_name == name and r.role == "user" and r.revoked_at is None
+    ]
+    return rq.ok({"users": sorted(users, key=lambda u: u["user_id"])})
+
+
+@rq.route(router, "DELETE", "/v1/indexes/<index_name>/users/<user_id>")
+def delete_user(index_name: str, user_id: str) -> Response:
+    tenant, name = _user_index(index_name)
+    c = rq.c()
+    c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
+    record = c.auth.store.get(unquote(user_id))
+    if record is None or record.tenant != tenant or record.index_name != name or record.revoked_at:
+        raise NotFound(f"no user '{unquote(user_id)}' on index '{name}'")
+    c.auth.revoke(record.key_id)
+    return Response(status_code=204, body="")

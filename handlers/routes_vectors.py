@@ -1,0 +1,182 @@
+"""Routes under /v1/vectors: upsert (JSON and binary), query, get, delete, ids, counts, metadata query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import Router
+
+from ..engine.errors import InvalidRequest, ValidationFailed
+from ..engine.model import INCLUDABLE, RowBatch
+from . import request as rq
+from . import schemas
+
+router = Router()
+
+
+def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> Response:
+    c = rq.c()
+    result = c.service.upsert(tenant, name, kek, batch)
+    body: dict[str, Any] = {"status": "success", "message": f"Upserted {result.upserted} vectors"}
+    if result.training_triggered:
+        c.trainer.enqueue(tenant, name, kek)
+        body["training_triggered"] = True
+        body["training_message"] = (
+            f"Index training has been triggered (vectors: {result.total}, threshold: {result.threshold})"
+        )
+    elif result.merge_due:
+        c.trainer.enqueue(tenant, name, kek, kind="merge")
+    return rq.ok(body)
+
+
+@rq.route(router, "POST", "/v1/vectors/upsert")
+def upsert() -> Response:
+    req: schemas.UpsertRequest = rq.parse(schemas.UpsertRequest)
+    tenant, kek = rq.index_target("write", req)
+    if any(item.vector is None for item in req.items):
+        raise InvalidRequest(f"items without 'vector' need an embedding model, which {rq.UNSUPPORTED_TEXT}")
+    try:
+        vectors = np.array([item.vector for item in req.items], dtype=np.float32)
+    except ValueError:
+        raise ValidationFailed("all vectors must have the same dimension", ("body", "items")) from None
+    if vectors.ndim != 2:
+        raise ValidationFailed("all vectors must have the same dimension", ("body", "items"))
+    batch = RowBatch(
+        [item.id for item in req.items],
+        vectors,
+        [item.metadata for item in req.items],
+        [item.contents for item in req.items],
+    )
+    return _upsert_response(tenant, req.index_name, kek, batch)
+
+
+@rq.route(router, "POST", "/v1/vectors/upsert_binary")
+def upsert_binary() -> Response:
+    req: schemas.UpsertBinaryRequest = rq.parse(schemas.UpsertBinaryRequest)
+    tenant, kek = rq.index_target("write", req)
+    b = req.batch
+    vectors = rq.decode_vectors(b.vectors_b64, len(b.ids), b.dimension, "batch")
+    return _upsert_response(tenant, req.index_name, kek, RowBatch(b.ids, vectors, b.metadata, b.contents))
+
+
+def _search(req: schemas.SearchOptions, queries: np.ndarray, tenant: str, kek: bytes | None) -> Response:
+    rq.refuse_text(req, "text", "text_fields", "text_field_weights")
+    c = rq.c()
+    top_k = 100 if req.top_k is None else req.top_k
+    if not 1 <= top_k <= c.settings.max_top_k:
+        raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
+    if req.n_probes is not None and req.n_probes < 0:
+        raise ValidationFailed("n_probes must be >= 0 (0 or null = automatic)", ("body", "n_probes"))
+    include = req.include or []
+    unknown = [f for f in include if f not in INCLUDABLE]
+    if unknown:
+        raise ValidationFailed(f"unknown include fields {unknown}", ("body", "include"))
+    results = c.service.query(
+        tenant,
+        req.index_name,
+        kek,
+        queries,
+        top_k=top_k,
+        n_probes=req.n_probes or None,
+        filters=req.filters,
+        include=include,
+    )
+    return rq.ok({"results": results[0] if len(results) == 1 else results})
+
+
+@rq.route(router, "POST", "/v1/vectors/query")
+def query() -> Response:
+    req: schemas.QueryRequest = rq.parse(schemas.QueryRequest)
+    tenant, kek = rq.index_target("read", req)
+    if req.query_contents:
+        raise InvalidRequest(f"'query_contents' {rq.UNSUPPORTED_TEXT}")
+    if not req.query_vectors:
+        raise ValidationFailed("query_vectors is required", ("body", "query_vectors"))
+    first = req.query_vectors[0]
+    rows = req.query_vectors if isinstance(first, list) else [req.query_vectors]
+    try:
+        queries = np.array(rows, dtype=np.float32)
+    except ValueError:
+        raise ValidationFailed(
+            "all query vectors must have one dimension", ("body", "query_vectors")
+        ) from None
+    if queries.ndim != 2 or queries.shape[1] == 0:
+        raise ValidationFailed("all query vectors must have one dimension", ("body", "query_vectors"))
+    return _search(req, queries, tenant, kek)
+
+
+@rq.route(router, "POST", "/v1/vectors/query_binary")
+def query_binary() -> Response:
+    req: schemas.QueryBinaryRequest = rq.parse(schemas.QueryBinaryRequest)
+    tenant, kek = rq.index_target("read", req)
+    queries = rq.decode_vectors(req.batch.vectors_b64, None, req.batch.dimension, "batch")
+    if len(queries) == 0:
+        raise ValidationFailed("at least one query vector is required", ("body", "batch"))
+    return _search(req, queries, tenant, kek)
+
+
+@rq.route(router, "POST", "/v1/vectors/get")
+def get_vectors() -> Response:
+    req: schemas.GetRequest = rq.parse(schemas.GetRequest)
+    tenant, kek = rq.index_target("read", req)
+    include = ["vector", "contents", "metadata"] if req.include is None else req.include
+    unknown = [f for f in include if f not in ("vector", "contents", "metadata", "distance")]
+    if unknown:
+        raise ValidationFailed(f"unknown include fields {unknown}", ("body", "include"))
+    return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
+
+
+@rq.route(router, "POST", "/v1/vectors/delete")
+def delete_vectors() -> Response:
+    req: schemas.DeleteRequest = rq.parse(schemas.DeleteRequest)
+    tenant, kek = rq.index_target("write", req)
+    n = rq.c().service.delete_vectors(tenant, req.index_name, kek, req.ids)
+    return rq.ok({"status": "success", "message": f"Deleted {n} vectors"})
+
+
+@rq.route(router, "POST", "/v1/vectors/list_ids")
+def list_ids() -> Response:
+    req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
+    tenant, kek = rq.index_target("read", req)
+    ids = rq.c().service.list_ids(tenant, req.index_name, kek)
+    return rq.ok({"ids": ids, "count": len(ids)})
+
+
+@rq.route(router, "POST", "/v1/vectors/num_vectors")
+def num_vectors() -> Response:
+    req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
+    tenant, kek = rq.index_target("read", req)
+    return rq.ok({"result": rq.c().service.num_vectors(tenant, req.index_name, kek)})
+
+
+@rq.route(router, "POST", "/v1/vectors/query_metadata")
+def query_metadata() -> Response:
+    req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
+    tenant, kek = rq.index_target("read", req)
+    rq.refuse_text(req, "text", "text_fields", "text_field_weights")
+    if req.top_k is not None and req.top_k < 0:
+        raise ValidationFailed("top_k must be >= 0", ("body", "top_k"))
+    order_by, ascending = req.order_by, req.ascending is not False
+    if isinstance(order_by, dict):
+        if len(order_by) != 1:
+            raise InvalidRequest("order_by must name exactly one field")
+        ((order_by, direction),) = order_by.items()
+        ascending = direction >= 0
+    ids = rq.c().service.query_metadata(
+        tenant,
+        req.index_name,
+        kek,
+        req.filters or {},
+        top_k=req.top_k,
+        order_by=order_by,
+        ascending=ascending,
+    )
+    return rq.ok({"results": [{"id": i} for i in ids], "ids": ids, "count": len(ids)})
+
+
+@rq.route(router, "GET", "/v1/embedding-models")
+def embedding_models() -> Response:
+    rq.principal("read")
+    return rq.ok({"models": []})
