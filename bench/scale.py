@@ -31,7 +31,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import API_KEY, HERE, Server, free_port, minilm, p, recall, rss_mb, truth  # noqa: E402
+from common import API_KEY, HERE, Server, free_port, minilm, p, recall, rss_mb, truth  # noqa: E402
 
 
 def vectors(n: int, queries: int) -> tuple[np.ndarray, np.ndarray, str]:
