@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequest, ValidationFailed
-from .search import METRICS
 
+METRICS = ("euclidean", "squared_euclidean", "cosine")
 PRECISIONS = ("float32", "float16")
 INCLUDABLE = ("distance", "metadata", "vector", "contents")
 MAX_NAME_BYTES = 255

@@ -17,8 +17,6 @@ from .backend import Backend
 from .kernels import exact_distances, normalize, order_by_distance
 from .state import IndexState
 
-METRICS = ("euclidean", "squared_euclidean", "cosine")
-
 
 def search_space(metric: str, x: Any) -> Any:
     """Vectors → the space faiss searches, where L2 ranks like ``metric``."""
