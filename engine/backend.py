@@ -134,8 +134,10 @@ _selected: Backend | None = None
 def _build(name: str) -> Backend:
     faiss_gpu = bool(faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
     if name == "strict":
-        import array_api_strict
-
+        try:
+            import array_api_strict
+        except ImportError:
+            raise RuntimeError("CIPHERVEC_BACKEND=strict needs array-api-strict (the [dev] extra)") from None
         return Backend("strict", array_api_strict, False)
     if name == "numpy":
         return Backend("numpy", _compat("numpy"), False)
