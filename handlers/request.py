@@ -46,12 +46,14 @@ def event() -> BaseProxyEvent:
 
 
 def set_event(value: BaseProxyEvent | None) -> None:
+    """Start (or, with ``None``, end) this thread's request; its container is taken once."""
     _local.event = value
+    _local.container = None if value is None else container()
 
 
 def c() -> Container:
-    """The process-wide container (settings, service, authenticator, trainer)."""
-    return container()
+    """The container (settings, service, authenticator, trainer) serving this request."""
+    return getattr(_local, "container", None) or container()
 
 
 def header(name: str) -> str | None:
