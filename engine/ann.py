@@ -30,8 +30,15 @@ class AnnIndex:
     FEW_QUERIES = 20
 
     def __init__(
-        self, dim: int, centroids: np.ndarray | None = None, gpu: Any = None, *, half: bool = False
+        self,
+        dim: int,
+        centroids: np.ndarray | None = None,
+        gpu: Any = None,
+        *,
+        half: bool = False,
+        quantizer: Any = None,
     ) -> None:
+        """``quantizer``: a flat index over ``centroids`` to share (it is only searched)."""
         self.dim = dim
         self.ntotal = 0
         self.gpu = gpu
@@ -44,8 +51,7 @@ class AnnIndex:
             )
         else:
             cent = np.ascontiguousarray(centroids, dtype=np.float32)
-            self.quantizer = faiss.IndexFlatL2(dim)
-            self.quantizer.add(cent)
+            self.quantizer = quantizer if quantizer is not None else flat_quantizer(cent)
             if half:
                 self.index = faiss.IndexIVFScalarQuantizer(
                     self.quantizer, dim, len(cent), fp16, faiss.METRIC_L2
@@ -171,3 +177,11 @@ class AnnIndex:
         if excluded:
             return first_valid(dist, rows, valid, k)
         return dist[:, :k], rows[:, :k]
+
+
+def flat_quantizer(centroids: np.ndarray) -> Any:
+    """An exact L2 index over IVF centroids (assigns rows and queries to lists)."""
+    cent = np.ascontiguousarray(centroids, dtype=np.float32)
+    quantizer = faiss.IndexFlatL2(cent.shape[1])
+    quantizer.add(cent)
+    return quantizer

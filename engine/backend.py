@@ -53,9 +53,12 @@ class Backend:
             self._resources = faiss.StandardGpuResources()
         return self._resources
 
-    def ann_index(self, dim: int, centroids: np.ndarray | None = None, *, half: bool = False) -> AnnIndex:
+    def ann_index(
+        self, dim: int, centroids: np.ndarray | None = None, *, half: bool = False, quantizer: Any = None
+    ) -> AnnIndex:
         """A flat or IVF index (float16 codes when ``half``); mirrored on a GPU when present."""
-        return AnnIndex(dim, centroids, self.gpu_resources if self.faiss_gpu else None, half=half)
+        gpu = self.gpu_resources if self.faiss_gpu else None
+        return AnnIndex(dim, centroids, gpu, half=half, quantizer=quantizer)
 
     def knn(self, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
         """Exact L2 ``k`` nearest rows of ``base`` for each query (brute force)."""

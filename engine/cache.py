@@ -1,6 +1,11 @@
-"""The read cache: each index's decrypted state in this container, brought up to a head
-(applying only segments it has not seen; cold trained indexes open lazily), filled in the
-background, adopted from this container's own writes, and evicted least-recently-used."""
+"""The read cache: each index's current snapshot in this container (read-copy-update).
+
+Readers take the current snapshot and search it with no lock held. Whatever changes an
+index here — syncing to a newer head, this container's own writes, IVF lists loaded on
+demand or in the background, a training's result — builds the next snapshot under that
+index's writer lock and publishes it with one pointer swap. Cold trained indexes open
+lazily; snapshots are evicted least-recently-used within a byte budget.
+"""
 
 from __future__ import annotations
 
@@ -8,222 +13,305 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
-from . import run, segment
+from . import parts, run, segment
+from .backend import Backend
 from .heads import Head, Heads, Key
-from .lazy import FILL_BATCH, FILL_READERS, apply_lists, fetch_lists, load_lists, read_run
+from .lazy import FILL_BATCH, FILL_READERS, apply_lists, fetch_lists, read_run
 from .manifest import SegmentRef
+from .parts import Layout, Part
 from .segment import Segment
-from .state import IndexState, Partial
+from .state import Builder, PartialRun, Snapshot
 
 log = logging.getLogger("ciphervec.cache")
-
-
-class Entry:
-    """A cached state: the index incarnation it belongs to and the segments applied to it."""
-
-    __slots__ = ("applied", "state", "uid")
-
-    def __init__(self, uid: str, state: IndexState, applied: list[str]) -> None:
-        self.uid, self.state, self.applied = uid, state, applied
+_COMPACT_ROWS = 4096  # states this big drop dead rows from memory once most rows are dead
 
 
 class StateCache:
-    """Decrypted index states per container, one lock per index, LRU-bounded in bytes."""
+    """The current snapshot of each index, one writer at a time per index, LRU in bytes."""
 
-    def __init__(self, heads: Heads, *, cache_bytes: int = 8 << 30, lazy_rows: int = 50_000) -> None:
+    def __init__(
+        self, heads: Heads, backend: Backend, *, cache_bytes: int = 8 << 30, lazy_rows: int = 50_000
+    ) -> None:
         self.heads = heads
+        self.backend = backend
         self.cache_bytes = cache_bytes
         self.lazy_rows = lazy_rows
-        self._entries: OrderedDict[Key, Entry] = OrderedDict()
-        self._locks: dict[Key, threading.RLock] = {}
+        self._snaps: OrderedDict[Key, Snapshot] = OrderedDict()
+        self._writers: dict[Key, threading.RLock] = {}
         self._fillers: dict[Key, threading.Thread] = {}
-        self._guard = threading.Lock()
+        self._mergers: dict[Key, threading.Thread] = {}
+        self._guard = threading.Lock()  # the dicts above; held for O(1) steps only
 
     # -- lookups -----------------------------------------------------------------------
-    def lock(self, key: Key) -> threading.RLock:
-        """The lock held while reading or changing the state of one index."""
+    def writer(self, key: Key) -> threading.RLock:
+        """Held while building and publishing the next snapshot of one index (re-entrant: a
+        writer may sync or load lists on its way)."""
         with self._guard:
-            return self._locks.setdefault(key, threading.RLock())
+            return self._writers.setdefault(key, threading.RLock())
 
-    def entry(self, key: Key) -> Entry | None:
-        return self._entries.get(key)
+    def current(self, key: Key) -> Snapshot | None:
+        return self._snaps.get(key)
 
     def filler(self, key: Key) -> threading.Thread | None:
-        """The background thread filling a partial state of ``key``, if one was started."""
+        """The background thread filling a partial snapshot of ``key``, if one was started."""
         return self._fillers.get(key)
+
+    def merger(self, key: Key) -> threading.Thread | None:
+        """The background thread merging the parts of ``key``, if one was started."""
+        return self._mergers.get(key)
 
     def drop(self, key: Key) -> None:
         with self._guard:
-            self._entries.pop(key, None)
+            self._snaps.pop(key, None)
 
-    def acquire(self, head: Head, full: bool = True) -> tuple[IndexState, threading.RLock]:
-        """Lock the index and bring its state up to ``head``; the caller releases the lock.
-        ``full=False`` accepts a partial state (the caller loads the lists it needs)."""
-        lock = self.lock(head.key)
-        lock.acquire()
-        try:
-            return self.sync(head, full), lock
-        except BaseException:
-            lock.release()
-            raise
-
-    # -- syncing -----------------------------------------------------------------------
-    def sync(self, head: Head, full: bool = True) -> IndexState:
-        """Bring the cached state up to ``head``; with ``full``, load every row (a partial
-        state loads its missing lists now)."""
-        state = self._sync_rows(head, full)
-        if full and state.partial is not None:
-            load_lists(self.heads, head, state, state.partial.missing())
-        return state
-
-    def _sync_rows(self, head: Head, full: bool) -> IndexState:
-        """Apply new segments to the cached state, or rebuild it (lazily when allowed)."""
-        key = head.key
+    def install(self, key: Key, snap: Snapshot) -> None:
+        """Publish ``snap`` as the current snapshot of ``key`` (most recently used), then evict;
+        parts out of shape are merged in the background."""
         with self._guard:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-        if entry is not None and entry.uid == head.envelope.uid and entry.state.synced_etag == head.etag:
-            return entry.state  # already at this head: the common case of a read
+            self._snaps[key] = snap
+            self._snaps.move_to_end(key)
+            total = sum(s.nbytes() for s in self._snaps.values())
+            while total > self.cache_bytes and len(self._snaps) > 1:
+                _, old = self._snaps.popitem(last=False)
+                total -= old.nbytes()
+        if parts.next_merge(snap.parts) is not None:
+            self._start(self._mergers, key, self._merge, "ciphervec-merge")
+
+    def _start(self, table: dict[Key, threading.Thread], key: Key, target: Any, name: str) -> None:
+        """Run ``target(key)`` in a background thread unless one is already running for it."""
+        with self._guard:
+            running = table.get(key)
+            if running is not None and running.is_alive():
+                return
+            worker = threading.Thread(target=target, args=(key,), name=name, daemon=True)
+            table[key] = worker
+        worker.start()
+
+    def _merge(self, key: Key) -> None:
+        """Merge parts until the snapshot has its binary-counter shape: each merged part is
+        built with no lock held, then swapped in if those parts are still current."""
+        while True:
+            snap = self._snaps.get(key)
+            at = parts.next_merge(snap.parts) if snap is not None else None
+            if snap is None or at is None:
+                return
+            pair = snap.parts[at : at + 2]
+            try:
+                one = parts.merged(self.backend, snap.layout, list(pair), snap.lists)
+            except Exception as exc:  # the rows stay searchable in the parts they are in
+                log.warning("merging index parts stopped: %s", type(exc).__name__)
+                return
+            with self.writer(key):
+                current = self._snaps.get(key)
+                if current is None or current.layout is not snap.layout or not _holds(current, at, pair):
+                    continue  # changed meanwhile: plan again from the new snapshot
+                merged = (*current.parts[:at], one, *current.parts[at + 2 :])
+                with self._guard:
+                    if self._snaps.get(key) is current:
+                        self._snaps[key] = current.with_parts(merged)
+
+    def _at(self, head: Head) -> Snapshot | None:
+        """The current snapshot if it is at ``head`` (or past it), without any wait."""
+        snap = self._snaps.get(head.key)
+        if snap is None or snap.uid != head.envelope.uid:
+            return None
+        if snap.synced_etag != head.etag:
+            names = [s.name for s in head.body.segments]
+            if not (len(snap.applied) > len(names) and list(snap.applied[: len(names)]) == names):
+                return None  # behind: it must be synced
+        with self._guard:
+            if head.key in self._snaps:
+                self._snaps.move_to_end(head.key)
+        return snap
+
+    # -- reading ---------------------------------------------------------------------------
+    def snapshot(self, head: Head, full: bool = True) -> Snapshot:
+        """A snapshot at ``head``: the current one when it is there (no lock), else the next
+        one synced to it. With ``full`` every row is loaded (a partial one loads its lists)."""
+        snap = self._at(head)
+        if snap is None:
+            with self.writer(head.key):
+                snap = self._at(head) or self._sync(head, full)
+        if full and snap.partial is not None:
+            snap = self.load_lists(head, snap, snap.partial.missing())
+        return snap
+
+    def load_lists(self, head: Head, snap: Snapshot, todo: list[tuple[PartialRun, int]]) -> Snapshot:
+        """``snap`` with lists ``todo`` loaded: read with no lock held, then published."""
+        if not todo:
+            return snap
+        got = fetch_lists(self.heads, head, [(r.name, k) for r, k in todo])
+        with self.writer(head.key):
+            current = self._snaps.get(head.key)
+            base = current if current is not None and current.uid == snap.uid else snap
+            if base.partial is None:
+                return base
+            builder = Builder(base.layout, base)
+            with _undone_on_failure(builder):
+                apply_lists(builder, got)
+                new = self._publish(head.key, builder, base, current)
+        return new
+
+    def _publish(self, key: Key, builder: Builder, base: Snapshot, current: Snapshot | None) -> Snapshot:
+        """Freeze ``builder`` (grown from ``base``) under ``base``'s bookkeeping; it becomes
+        current unless something else replaced ``current`` meanwhile."""
+        new = builder.freeze(self.backend).with_bookkeeping(
+            uid=base.uid, applied=base.applied, synced_etag=base.synced_etag
+        )
+        if current is None or current is base:
+            self.install(key, new)
+        return new
+
+    # -- syncing (writer lock held) -----------------------------------------------------------
+    def _sync(self, head: Head, full: bool) -> Snapshot:
+        """The next snapshot at ``head``: new segments applied to the current one, or a
+        fresh one (lazy for a big trained index unless ``full``)."""
+        key, uid = head.key, head.envelope.uid
+        current = self._snaps.get(key)
         names = [s.name for s in head.body.segments]
-        same = entry is not None and entry.uid == head.envelope.uid
         if (
-            same
-            and entry is not None
-            and len(entry.applied) > len(names)
-            and entry.applied[: len(names)] == names
+            current is not None
+            and current.uid == uid
+            and names[: len(current.applied)] == list(current.applied)
         ):
-            return entry.state  # another request already applied a newer head
-        if same and entry is not None and names[: len(entry.applied)] == entry.applied:
-            state, applied = entry.state, entry.applied
+            builder, applied = Builder(current.layout, current), list(current.applied)
         else:
-            state, applied = self._fresh_state(head, full), []
-        todo = head.body.segments[len(applied) :]
-        lazy = state.partial is not None  # runs open by their directory; lists come later
+            builder, applied = self._fresh(head, full), []
+        with _undone_on_failure(builder):
+            todo = head.body.segments[len(applied) :]
+            lazy = builder.runs is not None  # runs open by their directory; lists come later
 
-        def read(ref: SegmentRef) -> Any:
-            if ref.kind != "run":
-                return self.heads.read(head, ref.name)
-            return self.heads.read_directory(head, ref.name) if lazy else read_run(self.heads, head, ref.name)
+            def read(ref: SegmentRef) -> Any:
+                if ref.kind != "run":
+                    return self.heads.read(head, ref.name)
+                return (
+                    self.heads.read_directory(head, ref.name)
+                    if lazy
+                    else read_run(self.heads, head, ref.name)
+                )
 
-        if todo:
-            with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-                for ref, got in zip(todo, pool.map(read, todo), strict=True):
-                    if isinstance(got, bytes):
-                        state.apply(segment.decode(got), ref.seq)
-                    elif isinstance(got, run.Directory):
-                        state.open_run(ref.name, ref.seq, got)
-                    else:
-                        for k, rows in got:
-                            state.apply(rows, ref.seq, ivf_list=k)
-                    applied.append(ref.name)
-        if state.partial is not None and not state.partial.missing():
-            state.partial = None
-        cent = head.body.centroids
-        if (cent.name if cent else None) != state.centroids_name:
-            if cent is None:
-                state.set_centroids(None, None)
-            else:
-                state.set_centroids(cent.name, self.heads.read_centroids(head, cent.name))
-        if state.n_rows > 4096 and state.dead_fraction > 0.5 and state.partial is None:
-            state.compact()  # overwrites and deletes: drop dead rows from memory
-        state.synced_etag = head.etag
-        self.install(key, Entry(head.envelope.uid, state, applied))
-        return state
+            if todo:
+                with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+                    for ref, got in zip(todo, pool.map(read, todo), strict=True):
+                        if isinstance(got, bytes):
+                            builder.apply(segment.decode(got), ref.seq)
+                        elif isinstance(got, run.Directory):
+                            builder.open_run(ref.name, ref.seq, got)
+                        else:
+                            for k, rows in got:
+                                builder.apply(rows, ref.seq, ivf_list=k)
+                        applied.append(ref.name)
+            cent = head.body.centroids
+            if (cent.name if cent else None) != builder.centroids_name:
+                centroids = self.heads.read_centroids(head, cent.name) if cent else None
+                builder.set_centroids(cent.name if cent else None, centroids)
+            loaded_whole = builder.runs is None or not any(r.missing() for r in builder.runs)
+            if loaded_whole and builder.n_rows > _COMPACT_ROWS and builder.live < builder.n_rows / 2:
+                builder.compact()  # overwrites and deletes: drop dead rows from memory
+            snap = builder.freeze(self.backend).with_bookkeeping(
+                uid=uid, applied=tuple(applied), synced_etag=head.etag
+            )
+            self.install(key, snap)
+            return snap
 
-    def _fresh_state(self, head: Head, full: bool) -> IndexState:
-        """An empty state for ``head``; a trained index whose base is a run gets its
+    def _fresh(self, head: Head, full: bool) -> Builder:
+        """An empty builder for ``head``; a trained index whose base is a run gets its
         centroids first (rows keep the run's lists) and, unless ``full``, opens its runs
         lazily: only their directories are read, lists come later."""
         cfg, cent, refs = head.body.config, head.body.centroids, head.body.segments
-        state = IndexState(int(cfg["dimension"]), head.precision, cfg["metric"])
+        builder = Builder(Layout(int(cfg["dimension"]), cfg["metric"], head.precision))
         if cent is None or not refs or refs[0].kind != "run":
-            return state
-        state.set_centroids(cent.name, self.heads.read_centroids(head, cent.name))
+            return builder
+        builder.set_centroids(cent.name, self.heads.read_centroids(head, cent.name))
         if not full and self.lazy_rows and sum(r.rows for r in refs if r.kind == "run") >= self.lazy_rows:
-            state.partial = Partial()  # runs below open lazily
-        return state
-
-    def install(self, key: Key, entry: Entry) -> None:
-        """Make ``entry`` the cached state of ``key`` (most recently used), then evict."""
-        with self._guard:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            self._evict()
-
-    def _evict(self) -> None:
-        total = sum(e.state.nbytes() for e in self._entries.values())
-        while total > self.cache_bytes and len(self._entries) > 1:
-            _, entry = self._entries.popitem(last=False)
-            total -= entry.state.nbytes()
+            builder.runs = []  # runs below open lazily
+        return builder
 
     # -- background fill ----------------------------------------------------------------
-    def fill_later(self, head: Head, state: IndexState) -> None:
-        """Load the rest of a partial state in a background thread, a few lists at a time,
-        taking the index lock only to apply what was read."""
-        key = head.key
-        with self._guard:
-            running = self._fillers.get(key)
-            if running is not None and running.is_alive():
-                return
-            worker = threading.Thread(
-                target=self._fill, args=(head, state), name="ciphervec-fill", daemon=True
-            )
-            self._fillers[key] = worker
-        worker.start()
+    def fill_later(self, head: Head) -> None:
+        """Load the rest of a partial snapshot in a background thread, a few lists at a
+        time, taking the writer lock only to publish what was read."""
+        self._start(self._fillers, head.key, lambda key: self._fill(head), "ciphervec-fill")
 
-    def _fill(self, head: Head, state: IndexState) -> None:
-        key = head.key
-        lock = self.lock(key)
+    def _fill(self, head: Head) -> None:
+        key, uid = head.key, head.envelope.uid
         started = time.perf_counter()
         while True:
-            with lock:
-                entry = self._entries.get(key)
-                partial = state.partial
-                if entry is None or entry.state is not state or partial is None:
+            with self.writer(key):  # plan the next batch between writers
+                snap = self._snaps.get(key)
+                if snap is None or snap.uid != uid or snap.partial is None:
                     break
-                todo = [(r.name, k) for r, k in partial.missing()[:FILL_BATCH]]
+                todo = [(r.name, k) for r, k in snap.partial.missing()[:FILL_BATCH]]
             try:
                 got = fetch_lists(self.heads, head, todo, FILL_READERS)
             except Exception as exc:  # the next full read reports it to its caller
                 log.warning("background load of index lists stopped: %s", type(exc).__name__)
                 return
-            with lock:
-                apply_lists(state, partial, got)
-                if state.partial is None:
-                    with self._guard:
-                        self._evict()
+            with self.writer(key):
+                current = self._snaps.get(key)
+                if current is None or current.uid != uid or current.partial is None:
+                    break
+                builder = Builder(current.layout, current)
+                with _undone_on_failure(builder):
+                    apply_lists(builder, got)
+                    self._publish(key, builder, current, current)
         log.debug("index lists loaded in the background in %.2f s", time.perf_counter() - started)
 
     # -- this container's own writes ------------------------------------------------------
     def adopt(self, committed: Head, name: str, seg: Segment) -> None:
         """Apply a segment this container just committed as the last of ``committed``, when
-        the state is right before it, so the next request does not read it back."""
+        the current snapshot is right before it, so the next request does not read it back."""
         refs = committed.body.segments
-        with self.lock(committed.key):
-            entry = self._entries.get(committed.key)
-            if entry is None or entry.uid != committed.envelope.uid or not refs or refs[-1].name != name:
+        key = committed.key
+        with self.writer(key):
+            current = self._snaps.get(key)
+            if current is None or current.uid != committed.envelope.uid or not refs or refs[-1].name != name:
                 return
-            if len(refs) != len(entry.applied) + 1 or [r.name for r in refs[:-1]] != entry.applied:
+            if len(refs) != len(current.applied) + 1 or [r.name for r in refs[:-1]] != list(current.applied):
                 return
-            entry.state.apply(seg, refs[-1].seq)
-            entry.applied.append(name)
-            entry.state.synced_etag = committed.etag
+            builder = Builder(current.layout, current)
+            with _undone_on_failure(builder):
+                builder.apply(seg, refs[-1].seq)
+                new = builder.freeze(self.backend).with_bookkeeping(
+                    uid=current.uid, applied=(*current.applied, name), synced_etag=committed.etag
+                )
+            self.install(key, new)
 
-    def replace(self, committed: Head, build: Any, applied: list[str]) -> None:
-        """Drop the state of ``committed``'s index (releasing its rows), then install the one
-        ``build()`` returns as having applied ``applied``."""
-        with self.lock(committed.key):
-            self.drop(committed.key)
-            self.install(committed.key, Entry(committed.envelope.uid, build(), applied))
+    def replace(self, committed: Head, build: Callable[[], Builder], applied: list[str]) -> None:
+        """Publish the snapshot ``build()`` makes (from nothing) as having applied ``applied``;
+        the old one is dropped first so its rows can be released while the new one is built."""
+        key = committed.key
+        with self.writer(key):
+            self.drop(key)
+            snap = build().freeze(self.backend)
+            self.install(key, snap.with_bookkeeping(uid=committed.envelope.uid, applied=tuple(applied)))
 
     def rename(self, key: Key, base: list[str], old: list[str], new: list[str]) -> None:
         """Segments ``old`` (applied right after ``base``) were rewritten as ``new`` holding
-        the same rows: rename them in the applied list, keeping the state."""
-        with self.lock(key):
-            entry = self._entries.get(key)
-            if entry is not None and entry.applied[: len(base) + len(old)] == base + old:
-                entry.applied[len(base) : len(base) + len(old)] = new
+        the same rows: rename them in the applied list, keeping the rows."""
+        with self.writer(key):
+            current = self._snaps.get(key)
+            if current is not None and list(current.applied[: len(base) + len(old)]) == base + old:
+                applied = (*base, *new, *current.applied[len(base) + len(old) :])
+                self.install(key, current.with_bookkeeping(applied=applied))
+
+
+def _holds(snap: Snapshot, at: int, pair: tuple[Part, ...]) -> bool:
+    """``snap`` still has exactly the parts ``pair`` at position ``at``."""
+    here = snap.parts[at : at + len(pair)]
+    return len(here) == len(pair) and all(a is b for a, b in zip(here, pair, strict=True))
+
+
+@contextmanager
+def _undone_on_failure(builder: Builder) -> Iterator[Builder]:
+    """A build that fails takes back its changes to the id map its base shares."""
+    try:
+        yield builder
+    except BaseException:
+        builder.undo()
+        raise

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from . import run, segment
 from .heads import Head, Heads
 from .segment import Segment
-from .state import IndexState, Partial, PartialRun
+from .state import Builder
 
 # Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
 # the background fill reads with fewer threads, in small batches, so that the requests it
-# shares the GIL and the index lock with stay fast.
+# shares the cores with stay fast.
 READERS = 16
 FILL_READERS = 2
 FILL_BATCH = 4
@@ -38,17 +38,10 @@ def read_run(heads: Heads, head: Head, name: str) -> list[tuple[int, Segment]]:
     return [(k, rows) for _, k, rows in lists]
 
 
-def apply_lists(state: IndexState, partial: Partial, got: Fetched) -> None:
-    """Apply fetched lists that ``state`` (still partial as ``partial``) has not loaded."""
-    runs = {r.name: r for r in partial.runs}
+def apply_lists(builder: Builder, got: Fetched) -> None:
+    """Apply fetched lists of the builder's partial runs that it has not loaded yet."""
+    assert builder.runs is not None
     for name, k, rows in got:
-        if state.partial is partial and k not in runs[name].loaded:
-            state.apply_list(runs[name], k, rows)
-
-
-def load_lists(heads: Heads, head: Head, state: IndexState, todo: list[tuple[PartialRun, int]]) -> None:
-    """Load lists of a partial state now (the caller holds the index lock)."""
-    partial = state.partial
-    if partial is None or not todo:
-        return
-    apply_lists(state, partial, fetch_lists(heads, head, [(r.name, k) for r, k in todo]))
+        run_ = next((r for r in builder.runs if r.name == name), None)
+        if run_ is not None:
+            builder.apply_list(run_, k, rows)

@@ -16,8 +16,9 @@ from .heads import Head, Heads
 from .manifest import Centroids, Envelope, HeadBody, SegmentRef
 from .model import TrainResult
 from .names import born, new_id
+from .parts import Layout
 from .segment import Segment
-from .state import IndexState
+from .state import Builder
 from .writes import Writer
 
 TRAINING_STALE_SECONDS = 3600.0
@@ -88,32 +89,26 @@ class Maintenance:
     ) -> TrainResult:
         """Train (or retrain) IVF centroids and compact all segments into one run."""
         head = self.heads.open(tenant, name, kek)
-        state, lock = self.cache.acquire(head)
-        try:
-            metric = head.metric
-            count = len(state.live_rows())
-            hint = (head.body.config.get("index_config") or {}).get("n_lists")
-            lists = int(n_lists or hint or kmeans.auto_n_lists(count))
-            if lists < 1:
-                raise InvalidRequest("n_lists must be at least 1")
-            if count < max(2 * lists, 2):
-                self.set_training(tenant, name, kek, None)
-                return TrainResult(
-                    False,
-                    f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
-                    f"{max(2 * lists, 2)}. Queries stay exact.",
-                )
-            snap = state.snapshot()  # every live row, in row order
-            assert snap.vectors is not None
-            vectors = snap.vectors
-            entry = self.cache.entry(head.key)
-            assert entry is not None
-            applied = list(entry.applied)
-            seq = state.applied_seq
-            dimension, precision = state.dimension, state.precision
-        finally:
-            lock.release()
-        del state  # the rows live on in ``snap`` until the new state holds them
+        snap = self.cache.snapshot(head)
+        metric = head.metric
+        count = snap.live
+        hint = (head.body.config.get("index_config") or {}).get("n_lists")
+        lists = int(n_lists or hint or kmeans.auto_n_lists(count))
+        if lists < 1:
+            raise InvalidRequest("n_lists must be at least 1")
+        if count < max(2 * lists, 2):
+            self.set_training(tenant, name, kek, None)
+            return TrainResult(
+                False,
+                f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
+                f"{max(2 * lists, 2)}. Queries stay exact.",
+            )
+        rows = snap.snapshot()  # every live row, in row order
+        assert rows.vectors is not None
+        vectors = rows.vectors
+        applied, seq = list(snap.applied), snap.applied_seq
+        layout = Layout(snap.dimension, metric, snap.precision)
+        del snap  # the rows live on in ``rows`` until the new snapshot holds them
         try:
             centroids = kmeans.train_centroids(
                 self.backend, vectors, lists, metric, max_iters=max_iters, tolerance=tolerance
@@ -127,7 +122,7 @@ class Maintenance:
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
         self.heads.write_centroids(head, cent_name, centroids)
         try:
-            self.writer.run(head, snap_name, snap, labels, lists)
+            self.writer.run(head, snap_name, rows, labels, lists)
         except BaseException:
             self.heads.delete_all(head, [cent_name])
             raise
@@ -140,10 +135,10 @@ class Maintenance:
                 raise Contention("the index was compacted concurrently; train again")
             retired = [s.name for s in older] + ([body.centroids.name] if body.centroids else [])
             body.retired.extend({"name": r, "at": now} for r in retired)
-            body.segments = [SegmentRef(snap_name, seq, "run", len(snap))] + [
+            body.segments = [SegmentRef(snap_name, seq, "run", len(rows))] + [
                 s for s in body.segments if s.seq > seq
             ]
-            body.centroids = Centroids(cent_name, lists, probes, len(snap), now, round(recall, 4))
+            body.centroids = Centroids(cent_name, lists, probes, len(rows), now, round(recall, 4))
             env.training = None
 
         try:
@@ -154,10 +149,10 @@ class Maintenance:
         committed = self.heads.held(head.key)
         if committed is not None and committed.body.segments and committed.body.segments[0].name == snap_name:
 
-            def trained() -> IndexState:  # the run's content, instead of reading it back
-                fresh = IndexState(dimension, precision, metric)
+            def trained() -> Builder:  # the run's content, instead of reading it back
+                fresh = Builder(layout)
                 fresh.set_centroids(cent_name, centroids)
-                fresh.apply(snap, seq, ivf_list=labels)
+                fresh.apply(rows, seq, ivf_list=labels)
                 return fresh
 
             self.cache.replace(committed, trained, [snap_name])

@@ -1,9 +1,11 @@
 """Read use cases: count, list ids, get by id, vector query (probing only the lists it needs
-on a cold index), and metadata query with ordering."""
+on a cold index), and metadata query with ordering. Each reads one immutable snapshot and
+holds no lock."""
 
 from __future__ import annotations
 
 import json
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -14,9 +16,8 @@ from .errors import ValidationFailed
 from .filters import Column, compile_filter, compile_mask, lookup
 from .heads import Heads
 from .kernels import all_finite
-from .lazy import load_lists
 from .search import knn, search_space
-from .state import IndexState
+from .state import Snapshot
 
 # A filter that leaves at most max(this, 8 x top_k) rows scans every list instead of probing.
 SELECTIVE_ROWS = 4096
@@ -30,57 +31,47 @@ class Reader:
         self.cache = cache
         self.backend = backend
 
+    def _snapshot(self, tenant: str, name: str, kek: bytes | None) -> Snapshot:
+        return self.cache.snapshot(self.heads.open(tenant, name, kek))
+
     def num_vectors(self, tenant: str, name: str, kek: bytes | None) -> int:
-        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
-        try:
-            return state.live
-        finally:
-            lock.release()
+        return self._snapshot(tenant, name, kek).live
 
     def list_ids(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
-        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
-        try:
-            return [state.ids[r] for r in state.live_rows().tolist()]
-        finally:
-            lock.release()
+        snap = self._snapshot(tenant, name, kek)
+        return [snap.ids[r] for r in snap.live_rows().tolist()]
 
     def get(
         self, tenant: str, name: str, kek: bytes | None, ids: list[str], include: list[str]
     ) -> list[dict[str, Any]]:
-        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
-        try:
-            found = [(i, state.pos[i]) for i in ids if i in state.pos]
-            vectors = state.rows([r for _, r in found]).tolist() if "vector" in include else []
-            out = []
-            for n, (i, row) in enumerate(found):
-                item: dict[str, Any] = {"id": i}
-                if "vector" in include:
-                    item["vector"] = vectors[n]
-                if "contents" in include:
-                    item["contents"] = state.contents[row] or ""
-                if "metadata" in include:
-                    item["metadata"] = state.metadata[row] or {}
-                out.append(item)
-            return out
-        finally:
-            lock.release()
+        snap = self._snapshot(tenant, name, kek)
+        found = [(i, row) for i, row in ((i, snap.row_of(i)) for i in ids) if row is not None]
+        vectors = snap.rows([r for _, r in found]).tolist() if "vector" in include else []
+        out = []
+        for n, (i, row) in enumerate(found):
+            item: dict[str, Any] = {"id": i}
+            if "vector" in include:
+                item["vector"] = vectors[n]
+            if "contents" in include:
+                item["contents"] = snap.contents[row] or ""
+            if "metadata" in include:
+                item["metadata"] = snap.metadata[row] or {}
+            out.append(item)
+        return out
 
-    def _filter_mask(self, state: IndexState, filters: Any) -> np.ndarray | None:
-        """The rows ``filters`` keep, as a host mask (cached with the state's version); the
-        masks themselves are computed in the backend's namespace."""
+    def _filter_mask(self, snap: Snapshot, filters: Any) -> np.ndarray | None:
+        """The rows ``filters`` keep, as a host mask cached with the snapshot; the masks
+        themselves are computed in the backend's namespace."""
         if not filters:
             return None
         key = ("filter", json.dumps(filters, sort_keys=True, default=str))
         xp = self.backend.xp
 
         def column(path: tuple[str, ...]) -> Column:
-            return state.cached(
-                ("column", path), lambda: Column([lookup(m, list(path)) for m in state.metadata], xp)
-            )
+            values = (lookup(m, list(path)) for m in islice(snap.metadata, snap.n_rows))
+            return snap.cached(("column", path), lambda: Column(list(values), xp))
 
-        return state.cached(
-            key, lambda: self.backend.to_host(compile_mask(filters)(column, state.n_rows, xp))
-        )
+        return snap.cached(key, lambda: self.backend.to_host(compile_mask(filters)(column, snap.n_rows, xp)))
 
     def query(
         self,
@@ -103,36 +94,31 @@ class Reader:
         include = include or []
         head = self.heads.open(tenant, name, kek)
         # Without filters a query needs only the lists it probes: a cold state stays partial.
-        state, lock = self.cache.acquire(head, full=bool(filters))
-        try:
-            dim = int(head.body.config["dimension"])
-            if dim and queries.shape[1] != dim:
-                raise ValidationFailed(
-                    f"query dimension {queries.shape[1]} does not match the index dimension {dim}",
-                    ("body", "query_vectors"),
-                )
-            if (state.live == 0 and state.partial is None) or not dim:
-                return [[] for _ in range(len(queries))]
-            metric = head.metric
-            mask = self._filter_mask(state, filters)
-            cent = head.body.centroids
-            probes = n_probes or (cent.auto_n_probes if cent else 1)
-            if cent is not None:
-                probes = max(1, min(probes, cent.n_lists))
-                # A selective filter leaves few rows: visit every list, i.e. scan them all.
-                if mask is not None and int(mask.sum()) <= max(SELECTIVE_ROWS, 8 * top_k):
-                    probes = cent.n_lists
-            if state.partial is not None:
-                ann = state.searchable(self.backend)
-                space = np.ascontiguousarray(self.backend.to_host(search_space(metric, q)), dtype=np.float32)
-                probed = ann.quantizer.search(space, probes)[1]
-                load_lists(self.heads, head, state, state.partial.missing(probed[probed >= 0].ravel()))
-            hits = knn(state, q, top_k, metric, probes, mask, self.backend)
-            return [_shape(state, rows, dist, include) for rows, dist in hits]
-        finally:
-            lock.release()
-            if state.partial is not None:
-                self.cache.fill_later(head, state)
+        snap = self.cache.snapshot(head, full=bool(filters))
+        dim = int(head.body.config["dimension"])
+        if dim and queries.shape[1] != dim:
+            raise ValidationFailed(
+                f"query dimension {queries.shape[1]} does not match the index dimension {dim}",
+                ("body", "query_vectors"),
+            )
+        if (snap.live == 0 and snap.partial is None) or not dim:
+            return [[] for _ in range(len(queries))]
+        mask = self._filter_mask(snap, filters)
+        cent = head.body.centroids
+        probes = n_probes or (cent.auto_n_probes if cent else 1)
+        if cent is not None:
+            probes = max(1, min(probes, cent.n_lists))
+            # A selective filter leaves few rows: visit every list, i.e. scan them all.
+            if mask is not None and int(mask.sum()) <= max(SELECTIVE_ROWS, 8 * top_k):
+                probes = cent.n_lists
+        if snap.partial is not None:
+            space = np.ascontiguousarray(self.backend.to_host(search_space(head.metric, q)), dtype=np.float32)
+            probed = snap.quantizer.search(space, probes)[1]
+            snap = self.cache.load_lists(head, snap, snap.partial.missing(probed[probed >= 0].ravel()))
+            if snap.partial is not None:
+                self.cache.fill_later(head)
+        hits = knn(snap, q, top_k, probes, mask, self.backend)
+        return [_shape(snap, rows, dist, include) for rows, dist in hits]
 
     def query_metadata(
         self,
@@ -146,41 +132,36 @@ class Reader:
         ascending: bool = True,
     ) -> list[str]:
         compile_filter(filters)
-        state, lock = self.cache.acquire(self.heads.open(tenant, name, kek))
-        try:
-            rows = state.live_rows()
-            mask = self._filter_mask(state, filters)
-            if mask is not None:
-                rows = rows[mask[rows]]
-            ids = [state.ids[r] for r in rows.tolist()]
-            if order_by:
-                path = order_by.split(".")
-                keyed = [
-                    (_sort_key(state.metadata[r], path), i) for r, i in zip(rows.tolist(), ids, strict=True)
-                ]
-                present = sorted(
-                    (k for k in keyed if k[0] is not None), key=lambda k: k[0], reverse=not ascending
-                )
-                ids = [i for _, i in present] + [i for k, i in keyed if k is None]
-            return ids if top_k is None else ids[:top_k]
-        finally:
-            lock.release()
+        snap = self._snapshot(tenant, name, kek)
+        rows = snap.live_rows()
+        mask = self._filter_mask(snap, filters)
+        if mask is not None:
+            rows = rows[mask[rows]]
+        ids = [snap.ids[r] for r in rows.tolist()]
+        if order_by:
+            path = order_by.split(".")
+            keyed = [(_sort_key(snap.metadata[r], path), i) for r, i in zip(rows.tolist(), ids, strict=True)]
+            present = sorted(
+                (k for k in keyed if k[0] is not None), key=lambda k: k[0], reverse=not ascending
+            )
+            ids = [i for _, i in present] + [i for k, i in keyed if k is None]
+        return ids if top_k is None else ids[:top_k]
 
 
-def _shape(state: IndexState, rows: np.ndarray, dist: np.ndarray, include: list[str]) -> list[dict[str, Any]]:
+def _shape(snap: Snapshot, rows: np.ndarray, dist: np.ndarray, include: list[str]) -> list[dict[str, Any]]:
     """One query's result items with the ``include`` fields."""
     out = []
-    vectors = state.rows(rows).tolist() if "vector" in include else []
+    vectors = snap.rows(rows).tolist() if "vector" in include else []
     for n, (row, d) in enumerate(zip(rows.tolist(), dist.tolist(), strict=True)):
-        item: dict[str, Any] = {"id": state.ids[row]}
+        item: dict[str, Any] = {"id": snap.ids[row]}
         if "distance" in include:
             item["distance"] = float(d)
         if "metadata" in include:
-            item["metadata"] = state.metadata[row] or {}
+            item["metadata"] = snap.metadata[row] or {}
         if "vector" in include:
             item["vector"] = vectors[n]
         if "contents" in include:
-            item["contents"] = state.contents[row] or ""
+            item["contents"] = snap.contents[row] or ""
         out.append(item)
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .backend import Backend
 from .kernels import exact_distances, normalize, order_by_distance
-from .state import IndexState
+from .state import Snapshot
 
 
 def search_space(metric: str, x: Any) -> Any:
@@ -24,30 +24,35 @@ def search_space(metric: str, x: Any) -> Any:
 
 
 def knn(
-    state: IndexState,
+    snap: Snapshot,
     queries: Any,
     top_k: int,
-    metric: str,
     n_probes: int,
     row_mask: np.ndarray | None,
     backend: Backend,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-k ``(rows, distances)`` per query (host arrays), ascending distance.
 
-    Candidates come from the state's faiss index (flat, or IVF probing ``n_probes``
-    lists) restricted to live rows and ``row_mask`` (filters); the survivors are
-    re-scored exactly in the index's metric.
+    Each part of the snapshot gives its candidates from faiss (flat, or IVF probing
+    ``n_probes`` lists) restricted to live rows and ``row_mask`` (filters); the union of
+    candidates is re-scored exactly in the index's metric and the best ``top_k`` kept.
     """
-    n = state.n_rows
-    valid = state.alive[:n] if row_mask is None else (state.alive[:n] & row_mask[:n])
-    ann = state.searchable(backend)
-    space = backend.to_host(search_space(metric, queries))
-    excluded = n - state.live if row_mask is None else None  # O(1) when only deletes exclude
-    _, found = ann.search(space, min(top_k, n), n_probes, valid, excluded, host=state.partial is not None)
+    valid = snap.alive if row_mask is None else (snap.alive & row_mask[: snap.n_rows])
+    space = np.ascontiguousarray(backend.to_host(search_space(snap.metric, queries)), dtype=np.float32)
+    dead = snap.dead_per_part() if row_mask is None else [None] * len(snap.parts)
+    host = snap.partial is not None
+    found = []
+    for part, excluded in zip(snap.parts, dead, strict=True):
+        k = min(top_k, part.n)
+        if k == 0 or excluded == part.n:
+            continue
+        _, rows = part.ann.search(space, k, n_probes, valid[part.start : part.end], excluded, host=host)
+        found.append(np.where(rows >= 0, rows + part.start, -1))
     results = []
-    for i, rows in enumerate(found):
+    for i in range(len(space)):
+        rows = np.concatenate([f[i] for f in found]) if found else np.empty(0, dtype=np.int64)
         rows = rows[rows >= 0]
-        exact = exact_distances(metric, queries[i, ...], backend.asarray(state.rows(rows)))
+        exact = exact_distances(snap.metric, queries[i, ...], backend.asarray(snap.rows(rows)))
         ranked, dist = order_by_distance(backend.asarray(rows), exact)
-        results.append((backend.to_host(ranked), backend.to_host(dist)))
+        results.append((backend.to_host(ranked)[:top_k], backend.to_host(dist)[:top_k]))
     return results

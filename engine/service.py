@@ -75,7 +75,7 @@ class IndexService:
         self.train_threshold = train_threshold
         self.keys = KeyRing(key_wrapper)
         self.heads = Heads(store, self.keys, prefix, retry)
-        self.cache = StateCache(self.heads, cache_bytes=cache_bytes, lazy_rows=lazy_rows)
+        self.cache = StateCache(self.heads, self.backend, cache_bytes=cache_bytes, lazy_rows=lazy_rows)
         self.heads.on_forget = self.cache.drop
         self.writer = Writer(self.heads, self.cache)
         self.reader = Reader(self.heads, self.cache, self.backend)
@@ -176,14 +176,11 @@ class IndexService:
     # -- writes ----------------------------------------------------------------------
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
         head = self.heads.open(tenant, name, kek)
-        state, lock = self.cache.acquire(head, full=False)
-        try:
-            _check_dimension(int(head.body.config["dimension"]), batch.dimension)
-            fresh = len(set(batch.ids).difference(state.pos))
-            # A partial state counts its unloaded lists whole (an estimate either way).
-            estimate = state.live + fresh + (state.partial.unloaded_rows() if state.partial else 0)
-        finally:
-            lock.release()
+        snap = self.cache.snapshot(head, full=False)
+        _check_dimension(int(head.body.config["dimension"]), batch.dimension)
+        fresh = snap.count_new(batch.ids)
+        # A partial state counts its unloaded lists whole (an estimate either way).
+        estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
         seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
 
         def mutate(env: Envelope, body: HeadBody, seq: int) -> bool:

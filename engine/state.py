@@ -1,46 +1,53 @@
-"""The decrypted, in-memory materialisation of one index in a warm container.
+"""One index's decrypted rows in a warm container, as immutable snapshots.
 
-Rows live in growable columnar arrays; an id maps to its current row; overwritten and
-deleted rows are marked dead and dropped at the next in-memory compaction. Segments
-are applied strictly in sequence order, so every container that has applied the same
+A ``Snapshot`` never changes once published: readers take the current one and search it
+with no lock held. A ``Builder`` (one writer at a time per index) starts from a snapshot,
+applies segments, IVF lists or new centroids, and ``freeze`` gives the next snapshot,
+which the cache publishes with one pointer swap (read-copy-update).
+
+What a snapshot shares with its successors is append-only: the id, metadata and contents
+lists and the IVF-list column grow past its ``n_rows`` and it never reads past them. The
+id map is shared too: ``latest`` maps each id to its newest row and ``prev`` (a column)
+each row to the row that id had before, so a snapshot finds an id's row by walking back
+past rows newer than itself. What changes is copied: liveness (one bool per row) and the
+tuple of parts (``parts.py``: immutable faiss indexes over row ranges). Segments are
+applied strictly in sequence order, so every container that has applied the same
 sequence prefix holds the same rows.
 
-One copy of the vectors: once the faiss index holds every row exactly as stored (L2
-metrics, or cosine over unit-norm rows; float32 or fp16 codes), the numpy array is dropped and rows
-are read back from faiss. Otherwise (cosine over rows of other norms, which faiss must
-hold normalised) both are kept.
-
-A state can be *partial*: opened from runs (run.py) with only some IVF lists loaded, the
-rest read on demand (``Partial``). Lists may load in any order, so every id remembers
+A snapshot can be *partial*: opened from runs (run.py) with only some IVF lists loaded,
+the rest read on demand (``Partial``). Lists may load in any order, so every id remembers
 the sequence number of its newest write or delete applied so far; a run's row loads only
 where its run is newer, and a list loaded late never resurrects an overwritten or deleted
-row.
-Each row remembers its IVF list (``lists``; -1 where faiss assigns the nearest
-centroid), so the lists a query probes hold exactly the rows the run put there.
+row. Each row remembers its IVF list (-1 where faiss assigns the nearest centroid), so the
+lists a query probes hold exactly the rows the run put there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from .ann import AnnIndex
+from . import parts
+from .ann import flat_quantizer
 from .backend import Backend
-from .kernels import normalize, unit_norm
+from .parts import Layout, Part
 from .run import Directory
 from .segment import Segment
 
+_versions = itertools.count(1)
 
-@dataclass
+
+@dataclass(frozen=True)
 class PartialRun:
     """One run of a partial state: which of its lists are loaded."""
 
     name: str
     seq: int
     directory: Directory
-    loaded: set[int] = field(default_factory=set)
+    loaded: frozenset[int] = frozenset()
 
     def missing(self, lists: Any = None) -> list[int]:
         """Non-empty lists (of ``lists``, default all) not loaded yet, ascending."""
@@ -49,12 +56,13 @@ class PartialRun:
         return [k for k in pick if k < len(rows) and rows[k] and k not in self.loaded]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Partial:
     """The runs of a state whose lists load on demand, and what shadows their rows."""
 
-    runs: list[PartialRun] = field(default_factory=list)
-    # id -> sequence number of its newest write or delete applied so far
+    runs: tuple[PartialRun, ...] = ()
+    # id -> sequence number of its newest write or delete applied so far; read and grown
+    # only by writers (one at a time), so successive snapshots share it
     shadow: dict[str, int] = field(default_factory=dict)
 
     def missing(self, lists: Any = None) -> list[tuple[PartialRun, int]]:
@@ -65,252 +73,110 @@ class Partial:
         return sum(r.directory.rows[k] for r, k in self.missing())
 
 
-class IndexState:
-    """Columnar rows of one index (ids, liveness, metadata, contents) and its faiss index."""
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """An immutable view of one index's rows; see the module docstring."""
 
-    def __init__(self, dimension: int, precision: str = "float32", metric: str = "euclidean") -> None:
-        self.dimension = dimension
-        self.precision = precision
-        self.metric = metric
-        # cosine: while every row has unit norm, faiss can hold rows as they are.
-        self.unit_rows = True
-        self.ids: list[str] = []
-        self.pos: dict[str, int] = {}
-        # float16 storage precision keeps rows (and the faiss index) at half the memory.
-        self.vectors: np.ndarray | None = np.empty((0, max(dimension, 1)), dtype=np.dtype(precision))
-        # Rows appended since ``vectors`` was last consolidated: the written arrays themselves,
-        # copied into ``vectors`` once, when rows are next read or indexed (ingest copies nothing).
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-        self.alive = np.empty(0, dtype=bool)
-        self.lists = np.empty(0, dtype=np.int64)  # IVF list of each row; -1: nearest centroid
-        self.metadata: list[dict[str, Any] | None] = []
-        self.contents: list[str | None] = []
-        self.applied_seq = 0
-        self.centroids: np.ndarray | None = None
-        self.centroids_name: str | None = None
-        self.ann: AnnIndex | None = None  # built lazily by ``searchable``
-        self.synced_etag: str | None = None  # the head this state was last brought up to
-        self.version = 0  # bumps on every change; keys derived caches
-        self._cache: dict[Any, Any] = {}
-        self.partial: Partial | None = None
+    layout: Layout
+    n_rows: int
+    live: int
+    ids: list[str]
+    metadata: list[dict[str, Any] | None]
+    contents: list[str | None]
+    alive: np.ndarray
+    lists: np.ndarray
+    latest: dict[str, int]
+    prev_ref: list[np.ndarray]  # one column in a holder: a grown copy replaces it for all
+    parts: tuple[Part, ...]
+    centroids_name: str | None
+    partial: Partial | None
+    applied_seq: int
+    # the cache's bookkeeping: the index incarnation, the segments applied, the head synced to
+    uid: str = ""
+    applied: tuple[str, ...] = ()
+    synced_etag: str | None = None
+    version: int = field(default_factory=lambda: next(_versions))
+    _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    # -- sizes -------------------------------------------------------------------
+    @staticmethod
+    def empty(dimension: int, precision: str = "float32", metric: str = "euclidean") -> Snapshot:
+        return Builder(Layout(dimension, metric, precision)).freeze(None)
+
+    # -- views ---------------------------------------------------------------------------
     @property
-    def n_rows(self) -> int:
-        return len(self.ids)
+    def dimension(self) -> int:
+        return self.layout.dimension
 
     @property
-    def live(self) -> int:
-        return len(self.pos)
+    def metric(self) -> str:
+        return self.layout.metric
 
-    def nbytes(self) -> int:
-        ann = self.ann.nbytes() if self.ann is not None else 0
-        own = self.vectors.nbytes if self.vectors is not None else 0
-        own += sum(p.nbytes for p in self._pending)
-        return int(own + self.alive.nbytes + self.lists.nbytes + ann + 64 * self.n_rows)
+    @property
+    def precision(self) -> str:
+        return self.layout.precision
 
-    def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        """Stored vectors of ``rows`` as float32, wherever they live."""
-        if self.vectors is not None:
-            self._flush()
-            return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
-        assert self.ann is not None
-        return self.ann.reconstruct(np.asarray(rows, dtype=np.int64))
+    @property
+    def centroids(self) -> np.ndarray | None:
+        return self.layout.centroids
 
-    def _space(self, x: np.ndarray) -> np.ndarray:
-        """Stored rows → the space faiss searches (L2 there ranks like the metric)."""
-        return normalize(x) if self.metric == "cosine" and not self.unit_rows else x
-
-    def _materialize(self) -> None:
-        """Bring rows back into a numpy array (before faiss must be rebuilt)."""
-        if self.vectors is None:
-            assert self.ann is not None
-            vectors = np.empty((len(self.alive), self.ann.dim), dtype=np.dtype(self.precision))
-            vectors[: self.n_rows] = self.ann.reconstruct(np.arange(self.n_rows))
-            self.vectors = vectors
-        else:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Copy pending rows into ``vectors`` (growing it by half again when full)."""
-        if not self._pending:
-            return
-        assert self.vectors is not None
-        start = self.n_rows - self._pending_rows
-        if len(self.vectors) < self.n_rows:
-            cap = max(self.n_rows, int(len(self.vectors) * 1.5) + 1024)
-            grown = np.empty((cap, self.vectors.shape[1]), dtype=self.vectors.dtype)
-            grown[:start] = self.vectors[:start]
-            self.vectors = grown
-        for chunk in self._pending:
-            self.vectors[start : start + len(chunk)] = chunk
-            start += len(chunk)
-        self._pending.clear()
-        self._pending_rows = 0
-
-    # -- mutation ----------------------------------------------------------------
-    def _grow(self, extra: int) -> None:
-        need = self.n_rows + extra
-        if need <= len(self.alive):
-            return
-        cap = max(need, int(len(self.alive) * 1.5) + 1024)
-        alive = np.zeros(cap, dtype=bool)
-        alive[: self.n_rows] = self.alive[: self.n_rows]
-        self.alive = alive
-        lists = np.full(cap, -1, dtype=np.int64)
-        lists[: self.n_rows] = self.lists[: self.n_rows]
-        self.lists = lists
-
-    def apply(
-        self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1, *, shadows: bool = True
-    ) -> None:
-        """Apply one committed segment (must be the next in sequence order); ``ivf_list``
-        pins its rows to IVF lists (one for all, or one per row), else (-1) faiss picks
-        the nearest centroid. In a partial state the segment's ids shadow older run rows
-        unless ``shadows`` is off (rows of a run itself)."""
-        self._cache.clear()
-        self.version += 1
-        self.applied_seq = max(self.applied_seq, seq)
-        if self.partial is not None and shadows:
-            self.partial.shadow.update(dict.fromkeys(segment.ids, seq))
-        if segment.kind == "delete":
-            dead = [r for r in (self.pos.pop(i, None) for i in segment.ids) if r is not None]
-            if dead:
-                self.alive[dead] = False
-            return
-        assert segment.vectors is not None
-        n = len(segment)
-        if self.n_rows == 0 and self.dimension != segment.vectors.shape[1]:
-            self.dimension = int(segment.vectors.shape[1])
-            self.vectors = np.empty((0, self.dimension), dtype=np.dtype(self.precision))
-        if self.metric == "cosine" and self.unit_rows and not unit_norm(segment.vectors):
-            self._materialize()  # faiss must now hold normalised rows: keep both copies
-            self.unit_rows = False
-            self.ann = None
-        self._grow(n)
-        start = self.n_rows
-        rows = np.arange(start, start + n)
-        old = [r for r in (self.pos.get(i) for i in segment.ids) if r is not None]
-        if old:
-            self.alive[old] = False
-        self.pos.update(zip(segment.ids, rows.tolist(), strict=True))
-        self.ids.extend(segment.ids)
-        self.lists[start : start + n] = ivf_list
-        if self.vectors is not None:
-            self._pending.append(segment.vectors.astype(self.vectors.dtype, copy=False))
-            self._pending_rows += n
-        else:
-            assert self.ann is not None
-            self.ann.add(self._space(segment.vectors), self.lists[start : start + n])
-        if len(set(segment.ids)) == n:
-            self.alive[start : start + n] = True
-        else:  # duplicate ids in one write: the last one wins
-            current = np.fromiter((self.pos[i] for i in segment.ids), dtype=np.int64, count=n)
-            self.alive[start : start + n] = current == rows
-        self.metadata.extend(segment.metadata or [None] * n)
-        self.contents.extend(segment.contents or [None] * n)
-
-    def open_run(self, name: str, seq: int, directory: Directory) -> None:
-        """Add a run whose lists load later (``apply_list``)."""
-        if self.partial is None:
-            self.partial = Partial()
-        if self.metric == "cosine" and self.unit_rows and not directory.unit:
-            self._materialize()  # faiss must hold normalised rows: keep both copies
-            self.unit_rows = False
-            self.ann = None
-        self.partial.runs.append(PartialRun(name, seq, directory))
-        self.applied_seq = max(self.applied_seq, seq)
-
-    def apply_list(self, run: PartialRun, k: int, rows: Segment) -> None:
-        """Load list ``k`` of a partial run: its rows, minus ids written since."""
-        partial = self.partial
-        assert partial is not None and run in partial.runs and k not in run.loaded
-        shadow = partial.shadow
-        keep = [j for j, i in enumerate(rows.ids) if shadow.get(i, -1) < run.seq]
-        if len(keep) < len(rows):
-            rows = rows.take(keep)
-        run.loaded.add(k)
-        if len(rows):
-            if any(r.seq < run.seq and r.missing() for r in partial.runs):
-                shadow.update(dict.fromkeys(rows.ids, run.seq))  # an older run may hold them too
-            self.apply(rows, run.seq, ivf_list=k, shadows=False)
-        if not partial.missing():
-            self.partial = None  # every list is in: an ordinary, complete state
-
-    def set_centroids(self, name: str | None, centroids: np.ndarray | None) -> None:
-        """Adopt trained centroids (``None``: back to exact search)."""
-        self._materialize()
-        self.lists[:] = -1  # list numbers of other centroids mean nothing here
-        self.centroids = centroids
-        self.centroids_name = name
-        self.ann = None
-        self._cache.clear()
-        self.version += 1
-
-    def searchable(self, backend: Backend) -> AnnIndex:
-        """The faiss index over every row, brought up to date with appended rows; then,
-        where faiss holds rows exactly as stored, the numpy copy is released."""
-        if self.ann is None:
-            assert self.vectors is not None
-            half = self.precision == "float16"
-            self.ann = backend.ann_index(self.vectors.shape[1], self.centroids, half=half)
-        step = 65536
-        start = self.n_rows - self._pending_rows  # rows from here on are pending arrays
-        while self.ann.ntotal < start:
-            assert self.vectors is not None
-            lo = self.ann.ntotal
-            hi = min(lo + step, start)
-            self.ann.add(self._space(self.vectors[lo:hi].astype(np.float32)), self.lists[lo:hi])
-        if self._pending:
-            assert self.ann.ntotal == start
-            for chunk in self._pending:
-                for lo in range(0, len(chunk), step):
-                    part = chunk[lo : lo + step].astype(np.float32)
-                    first = self.ann.ntotal
-                    self.ann.add(self._space(part), self.lists[first : first + len(part)])
-        # faiss's flat or fp16 codes hold exactly the stored values (float32 or float16).
-        exact_copy = self.metric != "cosine" or self.unit_rows
-        if exact_copy and self.vectors is not None:
-            self.vectors = None
-            self._pending.clear()
-            self._pending_rows = 0
-        else:
-            self._flush()
-        return self.ann
+    @property
+    def quantizer(self) -> Any:
+        return self.layout.quantizer
 
     @property
     def dead_fraction(self) -> float:
         return 1.0 - self.live / self.n_rows if self.n_rows else 0.0
 
-    def compact(self) -> None:
-        """Drop dead rows from memory (row numbers change)."""
-        keep = np.flatnonzero(self.alive[: self.n_rows])
-        if len(keep) == self.n_rows:
-            return
-        self._materialize()
-        assert self.vectors is not None
-        self.vectors = self.vectors[keep].copy()
-        self.ann = None
-        self.alive = np.ones(len(keep), dtype=bool)
-        self.lists = self.lists[keep].copy()
-        self.ids = [self.ids[i] for i in keep]
-        self.metadata = [self.metadata[i] for i in keep]
-        self.contents = [self.contents[i] for i in keep]
-        self.pos = {i: r for r, i in enumerate(self.ids)}
-        self._cache.clear()
-        self.version += 1
+    def row_of(self, key: str) -> int | None:
+        """The live row of id ``key`` in this snapshot, if any."""
+        row = self.latest.get(key, -1)
+        while row >= self.n_rows:  # written after this snapshot: the row it had before
+            row = int(self.prev_ref[0][row])
+        return row if row >= 0 and self.alive[row] else None
 
-    # -- derived views (cached per version) --------------------------------------
+    def count_new(self, keys: list[str]) -> int:
+        """How many distinct ids of ``keys`` have no live row here."""
+        return sum(1 for k in set(keys) if self.row_of(k) is None)
+
+    def with_parts(self, merged: tuple[Part, ...]) -> Snapshot:
+        """The same rows held by other parts (a background merge)."""
+        return replace(self, parts=merged, _cache={})
+
+    def with_bookkeeping(self, **changes: Any) -> Snapshot:
+        """The same rows under new bookkeeping (``uid``, ``applied``, ``synced_etag``)."""
+        return replace(self, **changes, _cache=self._cache)
+
+    def nbytes(self) -> int:
+        own = sum(p.nbytes() for p in self.parts)
+        return int(own + self.alive.nbytes + self.lists.nbytes + self.prev_ref[0].nbytes + 64 * self.n_rows)
+
+    def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Stored vectors of ``rows`` as float32 (in the given order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), max(self.dimension, 1)), dtype=np.float32)
+        if not len(rows):
+            return out
+        starts = np.array([p.start for p in self.parts], dtype=np.int64)
+        owner = np.searchsorted(starts, rows, side="right") - 1
+        for i in np.unique(owner).tolist():
+            at = np.flatnonzero(owner == i)
+            part = self.parts[i]
+            out[at] = part.rows(rows[at] - part.start)
+        return out
+
     def live_rows(self) -> np.ndarray:
         """Row numbers of live rows, ascending."""
-        key = "live_rows"
-        if key not in self._cache:
-            self._cache[key] = np.flatnonzero(self.alive[: self.n_rows])
-        return self._cache[key]
+        return self.cached("live_rows", lambda: np.flatnonzero(self.alive))
+
+    def dead_per_part(self) -> list[int]:
+        """Rows no longer live in each part (0: search it without an id selector)."""
+        return self.cached(
+            "dead_per_part",
+            lambda: [p.n - int(np.count_nonzero(self.alive[p.start : p.end])) for p in self.parts],
+        )
 
     def snapshot(self) -> Segment:
-        """Every live row as one segment (used by compaction)."""
+        """Every live row as one segment (used by training)."""
         live = self.live_rows()
         metadata = [self.metadata[i] for i in live]
         contents = [self.contents[i] for i in live]
@@ -323,7 +189,213 @@ class IndexState:
         )
 
     def cached(self, key: Any, compute: Any) -> Any:
-        """Memoise ``compute()`` until the next change (e.g. a filter's row mask)."""
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+        """Memoise ``compute()`` for this snapshot (e.g. a filter's row mask). Two readers
+        may both compute it; either result is the same."""
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache.setdefault(key, compute())
+        return got
+
+
+class Builder:
+    """The next snapshot in the making (one writer at a time per index)."""
+
+    def __init__(self, layout: Layout, base: Snapshot | None = None) -> None:
+        self.layout = layout
+        if base is None:
+            self.ids: list[str] = []
+            self.metadata: list[dict[str, Any] | None] = []
+            self.contents: list[str | None] = []
+            self.alive = np.empty(0, dtype=bool)
+            self.lists = np.empty(0, dtype=np.int64)
+            self.latest: dict[str, int] = {}
+            self.prev_ref = [np.empty(0, dtype=np.int64)]
+            self.parts: list[Part] = []
+            self.live = 0
+            self.applied_seq = 0
+            self.centroids_name: str | None = None
+            self.runs: list[PartialRun] | None = None
+            self.shadow: dict[str, int] = {}
+            n = 0
+        else:
+            n = base.n_rows
+            # Append to the shared columns only from their tip; a base that something was
+            # appended after (a newer snapshot, a failed build) gets its own copies.
+            tip = len(base.ids) == len(base.metadata) == len(base.contents) == n
+            self.ids = base.ids if tip else base.ids[:n]
+            self.metadata = base.metadata if tip else base.metadata[:n]
+            self.contents = base.contents if tip else base.contents[:n]
+            self.lists = base.lists if tip else base.lists[:n].copy()
+            self.prev_ref = base.prev_ref if tip else [base.prev_ref[0][:n].copy()]
+            self.latest = base.latest if tip else _newest_rows(self.ids)
+            self.alive = base.alive.copy()
+            self.parts = list(base.parts)
+            self.live = base.live
+            self.applied_seq = base.applied_seq
+            self.centroids_name = base.centroids_name
+            self.runs = list(base.partial.runs) if base.partial is not None else None
+            self.shadow = base.partial.shadow if base.partial is not None else {}
+        self._base_rows = n  # rows from here on were appended by this builder
+        self._built = n  # rows below this are in ``parts``
+        self._pending: list[np.ndarray] = []  # vectors of rows from ``_built`` on
+        self._rebuild = False  # every row must go into new parts (new centroids, compaction)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    def undo(self) -> None:
+        """Take back what this builder did to the id map its base shares (a failed build);
+        rows it appended are dropped by the next builder."""
+        prev = self.prev_ref[0]
+        for row in range(self.n_rows - 1, self._base_rows - 1, -1):
+            before = int(prev[row])
+            if before >= 0:
+                self.latest[self.ids[row]] = before
+            else:
+                self.latest.pop(self.ids[row], None)
+
+    # -- changes -----------------------------------------------------------------------
+    def apply(
+        self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1, *, shadows: bool = True
+    ) -> None:
+        """Apply one committed segment (must be the next in sequence order); ``ivf_list``
+        pins its rows to IVF lists (one for all, or one per row), else (-1) faiss picks the
+        nearest centroid. In a partial state the segment's ids shadow older run rows unless
+        ``shadows`` is off (rows of a run itself)."""
+        self.applied_seq = max(self.applied_seq, seq)
+        if self.runs is not None and shadows:
+            self.shadow.update(dict.fromkeys(segment.ids, seq))
+        if segment.kind == "delete":
+            latest = self.latest
+            rows = np.fromiter((latest.get(i, -1) for i in set(segment.ids)), dtype=np.int64)
+            dead = rows[rows >= 0]
+            dead = dead[self.alive[dead]]
+            self.alive[dead] = False
+            self.live -= len(dead)
+            return
+        assert segment.vectors is not None
+        n = len(segment)
+        if self.n_rows == 0 and self.layout.dimension != segment.vectors.shape[1]:
+            self.layout = replace(self.layout, dimension=int(segment.vectors.shape[1]))
+        start = self.n_rows
+        self._grow(n)
+        latest, prev = self.latest, self.prev_ref[0]
+        for row, key in enumerate(segment.ids, start):  # a duplicate id's earlier row is its prev
+            prev[row] = latest.get(key, -1)
+            latest[key] = row
+        self.ids.extend(segment.ids)
+        self.lists[start : start + n] = ivf_list
+        self._pending.append(segment.vectors.astype(np.dtype(self.layout.precision), copy=False))
+        self.alive[start : start + n] = True
+        older = prev[start : start + n]
+        older = older[older >= 0]  # the rows these ids had: overwritten, the last write wins
+        self.live += n - int(np.count_nonzero(self.alive[older]))
+        self.alive[older] = False
+        self.metadata.extend(segment.metadata or [None] * n)
+        self.contents.extend(segment.contents or [None] * n)
+
+    def _grow(self, extra: int) -> None:
+        """Room for ``extra`` more rows: liveness is this builder's own copy; the list column
+        is shared with earlier snapshots, which never read past their rows."""
+        need = self.n_rows + extra
+        if need > len(self.alive):
+            alive = np.zeros(max(need, int(len(self.alive) * 1.5) + 1024), dtype=bool)
+            alive[: self.n_rows] = self.alive[: self.n_rows]
+            self.alive = alive
+        if need > len(self.lists):
+            lists = np.full(max(need, int(len(self.lists) * 1.5) + 1024), -1, dtype=np.int64)
+            lists[: self.n_rows] = self.lists[: self.n_rows]
+            self.lists = lists
+        old = self.prev_ref[0]
+        if need > len(old):  # copy, then swap: readers of any snapshot see every row's prev
+            prev = np.full(max(need, int(len(old) * 1.5) + 1024), -1, dtype=np.int64)
+            prev[: self.n_rows] = old[: self.n_rows]
+            self.prev_ref[0] = prev
+
+    def open_run(self, name: str, seq: int, directory: Directory) -> None:
+        """Add a run whose lists load later (``apply_list``)."""
+        if self.runs is None:
+            self.runs = []
+        self.runs.append(PartialRun(name, seq, directory))
+        self.applied_seq = max(self.applied_seq, seq)
+
+    def apply_list(self, run: PartialRun, k: int, rows: Segment) -> None:
+        """Load list ``k`` of a partial run: its rows, minus ids written since."""
+        assert self.runs is not None
+        at = next(i for i, r in enumerate(self.runs) if r.name == run.name)
+        current = self.runs[at]
+        if k in current.loaded:
+            return
+        keep = [j for j, i in enumerate(rows.ids) if self.shadow.get(i, -1) < current.seq]
+        if len(keep) < len(rows):
+            rows = rows.take(keep)
+        self.runs[at] = replace(current, loaded=current.loaded | {k})
+        if len(rows):
+            if any(r.seq < current.seq and r.missing() for r in self.runs):
+                self.shadow.update(dict.fromkeys(rows.ids, current.seq))  # an older run may hold them too
+            self.apply(rows, current.seq, ivf_list=k, shadows=False)
+
+    def set_centroids(self, name: str | None, centroids: np.ndarray | None) -> None:
+        """Adopt trained centroids (``None``: back to exact search): every row is indexed anew."""
+        # List numbers of other centroids mean nothing here (a new column: earlier snapshots
+        # share the old one).
+        self.lists = np.full(max(len(self.lists), self.n_rows), -1, dtype=np.int64)
+        quantizer = flat_quantizer(centroids) if centroids is not None else None
+        self.layout = replace(self.layout, centroids=centroids, quantizer=quantizer)
+        self.centroids_name = name
+        self._rebuild = True
+
+    def compact(self) -> None:
+        """Drop dead rows (row numbers change; every row is indexed anew)."""
+        keep = np.flatnonzero(self.alive[: self.n_rows])
+        if len(keep) == self.n_rows:
+            return
+        vectors = self._all_rows()[keep]
+        self.ids = [self.ids[i] for i in keep]
+        self.metadata = [self.metadata[i] for i in keep]
+        self.contents = [self.contents[i] for i in keep]
+        self.lists = self.lists[keep].copy()
+        self.alive = np.ones(len(keep), dtype=bool)
+        self.latest, self.prev_ref = _newest_rows(self.ids), [np.full(len(keep), -1, dtype=np.int64)]
+        self.parts, self._built, self._pending, self._base_rows = [], 0, [vectors], len(keep)
+
+    def _all_rows(self) -> np.ndarray:
+        chunks = [p.all_rows() for p in self.parts] + [np.asarray(c, dtype=np.float32) for c in self._pending]
+        return np.concatenate(chunks) if chunks else np.empty((0, max(self.layout.dimension, 1)), np.float32)
+
+    # -- the next snapshot ----------------------------------------------------------------
+    def freeze(self, backend: Backend | None) -> Snapshot:
+        """The snapshot of everything applied; new rows go into a new part."""
+        if self._rebuild and (self.parts or self._pending):
+            self._pending, self.parts, self._built = [self._all_rows()], [], 0
+        if self._pending:
+            assert backend is not None
+            vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+            rows = self.lists[self._built : self.n_rows]
+            self.parts.append(parts.build(backend, self.layout, self._built, vectors, rows))
+        self._pending, self._built, self._rebuild = [], self.n_rows, False
+        partial = None
+        if self.runs is not None and any(r.missing() for r in self.runs):
+            partial = Partial(tuple(self.runs), self.shadow)
+        return Snapshot(
+            self.layout,
+            self.n_rows,
+            self.live,
+            self.ids,
+            self.metadata,
+            self.contents,
+            self.alive[: self.n_rows],
+            self.lists,
+            self.latest,
+            self.prev_ref,
+            tuple(self.parts),
+            self.centroids_name,
+            partial,
+            self.applied_seq,
+        )
+
+
+def _newest_rows(ids: list[str]) -> dict[str, int]:
+    """id → its newest row, for a new lineage of rows."""
+    return {key: row for row, key in enumerate(ids)}

@@ -8,7 +8,6 @@ import pytest
 from ciphervec.engine import run
 from ciphervec.engine.backend import select
 from ciphervec.engine.errors import Contention, CorruptObject
-from ciphervec.engine.lazy import load_lists
 from ciphervec.engine.manifest import RetryPolicy
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.segment import Segment
@@ -116,13 +115,13 @@ def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
     full = answers(service(store, lazy_rows=0), q, n_probes=3)
     store.run_bytes = 0
     cold = service(store, lazy_rows=100)
-    with cold.cache.lock(("t", "i")):  # the background fill waits
+    with cold.cache.writer(("t", "i")):  # the background fill waits
         assert answers(cold, q[:1], n_probes=3) == full[:1]
         first = store.run_bytes
     # centroids, directory and 3 of 64 lists, not the whole run
     assert 0 < first < 0.12 * run_size(store)
     wait_filled(cold, "i")  # the rest arrives in the background
-    assert cold.cache.entry(("t", "i")).state.partial is None
+    assert cold.cache.current(("t", "i")).partial is None
     assert answers(cold, q, n_probes=3) == full
     assert len(cold.list_ids("t", "i", KEK)) == N
 
@@ -146,7 +145,7 @@ def test_tail_writes_shadow_rows_of_lists_loaded_later(trained):
         assert item == [{"id": "r7", "metadata": {"moved": True}}]
 
     early = service(store, lazy_rows=100)  # opened (partial) before the writes below
-    with early.cache.lock(("t", "i")):  # the background fill waits
+    with early.cache.writer(("t", "i")):  # the background fill waits
         answers(early, x[:1], n_probes=1)
         writer = service(store)
         writer.upsert("t", "i", KEK, RowBatch(["r7"], far, [{"moved": True}]))
@@ -161,7 +160,7 @@ def test_tail_writes_shadow_rows_of_lists_loaded_later(trained):
 def test_writes_to_a_partial_state_survive_the_background_fill(trained):
     store, x = trained
     cold = service(store, lazy_rows=100)
-    lock = cold.cache.lock(("t", "i"))
+    lock = cold.cache.writer(("t", "i"))
     with lock:  # hold the filler back until the writes below are in
         answers(cold, x[:1], n_probes=1)
         cold.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(0, N, 97)], -x[0:N:97]))
@@ -182,14 +181,14 @@ def test_writes_to_a_partial_state_survive_the_background_fill(trained):
 def test_calls_that_need_every_row_complete_the_load(trained):
     store, x = trained
     cold = service(store, lazy_rows=100)
-    lock = cold.cache.lock(("t", "i"))
+    lock = cold.cache.writer(("t", "i"))
     with lock:
         answers(cold, x[:1], n_probes=1)
-        assert cold.cache.entry(("t", "i")).state.partial is not None
+        assert cold.cache.current(("t", "i")).partial is not None
         # filters need every row's metadata; get needs any row
         hits = cold.query("t", "i", KEK, x[1:2], top_k=5, n_probes=LISTS, filters={"even": False})
         assert hits[0] and all(int(h["id"][1:]) % 2 == 1 for h in hits[0])
-        assert cold.cache.entry(("t", "i")).state.partial is None
+        assert cold.cache.current(("t", "i")).partial is None
     assert len(cold.get("t", "i", KEK, [f"r{i}" for i in range(N)], [])) == N
 
 
@@ -219,7 +218,7 @@ def test_small_runs_load_whole(trained):
     store, x = trained
     svc = service(store, lazy_rows=N + 1)
     answers(svc, x[:1], n_probes=1)
-    assert svc.cache.entry(("t", "i")).state.partial is None and svc.cache.filler(("t", "i")) is None
+    assert svc.cache.current(("t", "i")).partial is None and svc.cache.filler(("t", "i")) is None
 
 
 def everything(svc):
@@ -257,11 +256,11 @@ def test_merged_tails_become_runs_and_the_newest_write_wins_in_any_load_order(tr
 
     backwards = service(store, lazy_rows=100)  # newest lists first, the base run last
     head = backwards.heads.open("t", "i", KEK)
-    with backwards.cache.lock(("t", "i")):
-        state = backwards.cache.sync(head, full=False)
-        assert state.partial is not None and len(state.partial.runs) == 2
-        load_lists(backwards.heads, head, state, list(reversed(state.partial.missing())))
-        assert state.partial is None
+    with backwards.cache.writer(("t", "i")):
+        snap = backwards.cache.snapshot(head, full=False)
+        assert snap.partial is not None and len(snap.partial.runs) == 2
+        snap = backwards.cache.load_lists(head, snap, list(reversed(snap.partial.missing())))
+        assert snap.partial is None
     assert everything(backwards) == want and answers(backwards, q, n_probes=6) == expect
 
 

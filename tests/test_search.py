@@ -137,7 +137,7 @@ def test_float16_precision_halves_memory_and_keeps_recall(service, kek, metric):
     service.query("t", "full", kek, q[:1], top_k=10)
     recall = np.mean([len({int(r["id"]) for r in row} & set(w.tolist())) / 10 for row, w in zip(half, want)])
     assert recall >= 0.98
-    states = {name: service.cache.entry(("t", name)).state for name in ("full", "half")}
+    states = {name: service.cache.current(("t", name)) for name in ("full", "half")}
     assert states["half"].nbytes() < 0.6 * states["full"].nbytes()
     got = service.get("t", "half", kek, ["7"], ["vector"])[0]["vector"]
     np.testing.assert_allclose(got, x[7], rtol=1e-3, atol=1e-3)

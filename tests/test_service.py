@@ -343,8 +343,8 @@ def test_faiss_holds_the_only_copy_and_rows_stay_exact(service, kek, metric, mak
     service.create_index("t", "one", IndexConfig(metric=metric), kek=kek)
     service.upsert("t", "one", kek, RowBatch([str(i) for i in range(2000)], x[:2000]))
     service.query("t", "one", kek, x[:1], top_k=1)
-    state = service.cache.entry(("t", "one")).state
-    assert state.vectors is None  # the numpy copy was released
+    snap = service.cache.current(("t", "one"))
+    assert snap.parts and all(p.stored is None for p in snap.parts)  # faiss holds the only copy
     service.upsert("t", "one", kek, RowBatch([str(i) for i in range(2000, 3000)], x[2000:]))
     service.delete_vectors("t", "one", kek, ["5"])
     got = service.get("t", "one", kek, ["7", "2500"], ["vector"])
@@ -354,7 +354,7 @@ def test_faiss_holds_the_only_copy_and_rows_stay_exact(service, kek, metric, mak
     service.train("t", "one", kek, n_lists=16)
     res = service.query("t", "one", kek, x[[100]], top_k=1, n_probes=16, include=["distance"])
     assert res[0][0] == {"id": "100", "distance": 0.0}
-    assert service.cache.entry(("t", "one")).state.vectors is None
+    assert all(p.stored is None for p in service.cache.current(("t", "one")).parts)
 
 
 def test_cosine_rows_of_other_norms_keep_both_copies_and_rank_by_cosine(service, kek):
@@ -364,10 +364,11 @@ def test_cosine_rows_of_other_norms_keep_both_copies_and_rank_by_cosine(service,
     service.query("t", "mix", kek, x[:1], top_k=1)
     long = (x[3] * 40.0)[None, :]  # same direction, other norm: cosine distance 0 to row 3
     service.upsert("t", "mix", kek, RowBatch(["long"], long))
-    state = service.cache.entry(("t", "mix")).state
+    snap = service.cache.current(("t", "mix"))
     hits = service.query("t", "mix", kek, x[[3]], top_k=2, include=["distance"])[0]
     assert {h["id"] for h in hits} == {"3", "long"} and all(h["distance"] < 1e-6 for h in hits)
-    assert state.vectors is not None and not state.unit_rows
+    # the part holding "long" keeps the stored rows beside faiss's normalised ones
+    assert any(p.stored is not None for p in snap.parts)
     got = service.get("t", "mix", kek, ["long", "4"], ["vector"])
     np.testing.assert_array_equal(np.array([g["vector"] for g in got], np.float32), np.vstack([long, x[[4]]]))
 
@@ -404,10 +405,11 @@ def test_merge_tail_keeps_every_row_and_shortens_the_head(store, kek):
     svc.create_index("t", "m", IndexConfig(), kek=kek)
     build_tail(svc, kek)
     before = everything(svc, kek)
-    state = svc.cache.entry(("t", "m")).state
+    snap = svc.cache.current(("t", "m"))
     assert svc.merge_tail("t", "m", kek) == 9
     assert len(svc.heads.held(("t", "m")).body.segments) == 2
-    assert svc.cache.entry(("t", "m")).state is state  # same rows: nothing was reloaded
+    renamed = svc.cache.current(("t", "m"))  # same rows: nothing was reloaded
+    assert renamed.ids is snap.ids and renamed.alive is snap.alive
     assert everything(svc, kek) == before
     assert everything(fresh(store), kek) == before  # a cold container reads the merged pair
     svc.maintenance.clock = lambda: 10**12
