@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--scale", default="10000,100000,1000000", help="sizes for the scale run ('' = skip)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold start on S3 (moto)")
+    ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrent-clients run")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -387,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
                 report["cold"] = scale_run.cold(tmp, 100_000)
                 met = report["cold"]["lazy_first_s"] <= 2.0
                 print(f"  target: first query within 2 s: {'yes' if met else 'NO'}")
+        if not args.no_concurrency and "minilm" in args.datasets:
+            import concurrency
+
+            print("\n== concurrency: SDK clients in separate processes, MiniLM-384, default n_probes ==")
+            report["concurrency"] = concurrency.run(tmp / "conc", args.n, [1, 2, 4, 8], [10, 100], 10.0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = HERE / "results"

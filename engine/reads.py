@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend
+from .batching import Batcher
 from .cache import StateCache
 from .errors import ValidationFailed
 from .filters import Column, compile_filter, compile_mask, lookup
@@ -26,10 +27,13 @@ SELECTIVE_ROWS = 4096
 class Reader:
     """The read use cases over the head and read caches."""
 
-    def __init__(self, heads: Heads, cache: StateCache, backend: Backend) -> None:
+    def __init__(
+        self, heads: Heads, cache: StateCache, backend: Backend, batcher: Batcher | None = None
+    ) -> None:
         self.heads = heads
         self.cache = cache
         self.backend = backend
+        self.batcher = batcher or Batcher()
 
     def _snapshot(self, tenant: str, name: str, kek: bytes | None) -> Snapshot:
         return self.cache.snapshot(self.heads.open(tenant, name, kek))
@@ -117,8 +121,17 @@ class Reader:
             snap = self.cache.load_lists(head, snap, snap.partial.missing(probed[probed >= 0].ravel()))
             if snap.partial is not None:
                 self.cache.fill_later(head)
-        hits = knn(snap, q, top_k, probes, mask, self.backend)
+        if len(queries) == 1 and snap.partial is None:  # concurrent single queries: one batch
+            key = (head.key, snap.version, top_k, probes, json.dumps(filters, sort_keys=True, default=str))
+            hits = [self.batcher.search(key, q, lambda vs: self._knn(snap, vs, top_k, probes, mask))]
+        else:
+            hits = knn(snap, q, top_k, probes, mask, self.backend)
         return [_shape(snap, rows, dist, include) for rows, dist in hits]
+
+    def _knn(self, snap: Snapshot, vectors: list[Any], top_k: int, probes: int, mask: Any) -> list[Any]:
+        """One search for queries of shape (1, d) each (assembled into one batch)."""
+        batch = vectors[0] if len(vectors) == 1 else self.backend.xp.concat(vectors, axis=0)
+        return knn(snap, batch, top_k, probes, mask, self.backend)
 
     def query_metadata(
         self,

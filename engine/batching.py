@@ -1,0 +1,89 @@
+"""Concurrent single-vector queries on one index become one batch search.
+
+While fewer searches run than there are slots (one per core), a query runs at once: an
+idle server adds no wait. Otherwise it queues; each running search, once done, takes the
+queued queries that can share a search (same snapshot, ``top_k``, ``n_probes`` and
+filter) and runs them as one batch — faiss answers a batch for a fraction of the
+per-query cost, and a batch is what feeds a GPU — then hands each its own rows.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_BATCH = 64
+
+Hits = list[Any]  # one (rows, distances) pair per query
+Search = Callable[[list[Any]], Hits]  # query vectors (1, d) each → their hits, in order
+
+
+@dataclass
+class _Waiting:
+    vector: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    hits: Any = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Gathers concurrent searches that can share one batch."""
+
+    def __init__(self, slots: int | None = None) -> None:
+        self.slots = slots or os.cpu_count() or 1
+        self._lock = threading.Lock()
+        self._running = 0
+        self._queues: dict[Hashable, list[_Waiting]] = {}
+        self._searches: dict[Hashable, Search] = {}
+        self.batches = 0  # searches that served more than one query (for tests and metrics)
+
+    def search(self, key: Hashable, vector: Any, run: Search) -> Any:
+        """The hits of ``vector`` (one query, shape (1, d)); ``run`` searches a list of them.
+        Queries with equal ``key`` may be answered by one call of any of their ``run``s."""
+        with self._lock:
+            if self._running >= self.slots:
+                waiting = _Waiting(vector)
+                self._queues.setdefault(key, []).append(waiting)
+                self._searches.setdefault(key, run)
+            else:
+                waiting = None
+                self._running += 1
+        if waiting is not None:
+            waiting.done.wait()
+            if waiting.error is not None:
+                raise waiting.error
+            return waiting.hits
+        try:
+            return run([vector])[0]
+        finally:
+            self._serve_queued()
+
+    def _serve_queued(self) -> None:
+        """Run what queued while this slot was busy, batch by batch, then free the slot."""
+        while True:
+            with self._lock:
+                if not self._queues:
+                    self._running -= 1
+                    return
+                key = max(self._queues, key=lambda k: len(self._queues[k]))
+                queue = self._queues[key]
+                batch, rest = queue[:MAX_BATCH], queue[MAX_BATCH:]
+                run = self._searches[key]
+                if rest:
+                    self._queues[key] = rest
+                else:
+                    del self._queues[key]
+                    del self._searches[key]
+            if len(batch) > 1:
+                self.batches += 1
+            try:
+                for waiting, hits in zip(batch, run([w.vector for w in batch]), strict=True):
+                    waiting.hits = hits
+            except BaseException as exc:  # each waiting query reports it to its caller
+                for waiting in batch:
+                    waiting.error = exc
+            for waiting in batch:
+                waiting.done.set()
