@@ -58,7 +58,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _client(
-    url: str, name: str, key: bytes, queries: np.ndarray, k: int, start: Any, seconds: float, out: Any
+    w: int, url: str, name: str, key: bytes, queries: np.ndarray, k: int, start: Any, seconds: float, out: Any
 ) -> None:
     index = Client(url, API_KEY).load_index(name, key)
     for q in queries[:5]:  # warm the connection
@@ -73,7 +73,7 @@ def _client(
         times.append(time.perf_counter() - t)
         found.setdefault(i % len(queries), [int(r["id"]) for r in res])
         i += 1
-    out.put((times, found))
+    out.put((w, times, found))
 
 
 def over_http(
@@ -90,14 +90,14 @@ def over_http(
     start, out = ctx.Barrier(c + 1), ctx.Queue()
     shares = [np.arange(w, len(queries), c) for w in range(c)]
     procs = [
-        ctx.Process(target=_client, args=(srv.url, name, key, queries[s], k, start, seconds, out))
-        for s in shares
+        ctx.Process(target=_client, args=(w, srv.url, name, key, queries[s], k, start, seconds, out))
+        for w, s in enumerate(shares)
     ]
     for proc in procs:
         proc.start()
     start.wait()
     cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
-    results = [out.get(timeout=seconds + 120) for _ in procs]
+    results = [r[1:] for r in sorted((out.get(timeout=seconds + 120) for _ in procs), key=lambda r: r[0])]
     cpu1, t1 = cpu_seconds(srv.proc.pid), time.perf_counter()
     for proc in procs:
         proc.join()

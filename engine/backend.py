@@ -12,6 +12,8 @@ crypto boundaries.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,17 @@ class Backend:
         if is_cupy_array(x):  # pragma: no cover - GPU hosts (tests marked gpu)
             return np.asarray(x.get())
         return np.from_dlpack(x)
+
+    @contextmanager
+    def threads(self, n: int) -> Iterator[None]:
+        """faiss uses at most ``n`` OpenMP threads for calls made by this thread (the setting
+        is per calling thread: training elsewhere keeps every core)."""
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(n)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
     @property
     def gpu_resources(self) -> Any:

@@ -131,7 +131,9 @@ class Reader:
     def _knn(self, snap: Snapshot, vectors: list[Any], top_k: int, probes: int, mask: Any) -> list[Any]:
         """One search for queries of shape (1, d) each (assembled into one batch)."""
         batch = vectors[0] if len(vectors) == 1 else self.backend.xp.concat(vectors, axis=0)
-        return knn(snap, batch, top_k, probes, mask, self.backend)
+        # The other cores serve other requests (one search slot each): no OpenMP team here.
+        with self.backend.threads(1):
+            return knn(snap, batch, top_k, probes, mask, self.backend)
 
     def query_metadata(
         self,

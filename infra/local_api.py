@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
+import os
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,7 +38,7 @@ def to_event(
 ) -> dict[str, Any]:
     """Build an API Gateway v2 event for one HTTP request."""
     parts = urlsplit(target)
-    request_id = headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = headers.get("x-request-id") or os.urandom(12).hex()
     try:
         text, is_b64 = body.decode("utf-8"), False
     except UnicodeDecodeError:
@@ -87,9 +87,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close" if self.close_connection else "keep-alive")
-        self.end_headers()
+        # Headers and body leave in one write (one syscall, one segment for small answers).
+        self._headers_buffer.append(b"\r\n")  # what end_headers() adds before flushing
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -45,6 +45,9 @@ class FileStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Heads read before: (inode, size, mtime) → tag. Every write replaces a file by a
+        # rename (a new inode), so an unchanged stat means unchanged content.
+        self._seen: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -70,11 +73,20 @@ class FileStore:
         return tmp
 
     def get(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str] | None:
+        path = self._path(key)
         try:
-            data = self._path(key).read_bytes()
+            if if_none_match is not None:  # unchanged file, known tag: no read, no hash
+                st = os.stat(path)
+                if self._seen.get(key) == ((st.st_ino, st.st_size, st.st_mtime_ns), if_none_match):
+                    return None
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
         except FileNotFoundError:
             raise BlobNotFound(key) from None
         tag = _tag(data)
+        if key.endswith("/head") or key == "head":
+            self._seen[key] = ((st.st_ino, st.st_size, st.st_mtime_ns), tag)
         return None if tag == if_none_match else (data, tag)
 
     def put_if_absent(self, key: str, data: bytes) -> str:
