@@ -33,7 +33,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, HERE, Server, free_port, minilm, p  # noqa: E402
+from common import API_KEY, HERE, Server, free_port, minilm, p, rss_mb  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -53,8 +53,11 @@ def exact(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its worker processes (utime + stime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(c)) for c in children)
 
 
 def _client(
@@ -175,16 +178,18 @@ def in_process(
     return rows
 
 
-def run(tmp: Path, n: int, clients: list[int], ks: list[int], seconds: float) -> dict[str, Any]:
+def run(
+    tmp: Path, n: int, clients: list[int], ks: list[int], seconds: float, workers: int = 1
+) -> dict[str, Any]:
     tmp.mkdir(parents=True, exist_ok=True)
     base, queries = data(n, 1000)
     gt = {k: exact(base, queries, k) for k in ks}
     port = free_port()
     cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", str(port)]
     cmd += ["--store", f"file://{tmp}/conc", "--keys", f"file://{tmp}/conc-keys.json"]
-    cmd += ["--train-threshold", "1000000000"]
+    cmd += ["--train-threshold", "1000000000", "--workers", str(workers)]
     srv = Server("ciphervec-conc", cmd, {"CIPHERVEC_ROOT_KEY": API_KEY}, port, tmp)
-    report: dict[str, Any] = {"n": n, "seconds": seconds, "http": [], "in_process": []}
+    report: dict[str, Any] = {"n": n, "seconds": seconds, "workers": workers, "http": [], "in_process": []}
     try:
         key = Client.generate_key()
         index = Client(srv.url, API_KEY).create_index("conc", key, metric="cosine", dimension=base.shape[1])
@@ -205,9 +210,8 @@ def run(tmp: Path, n: int, clients: list[int], ks: list[int], seconds: float) ->
                     f"  {k:>4} {c:>8} {row['qps']:>8.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
                     f" {row['recall']:>7.3f} {row['server_cpu_pct']:>10.0f}%"
                 )
-        report["server_rss_mb"] = (
-            float(Path(f"/proc/{srv.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-        )
+        report["server_rss_mb"] = sum(rss_mb(pid) for pid in _pids(srv))
+        print(f"  server RSS: {report['server_rss_mb']:,.0f} MB ({workers} process(es) serving)")
     finally:
         srv.stop()
     print("  in-process (threads, no HTTP), single-vector queries:")
@@ -226,16 +230,23 @@ def run(tmp: Path, n: int, clients: list[int], ks: list[int], seconds: float) ->
     return report
 
 
+def _pids(srv: Server) -> list[int]:
+    pid = srv.proc.pid
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--k", default="10,100")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=1, help="ciphervec serve --workers (processes)")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="cv-conc-"))
     print(
-        f"== concurrency: {args.n:,} MiniLM rows, cosine, default n_probes, SDK clients in separate processes =="
+        f"== concurrency: {args.n:,} MiniLM rows, cosine, default n_probes, SDK clients in separate processes,"
+        f" serve --workers {args.workers} =="
     )
     report = run(
         tmp,
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         [int(c) for c in args.clients.split(",")],
         [int(k) for k in args.k.split(",")],
         args.seconds,
+        args.workers,
     )
     out = HERE / "results"
     out.mkdir(exist_ok=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..infra.settings import Settings
 
@@ -40,6 +43,11 @@ def serve(args: argparse.Namespace) -> int:
     from ..infra.wiring import configure
     from .api import lambda_handler
 
+    if args.workers > 1 and settings.store_uri.startswith("memory://"):
+        print(
+            "--workers needs a store the processes share (file:// or s3://), not memory://", file=sys.stderr
+        )
+        return 2
     c = configure(settings)
     server = LocalServer((args.host, args.port), lambda_handler, settings.max_body_bytes)
     host, port = server.server_address[:2]
@@ -61,16 +69,54 @@ def serve(args: argparse.Namespace) -> int:
         print(f"\nPython: cyborgdb.Client('{base}', '{api_key}')\n")
     else:
         print("API keys exist already; mint another with: ciphervec keys create --role admin")
-    if args.port_file:
-        with open(args.port_file, "w") as fh:
-            fh.write(str(port))
     sys.stdout.flush()
+    if args.workers > 1:
+        return _serve_workers(server, settings, args.workers, args.port_file)
+    if args.port_file:
+        Path(args.port_file).write_text(str(port))
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+    return 0
+
+
+def _serve_workers(server: Any, settings: Settings, workers: int, port_file: str | None) -> int:
+    """Fork ``workers`` processes that serve the one listening socket, each with its own
+    container, so each holds its own decrypted copy of the indexes it serves. They stay
+    consistent the way several processes on one store do: every request re-reads the head."""
+    from ..infra.wiring import configure
+
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: nothing of the parent's container is used past here
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                configure(settings)
+                server.serve_forever(poll_interval=0.2)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    if port_file:  # every worker is there: connections wait in the backlog until one accepts
+        Path(port_file).write_text(str(server.server_address[1]))
+
+    def stop(signum: int, frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        os.waitpid(child, 0)
+    server.server_close()
     return 0
 
 
@@ -132,6 +178,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-mb", type=float, help="largest request body accepted (default 64)")
     s.add_argument("--train-threshold", type=int, help="vectors before automatic training (65536)")
     s.add_argument("--port-file", help="write the bound port here once listening")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the port (default 1: threads over one copy; each extra process "
+        "holds its own decrypted copy of every index it serves)",
+    )
     s.set_defaults(func=serve)
     k = sub.add_parser("keys", help="manage API keys")
     k.add_argument("--keys", help="key store URI (default from CIPHERVEC_KEYS)")

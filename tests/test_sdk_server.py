@@ -143,3 +143,28 @@ def test_two_processes_and_many_threads_lose_no_write(server_factory, tmp_path):
     for srv in (a, b):
         ids = Client(srv.url, ROOT_KEY).load_index("shared", key).list_ids()
         assert len(ids) == 6 * 8 * 25 == len(set(ids))
+
+
+def test_worker_processes_share_the_port_and_every_acknowledged_write(server_factory, tmp_path):
+    """--workers 2: two processes serve one port; a write acknowledged through one connection
+    is seen through any other (whichever process holds it), and both processes serve."""
+    srv = server_factory(
+        "--store", f"file://{tmp_path}/data", "--keys", f"file://{tmp_path}/keys.json", "--workers", "2"
+    )
+    children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    assert len(children) == 2
+    key = Client.generate_key()
+    Client(srv.url, ROOT_KEY).create_index("w", key, metric="cosine", dimension=8)
+    # Each client keeps its own keep-alive connection, accepted by either process.
+    indexes = [Client(srv.url, ROOT_KEY).load_index("w", key) for _ in range(12)]
+    rng = np.random.default_rng(3)
+    for i in range(48):
+        vector = rng.standard_normal(8).astype(np.float32)
+        indexes[i % 12].upsert([f"id{i}"], vector[None, :])
+        reader = indexes[(i + 5) % 12]
+        got = reader.get([f"id{i}"], include=["vector"])
+        assert got and np.allclose(got[0]["vector"], vector, atol=1e-6)
+        assert reader.query(vector, top_k=1)[0]["id"] == f"id{i}"
+    assert len(indexes[0].list_ids()) == 48
+    ticks = [int(Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[11]) for c in children]
+    assert all(t > 0 for t in ticks)  # both processes answered requests
