@@ -3,12 +3,14 @@ exact ground truth), summary statistics, and the servers under test."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -142,3 +144,16 @@ def start_reference(tmp: Path) -> Server | None:
     except RuntimeError as exc:
         print(f"  [skip] reference service did not start: {exc}")
         return None
+
+
+def save(report: dict[str, Any], name: str, latest: bool = False) -> Path:
+    """Write ``report`` to ``bench/results/<name>-<time>.json`` (and ``latest.json``)."""
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    text = json.dumps(report, indent=2)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(text)
+    if latest:
+        (out / "latest.json").write_text(text)
+    print(f"\nwrote {path}")
+    return path

@@ -18,7 +18,6 @@ to measure that version: the server and the engine come from the interpreter's i
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, HERE, Server, free_port, minilm, p, rss_mb  # noqa: E402
+from common import API_KEY, Server, free_port, minilm, p, rss_mb, save  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -256,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds,
         args.workers,
     )
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"concurrency-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
+    save(report, "concurrency")
     return 0
 
 

@@ -36,7 +36,6 @@ from cyborgdb import Client
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     API_KEY,
-    HERE,
     K,
     Server,
     glove,
@@ -44,6 +43,7 @@ from common import (  # noqa: E402
     p,
     recall,
     rss_mb,
+    save,
     split,
     start_ciphervec,
     start_reference,
@@ -395,12 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             report["concurrency"] = concurrency.run(tmp / "conc", args.n, [1, 2, 4, 8], [10, 100], 10.0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    (out / "latest.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path}")
+    save(report, "bench", latest=True)
     return 0
 
 

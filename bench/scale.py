@@ -19,7 +19,6 @@ query, queries while loading, the time until every row is in memory, and warm qu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, HERE, Server, free_port, minilm, p, recall, rss_mb, truth  # noqa: E402
+from common import API_KEY, Server, free_port, minilm, p, recall, rss_mb, save, truth  # noqa: E402
 
 
 def vectors(n: int, queries: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -204,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     report["scale"] = scale([int(s) for s in args.sizes.split(",") if s], tmp)
     if args.cold:
         report["cold"] = cold(tmp, args.cold_n)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
+    save(report, "scale")
     return 0
 
 
