@@ -98,10 +98,6 @@ class Snapshot:
     version: int = field(default_factory=lambda: next(_versions))
     _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    @staticmethod
-    def empty(dimension: int, precision: str = "float32", metric: str = "euclidean") -> Snapshot:
-        return Builder(Layout(dimension, metric, precision)).freeze(None)
-
     # -- views ---------------------------------------------------------------------------
     @property
     def dimension(self) -> int:
@@ -122,10 +118,6 @@ class Snapshot:
     @property
     def quantizer(self) -> Any:
         return self.layout.quantizer
-
-    @property
-    def dead_fraction(self) -> float:
-        return 1.0 - self.live / self.n_rows if self.n_rows else 0.0
 
     def row_of(self, key: str) -> int | None:
         """The live row of id ``key`` in this snapshot, if any."""
