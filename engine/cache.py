@@ -93,24 +93,25 @@ class StateCache:
         worker.start()
 
     def _merge(self, key: Key) -> None:
-        """Merge parts until the snapshot has its binary-counter shape: each merged part is
-        built with no lock held, then swapped in if those parts are still current."""
+        """Merge parts while a merge is due (``parts.next_merge``): each merged part is built
+        with no lock held, then swapped in if those parts are still current."""
         while True:
             snap = self._snaps.get(key)
-            at = parts.next_merge(snap.parts) if snap is not None else None
-            if snap is None or at is None:
+            due = parts.next_merge(snap.parts) if snap is not None else None
+            if snap is None or due is None:
                 return
-            pair = snap.parts[at : at + 2]
+            start, end = due
+            group = snap.parts[start:end]
             try:
-                one = parts.merged(self.backend, snap.layout, list(pair), snap.lists)
+                one = parts.merged(self.backend, snap.layout, list(group), snap.lists)
             except Exception as exc:  # the rows stay searchable in the parts they are in
                 log.warning("merging index parts stopped: %s", type(exc).__name__)
                 return
             with self.writer(key):
                 current = self._snaps.get(key)
-                if current is None or current.layout is not snap.layout or not _holds(current, at, pair):
+                if current is None or current.layout is not snap.layout or not _holds(current, start, group):
                     continue  # changed meanwhile: plan again from the new snapshot
-                merged = (*current.parts[:at], one, *current.parts[at + 2 :])
+                merged = (*current.parts[:start], one, *current.parts[end:])
                 with self._guard:
                     if self._snaps.get(key) is current:
                         self._snaps[key] = current.with_parts(merged)

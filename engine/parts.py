@@ -2,9 +2,9 @@
 
 A state's rows ``[start, start + n)`` belong to one part. A writer builds a part once and
 readers only search it, so a search holds no lock while writers build the next parts.
-Parts merge like a binary counter, in the background (the cache's merger): a part absorbs
-its right neighbour while that one is no smaller, so an index settles at O(log n) parts and
-a row is rewritten O(log n) times, never while a write waits.
+Parts merge in tiers, in the background (the cache's merger): four neighbours of like size
+become one, so an index settles at a few parts per size tier and a row is rewritten
+log4(n) times, never while a write waits.
 
 faiss holds each part's rows exactly as stored when it can (L2 metrics, or cosine rows of
 unit norm; float32 or fp16 codes), and is then their only copy; otherwise (cosine rows of
@@ -85,10 +85,22 @@ def merged(backend: Backend, layout: Layout, parts: list[Part], lists: np.ndarra
     return build(backend, layout, start, vectors, lists[start:end])
 
 
-def next_merge(parts: tuple[Part, ...]) -> int | None:
-    """Where the binary-counter shape is broken: ``i`` such that parts ``i`` and ``i + 1``
-    (the rightmost such pair) should become one; ``None`` when sizes fall left to right."""
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i].n <= parts[i + 1].n:
-            return i
+FANOUT = 4  # neighbours of like size merged at once: each row is rewritten log4(n) times
+MAX_PARTS = 24  # beyond this many parts, the two smallest neighbours merge regardless
+
+
+def next_merge(parts: tuple[Part, ...]) -> tuple[int, int] | None:
+    """Parts ``[i, j)`` to merge into one: the rightmost run of ``FANOUT`` or more
+    neighbours of like size (none more than twice the smallest); past ``MAX_PARTS`` parts,
+    the two smallest neighbours. ``None`` when nothing is due."""
+    for end in range(len(parts), 0, -1):
+        start, smallest = end - 1, parts[end - 1].n
+        while start > 0 and parts[start - 1].n <= 2 * min(smallest, parts[start - 1].n):
+            start -= 1
+            smallest = min(smallest, parts[start].n)
+        if end - start >= FANOUT:
+            return start, end
+    if len(parts) > MAX_PARTS:
+        i = min(range(len(parts) - 1), key=lambda i: parts[i].n + parts[i + 1].n)
+        return i, i + 2
     return None

@@ -145,6 +145,8 @@ class Snapshot:
     def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """Stored vectors of ``rows`` as float32 (in the given order)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(self.parts) == 1:
+            return self.parts[0].rows(rows - self.parts[0].start)
         out = np.empty((len(rows), max(self.dimension, 1)), dtype=np.float32)
         if not len(rows):
             return out

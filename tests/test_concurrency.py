@@ -191,7 +191,7 @@ def test_parts_merge_in_the_background_and_answers_stay(trained):
     merger.join(timeout=60)
     snap = svc.cache.current(("t", "i"))
     sizes = [p.n for p in snap.parts]
-    assert next_merge(snap.parts) is None and sizes == sorted(sizes, reverse=True) and len(sizes) <= 6
+    assert next_merge(snap.parts) is None and len(sizes) <= 9  # at most three of each size tier
     assert [p.start for p in snap.parts] == [0, *np.cumsum(sizes)[:-1].tolist()] and sum(sizes) == snap.n_rows
     cold = service(store)  # one part, loaded whole
     q = x[::97]
