@@ -45,8 +45,8 @@ class FileStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self.root.mkdir(parents=True, exist_ok=True)
-        # Heads read before: (inode, size, mtime) → tag. Every write replaces a file by a
-        # rename (a new inode), so an unchanged stat means unchanged content.
+        # Keys read conditionally before: (inode, size, mtime) → tag. Every write replaces a
+        # file by a rename or link (a new inode), so an unchanged stat means unchanged content.
         self._seen: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     def _path(self, key: str) -> Path:
@@ -85,7 +85,7 @@ class FileStore:
         except FileNotFoundError:
             raise BlobNotFound(key) from None
         tag = _tag(data)
-        if key.endswith("/head") or key == "head":
+        if if_none_match is not None:  # a key revalidated once will be again
             self._seen[key] = ((st.st_ino, st.st_size, st.st_mtime_ns), tag)
         return None if tag == if_none_match else (data, tag)
 
