@@ -122,7 +122,8 @@ class Reader:
             if snap.partial is not None:
                 self.cache.fill_later(head)
         if len(queries) == 1 and snap.partial is None:  # concurrent single queries: one batch
-            key = (head.key, snap.version, top_k, probes, json.dumps(filters, sort_keys=True, default=str))
+            # The snapshot caches one mask per filter, so the mask object stands for the filter.
+            key = (head.key, snap.version, top_k, probes, id(mask))
             hits = [self.batcher.search(key, q, lambda vs: self._knn(snap, vs, top_k, probes, mask))]
         else:
             hits = knn(snap, q, top_k, probes, mask, self.backend)
