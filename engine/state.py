@@ -222,7 +222,9 @@ class Builder:
             self.lists = base.lists if tip else base.lists[:n].copy()
             self.prev_ref = base.prev_ref if tip else [base.prev_ref[0][:n].copy()]
             self.latest = base.latest if tip else _newest_rows(self.ids)
-            self.alive = base.alive.copy()
+            # Liveness is this builder's own copy, with room to append (one copy per write).
+            self.alive = np.zeros(n + max(1024, n // 2), dtype=bool)
+            self.alive[:n] = base.alive
             self.parts = list(base.parts)
             self.live = base.live
             self.applied_seq = base.applied_seq
