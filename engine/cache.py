@@ -302,10 +302,10 @@ class StateCache:
                 self.install(key, current.with_bookkeeping(applied=applied))
 
 
-def _holds(snap: Snapshot, at: int, pair: tuple[Part, ...]) -> bool:
-    """``snap`` still has exactly the parts ``pair`` at position ``at``."""
-    here = snap.parts[at : at + len(pair)]
-    return len(here) == len(pair) and all(a is b for a, b in zip(here, pair, strict=True))
+def _holds(snap: Snapshot, at: int, group: tuple[Part, ...]) -> bool:
+    """``snap`` still has exactly the parts ``group`` from position ``at`` on."""
+    here = snap.parts[at : at + len(group)]
+    return len(here) == len(group) and all(a is b for a, b in zip(here, group, strict=True))
 
 
 @contextmanager

@@ -95,7 +95,7 @@ def next_merge(parts: tuple[Part, ...]) -> tuple[int, int] | None:
     the two smallest neighbours. ``None`` when nothing is due."""
     for end in range(len(parts), 0, -1):
         start, smallest = end - 1, parts[end - 1].n
-        while start > 0 and parts[start - 1].n <= 2 * min(smallest, parts[start - 1].n):
+        while start > 0 and parts[start - 1].n <= 2 * smallest:
             start -= 1
             smallest = min(smallest, parts[start].n)
         if end - start >= FANOUT:
