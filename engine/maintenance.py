@@ -48,6 +48,8 @@ class Maintenance:
         self.retire_grace = retire_grace_seconds
         self.merge_at = merge_at
         self.clock = clock
+        # Whether a batch load's staged segments must outlive the grace period (``loads.Jobs.keeps``).
+        self.keeps_staged: Callable[[str, str, float], bool] = lambda tenant, job, now: False
 
     # -- training marks --------------------------------------------------------------------
     def training_active(self, env: Envelope) -> bool:
@@ -261,6 +263,8 @@ class Maintenance:
             obj = key[len(head.root) :]
             if obj == "head" or run.base_name(obj) in live or run.base_name(obj) in retired:
                 continue
+            if obj.startswith("load/") and self.keeps_staged(head.tenant, obj.split("/")[1], now):
+                continue  # a batch load still working towards its commit
             if now - born(obj, now) >= self.retire_grace:
                 orphans.append(obj)
         if due:

@@ -88,6 +88,8 @@ class HeadBody:
     segments: list[SegmentRef] = field(default_factory=list)
     centroids: Centroids | None = None
     retired: list[dict[str, Any]] = field(default_factory=list)
+    # Ids of the batch-load jobs committed most recently, so a job is committed exactly once.
+    loads: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         # Plain dicts built by hand: dataclasses.asdict deep-copies and is slow for long lists.
@@ -99,6 +101,7 @@ class HeadBody:
             ],
             "centroids": asdict(self.centroids) if self.centroids else None,
             "retired": self.retired,
+            "loads": self.loads,
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -110,6 +113,7 @@ class HeadBody:
             list(self.segments),
             self.centroids,
             [dict(r) for r in self.retired],
+            list(self.loads),
         )
 
     @classmethod
@@ -121,6 +125,7 @@ class HeadBody:
             segments=[SegmentRef(**s) for s in data["segments"]],
             centroids=Centroids(**data["centroids"]) if data["centroids"] else None,
             retired=data["retired"],
+            loads=data.get("loads", []),
         )
 
 

@@ -19,6 +19,7 @@ from .cache import StateCache
 from .errors import CipherVecError, IndexExists, ValidationFailed
 from .heads import Heads
 from .keys import KeyRing
+from .loads import Jobs, Loader
 from .maintenance import Maintenance
 from .manifest import Envelope, HeadBody, RetryPolicy, seal_head
 from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name
@@ -41,6 +42,7 @@ class IndexService:
         "heads",
         "keys",
         "list_ids",
+        "loader",
         "maintenance",
         "merge_tail",
         "num_vectors",
@@ -89,6 +91,8 @@ class IndexService:
             merge_at=merge_at,
             clock=clock,
         )
+        self.loader = Loader(self.heads, Jobs(self.heads, clock), self.maintenance.maybe_queue_training)
+        self.maintenance.keeps_staged = self.loader.jobs.keeps
         # reads
         self.num_vectors = self.reader.num_vectors
         self.list_ids = self.reader.list_ids

@@ -31,6 +31,10 @@ ENV = {
     "merge_at": "CIPHERVEC_MERGE_AT",
     "lazy_rows": "CIPHERVEC_LAZY_ROWS",
     "log_level": "CIPHERVEC_LOG_LEVEL",
+    "load_queue": "CIPHERVEC_LOAD_QUEUE",
+    "load_bucket": "CIPHERVEC_LOAD_BUCKET",
+    "load_sources": "CIPHERVEC_LOAD_SOURCES",
+    "load_workers": "CIPHERVEC_LOAD_WORKERS",
 }
 
 
@@ -75,6 +79,16 @@ class Settings:
     lazy_rows: int = 50_000
     # `ciphervec serve` logging; INFO adds one JSON line per request.
     log_level: str = "WARNING"
+    # SQS queue URL of IngestFunction; empty = loads run in this process.
+    load_queue: str = ""
+    # The bucket files are dropped into (<tenant>/<index>/<file>); API loads from it stay in
+    # the caller's tenant prefix.
+    load_bucket: str = ""
+    # Where POST /v1/vectors/load may read (s3:// prefixes, comma-separated); empty = any
+    # s3:// object this server's credentials can read.
+    load_sources: tuple[str, ...] = ()
+    # In-process load workers (``ciphervec serve``).
+    load_workers: int = 1
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -114,8 +128,11 @@ def _parse(name: str, raw: str) -> Any:
         "cache_bytes",
         "merge_at",
         "lazy_rows",
+        "load_workers",
     ):
         return int(raw)
+    if name == "load_sources":
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
     if name in ("train_sync_seconds", "key_cache_seconds"):
         return float(raw)
     return raw

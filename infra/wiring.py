@@ -12,6 +12,7 @@ from ..engine.service import IndexService
 from . import memory
 from .keystore import Authenticator, open_keystore
 from .kms import AwsKmsWrapper, open_key_wrapper
+from .loading import LocalLoads, QueueLoads
 from .settings import Settings
 from .storage import open_store
 from .training import LambdaTrainer, LocalTrainer
@@ -25,6 +26,8 @@ class Container:
     service: IndexService
     auth: Authenticator
     trainer: Any
+    loads: Any  # LocalLoads or QueueLoads
+    s3: Any = None  # the S3 client loads read sources with (None: boto3's default)
 
 
 _container: Container | None = None
@@ -59,9 +62,14 @@ def build(settings: Settings, **clients: Any) -> Container:
         trainer = LambdaTrainer(service, settings.train_function, client=clients.get("lambda"))
     else:
         trainer = LocalTrainer(service)
+    loads: Any
+    if settings.load_queue:
+        loads = QueueLoads(service, settings.load_queue, client=clients.get("sqs"))
+    else:
+        loads = LocalLoads(service, trainer, workers=settings.load_workers, s3=clients.get("s3"))
     if not settings.auth:
         log.warning("authentication is OFF (explicitly configured); never do this outside development")
-    return Container(settings, service, auth, trainer)
+    return Container(settings, service, auth, trainer, loads, clients.get("s3"))
 
 
 def container() -> Container:

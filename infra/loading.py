@@ -1,0 +1,198 @@
+"""Where batch loads run: in-process worker threads (``ciphervec serve``, the CLI) or
+IngestFunction behind an SQS queue (Lambda). Both start a job from a source, then claim and
+advance it; a job that outlasts its worker is continued by the next one.
+
+A client ``index_key`` never travels in clear: on SQS it is sealed under KMS with a context
+that binds tenant, index and job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.errors import CipherVecError, Forbidden, InvalidRequest
+from ..engine.loads import LoadBusy, LoadJob, LostLease, job_id, new_owner
+from ..engine.service import IndexService
+from . import formats
+from .sources import open_source, split_s3
+
+log = logging.getLogger("ciphervec.loading")
+
+
+@dataclass
+class Target:
+    tenant: str
+    index_name: str
+    kek: bytes | None
+
+
+def check_source(source: str, tenant: str, allowed: tuple[str, ...], load_bucket: str) -> None:
+    """API loads read only from allowed places, and in the load bucket only under the tenant."""
+    if not source.startswith("s3://"):
+        raise InvalidRequest("source must be an s3:// URI")
+    bucket, key = split_s3(source)
+    if allowed and not any(source.startswith(p) for p in allowed):
+        raise Forbidden("this server does not load from that location")
+    if load_bucket and bucket == load_bucket and not key.startswith(f"{tenant}/"):
+        raise Forbidden("files in the load bucket load only into their own tenant's indexes")
+
+
+def start(
+    service: IndexService,
+    target: Target,
+    source: str,
+    *,
+    s3: Any = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[LoadJob, bool]:
+    """Record the job that loads ``source`` into the target index (queued), or find the one
+    already recorded for the same file; returns it and whether it is new."""
+    head = service.heads.open(target.tenant, target.index_name, target.kek)
+    src = open_source(source, s3)
+    job = LoadJob(
+        job_id(target.tenant, target.index_name, src.location, src.version),
+        target.index_name,
+        source_name=src.name,
+        bytes_total=src.size,
+        source=src.location,
+        version=src.version,
+        options=dict(options or {}),
+    )
+    return service.loader.submit(head, job)
+
+
+def work(
+    service: IndexService,
+    target: Target,
+    job: str,
+    *,
+    s3: Any = None,
+    owner: str | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[LoadJob], None] = lambda job: None,
+    trainer: Any = None,
+) -> LoadJob:
+    """Claim job ``job`` and advance it to its end or until ``should_stop()``; a load that
+    commits may queue training through ``trainer``."""
+    head = service.heads.open(target.tenant, target.index_name, target.kek)
+    record = service.loader.claim(head, job, owner or new_owner())
+    if record.state in ("succeeded", "failed"):
+        return record
+    src = open_source(record.source, s3)
+    if src.version != record.version:
+        return service.loader._fail(head, record, "the file changed since the load began; load it again")
+    columns = formats.Columns(**record.options.get("columns", {}))
+    read = formats.reader(src, columns, record.options.get("rows"))
+    done = service.loader.run(head, record, read, should_stop=should_stop, progress=progress)
+    if done.training_triggered and trainer is not None:
+        trainer.enqueue(target.tenant, target.index_name, target.kek)
+    return done
+
+
+class LocalLoads:
+    """Worker threads that run load jobs in this process (``ciphervec serve``)."""
+
+    def __init__(self, service: IndexService, trainer: Any, workers: int = 1, s3: Any = None) -> None:
+        self.service = service
+        self.trainer = trainer
+        self.s3 = s3
+        self.workers = workers
+        self._queue: queue.Queue[tuple[Target, str]] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def enqueue(self, target: Target, job: str) -> None:
+        self._queue.put((target, job))
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) < self.workers:
+                worker = threading.Thread(target=self._work, name="ciphervec-load", daemon=True)
+                self._threads.append(worker)
+                worker.start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                target, job = self._queue.get(timeout=30)
+            except queue.Empty:
+                return
+            try:
+                work(self.service, target, job, s3=self.s3, trainer=self.trainer)
+            except (LoadBusy, LostLease):
+                pass  # another worker has it
+            except Exception as exc:  # the job record keeps its checkpoint; the log says what
+                log.warning("a load job stopped: %s", type(exc).__name__)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the queued jobs are done (tests, CLI)."""
+        for worker in list(self._threads):
+            worker.join(timeout)
+
+
+class QueueLoads:
+    """Sends load jobs to IngestFunction's SQS queue; a client key goes sealed under KMS."""
+
+    MESSAGE = "ciphervec-load"
+
+    def __init__(self, service: IndexService, queue_url: str, client: Any = None) -> None:
+        self.service = service
+        self.queue_url = queue_url
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("sqs")
+        return self._client
+
+    @staticmethod
+    def _context(target: Target, job: str) -> dict[str, str]:
+        return {
+            "purpose": "ciphervec-load-job",
+            "tenant": target.tenant,
+            "index": target.index_name,
+            "job": job,
+        }
+
+    def message(self, target: Target, job: str, result_to: dict[str, str] | None = None) -> dict[str, Any]:
+        sealed = None
+        if target.kek is not None:
+            wrapper = self.service.keys.key_wrapper
+            if wrapper is None:
+                raise CipherVecError("loads into client-key indexes need KMS to seal the key")
+            sealed = base64.b64encode(wrapper.wrap("jobs", target.kek, self._context(target, job))).decode()
+        return {
+            "kind": self.MESSAGE,
+            "tenant": target.tenant,
+            "index_name": target.index_name,
+            "job_id": job,
+            "sealed_key": sealed,
+            "result_to": result_to,
+        }
+
+    def open(self, message: dict[str, Any]) -> tuple[Target, str]:
+        """The target and job of a message ``message()`` made."""
+        target = Target(message["tenant"], message["index_name"], None)
+        job = str(message["job_id"])
+        if message.get("sealed_key"):
+            wrapper = self.service.keys.key_wrapper
+            assert wrapper is not None
+            target.kek = wrapper.unwrap(
+                "jobs", base64.b64decode(message["sealed_key"]), self._context(target, job)
+            )
+        return target, job
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.client.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(message))
+
+    def enqueue(self, target: Target, job: str) -> None:
+        self.send(self.message(target, job))
