@@ -158,7 +158,6 @@ class LoadJob:
     job_id: str
     index_name: str
     state: str = "queued"
-    source_name: str = ""  # the file's base name, for people reading a status
     created: float = 0.0
     started: float | None = None
     updated: float = 0.0
@@ -191,7 +190,6 @@ class LoadJob:
             "job_id": self.job_id,
             "index_name": self.index_name,
             "status": self.state,
-            "source_name": self.source_name,
             "rows_read": self.rows_read,
             "rows_loaded": self.rows_loaded,
             "rows_refused": self.refused,

@@ -39,18 +39,20 @@ def reader(source: SourceFile, columns: Columns = Columns(), rows: int | None = 
     """``read(position, dimension)`` → chunks of ``source`` from ``position`` on."""
     fmt = source.fmt
     if fmt == "parquet":
-        return lambda pos, dim: _parquet(source, columns, pos, chunk_rows(dim, rows))
+        return lambda pos, dim: _parquet(source, columns, pos, chunk_rows(dim, rows), dim)
     if fmt == "npy":
         return lambda pos, dim: _npy(source, pos, chunk_rows(dim, rows))
     if fmt == "npz":
         return lambda pos, dim: _npz(source, pos, chunk_rows(dim, rows))
     if fmt == "jsonl":
-        return lambda pos, dim: _jsonl(source, pos, chunk_rows(dim, rows))
+        return lambda pos, dim: _jsonl(source, pos, chunk_rows(dim, rows), dim)
     raise BadSource(f"unknown format {fmt!r}")
 
 
 # -- Parquet -----------------------------------------------------------------------------
-def _parquet(source: SourceFile, cols: Columns, pos: dict[str, Any], rows: int) -> Iterator[Chunk]:
+def _parquet(
+    source: SourceFile, cols: Columns, pos: dict[str, Any], rows: int, dim: int | None
+) -> Iterator[Chunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -84,7 +86,7 @@ def _parquet(source: SourceFile, cols: Columns, pos: dict[str, Any], rows: int) 
                     batch = batch.slice(start - row)
                     row = start
                 n = batch.num_rows
-                chunk = _arrow_chunk(batch, cols, row)
+                chunk = _arrow_chunk(batch, cols, row, dim)
                 row += n
                 chunk.position = {"row": row}
                 chunk.bytes_read = int(source.size * row / total) if total else source.size
@@ -93,13 +95,19 @@ def _parquet(source: SourceFile, cols: Columns, pos: dict[str, Any], rows: int) 
             raise BadSource(f"the Parquet file could not be read ({type(exc).__name__})") from None
 
 
-def _arrow_chunk(batch: Any, cols: Columns, first: int) -> Chunk:
+def _uneven(lengths: Any, expected: int, first: int) -> list[tuple[int, str]]:
+    """Rows whose vectors do not have ``expected`` values, and what they have."""
+    rows = np.flatnonzero(np.asarray(lengths) != expected)
+    return [(first + int(r), f"vector has {int(lengths[r])} values; expected {expected}") for r in rows]
+
+
+def _arrow_chunk(batch: Any, cols: Columns, first: int, dim: int | None) -> Chunk:
     import pyarrow as pa
 
     names = batch.schema.names
     n = batch.num_rows
     ids = batch.column(cols.id).to_pylist()
-    vectors, bad = _arrow_vectors(batch.column(cols.vector), first)
+    vectors, bad = _arrow_vectors(batch.column(cols.vector), first, dim)
     metadata = contents = None
     if cols.metadata in names:
         col = batch.column(cols.metadata)
@@ -114,7 +122,7 @@ def _arrow_chunk(batch: Any, cols: Columns, first: int) -> Chunk:
     return Chunk(first, ids, vectors, metadata, contents, bad[:n])
 
 
-def _arrow_vectors(col: Any, first: int) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
+def _arrow_vectors(col: Any, first: int, dim: int | None) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
     import pyarrow as pa
 
     t = col.type
@@ -133,9 +141,8 @@ def _arrow_vectors(col: Any, first: int) -> tuple[np.ndarray | None, list[tuple[
     else:
         offsets = np.asarray(col.offsets)
         lengths = np.diff(offsets)
-        d = int(lengths[0]) if n else 0
-        uneven = np.flatnonzero(lengths != d)
-        bad.extend((first + int(r), "vectors of this file have different lengths") for r in uneven)
+        d = dim or (int(lengths[0]) if n else 0)
+        bad.extend(_uneven(lengths, d, first))
     if bad:
         return None, bad
     values = col.flatten()
@@ -250,7 +257,7 @@ def _npz(source: SourceFile, pos: dict[str, Any], rows: int) -> Iterator[Chunk]:
 
 
 # -- JSON Lines --------------------------------------------------------------------------
-def _jsonl(source: SourceFile, pos: dict[str, Any], rows: int) -> Iterator[Chunk]:
+def _jsonl(source: SourceFile, pos: dict[str, Any], rows: int, dim: int | None) -> Iterator[Chunk]:
     with source.open() as f:
         f.seek(int(pos.get("at", 0)))
         row = int(pos.get("row", 0))
@@ -289,20 +296,19 @@ def _jsonl(source: SourceFile, pos: dict[str, Any], rows: int) -> Iterator[Chunk
             if not ids:
                 return
             row = first + len(ids)
-            vectors = _stack(vecs, first, bad)
+            vectors = _stack(vecs, first, bad, dim)
             chunk = Chunk(first, ids, vectors, metadata, contents, bad)
             chunk.position = {"row": row, "at": f.tell()}
             chunk.bytes_read = f.tell()
             yield chunk
 
 
-def _stack(vecs: list[Any], first: int, bad: list[tuple[int, str]]) -> np.ndarray | None:
+def _stack(vecs: list[Any], first: int, bad: list[tuple[int, str]], dim: int | None) -> np.ndarray | None:
     if any(v is None for v in vecs):
         return None
-    d = len(vecs[0])
-    uneven = [first + r for r, v in enumerate(vecs) if len(v) != d]
+    uneven = _uneven([len(v) for v in vecs], dim or len(vecs[0]), first)
     if uneven:
-        bad.extend((r, "vectors of this file have different lengths") for r in uneven)
+        bad.extend(uneven)
         return None
     with np.errstate(over="ignore"):
         return np.array(vecs, dtype=np.float32)

@@ -59,7 +59,6 @@ def start(
     job = LoadJob(
         job_id(target.tenant, target.index_name, src.location, src.version),
         target.index_name,
-        source_name=src.name,
         bytes_total=src.size,
         source=src.location,
         version=src.version,

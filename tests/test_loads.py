@@ -1,0 +1,287 @@
+"""Batch loads on the memory store from local files: every format, all-or-nothing, resume,
+exactly-once commits, sweeps of abandoned staging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ciphervec.engine.loads import LoadBusy, LostLease
+from ciphervec.engine.model import IndexConfig
+from ciphervec.engine.service import IndexService
+from ciphervec.infra.loading import Target, start, work
+from ciphervec.infra.storage.memory import MemoryStore
+from tests.conftest import clustered
+
+D = 16
+
+
+def write_parquet(path: Path, ids, vectors, metadata=None, contents=None, row_group=None, fixed=False):
+    cols = {"id": pa.array(ids)}
+    if fixed:
+        cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+    else:
+        cols["vector"] = pa.array([list(map(float, v)) for v in vectors], type=pa.list_(pa.float32()))
+    if metadata is not None:
+        cols["metadata"] = pa.array(metadata)
+    if contents is not None:
+        cols["contents"] = pa.array(contents)
+    pq.write_table(pa.table(cols), path, row_group_size=row_group)
+    return path
+
+
+@pytest.fixture
+def index(service: IndexService, kek: bytes) -> Target:
+    service.create_index("t", "docs", IndexConfig(dimension=D, metric="euclidean"), kek=kek)
+    return Target("t", "docs", kek)
+
+
+def load(service: IndexService, target: Target, path: Path, **kw):
+    job, _ = start(service, target, str(path), options=kw.pop("options", None))
+    return work(service, target, job.job_id, **kw)
+
+
+def test_parquet_loads_whole_and_is_queryable(service, index, tmp_path):
+    x = clustered(1000, D, seed=1)
+    ids = [f"r{i}" for i in range(1000)]
+    meta = [json.dumps({"i": i, "even": i % 2 == 0}) for i in range(1000)]
+    path = write_parquet(
+        tmp_path / "a.parquet", ids, x, meta, [f"text {i}" for i in range(1000)], row_group=300
+    )
+    done = load(service, index, path, options={"rows": 256})
+    assert done.state == "succeeded", done.status()
+    assert done.rows_loaded == 1000 and done.index_count == 1000
+    assert len(done.staged) == 4  # 256-row chunks
+    assert service.num_vectors("t", "docs", index.kek) == 1000
+    got = service.get("t", "docs", index.kek, ["r7"], ["vector", "metadata", "contents"])
+    np.testing.assert_allclose(got[0]["vector"], x[7], rtol=1e-6)
+    assert got[0]["metadata"] == {"i": 7, "even": False} and got[0]["contents"] == "text 7"
+    hits = service.query("t", "docs", index.kek, x[42:43], top_k=1, n_probes=0, filters=None, include=[])
+    assert hits[0][0]["id"] == "r42"
+
+
+def test_fixed_size_lists_float16_and_struct_metadata(service, index, tmp_path):
+    x = clustered(50, D, seed=2).astype(np.float16)
+    meta = pa.array([{"k": i} for i in range(50)])
+    table = pa.table(
+        {
+            "doc": pa.array([f"d{i}" for i in range(50)]),
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), D),
+            "metadata": meta,
+        }
+    )
+    pq.write_table(table, tmp_path / "b.parquet")
+    done = load(service, index, tmp_path / "b.parquet", options={"columns": {"id": "doc", "vector": "emb"}})
+    assert done.state == "succeeded", done.status()
+    got = service.get("t", "docs", index.kek, ["d3"], ["vector", "metadata"])
+    np.testing.assert_allclose(got[0]["vector"], x[3].astype(np.float32))
+    assert got[0]["metadata"] == {"k": 3}
+
+
+def test_npy_with_ids_sidecar_and_npz(service, index, tmp_path):
+    x = clustered(300, D, seed=3)
+    np.save(tmp_path / "v.npy", x.astype(np.float64))
+    (tmp_path / "v.ids.txt").write_text("".join(f"n{i}\n" for i in range(300)))
+    assert load(service, index, tmp_path / "v.npy", options={"rows": 64}).state == "succeeded"
+    np.savez(tmp_path / "z.npz", ids=np.array([f"z{i}" for i in range(300)]), vectors=x)
+    assert load(service, index, tmp_path / "z.npz", options={"rows": 100}).state == "succeeded"
+    assert service.num_vectors("t", "docs", index.kek) == 600
+    got = service.get("t", "docs", index.kek, ["n299", "z0"], ["vector"])
+    np.testing.assert_allclose(got[0]["vector"], x[299], rtol=1e-6)
+    np.testing.assert_allclose(got[1]["vector"], x[0], rtol=1e-6)
+
+
+def test_jsonl_items_duplicates_last_wins_and_overwrites(service, index, tmp_path):
+    x = clustered(20, D, seed=4)
+    from ciphervec.engine.model import RowBatch
+
+    service.upsert("t", "docs", index.kek, RowBatch(["j0"], x[19:20]))
+    lines = [json.dumps({"id": f"j{i}", "vector": x[i].tolist(), "metadata": {"n": i}}) for i in range(10)]
+    lines.append(json.dumps({"id": "j3", "vector": x[15].tolist(), "contents": "again"}))
+    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    done = load(service, index, tmp_path / "items.jsonl", options={"rows": 4})
+    assert done.state == "succeeded", done.status()
+    assert service.num_vectors("t", "docs", index.kek) == 10
+    got = service.get("t", "docs", index.kek, ["j3", "j0"], ["vector", "contents", "metadata"])
+    np.testing.assert_allclose(got[0]["vector"], x[15], rtol=1e-6)
+    assert got[0]["contents"] == "again" and not got[0]["metadata"]
+    np.testing.assert_allclose(got[1]["vector"], x[0], rtol=1e-6)  # the index's old j0 overwritten
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("dimension", "vector has 5 values; expected 16"),
+        ("nan", "NaN or Inf"),
+        ("id", "id is not a non-empty string"),
+        ("metadata", "metadata is not valid JSON"),
+    ],
+)
+def test_a_bad_row_loads_nothing_and_says_why(service, index, tmp_path, store: MemoryStore, kind, reason):
+    x = clustered(500, D, seed=5)
+    ids: list = [f"b{i}" for i in range(500)]
+    meta = [json.dumps({"i": i}) for i in range(500)]
+    if kind == "dimension":
+        path = tmp_path / "bad.jsonl"
+        rows = [{"id": ids[i], "vector": x[i].tolist()} for i in range(500)]
+        rows[437]["vector"] = rows[437]["vector"][:5]
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        if kind == "nan":
+            x[437, 3] = np.nan
+        if kind == "id":
+            ids[437] = ""
+        if kind == "metadata":
+            meta[437] = "{not json"
+        path = write_parquet(tmp_path / "bad.parquet", ids, x, meta)
+    before = set(store.list(""))
+    done = load(service, index, path, options={"rows": 100})
+    assert done.state == "failed"
+    assert done.rows_loaded == 0 and done.refused >= 1
+    assert any(r["row"] == 437 and reason in r["reason"] for r in done.reasons), done.reasons
+    assert service.num_vectors("t", "docs", index.kek) == 0
+    left = {k for k in store.list("") if "/load/" in k}
+    assert not left, "staged segments of a failed load are removed"
+    assert not [k for k in set(store.list("")) - before if ".loads/" not in k]
+    # nothing of the file's data in the failure record
+    raw = b"".join(store.get(k)[0] for k in store.list("") if ".loads/" in k)
+    assert b"b437" not in raw and b"not json" not in raw
+
+
+def test_not_a_parquet_file(service, index, tmp_path):
+    (tmp_path / "x.parquet").write_bytes(b"garbage" * 100)
+    done = load(service, index, tmp_path / "x.parquet")
+    assert done.state == "failed" and "not a readable Parquet file" in done.reasons[0]["reason"]
+
+
+def test_interrupted_job_resumes_and_commits_once(service, index, tmp_path, store):
+    x = clustered(1000, D, seed=6)
+    path = write_parquet(tmp_path / "r.parquet", [f"r{i}" for i in range(1000)], x, row_group=128)
+    job, new = start(service, index, str(path), options={"rows": 100})
+    assert new
+    calls = iter(range(100))
+    paused = work(service, index, job.job_id, should_stop=lambda: next(calls) >= 3)
+    assert paused.state == "paused" and paused.rows_read == 400 and len(paused.staged) == 4
+    assert service.num_vectors("t", "docs", index.kek) == 0  # nothing visible before the commit
+    again, new = start(service, index, str(path), options={"rows": 100})  # a redelivered message
+    assert not new and again.job_id == job.job_id
+    done = work(service, index, job.job_id)
+    assert done.state == "succeeded" and done.rows_read == 1000 and done.invocations == 2
+    assert service.num_vectors("t", "docs", index.kek) == 1000
+    head = service.heads.open("t", "docs", index.kek)
+    assert sum(s.rows for s in head.body.segments if s.name.startswith("load/")) == 1000  # none twice
+    # a duplicate delivery after the end does nothing
+    assert work(service, index, job.job_id).state == "succeeded"
+    assert len(service.heads.open("t", "docs", index.kek).body.segments) == len(head.body.segments)
+
+
+def test_crash_after_commit_does_not_commit_twice(service, index, tmp_path, store):
+    x = clustered(100, D, seed=7)
+    path = write_parquet(tmp_path / "c.parquet", [f"c{i}" for i in range(100)], x)
+    job, _ = start(service, index, str(path))
+    jobs = service.loader.jobs
+    real_save = jobs.save
+
+    def crash_on_success(tenant, record, head):
+        if record.state == "succeeded":
+            raise ConnectionError("crashed before recording success")
+        real_save(tenant, record, head)
+
+    jobs.save = crash_on_success
+    with pytest.raises(ConnectionError):
+        work(service, index, job.job_id)
+    jobs.save = real_save
+    n_refs = len(service.heads.open("t", "docs", index.kek).body.segments)
+    service.loader.jobs.clock = lambda: 10**12  # the crashed worker's lease has run out
+    done = work(service, index, job.job_id)
+    assert done.state == "succeeded"
+    assert len(service.heads.open("t", "docs", index.kek).body.segments) == n_refs
+    assert service.num_vectors("t", "docs", index.kek) == 100
+
+
+def test_a_running_job_is_not_taken_over_until_its_lease_runs_out(service, index, tmp_path):
+    x = clustered(300, D, seed=8)
+    path = write_parquet(tmp_path / "l.parquet", [f"l{i}" for i in range(300)], x)
+    job, _ = start(service, index, str(path), options={"rows": 100})
+    head = service.heads.open("t", "docs", index.kek)
+    mine = service.loader.claim(head, job.job_id, "worker-a")
+    with pytest.raises(LoadBusy):
+        work(service, index, job.job_id, owner="worker-b")
+    t = service.loader.jobs.clock()
+    service.loader.jobs.clock = lambda: t + 1000
+    assert work(service, index, job.job_id, owner="worker-b").state == "succeeded"
+    with pytest.raises(LostLease):  # worker a wakes up: its record is stale
+        service.loader.jobs.save("t", mine, head)
+
+
+def test_sweep_keeps_staging_of_live_jobs_and_removes_abandoned(store, kek, tmp_path):
+    import time as _t
+
+    t0 = _t.time()
+    now = [t0]
+    service = IndexService(store, train_threshold=10**9, retire_grace_seconds=10, clock=lambda: now[0])
+    service.create_index("t", "docs", IndexConfig(dimension=D), kek=kek)
+    target = Target("t", "docs", kek)
+    x = clustered(300, D, seed=9)
+    path = write_parquet(tmp_path / "s.parquet", [f"s{i}" for i in range(300)], x)
+    job, _ = start(service, target, str(path), options={"rows": 100})
+    paused = work(service, target, job.job_id, should_stop=lambda: True)
+    assert len(paused.staged) == 1
+    staged = [k for k in store.list("") if "/load/" in k]
+    assert len(staged) == 1
+    now[0] = t0 + 3600  # past the grace period, the job idle for an hour only
+    service.sweep("t", "docs", kek)
+    assert [k for k in store.list("") if "/load/" in k] == staged
+    now[0] = t0 + 3 * 86400  # abandoned for days
+    service.sweep("t", "docs", kek)
+    assert not [k for k in store.list("") if "/load/" in k]
+    # a later attempt starts over instead of committing what the sweep removed
+    done = work(service, target, job.job_id)
+    assert done.state == "succeeded" and service.num_vectors("t", "docs", kek) == 300
+
+
+def test_load_can_trigger_training(store, kek, tmp_path):
+    service = IndexService(store, train_threshold=500)
+    service.create_index("t", "docs", IndexConfig(dimension=D), kek=kek)
+    x = clustered(800, D, seed=10)
+    path = write_parquet(tmp_path / "big.parquet", [f"g{i}" for i in range(800)], x)
+    done = load(service, Target("t", "docs", kek), path)
+    assert done.training_triggered
+    assert service.heads.open("t", "docs", kek).envelope.training["state"] == "queued"
+
+
+def test_dimension_is_taken_from_the_file_when_the_index_has_none(service, kek, tmp_path):
+    service.create_index("t", "free", IndexConfig(), kek=kek)
+    x = clustered(10, 7, seed=11)
+    path = write_parquet(tmp_path / "f.parquet", [f"f{i}" for i in range(10)], x)
+    done = load(service, Target("t", "free", kek), path)
+    assert done.state == "succeeded"
+    assert service.describe("t", "free", kek)["dimension"] == 7
+
+
+def test_wrong_key_cannot_start_or_read_a_job(service, index, tmp_path):
+    from ciphervec.engine.errors import Unauthorized
+
+    path = write_parquet(tmp_path / "k.parquet", ["a"], clustered(1, D))
+    with pytest.raises(Unauthorized):
+        start(service, Target("t", "docs", bytes(32)), str(path))
+
+
+def test_plaintext_never_reaches_the_store(service, index, tmp_path, store):
+    x = clustered(64, D, seed=12)
+    path = write_parquet(
+        tmp_path / "p.parquet",
+        [f"secret-id-{i}" for i in range(64)],
+        x,
+        [json.dumps({"tag": "secret-tag"})] * 64,
+        ["secret contents"] * 64,
+    )
+    assert load(service, index, path).state == "succeeded"
+    blob = b"".join(store.get(k)[0] for k in store.list(""))
+    for needle in (b"secret-id", b"secret-tag", b"secret contents", b"p.parquet", x[:2].tobytes()[:16]):
+        assert needle not in blob
