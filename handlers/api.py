@@ -21,7 +21,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ..engine.errors import CipherVecError, Contention, ValidationFailed
 from . import request as rq
-from . import routes_indexes, routes_users, routes_vectors
+from . import routes_indexes, routes_loads, routes_users, routes_vectors
 
 logger = Logger(service="ciphervec")
 # Anything before "/v1/" is a stage or base-path prefix (API Gateway stage, proxy path).
@@ -97,7 +97,7 @@ class RestResolver(ThreadEvent, APIGatewayRestResolver):
 
 def _make(resolver: Any) -> Any:
     app = resolver(strip_prefixes=[_PREFIX])
-    for routes in (routes_indexes, routes_vectors, routes_users):
+    for routes in (routes_indexes, routes_vectors, routes_loads, routes_users):
         app.include_router(routes.router)
     app.exception_handler(CipherVecError)(on_engine_error)
     app.exception_handler(PydanticValidationError)(on_validation_error)

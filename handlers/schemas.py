@@ -117,3 +117,15 @@ class QueryMetadataRequest(IndexRequest):
 class CreateUserRequest(Wire):
     permissions: list[StrictStr]
     index_key: StrictStr | None = None
+
+
+class LoadColumns(Wire):
+    id: StrictStr | None = None
+    vector: StrictStr | None = None
+    metadata: StrictStr | None = None
+    contents: StrictStr | None = None
+
+
+class LoadRequest(IndexRequest):
+    source: StrictStr
+    columns: LoadColumns | None = None

@@ -1,0 +1,35 @@
+"""Routes of batch loads (our extension): start one from an S3 object, and follow it."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import Router
+
+from ..infra.loading import Target, check_source, start
+from . import request as rq
+from . import schemas
+
+router = Router()
+
+
+@rq.route(router, "POST", "/v1/vectors/load")
+def load() -> Response:
+    req: schemas.LoadRequest = rq.parse(schemas.LoadRequest)
+    tenant, kek = rq.index_target("write", req)
+    c = rq.c()
+    check_source(req.source, tenant, c.settings.load_sources, c.settings.load_bucket)
+    columns = req.columns.model_dump(exclude_none=True) if req.columns else {}
+    target = Target(tenant, req.index_name, kek)
+    job, new = start(c.service, target, req.source, s3=c.s3, options={"columns": columns})
+    if new or job.state in ("queued", "paused"):
+        c.loads.enqueue(target, job.job_id)
+    return rq.answer(202, {"job_id": job.job_id, **job.status()})
+
+
+@rq.route(router, "GET", "/v1/loads/<job_id>")
+def load_status(job_id: str) -> Response:
+    c = rq.c()
+    who = c.auth.authenticate(rq.header("x-api-key"))
+    job = c.service.loader.jobs.read(who.tenant, job_id)
+    who.require("read", job.index_name)
+    return rq.ok(job.status())
