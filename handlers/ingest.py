@@ -134,7 +134,7 @@ def record_handler(record: SQSRecord, run: Invocation) -> None:
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     run = Invocation(context)
-    return process_partial_response(  # type: ignore[no-any-return]
+    return process_partial_response(  # type: ignore[return-value]
         event=event,
         record_handler=lambda record: record_handler(record, run),
         processor=processor,
