@@ -1,4 +1,4 @@
-"""``ciphervec serve | keys`` for humans."""
+"""``ciphervec serve | keys | load | bench`` for humans."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..infra.settings import Settings
+from . import load_cli
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -200,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     kr = ks.add_parser("revoke", help="revoke a key by its id")
     kr.add_argument("key_id")
     k.set_defaults(func=keys)
+    load_cli.add_parser(sub)
     b = sub.add_parser("bench", help="side-by-side benchmark (source checkout; see bench/run.py --help)")
     b.add_argument("--repo", default=".", help="the source checkout (default: here)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to bench/run.py")
