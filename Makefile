@@ -60,3 +60,21 @@ bench: bench-deps
 
 clean:
 	rm -rf $(VENV) .venv-embed .venv-ref .pytest_cache .mypy_cache .ruff_cache
+
+# `sam build` builds IngestFunction with this target (template.yaml: BuildMethod: makefile):
+# ciphervec[load] for Lambda's python3.12 on x86_64 without faiss (a load never searches),
+# and pyarrow without what Parquet reading never loads (Flight, Substrait is needed; S3/GCS/
+# Azure/HDFS filesystems, headers, tests), so the function stays under 250 MB unzipped.
+LAMBDA_PIP = --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 --only-binary=:all:
+PYARROW_UNUSED = include tests src libarrow_flight.so* libarrow_python_flight.so* _flight.*.so \
+  libarrow_s3.so* _s3fs.*.so _gcsfs.*.so _azurefs.*.so _hdfs.*.so libarrow_python.so \
+  libarrow_python.so.*.*.* libarrow_python_parquet_encryption.so libarrow_python_parquet_encryption.so.*.*.*
+
+build-IngestFunction:
+	rm -rf "$(ARTIFACTS_DIR)/.wheel" && mkdir -p "$(ARTIFACTS_DIR)/.wheel"
+	python3 -m pip wheel --quiet --no-deps --wheel-dir "$(ARTIFACTS_DIR)/.wheel" .
+	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" $(LAMBDA_PIP) \
+	  "$$(ls "$(ARTIFACTS_DIR)"/.wheel/ciphervec-*.whl)[load]"
+	rm -rf "$(ARTIFACTS_DIR)/.wheel" "$(ARTIFACTS_DIR)/bin"
+	cd "$(ARTIFACTS_DIR)/pyarrow" && rm -rf $(PYARROW_UNUSED)
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
