@@ -44,7 +44,7 @@ def write_parquet(path: Path, base: np.ndarray) -> None:
 
     d = base.shape[1]
     schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), d))])
-    with pq.ParquetWriter(path, schema, compression="zstd") as w:
+    with pq.ParquetWriter(path, schema, compression="snappy") as w:
         for lo in range(0, len(base), 65536):
             part = base[lo : lo + 65536]
             ids = pa.array([f"doc-{i}" for i in range(lo, lo + len(part))])

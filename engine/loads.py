@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ from .heads import Head, Heads
 from .manifest import Envelope, HeadBody, SegmentRef
 from .names import new_id, tenant_root
 from .ports import BlobNotFound, StoreConflict
+from .prefetch import prefetched
 from .segment import Segment
 
 ACTIVE = ("queued", "running", "paused")
@@ -37,6 +40,7 @@ LEASE_SECONDS = 120.0  # a running job not checkpointed for this long may be tak
 ABANDON_SECONDS = 86400.0  # staged segments of a job idle this long are swept
 MAX_REASONS = 10
 KEEP_LOADS = 64  # job ids remembered in the head
+WRITERS = 2  # staged segments being sealed and written at once
 
 
 class BadSource(CipherVecError):
@@ -340,45 +344,79 @@ class Loader:
         the read goes on to count them. Storage faults propagate with the checkpoint intact."""
         if job.state in DONE:
             return job
-        tenant = head.tenant
         dimension = int(head.body.config.get("dimension") or 0) or None
         t0 = time.perf_counter()
         counted = job.seconds
-        try:
-            for chunk in read(dict(job.position), dimension):
-                dimension = dimension or (chunk.vectors.shape[1] if chunk.vectors is not None else None)
-                seg, bad = check(chunk, dimension or 0)
-                job.rows_read += len(chunk)
-                if bad:
-                    job.refused += len(bad)
-                    room = MAX_REASONS - len(job.reasons)
-                    job.reasons.extend({"row": r, "reason": why} for r, why in bad[: max(room, 0)])
-                elif seg is not None and not job.refused:
-                    name = f"load/{job.job_id}/{new_id()}"
-                    self.heads.write(head, name, segment.encode(seg, head.precision))
-                    job.staged.append([name, len(seg)])
+        # Reading the next chunk (a read-ahead thread), sealing and writing this one, and the
+        # writes of the one before overlap; outcomes are recorded in file order.
+        inflight: deque[tuple[Future[str] | None, Chunk, int]] = deque()
+        stopped = False
+
+        def settle(wait: bool) -> None:
+            nonlocal stopped
+            while inflight and (wait or _ready(inflight[0][0])):
+                future, chunk, rows = inflight.popleft()
+                if future is not None:
+                    future.result()
+                    job.staged.append([_name_of(future), rows])
                 job.position = dict(chunk.position)
                 job.bytes_read = chunk.bytes_read
                 job.seconds = counted + time.perf_counter() - t0
-                self.jobs.save(tenant, job, head)
+                self.jobs.save(head.tenant, job, head)
                 progress(job)
-                if should_stop():
-                    job.state = "paused"
-                    job.owner = None
-                    self.jobs.save(tenant, job, head)
-                    return job
+                stopped = stopped or should_stop()
+                wait = False
+
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ciphervec-stage") as pool,
+                prefetched(read(dict(job.position), dimension)) as chunks,
+            ):
+                try:
+                    for chunk in chunks:
+                        dimension = dimension or (
+                            chunk.vectors.shape[1] if chunk.vectors is not None else None
+                        )
+                        seg, bad = check(chunk, dimension or 0)
+                        job.rows_read += len(chunk)
+                        future = None
+                        if bad:
+                            job.refused += len(bad)
+                            room = MAX_REASONS - len(job.reasons)
+                            job.reasons.extend({"row": r, "reason": why} for r, why in bad[: max(room, 0)])
+                        elif seg is not None and not job.refused:
+                            future = pool.submit(self._stage, head, job.job_id, seg)
+                        inflight.append((future, chunk, len(seg) if seg is not None else 0))
+                        while len(inflight) > WRITERS:
+                            settle(True)
+                        settle(False)
+                        if stopped:
+                            break
+                finally:
+                    while inflight:  # what was written is recorded, also on the way out
+                        settle(True)
+            if stopped:
+                job.state, job.owner = "paused", None
+                self.jobs.save(head.tenant, job, head)
+                return job
         except BadSource as exc:
             job.refused = max(job.refused, 1)
             job.reasons.append({"row": job.rows_read, "reason": exc.detail})
         except KeyboardInterrupt:
             job.state, job.owner = "paused", None
             job.seconds = counted + time.perf_counter() - t0
-            self.jobs.save(tenant, job, head)
+            self.jobs.save(head.tenant, job, head)
             raise
         job.seconds = counted + time.perf_counter() - t0
         if job.refused:
             return self._fail(head, job, "the file has rows that cannot be loaded; nothing was loaded")
         return self._commit(head, job, t0, counted)
+
+    def _stage(self, head: Head, job_id: str, seg: Segment) -> str:
+        """Seal and write one staged segment; returns its name."""
+        name = f"load/{job_id}/{new_id()}"
+        self.heads.write(head, name, segment.encode(seg, head.precision))
+        return name
 
     def _fail(self, head: Head, job: LoadJob, error: str) -> LoadJob:
         staged = [name for name, _ in job.staged]
@@ -421,6 +459,14 @@ class Loader:
         if head.body.config.get("dimension"):
             return int(head.body.config["dimension"])
         return segment.decode(self.heads.read(head, staged[0][0])).vectors.shape[1]  # type: ignore[union-attr]
+
+
+def _ready(future: Future[Any] | None) -> bool:
+    return future is None or future.done()
+
+
+def _name_of(future: Future[Any]) -> str:
+    return str(future.result())
 
 
 def _estimate(body: HeadBody) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from ..engine.loads import BadSource, Chunk, Reader
 from .sources import SourceFile
 
-CHUNK_BYTES = 96 << 20  # vector bytes per chunk (one staged segment)
+CHUNK_BYTES = 24 << 20  # vector bytes per chunk (one staged segment)
 MAX_CHUNK_ROWS = 65536
 
 

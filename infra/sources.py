@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import unquote_plus
@@ -21,7 +22,8 @@ FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-BLOCK = 8 << 20  # bytes per ranged GET
+BLOCK = 16 << 20  # bytes per ranged GET
+AHEAD = 4  # ranged GETs in flight while a file is read front to back
 
 
 def file_format(name: str) -> str | None:
@@ -124,7 +126,7 @@ def s3_source(s3: Any, bucket: str, key: str, fmt: str) -> SourceFile:
             return None
 
     def opener() -> BinaryIO:
-        return io.BufferedReader(S3Range(s3, bucket, key, size, etag), buffer_size=BLOCK)
+        return io.BufferedReader(S3Range(s3, bucket, key, size, etag), buffer_size=1 << 20)
 
     return SourceFile(f"s3://{bucket}/{key}", size, etag, fmt, opener, neighbour)
 
@@ -135,11 +137,14 @@ def s3_event_key(raw: str) -> str:
 
 
 class S3Range(io.RawIOBase):
-    """A read-only, seekable view of one version of an S3 object (ranged GETs with If-Match)."""
+    """A read-only, seekable view of one version of an S3 object: ranged GETs pinned to its
+    ETag, read ahead in parallel (S3 serves one connection at a fraction of what several do)."""
 
     def __init__(self, s3: Any, bucket: str, key: str, size: int, etag: str) -> None:
         self.s3, self.bucket, self.key, self.size, self.etag = s3, bucket, key, size, etag
         self.pos = 0
+        self._blocks: dict[int, Future[bytes]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="ciphervec-s3-read")
 
     def readable(self) -> bool:
         return True
@@ -155,25 +160,48 @@ class S3Range(io.RawIOBase):
         self.pos = max(0, base + offset)
         return self.pos
 
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self.size - self.pos)
-        if want <= 0:
-            return 0
+    def close(self) -> None:
+        if not self.closed:
+            for future in self._blocks.values():
+                future.cancel()
+            self._blocks.clear()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
+
+    def _get(self, start: int, end: int) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
             got = self.s3.get_object(
-                Bucket=self.bucket,
-                Key=self.key,
-                Range=f"bytes={self.pos}-{self.pos + want - 1}",
-                IfMatch=self.etag,
+                Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end - 1}", IfMatch=self.etag
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise BadSource("the file changed while it was being loaded") from None
             raise
-        data = got["Body"].read()
-        n = len(data)
-        memoryview(buffer)[:n] = data
+        return bytes(got["Body"].read())
+
+    def _block(self, k: int) -> Future[bytes]:
+        future = self._blocks.get(k)
+        if future is None:
+            start = k * BLOCK
+            future = self._pool.submit(self._get, start, min(self.size, start + BLOCK))
+            self._blocks[k] = future
+        return future
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self.size - self.pos)
+        if want <= 0:
+            return 0
+        k = self.pos // BLOCK
+        for old in [b for b in self._blocks if b < k or b > k + AHEAD]:  # behind us, or a jump away
+            self._blocks.pop(old).cancel()
+        last = (self.size - 1) // BLOCK
+        for ahead in range(k, min(last, k + AHEAD - 1) + 1):
+            self._block(ahead)
+        data = self._block(k).result()
+        offset = self.pos - k * BLOCK
+        n = min(want, len(data) - offset)
+        memoryview(buffer)[:n] = data[offset : offset + n]
         self.pos += n
         return n

@@ -166,7 +166,9 @@ def test_interrupted_job_resumes_and_commits_once(service, index, tmp_path, stor
     assert new
     calls = iter(range(100))
     paused = work(service, index, job.job_id, should_stop=lambda: next(calls) >= 3)
-    assert paused.state == "paused" and paused.rows_read == 400 and len(paused.staged) == 4
+    assert paused.state == "paused" and 400 <= paused.rows_read < 1000  # chunks in flight are kept
+    assert paused.position == {"row": paused.rows_read}
+    assert sum(rows for _, rows in paused.staged) == paused.rows_read
     assert service.num_vectors("t", "docs", index.kek) == 0  # nothing visible before the commit
     again, new = start(service, index, str(path), options={"rows": 100})  # a redelivered message
     assert not new and again.job_id == job.job_id
@@ -231,9 +233,9 @@ def test_sweep_keeps_staging_of_live_jobs_and_removes_abandoned(store, kek, tmp_
     path = write_parquet(tmp_path / "s.parquet", [f"s{i}" for i in range(300)], x)
     job, _ = start(service, target, str(path), options={"rows": 100})
     paused = work(service, target, job.job_id, should_stop=lambda: True)
-    assert len(paused.staged) == 1
+    assert 1 <= len(paused.staged) < 3
     staged = [k for k in store.list("") if "/load/" in k]
-    assert len(staged) == 1
+    assert len(staged) == len(paused.staged)
     now[0] = t0 + 3600  # past the grace period, the job idle for an hour only
     service.sweep("t", "docs", kek)
     assert [k for k in store.list("") if "/load/" in k] == staged
