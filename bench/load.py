@@ -4,6 +4,8 @@ embeddings (1M: the 101k real ones plus blends of them, as bench/scale.py makes)
 * plain     pyarrow reads the file into one numpy array (no crypto, no store): the ceiling
 * direct    the loader as IngestFunction runs it: the file in S3 (a moto server), the index
             in S3 too, staged sealed segments, one commit
+* local     the same loader from a local file into a file store (`ciphervec load --store`):
+            the engine's own speed, without moto sharing the two cores
 * cli-url   `ciphervec load FILE --url` against `ciphervec serve` (upsert_binary batches)
 * sdk       the official cyborgdb SDK's upsert, 1,000-vector batches, against `ciphervec serve`
 
@@ -32,6 +34,7 @@ from common import API_KEY, Server, free_port, save, wait_port  # noqa: E402
 
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 KEY = bytes(range(32))
+ROADS = ("plain", "direct", "local", "cli_url", "sdk")
 
 
 def peak_rss_mb() -> float:
@@ -180,10 +183,11 @@ def run(tmp: Path, sizes: list[int], sdk: bool = True) -> list[dict[str, Any]]:
             row["direct"] = _run(
                 ["direct", f"s3://cv-loads/bench/emb-{n}.parquet", f"s3://cv-data/i{n}", f"d{n}"], env
             )
+            row["local"] = _run(["direct", str(path), f"file://{tmp}/local-{n}", f"l{n}"])
             row["cli_url"] = _cli_url(server.url, path, f"u{n}", tmp)
             if sdk:
                 row["sdk"] = _run(["sdk", server.url, str(path), f"s{n}"])
-            for key in ("plain", "direct", "cli_url", "sdk"):
+            for key in ROADS:
                 if key in row:
                     row[key]["vps"] = round(row[key]["rows"] / row[key]["seconds"])
             rows.append(row)
@@ -199,7 +203,7 @@ def run(tmp: Path, sizes: list[int], sdk: bool = True) -> list[dict[str, Any]]:
 def print_row(row: dict[str, Any]) -> None:
     print(f"\n  {row['n']:,} vectors ({row['data']}), Parquet {row['file_mb']} MB")
     print(f"  {'road':<10}{'vectors/s':>12}{'seconds':>10}{'peak RSS MB':>13}")
-    for key in ("plain", "direct", "cli_url", "sdk"):
+    for key in ROADS:
         r = row.get(key)
         if r:
             rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
