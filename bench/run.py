@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", default="10000,100000,1000000", help="sizes for the scale run ('' = skip)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold start on S3 (moto)")
     ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrent-clients run")
+    ap.add_argument("--load-sizes", default="100000,1000000", help="batch-load sizes ('' = skip)")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -393,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n== concurrency: SDK clients in separate processes, MiniLM-384, default n_probes ==")
             report["concurrency"] = concurrency.run(tmp / "conc", args.n, [1, 2, 4, 8], [10, 100], 10.0)
+        if args.load_sizes and "minilm" in args.datasets:
+            import load as load_run
+
+            print("\n== batch loads: one Parquet file of 384-d embeddings, end to end (bench/load.py) ==")
+            (tmp / "load").mkdir()
+            report["loads"] = load_run.run(tmp / "load", [int(n) for n in args.load_sizes.split(",")])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save(report, "bench", latest=True)

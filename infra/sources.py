@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import unquote_plus
@@ -22,8 +23,10 @@ FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-BLOCK = 16 << 20  # bytes per ranged GET
-AHEAD = 4  # ranged GETs in flight while a file is read front to back
+BLOCK = 8 << 20  # bytes handed from a streaming GET to the reader at a time
+SPANS = 4  # a file is read in about this many streaming GETs
+SPAN_MIN = 64 << 20
+SPAN_DEPTH = 4  # blocks a span reads ahead of use
 
 
 def file_format(name: str) -> str | None:
@@ -136,15 +139,69 @@ def s3_event_key(raw: str) -> str:
     return unquote_plus(raw)
 
 
+class _Span:
+    """One streaming GET over a stretch of the object, read block by block ahead of use by
+    its own thread (at most ``depth`` blocks waiting)."""
+
+    def __init__(self, fetch: Callable[[int, int], Any], start: int, end: int, depth: int) -> None:
+        self.start, self.end = start, end
+        self.blocks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.next = start  # offset of the next block handed out
+        self.thread = threading.Thread(target=self._run, args=(fetch,), name="ciphervec-s3-read", daemon=True)
+        self.thread.start()
+
+    def _run(self, fetch: Callable[[int, int], Any]) -> None:
+        try:
+            body = fetch(self.start, self.end)
+            at = self.start
+            while at < self.end and not self.stop.is_set():
+                data = body.read(min(BLOCK, self.end - at))
+                if not data:
+                    raise OSError("the object ended early")
+                at += len(data)
+                while not self.stop.is_set():
+                    try:
+                        self.blocks.put(data, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+            body.close()
+        except BaseException as exc:  # handed to the reader
+            self.blocks.put(exc)
+
+    def take(self) -> bytes:
+        got = self.blocks.get()
+        if isinstance(got, BaseException):
+            raise got
+        self.next += len(got)
+        return got
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.blocks.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+
 class S3Range(io.RawIOBase):
-    """A read-only, seekable view of one version of an S3 object: ranged GETs pinned to its
-    ETag, read ahead in parallel (S3 serves one connection at a fraction of what several do)."""
+    """A read-only, seekable view of one version of an S3 object, pinned to its ETag.
+
+    Front-to-back reading (what every format does after a look at a Parquet footer) runs on
+    streaming GETs of large spans, the next span already streaming while this one is read:
+    few requests (each costs a round trip, and an S3 stand-in such as moto reads the whole
+    object for every ranged GET) and two connections' worth of throughput. A jump elsewhere
+    reads just what is asked."""
 
     def __init__(self, s3: Any, bucket: str, key: str, size: int, etag: str) -> None:
         self.s3, self.bucket, self.key, self.size, self.etag = s3, bucket, key, size, etag
         self.pos = 0
-        self._blocks: dict[int, Future[bytes]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="ciphervec-s3-read")
+        self.span_bytes = max(SPAN_MIN, -(-size // SPANS // BLOCK) * BLOCK)
+        self._spans: list[_Span] = []  # the current span, then the one after it
+        self._block = b""  # the block being read and where it starts
+        self._block_at = 0
 
     def readable(self) -> bool:
         return True
@@ -161,14 +218,12 @@ class S3Range(io.RawIOBase):
         return self.pos
 
     def close(self) -> None:
-        if not self.closed:
-            for future in self._blocks.values():
-                future.cancel()
-            self._blocks.clear()
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for span in self._spans:
+            span.close()
+        self._spans = []
         super().close()
 
-    def _get(self, start: int, end: int) -> bytes:
+    def _open(self, start: int, end: int) -> Any:
         from botocore.exceptions import ClientError
 
         try:
@@ -179,29 +234,41 @@ class S3Range(io.RawIOBase):
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise BadSource("the file changed while it was being loaded") from None
             raise
-        return bytes(got["Body"].read())
+        return got["Body"]
 
-    def _block(self, k: int) -> Future[bytes]:
-        future = self._blocks.get(k)
-        if future is None:
-            start = k * BLOCK
-            future = self._pool.submit(self._get, start, min(self.size, start + BLOCK))
-            self._blocks[k] = future
-        return future
+    def _span(self, start: int) -> _Span:
+        return _Span(self._open, start, min(self.size, start + self.span_bytes), depth=SPAN_DEPTH)
 
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), self.size - self.pos)
         if want <= 0:
             return 0
-        k = self.pos // BLOCK
-        for old in [b for b in self._blocks if b < k or b > k + AHEAD]:  # behind us, or a jump away
-            self._blocks.pop(old).cancel()
-        last = (self.size - 1) // BLOCK
-        for ahead in range(k, min(last, k + AHEAD - 1) + 1):
-            self._block(ahead)
-        data = self._block(k).result()
-        offset = self.pos - k * BLOCK
-        n = min(want, len(data) - offset)
-        memoryview(buffer)[:n] = data[offset : offset + n]
+        if not (self._block_at <= self.pos < self._block_at + len(self._block)):
+            self._advance(want)
+        offset = self.pos - self._block_at
+        n = min(want, len(self._block) - offset)
+        memoryview(buffer)[:n] = self._block[offset : offset + n]
         self.pos += n
         return n
+
+    def _advance(self, want: int) -> None:
+        """Make the block holding ``pos`` current: the next one of the spans when reading on;
+        a small read that does not continue the last one (a footer) is a plain ranged GET;
+        reading on past it, or a big read, starts streaming spans there."""
+        spans = self._spans
+        reading_on = bool(self._block) and self.pos == self._block_at + len(self._block)
+        if spans and spans[0].next >= spans[0].end:  # this span is used up: on to the next
+            spans.pop(0).close()
+        if spans and spans[0].next == self.pos:
+            self._block_at, self._block = self.pos, spans[0].take()
+        elif want < BLOCK and not reading_on:
+            end = min(self.size, self.pos + max(want, 64 << 10))
+            self._block_at, self._block = self.pos, self._open(self.pos, end).read()
+            return
+        else:
+            for span in spans:
+                span.close()
+            self._spans = spans = [self._span(self.pos)]
+            self._block_at, self._block = self.pos, spans[0].take()
+        if len(spans) == 1 and spans[0].end < self.size:  # keep the next span streaming
+            spans.append(self._span(spans[0].end))
