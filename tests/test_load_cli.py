@@ -90,7 +90,6 @@ def test_url_load_streams_batches_and_resumes(tmp_path, monkeypatch, capsys, ser
     srv = server_factory("--store", f"file://{tmp_path}/srv")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("ciphervec.infra.formats.MAX_CHUNK_ROWS", 1000)
-    monkeypatch.setattr(load_cli, "BODY_BYTES", 64 << 10)  # several batches per chunk
     x = clustered(5000, D, seed=2)
     ids = [f"u{i}" for i in range(5000)]
     path = tmp_path / "u.npy"
@@ -107,6 +106,8 @@ def test_url_load_streams_batches_and_resumes(tmp_path, monkeypatch, capsys, ser
         ROOT_KEY,
         "--index-key",
         KEY.hex(),
+        "--batch-mb",
+        "0.0625",  # several batches per chunk
     ]
     interrupt_after(monkeypatch, 3)
     assert main([*args, "--create", "--dimension", str(D)]) == 130
