@@ -20,7 +20,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from ..engine.errors import CipherVecError
 from ..engine.loads import LoadBusy, LoadJob, LostLease
-from ..engine.names import unescape
 from ..infra.loading import QueueLoads, Target, start, work
 from ..infra.sources import file_format, s3_event_key
 from ..infra.wiring import Container, container
@@ -102,7 +101,7 @@ def _dropped_file(c: Container, rec: dict[str, Any], run: Invocation) -> None:
     if len(parts) < 3 or not parts[0] or not parts[1]:
         _result(c, bucket, key, _failed("files go under <tenant>/<index_name>/", started))
         return
-    tenant, name = unescape(parts[0]), unescape(parts[1])
+    tenant, name = parts[0], parts[1]
     try:
         env = c.service.heads.envelope(tenant, name)
         if env.key_mode != "kms":

@@ -57,7 +57,8 @@ def start(
     head = service.heads.open(target.tenant, target.index_name, target.kek)
     src = open_source(source, s3)
     job = LoadJob(
-        job_id(target.tenant, target.index_name, src.location, src.version),
+        # The index's uid too: a re-created index loads the same file anew.
+        job_id(target.tenant, target.index_name, f"{head.envelope.uid}:{src.location}", src.version),
         target.index_name,
         bytes_total=src.size,
         source=src.location,

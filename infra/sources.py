@@ -93,14 +93,25 @@ def open_source(uri: str, s3: Any = None, fmt: str | None = None) -> SourceFile:
         other = _stem(path) + suffix
         return open_source(other, fmt="sidecar") if os.path.exists(other) else None
 
-    return SourceFile(
-        path,
-        st.st_size,
-        f"{st.st_size}-{st.st_mtime_ns}",
-        fmt,
-        lambda: open(path, "rb"),  # noqa: SIM115 - the reader closes it
-        neighbour,
+    return _with_sidecar(
+        SourceFile(
+            path,
+            st.st_size,
+            f"{st.st_size}-{st.st_mtime_ns}",
+            fmt,
+            lambda: open(path, "rb"),  # noqa: SIM115 - the reader closes it
+            neighbour,
+        )
     )
+
+
+def _with_sidecar(src: SourceFile) -> SourceFile:
+    """An ``.npy`` file's version includes its ids file's: uploading the ids after the array
+    (a failed load) and the array again is a new job, not the failed one."""
+    if src.fmt == "npy":
+        ids = src.sibling(".ids.txt")
+        src.version += f"+ids:{ids.version if ids else 'none'}"
+    return src
 
 
 def s3_source(s3: Any, bucket: str, key: str, fmt: str) -> SourceFile:
@@ -131,7 +142,7 @@ def s3_source(s3: Any, bucket: str, key: str, fmt: str) -> SourceFile:
     def opener() -> BinaryIO:
         return io.BufferedReader(S3Range(s3, bucket, key, size, etag), buffer_size=1 << 20)
 
-    return SourceFile(f"s3://{bucket}/{key}", size, etag, fmt, opener, neighbour)
+    return _with_sidecar(SourceFile(f"s3://{bucket}/{key}", size, etag, fmt, opener, neighbour))
 
 
 def s3_event_key(raw: str) -> str:

@@ -287,3 +287,23 @@ def test_plaintext_never_reaches_the_store(service, index, tmp_path, store):
     blob = b"".join(store.get(k)[0] for k in store.list(""))
     for needle in (b"secret-id", b"secret-tag", b"secret contents", b"p.parquet", x[:2].tobytes()[:16]):
         assert needle not in blob
+
+
+def test_a_recreated_index_loads_the_same_file_anew(service, index, tmp_path):
+    path = write_parquet(tmp_path / "again.parquet", ["a", "b"], clustered(2, D))
+    first = load(service, index, path)
+    assert first.state == "succeeded"
+    service.delete_index("t", "docs", index.kek)
+    service.create_index("t", "docs", IndexConfig(dimension=D), kek=index.kek)
+    second = load(service, index, path)
+    assert second.job_id != first.job_id and second.state == "succeeded"
+    assert service.num_vectors("t", "docs", index.kek) == 2
+
+
+def test_npy_job_follows_its_ids_file(service, index, tmp_path):
+    np.save(tmp_path / "late.npy", clustered(3, D))
+    early = load(service, index, tmp_path / "late.npy")
+    assert early.state == "failed" and "ids.txt" in early.reasons[0]["reason"]
+    (tmp_path / "late.ids.txt").write_text("x\ny\nz\n")
+    later = load(service, index, tmp_path / "late.npy")  # the same array, now with its ids
+    assert later.job_id != early.job_id and later.state == "succeeded"
