@@ -111,9 +111,14 @@ class IndexCipher:
         return _context("ciphervec/obj/v1", self._tenant, self._index, name)
 
     def encrypt(self, name: str, plaintext: bytes) -> bytes:
-        """Seal ``plaintext`` as the object called ``name``."""
+        """Seal ``plaintext`` as the object called ``name`` (sealed in place behind its header:
+        objects run to hundreds of MB, and each extra copy of them costs)."""
         nonce = os.urandom(NONCE_BYTES)
-        return OBJECT_MAGIC + nonce + self._object_key(name).encrypt(nonce, plaintext, self._aad(name))
+        head = len(OBJECT_MAGIC) + NONCE_BYTES
+        out = bytearray(head + len(plaintext) + TAG_BYTES)
+        out[:head] = OBJECT_MAGIC + nonce
+        self._object_key(name).encrypt_into(nonce, plaintext, self._aad(name), memoryview(out)[head:])
+        return out  # type: ignore[return-value]  # bytes-like; no caller mutates it
 
     def decrypt(self, name: str, blob: bytes) -> bytes:
         """Open the object called ``name``; tampering or a swap raises ``CorruptObject``."""
@@ -121,6 +126,6 @@ class IndexCipher:
             raise CorruptObject(f"object {name!r} is truncated or has an unknown layout")
         nonce = blob[4 : 4 + NONCE_BYTES]
         try:
-            return self._object_key(name).decrypt(nonce, blob[4 + NONCE_BYTES :], self._aad(name))
+            return self._object_key(name).decrypt(nonce, memoryview(blob)[4 + NONCE_BYTES :], self._aad(name))
         except InvalidTag:
             raise CorruptObject(f"object {name!r} failed authentication") from None
