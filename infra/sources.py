@@ -115,7 +115,7 @@ def _with_sidecar(src: SourceFile) -> SourceFile:
 
 
 def s3_source(s3: Any, bucket: str, key: str, fmt: str) -> SourceFile:
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     if s3 is None:
         import boto3
@@ -130,6 +130,8 @@ def s3_source(s3: Any, bucket: str, key: str, fmt: str) -> SourceFile:
         if code in ("403", "AccessDenied"):
             raise NotFound("source object not found or not readable by ciphervec") from None
         raise
+    except NoCredentialsError:
+        raise InvalidRequest("this server has no AWS credentials to read s3:// sources") from None
     etag = str(head["ETag"])
     size = int(head["ContentLength"])
 

@@ -80,3 +80,17 @@ def test_missing_object_and_unknown_type(s3):
 
     with pytest.raises(InvalidRequest):
         sources.open_source("s3://drops/t/i/x.csv", client)
+
+
+def test_no_credentials_is_a_clear_refusal(monkeypatch):
+    from ciphervec.engine.errors import InvalidRequest
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    with pytest.raises(InvalidRequest, match="credentials"):
+        sources.open_source("s3://drops/t/i/a.parquet", client)
