@@ -114,10 +114,13 @@ class IndexCipher:
         """Seal ``plaintext`` as the object called ``name`` (sealed in place behind its header:
         objects run to hundreds of MB, and each extra copy of them costs)."""
         nonce = os.urandom(NONCE_BYTES)
+        aead = self._object_key(name)
+        if not hasattr(aead, "encrypt_into"):  # cryptography before encrypt_into
+            return OBJECT_MAGIC + nonce + aead.encrypt(nonce, plaintext, self._aad(name))
         head = len(OBJECT_MAGIC) + NONCE_BYTES
         out = bytearray(head + len(plaintext) + TAG_BYTES)
         out[:head] = OBJECT_MAGIC + nonce
-        self._object_key(name).encrypt_into(nonce, plaintext, self._aad(name), memoryview(out)[head:])
+        aead.encrypt_into(nonce, plaintext, self._aad(name), memoryview(out)[head:])
         return out  # type: ignore[return-value]  # bytes-like; no caller mutates it
 
     def decrypt(self, name: str, blob: bytes) -> bytes:

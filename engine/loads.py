@@ -34,7 +34,7 @@ from .ports import BlobNotFound, StoreConflict
 from .prefetch import prefetched
 from .segment import Segment
 
-ACTIVE = ("queued", "running", "paused")
+ACTIVE = ("queued", "running", "paused", "committing")
 DONE = ("succeeded", "failed")
 LEASE_SECONDS = 120.0  # a running job not checkpointed for this long may be taken over
 ABANDON_SECONDS = 86400.0  # staged segments of a job idle this long are swept
@@ -97,6 +97,8 @@ def check(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int,
     if vectors is not None:
         if vectors.ndim != 2 or vectors.shape[0] != n:
             bad.append((first, "the vector column does not have one vector per row"))
+        elif vectors.shape[1] == 0:
+            bad.extend((first + r, "vector is empty") for r in range(n))
         elif vectors.shape[1] != dimension:
             bad.extend(
                 (first + r, f"vector has {vectors.shape[1]} values; the index dimension is {dimension}")
@@ -173,20 +175,22 @@ class LoadJob:
     bytes_read: int = 0
     bytes_total: int = 0
     refused: int = 0
-    reasons: list[dict[str, Any]] = field(default_factory=list)
+    refused_rows: list[int] = field(default_factory=list)  # the first few; why is sealed
     error: str | None = None
     index_count: int | None = None
     training_triggered: bool = False
     owner: str | None = None
     # sealed: never in the plaintext status
     source: str = ""
+    dimension: int | None = None  # the file's, when the index had none
     version: str = ""  # the file's ETag (or size and mtime) when the job began
     options: dict[str, Any] = field(default_factory=dict)  # reader options (Parquet column names)
     staged: list[list[Any]] = field(default_factory=list)  # [name, rows]
     position: dict[str, Any] = field(default_factory=dict)
+    reasons: list[dict[str, Any]] = field(default_factory=list)  # {"row", "reason"}: may name columns
     etag: str = ""  # the record's store tag as last read or written (not stored)
 
-    _SEALED = ("source", "version", "options", "staged", "position")
+    _SEALED = ("source", "dimension", "version", "options", "staged", "position", "reasons")
 
     def status(self) -> dict[str, Any]:
         """What ``GET /v1/loads/{job_id}`` and the result file say."""
@@ -197,7 +201,8 @@ class LoadJob:
             "rows_read": self.rows_read,
             "rows_loaded": self.rows_loaded,
             "rows_refused": self.refused,
-            "refused": self.reasons,
+            # Why, when the checkpoint was opened (the index key, or a kms index); else rows only.
+            "refused": self.reasons or [{"row": r} for r in self.refused_rows],
             "bytes_read": self.bytes_read,
             "bytes_total": self.bytes_total,
             "progress": round(self.bytes_read / self.bytes_total, 4) if self.bytes_total else None,
@@ -294,6 +299,8 @@ class Jobs:
             record = self.read(tenant, job)
         except NotFound:
             return False
+        if record.state == "committing":
+            return True  # its segments are, or are about to be, in the head
         return record.state in ACTIVE and now - record.updated < ABANDON_SECONDS
 
 
@@ -319,12 +326,20 @@ class Loader:
         if job.state in DONE:
             return job
         now = self.jobs.clock()
-        if job.state == "running" and job.owner != owner and now - job.updated < LEASE_SECONDS:
+        if (
+            job.state in ("running", "committing")
+            and job.owner != owner
+            and now - job.updated < LEASE_SECONDS
+        ):
             raise LoadBusy("this load job is running elsewhere")
-        if job.state in ACTIVE and now - job.updated >= ABANDON_SECONDS:  # the sweep took its segments
+        # Idle for a day before its commit: the sweep took its staged segments, so it starts
+        # over. A job that reached its commit never does (the sweep keeps what it staged).
+        if job.state in ("queued", "running", "paused") and now - job.updated >= ABANDON_SECONDS:
             job.staged, job.position, job.rows_read, job.bytes_read = [], {}, 0, 0
-            job.refused, job.reasons, job.seconds = 0, [], 0.0
-        job.state, job.owner = "running", owner
+            job.refused, job.reasons, job.refused_rows, job.seconds = 0, [], [], 0.0
+            job.dimension = None
+        job.state = "committing" if job.state == "committing" else "running"
+        job.owner = owner
         job.started = job.started or now
         job.invocations += 1
         self.jobs.save(head.tenant, job, head)
@@ -344,57 +359,76 @@ class Loader:
         the read goes on to count them. Storage faults propagate with the checkpoint intact."""
         if job.state in DONE:
             return job
-        dimension = int(head.body.config.get("dimension") or 0) or None
+        # The index's dimension, else the one the file's first rows set (kept in the checkpoint,
+        # so a resumed job holds every later chunk to it too).
+        dimension = int(head.body.config.get("dimension") or 0) or job.dimension or None
         t0 = time.perf_counter()
         counted = job.seconds
         # Reading the next chunk (a read-ahead thread), sealing and writing this one, and the
-        # writes of the one before overlap; outcomes are recorded in file order.
-        inflight: deque[tuple[Future[str] | None, Chunk, int]] = deque()
+        # writes of the one before overlap; outcomes are recorded in file order, each chunk
+        # only once its write is acknowledged, so a checkpoint never runs past a lost write.
+        inflight: deque[tuple[Future[str] | None, Chunk, int, list[tuple[int, str]]]] = deque()
         stopped = False
+        refusing = job.refused > 0
 
         def settle(wait: bool) -> None:
             nonlocal stopped
             while inflight and (wait or _ready(inflight[0][0])):
-                future, chunk, rows = inflight.popleft()
-                if future is not None:
-                    future.result()
-                    job.staged.append([_name_of(future), rows])
+                future, chunk, rows, bad = inflight[0]
+                name = future.result() if future is not None else None  # raises: stays unrecorded
+                inflight.popleft()
+                if name is not None:
+                    job.staged.append([name, rows])
+                job.rows_read += len(chunk)
+                if bad:
+                    job.refused += len({r for r, _ in bad})
+                    room = max(MAX_REASONS - len(job.reasons), 0)
+                    job.reasons.extend({"row": r, "reason": why} for r, why in bad[:room])
+                    job.refused_rows = [int(r["row"]) for r in job.reasons]
                 job.position = dict(chunk.position)
                 job.bytes_read = chunk.bytes_read
+                job.dimension = dimension
                 job.seconds = counted + time.perf_counter() - t0
                 self.jobs.save(head.tenant, job, head)
                 progress(job)
                 stopped = stopped or should_stop()
                 wait = False
 
+        def record_what_was_written() -> None:
+            """On the way out of a failure: record, in order, the chunks whose writes went
+            through, up to the first that did not."""
+            try:
+                while inflight:
+                    settle(True)
+            except BaseException:  # noqa: S110 - the original error is the one that matters
+                pass
+
         try:
             with (
                 ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ciphervec-stage") as pool,
-                prefetched(read(dict(job.position), dimension)) as chunks,
+                prefetched(_guarded(read(dict(job.position), dimension))) as chunks,
             ):
                 try:
                     for chunk in chunks:
-                        dimension = dimension or (
-                            chunk.vectors.shape[1] if chunk.vectors is not None else None
-                        )
-                        seg, bad = check(chunk, dimension or 0)
-                        job.rows_read += len(chunk)
+                        if dimension is None and chunk.vectors is not None and chunk.vectors.ndim == 2:
+                            dimension = int(chunk.vectors.shape[1]) or None
+                        seg, bad = _checked(chunk, dimension or 0)
                         future = None
                         if bad:
-                            job.refused += len(bad)
-                            room = MAX_REASONS - len(job.reasons)
-                            job.reasons.extend({"row": r, "reason": why} for r, why in bad[: max(room, 0)])
-                        elif seg is not None and not job.refused:
+                            refusing = True
+                        elif seg is not None and not refusing:
                             future = pool.submit(self._stage, head, job.job_id, seg)
-                        inflight.append((future, chunk, len(seg) if seg is not None else 0))
+                        inflight.append((future, chunk, len(seg) if seg is not None else 0, bad))
                         while len(inflight) > WRITERS:
                             settle(True)
                         settle(False)
                         if stopped:
                             break
-                finally:
-                    while inflight:  # what was written is recorded, also on the way out
-                        settle(True)
+                except BaseException:
+                    record_what_was_written()
+                    raise
+                while inflight:
+                    settle(True)
             if stopped:
                 job.state, job.owner = "paused", None
                 self.jobs.save(head.tenant, job, head)
@@ -402,6 +436,7 @@ class Loader:
         except BadSource as exc:
             job.refused = max(job.refused, 1)
             job.reasons.append({"row": job.rows_read, "reason": exc.detail})
+            job.refused_rows.append(job.rows_read)
         except KeyboardInterrupt:
             job.state, job.owner = "paused", None
             job.seconds = counted + time.perf_counter() - t0
@@ -410,6 +445,9 @@ class Loader:
         job.seconds = counted + time.perf_counter() - t0
         if job.refused:
             return self._fail(head, job, "the file has rows that cannot be loaded; nothing was loaded")
+        if job.state != "committing":  # from here on the job is never started over
+            job.state = "committing"
+            self.jobs.save(head.tenant, job, head)
         return self._commit(head, job, t0, counted)
 
     def _stage(self, head: Head, job_id: str, seg: Segment) -> str:
@@ -427,11 +465,18 @@ class Loader:
         return job
 
     def _commit(self, head: Head, job: LoadJob, t0: float, counted: float) -> LoadJob:
+        """Make the staged segments visible with one head commit — once: a job whose commit
+        went through before its record said so (a worker lost in between) is recognised by
+        its id among the head's recent loads, by its segment names in the head, or by its
+        staged objects being gone (merged, retired and swept after that commit)."""
         staged = [(str(name), int(rows)) for name, rows in job.staged]
-        dimension = self._file_dimension(head, staged)
+        dimension = int(head.body.config.get("dimension") or 0) or job.dimension
+        present = set(self._staged_objects(head, job.job_id))
+        done_before = bool(staged) and not all(name in present for name, _ in staged)
 
         def mutate(env: Envelope, body: HeadBody) -> tuple[bool, bool, int]:
-            if job.job_id in body.loads:
+            named = {s.name for s in body.segments} | {r["name"] for r in body.retired}
+            if done_before or job.job_id in body.loads or any(name in named for name, _ in staged):
                 return False, False, _estimate(body)
             known = int(body.config.get("dimension") or 0)
             if staged and known and dimension and known != dimension:
@@ -445,7 +490,12 @@ class Loader:
             count = _estimate(body)
             return True, bool(staged) and self.queue_training(env, body, count), count
 
-        _, triggered, count = self.heads.commit(head, mutate)
+        try:
+            _, triggered, count = self.heads.commit(head, mutate)
+        except CipherVecError as exc:
+            if exc.status >= 500:
+                raise  # contention and faults: the job stays resumable
+            return self._fail(head, job, exc.detail)
         job.state, job.finished, job.owner = "succeeded", self.jobs.clock(), None
         job.rows_loaded = sum(rows for _, rows in staged)
         job.index_count, job.training_triggered = count, bool(triggered)
@@ -453,12 +503,42 @@ class Loader:
         self.jobs.save(head.tenant, job, head)
         return job
 
-    def _file_dimension(self, head: Head, staged: list[tuple[str, int]]) -> int | None:
-        if not staged:
-            return None
-        if head.body.config.get("dimension"):
-            return int(head.body.config["dimension"])
-        return segment.decode(self.heads.read(head, staged[0][0])).vectors.shape[1]  # type: ignore[union-attr]
+    def _staged_objects(self, head: Head, job_id: str) -> list[str]:
+        prefix = f"{head.root}load/{job_id}/"
+        return [key[len(head.root) :] for key in self.heads.store.list(prefix)]
+
+
+def transient(exc: BaseException) -> bool:
+    """A fault of the network or the disk, worth retrying (not a property of the file): OS
+    errors other than the plain ones pyarrow raises for corrupt data, and AWS client errors."""
+    if isinstance(exc, OSError):
+        return type(exc) is not OSError and not type(exc).__module__.startswith("pyarrow")
+    return type(exc).__module__.split(".")[0] in ("botocore", "urllib3", "s3transfer")
+
+
+def _guarded(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+    """``chunks``, with whatever a file can make a reader raise turned into ``BadSource``;
+    faults worth a retry pass through."""
+    items = iter(chunks)
+    while True:
+        try:
+            chunk = next(items)
+        except StopIteration:
+            return
+        except (CipherVecError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if transient(exc):
+                raise
+            raise BadSource(f"the file could not be read ({type(exc).__name__})") from None
+        yield chunk
+
+
+def _checked(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int, str]]]:
+    try:
+        return check(chunk, dimension)
+    except Exception as exc:  # check is pure: whatever it raises, the rows are to blame
+        return None, [(chunk.first_row, f"rows could not be read ({type(exc).__name__})")]
 
 
 def _ready(future: Future[Any] | None) -> bool:

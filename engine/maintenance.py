@@ -259,14 +259,24 @@ class Maintenance:
             live.add(head.body.centroids.name)
         retired = {r["name"] for r in head.body.retired}
         orphans = []
+        kept: dict[str, bool] = {}  # load job -> still working towards its commit
         for key in self.heads.store.list(head.root):
             obj = key[len(head.root) :]
             if obj == "head" or run.base_name(obj) in live or run.base_name(obj) in retired:
                 continue
-            if obj.startswith("load/") and self.keeps_staged(head.tenant, obj.split("/")[1], now):
-                continue  # a batch load still working towards its commit
+            if obj.startswith("load/"):
+                job = obj.split("/")[1]
+                if job not in kept:
+                    kept[job] = self.keeps_staged(head.tenant, job, now)
+                if kept[job]:
+                    continue
             if now - born(obj, now) >= self.retire_grace:
                 orphans.append(obj)
+        staged = [o for o in orphans if o.startswith("load/")]
+        if staged:  # a load may have committed them since the head was read: look again
+            fresh = self.heads.open(tenant, name, kek).body
+            named = {s.name for s in fresh.segments} | {r["name"] for r in fresh.retired}
+            orphans = [o for o in orphans if o not in named]
         if due:
 
             def drop(env: Envelope, body: HeadBody) -> None:

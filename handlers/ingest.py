@@ -124,9 +124,16 @@ def record_handler(record: SQSRecord, run: Invocation) -> None:
         target, job = _queue(c).open(body)
         _advance(c, target, job, body.get("result_to"), run)
         return
+    if body.get("Type") == "Notification" and "Message" in body:  # S3 -> SNS -> SQS
+        body = json.loads(body["Message"])
     if body.get("Event") == "s3:TestEvent":
         return
-    for rec in body.get("Records", []):
+    records = body.get("Records")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "s3" in r for r in records):
+        # Not ours to drop silently: it fails, goes back, and ends in the dead-letter queue,
+        # whose alarm tells someone a notification is wired wrong.
+        raise ValueError("the message is neither an S3 notification nor a ciphervec load job")
+    for rec in records:
         if str(rec.get("eventName", "")).startswith("ObjectCreated"):
             _dropped_file(container(), rec, run)
 

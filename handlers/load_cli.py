@@ -177,13 +177,16 @@ class Api:
         self.headers = {"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})}
         self.http = urllib3.PoolManager(maxsize=pool, retries=False, timeout=urllib3.Timeout(10, 300))
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         import urllib3
 
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        sent = {**self.headers, **(headers or {})}
         for attempt in range(RETRIES):
             try:
-                resp = self.http.request(method, self.url + path, body=data, headers=self.headers)
+                resp = self.http.request(method, self.url + path, body=data, headers=sent)
             except urllib3.exceptions.HTTPError:
                 if attempt == RETRIES - 1:
                     raise
@@ -198,8 +201,8 @@ class Api:
                 return resp.status, {"detail": resp.data[:200].decode("utf-8", "replace")}
         raise AssertionError("unreachable")
 
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, out = self.call(method, path, body)
+    def ok(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        status, out = self.call(method, path, body, headers)
         if status >= 300:
             detail = out.get("detail") if isinstance(out, dict) else out
             raise CipherVecError(f"{method} {path} answered {status}: {detail}")
@@ -236,10 +239,13 @@ def _server_side(args: argparse.Namespace) -> int:
     if args.columns:
         body["columns"] = _columns(args.columns)
     job = api.ok("POST", "/v1/vectors/load", body)
+    key_header = {"X-Index-Key": args.index_key} if args.index_key else {}
+    if job["status"] in ("succeeded", "failed"):  # an earlier run of the same job
+        job = api.ok("GET", f"/v1/loads/{job['job_id']}", headers=key_header)
     bar = Progress(int(job.get("bytes_total") or 0), args.quiet)
-    while job["status"] in ("queued", "running", "paused"):
+    while job["status"] in ("queued", "running", "paused", "committing"):
         time.sleep(0.5)
-        job = api.ok("GET", f"/v1/loads/{job['job_id']}")
+        job = api.ok("GET", f"/v1/loads/{job['job_id']}", headers=key_header)
         bar.update(int(job.get("bytes_read") or 0), int(job.get("rows_read") or 0))
     bar.close()
     return _report(job)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 
-from ..infra.loading import Target, check_source, start
+from ..engine.errors import CorruptObject, IndexNotFound
+from ..infra.loading import Target, check_source, resumable, start
 from . import request as rq
 from . import schemas
 
@@ -20,16 +21,29 @@ def load() -> Response:
     check_source(req.source, tenant, c.settings.load_sources, c.settings.load_bucket)
     columns = req.columns.model_dump(exclude_none=True) if req.columns else {}
     target = Target(tenant, req.index_name, kek)
-    job, new = start(c.service, target, req.source, s3=c.s3, options={"columns": columns})
-    if new or job.state in ("queued", "paused"):
+    job, new = start(
+        c.service, target, req.source, s3=c.s3, options={"columns": columns} if columns else None
+    )
+    if new or resumable(job, c.service.loader.jobs.clock()):
         c.loads.enqueue(target, job.job_id)
     return rq.answer(202, {"job_id": job.job_id, **job.status()})
 
 
 @rq.route(router, "GET", "/v1/loads/<job_id>")
 def load_status(job_id: str) -> Response:
+    """The job's status. Why rows were refused is sealed with the index: it is included when
+    the server can open it (a kms_name index, or the key in an ``X-Index-Key`` header)."""
     c = rq.c()
     who = c.auth.authenticate(rq.header("x-api-key"))
-    job = c.service.loader.jobs.read(who.tenant, job_id)
+    jobs = c.service.loader.jobs
+    job = jobs.read(who.tenant, job_id)
     who.require("read", job.index_name)
+    kek = rq.kek(rq.header("x-index-key"))
+    try:
+        env = c.service.heads.envelope(who.tenant, job.index_name)
+        if kek is not None or env.key_mode == "kms":
+            head = c.service.heads.open(who.tenant, job.index_name, kek)
+            job = jobs.read(who.tenant, job_id, head)
+    except (IndexNotFound, CorruptObject):
+        pass  # the index is gone (or was replaced): the public part is all there is
     return rq.ok(job.status())

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..engine.loads import BadSource, Chunk, Reader
+from ..engine.loads import BadSource, Chunk, Reader, transient
 from .sources import SourceFile
 
 CHUNK_BYTES = 24 << 20  # vector bytes per chunk (one staged segment)
@@ -53,7 +53,6 @@ def reader(source: SourceFile, columns: Columns = Columns(), rows: int | None = 
 def _parquet(
     source: SourceFile, cols: Columns, pos: dict[str, Any], rows: int, dim: int | None
 ) -> Iterator[Chunk]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     start = int(pos.get("row", 0))
@@ -62,7 +61,9 @@ def _parquet(
             # Streamed page by page: pyarrow's default pre-buffering reads every column chunk
             # of the file up front (measured: RSS grows with the file, 1.7 GB for 1.5 GB).
             pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
-        except (pa.ArrowException, OSError, ValueError):
+        except Exception as exc:
+            if transient(exc) or isinstance(exc, BadSource):
+                raise
             raise BadSource("the file is not a readable Parquet file") from None
         names = set(pf.schema_arrow.names)
         for need in (cols.id, cols.vector):
@@ -93,7 +94,9 @@ def _parquet(
                 chunk.position = {"row": row}
                 chunk.bytes_read = int(source.size * row / total) if total else source.size
                 yield chunk
-        except (pa.ArrowException, OSError) as exc:
+        except Exception as exc:
+            if transient(exc) or isinstance(exc, BadSource):
+                raise
             raise BadSource(f"the Parquet file could not be read ({type(exc).__name__})") from None
 
 
@@ -164,7 +167,9 @@ def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any]]:
         shape, fortran, dtype = (
             fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
         )
-    except (ValueError, OSError):
+    except Exception as exc:
+        if transient(exc):
+            raise
         raise BadSource("the file is not a NumPy .npy array") from None
     if fortran:
         raise BadSource("the array is in Fortran order; save it in C order")
@@ -228,7 +233,9 @@ def _npz(source: SourceFile, pos: dict[str, Any], rows: int) -> Iterator[Chunk]:
         try:
             zf = zipfile.ZipFile(f)
             members = set(zf.namelist())
-        except (zipfile.BadZipFile, OSError):
+        except Exception as exc:
+            if transient(exc):
+                raise
             raise BadSource("the file is not a NumPy .npz archive") from None
         for need in ("ids.npy", "vectors.npy"):
             if need not in members:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.errors import CipherVecError, Forbidden, InvalidRequest
-from ..engine.loads import LoadBusy, LoadJob, LostLease, job_id, new_owner
+from ..engine.loads import LEASE_SECONDS, LoadBusy, LoadJob, LostLease, job_id, new_owner
 from ..engine.service import IndexService
 from . import formats
 from .sources import open_source, split_s3
@@ -56,9 +56,16 @@ def start(
     already recorded for the same file; returns it and whether it is new."""
     head = service.heads.open(target.tenant, target.index_name, target.kek)
     src = open_source(source, s3)
+    options = {k: v for k, v in (options or {}).items() if v}  # no options and empty ones: one job
     job = LoadJob(
-        # The index's uid too: a re-created index loads the same file anew.
-        job_id(target.tenant, target.index_name, f"{head.envelope.uid}:{src.location}", src.version),
+        # The index's uid too (a re-created index loads the same file anew), and the reader
+        # options (other column names read the same file differently).
+        job_id(
+            target.tenant,
+            target.index_name,
+            f"{head.envelope.uid}:{src.location}:{json.dumps(options or {}, sort_keys=True)}",
+            src.version,
+        ),
         target.index_name,
         bytes_total=src.size,
         source=src.location,
@@ -66,6 +73,13 @@ def start(
         options=dict(options or {}),
     )
     return service.loader.submit(head, job)
+
+
+def resumable(job: LoadJob, now: float) -> bool:
+    """Whether a job wants a worker: queued, paused, or running or committing with its lease
+    run out (its worker is gone)."""
+    stale = now - job.updated >= LEASE_SECONDS
+    return job.state in ("queued", "paused") or (job.state in ("running", "committing") and stale)
 
 
 def work(

@@ -161,6 +161,7 @@ class _Span:
         self.blocks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.next = start  # offset of the next block handed out
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(fetch,), name="ciphervec-s3-read", daemon=True)
         self.thread.start()
 
@@ -171,7 +172,7 @@ class _Span:
             while at < self.end and not self.stop.is_set():
                 data = body.read(min(BLOCK, self.end - at))
                 if not data:
-                    raise OSError("the object ended early")
+                    raise ConnectionError("the object ended early")
                 at += len(data)
                 while not self.stop.is_set():
                     try:
@@ -184,8 +185,11 @@ class _Span:
             self.blocks.put(exc)
 
     def take(self) -> bytes:
+        if self.error is not None:  # the stream is gone: every later read fails the same way
+            raise self.error
         got = self.blocks.get()
         if isinstance(got, BaseException):
+            self.error = got
             raise got
         self.next += len(got)
         return got

@@ -325,3 +325,27 @@ def test_api_load_refusals(aws):
         assert status == want, (extra, out)
     assert api_call("GET", "/v1/loads/" + "0" * 32)[0] == 404
     assert api_call("GET", "/v1/loads/not-a-job")[0] == 404
+
+
+def test_a_message_that_is_not_ours_fails_towards_the_dead_letter_queue(aws):
+    odd = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": json.dumps({"hello": "world"}), "MD5OfBody": ""}
+    fine = {
+        "MessageId": "m2",
+        "ReceiptHandle": "r2",
+        "Body": json.dumps({"Event": "s3:TestEvent"}),
+        "MD5OfBody": "",
+    }
+    out = ingest.lambda_handler(event([odd, fine], aws["queue_arn"]), Context())
+    assert out == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+
+
+def test_sns_wrapped_notifications_load_too(aws):
+    c = aws["c"]
+    c.service.create_index("default", "docs", IndexConfig(dimension=D), kms_name="default")
+    aws["s3"].put_object(
+        Bucket=LOADS, Key="default/docs/sns.parquet", Body=parquet_bytes(["s"], clustered(1, D))
+    )
+    s3_msg = drain(aws)[0]
+    wrapped = dict(s3_msg, Body=json.dumps({"Type": "Notification", "Message": s3_msg["Body"]}))
+    assert ingest.lambda_handler(event([wrapped], aws["queue_arn"]), Context()) == {"batchItemFailures": []}
+    assert result(aws, "default/docs/sns.parquet")["status"] == "succeeded"

@@ -91,6 +91,7 @@ def test_no_credentials_is_a_clear_refusal(monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    client = boto3.session.Session().client("s3")  # not the default session other tests warmed
     with pytest.raises(InvalidRequest, match="credentials"):
         sources.open_source("s3://drops/t/i/a.parquet", client)
