@@ -253,13 +253,13 @@ def test_long_load_continues_in_the_next_invocation_and_commits_once(aws, monkey
     assert sum(s.rows for s in head.body.segments) == 3000
 
 
-def api_call(method: str, path: str, body=None, key=ROOT_KEY):
+def api_call(method: str, path: str, body=None, key=ROOT_KEY, headers=None):
     ev = {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
         "rawQueryString": "",
-        "headers": {"x-api-key": key, "content-type": "application/json"},
+        "headers": {"x-api-key": key, "content-type": "application/json", **(headers or {})},
         "requestContext": {
             "http": {"method": method, "path": path, "sourceIp": "127.0.0.1"},
             "requestId": "r",
@@ -349,3 +349,28 @@ def test_sns_wrapped_notifications_load_too(aws):
     wrapped = dict(s3_msg, Body=json.dumps({"Type": "Notification", "Message": s3_msg["Body"]}))
     assert ingest.lambda_handler(event([wrapped], aws["queue_arn"]), Context()) == {"batchItemFailures": []}
     assert result(aws, "default/docs/sns.parquet")["status"] == "succeeded"
+
+
+def test_why_rows_were_refused_needs_the_index_key(aws):
+    c = aws["c"]
+    key = bytes(range(32))
+    c.service.create_index("default", "mine", IndexConfig(dimension=D), kek=key)
+    x = clustered(10, D, seed=5)
+    x[3, 1] = np.nan
+    aws["s3"].put_object(
+        Bucket=LOADS, Key="default/staging/bad.parquet", Body=parquet_bytes([f"b{i}" for i in range(10)], x)
+    )
+    drain(aws)
+    status, job = api_call(
+        "POST",
+        "/v1/vectors/load",
+        {"index_name": "mine", "index_key": key.hex(), "source": f"s3://{LOADS}/default/staging/bad.parquet"},
+    )
+    assert status == 202
+    ingest.lambda_handler(event(drain(aws), aws["queue_arn"]), Context())
+    status, plain = api_call("GET", f"/v1/loads/{job['job_id']}")
+    assert status == 200 and plain["status"] == "failed" and plain["refused"] == [{"row": 3}]
+    status, opened = api_call("GET", f"/v1/loads/{job['job_id']}", headers={"x-index-key": key.hex()})
+    assert opened["refused"] == [{"row": 3, "reason": "vector has NaN or Inf values"}]
+    status, wrong = api_call("GET", f"/v1/loads/{job['job_id']}", headers={"x-index-key": bytes(32).hex()})
+    assert status == 401
