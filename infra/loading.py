@@ -105,8 +105,11 @@ def work(
     columns = formats.Columns(**record.options.get("columns", {}))
     read = formats.reader(src, columns, record.options.get("rows"))
     done = service.loader.run(head, record, read, should_stop=should_stop, progress=progress)
-    if done.training_triggered and trainer is not None:
-        trainer.enqueue(target.tenant, target.index_name, target.kek)
+    if trainer is not None and done.state == "succeeded":  # as after any upsert
+        if done.training_triggered:
+            trainer.enqueue(target.tenant, target.index_name, target.kek)
+        elif service.maintenance.merge_due(service.heads.held((target.tenant, target.index_name))):
+            trainer.enqueue(target.tenant, target.index_name, target.kek, kind="merge")
     return done
 
 

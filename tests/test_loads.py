@@ -4,6 +4,7 @@ exactly-once commits, sweeps of abandoned staging."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -440,3 +441,21 @@ def test_refused_counts_rows_not_reasons(service, index, tmp_path):
     done = load(service, index, path)
     assert done.state == "failed" and done.rows_read == 3 and done.refused == 2
     assert {r["row"] for r in done.reasons} == {1, 2}
+
+
+def test_many_small_loads_queue_a_merge_as_upserts_do(store, kek, tmp_path):
+    from ciphervec.infra.training import LocalTrainer
+
+    service = IndexService(store, train_threshold=10**9, merge_at=4)
+    service.create_index("t", "docs", IndexConfig(dimension=D), kek=kek)
+    trainer = LocalTrainer(service)
+    target = Target("t", "docs", kek)
+    for i in range(5):
+        path = write_parquet(tmp_path / f"m{i}.parquet", [f"m{i}"], clustered(1, D, seed=i))
+        job, _ = start(service, target, str(path))
+        work(service, target, job.job_id, trainer=trainer)
+    deadline = time.time() + 10
+    while len(service.heads.open("t", "docs", kek).body.segments) > 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(service.heads.open("t", "docs", kek).body.segments) <= 2  # merged in the background
+    assert service.num_vectors("t", "docs", kek) == 5
