@@ -288,11 +288,6 @@ class Jobs:
     def _bytes(self, job: LoadJob, head: Head) -> bytes:
         return job.to_bytes(lambda b: head.cipher.encrypt(self._name(job.job_id), b))
 
-    def list(self, tenant: str) -> Iterator[str]:
-        root = loads_root(self.heads.prefix, tenant)
-        for key in self.heads.store.list(root):
-            yield key[len(root) :]
-
     def keeps(self, tenant: str, job: str, now: float) -> bool:
         """Whether the staged segments of ``job`` must be kept (the job may still commit)."""
         try:
@@ -543,10 +538,6 @@ def _checked(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[i
 
 def _ready(future: Future[Any] | None) -> bool:
     return future is None or future.done()
-
-
-def _name_of(future: Future[Any]) -> str:
-    return str(future.result())
 
 
 def _estimate(body: HeadBody) -> int:
