@@ -93,3 +93,21 @@ class TrainingFailed(CipherVecError):
     """An explicit training call could not complete (500)."""
 
     status = 500
+
+
+class BadSource(CipherVecError):
+    """The file cannot be read as the format it claims (422)."""
+
+    status = 422
+
+
+class LoadBusy(CipherVecError):
+    """Another worker holds this job's lease (409)."""
+
+    status = 409
+
+
+class LostLease(CipherVecError):
+    """Another worker took this job over while it ran (409)."""
+
+    status = 409

@@ -48,7 +48,7 @@ class Maintenance:
         self.retire_grace = retire_grace_seconds
         self.merge_at = merge_at
         self.clock = clock
-        # Whether a batch load's staged segments must outlive the grace period (``loads.Jobs.keeps``).
+        # Whether a batch load's staged segments must outlive the grace period (``jobs.Jobs.keeps``).
         self.keeps_staged: Callable[[str, str, float], bool] = lambda tenant, job, now: False
 
     # -- training marks --------------------------------------------------------------------

@@ -18,8 +18,9 @@ from .backend import Backend, select
 from .cache import StateCache
 from .errors import CipherVecError, IndexExists, ValidationFailed
 from .heads import Heads
+from .jobs import Jobs
 from .keys import KeyRing
-from .loads import Jobs, Loader
+from .loads import Loader
 from .maintenance import Maintenance
 from .manifest import Envelope, HeadBody, RetryPolicy, seal_head
 from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name

@@ -18,8 +18,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from ..engine.errors import CipherVecError
-from ..engine.loads import LoadBusy, LoadJob, LostLease
+from ..engine.errors import CipherVecError, LoadBusy, LostLease
+from ..engine.jobs import LoadJob
 from ..infra.loading import QueueLoads, Target, start, work
 from ..infra.sources import file_format, s3_event_key
 from ..infra.wiring import Container, container

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import pybase64
 
+from ..engine.chunks import check
 from ..engine.errors import CipherVecError
-from ..engine.loads import LoadJob, check
+from ..engine.jobs import LoadJob
 from ..engine.model import IndexConfig
 from ..infra import formats
 from ..infra.sources import open_source

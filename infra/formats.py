@@ -12,7 +12,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..engine.loads import BadSource, Chunk, Reader, transient
+from ..engine.chunks import Chunk, Reader, transient
+from ..engine.errors import BadSource
 from .sources import SourceFile
 
 CHUNK_BYTES = 24 << 20  # vector bytes per chunk (one staged segment)

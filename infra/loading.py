@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.errors import CipherVecError, Forbidden, InvalidRequest
-from ..engine.loads import LEASE_SECONDS, LoadBusy, LoadJob, LostLease, job_id, new_owner
+from ..engine.errors import CipherVecError, Forbidden, InvalidRequest, LoadBusy, LostLease
+from ..engine.jobs import LEASE_SECONDS, LoadJob, job_id, new_owner
 from ..engine.service import IndexService
 from . import formats
 from .sources import open_source, split_s3

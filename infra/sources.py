@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import unquote_plus
 
-from ..engine.errors import InvalidRequest, NotFound
-from ..engine.loads import BadSource
+from ..engine.errors import BadSource, InvalidRequest, NotFound
 
 FORMATS = {
     ".parquet": "parquet",

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ciphervec.engine.loads import LoadBusy, LostLease
+from ciphervec.engine.errors import LoadBusy, LostLease
 from ciphervec.engine.model import IndexConfig
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.loading import Target, start, work

@@ -11,8 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from ciphervec.engine.errors import NotFound
-from ciphervec.engine.loads import BadSource
+from ciphervec.engine.errors import BadSource, NotFound
 from ciphervec.infra import sources
 
 

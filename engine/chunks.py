@@ -1,0 +1,135 @@
+"""Rows as a file holds them (``Chunk``), the check that makes them an upsert segment or
+says which rows are refused and why, and the line between a bad file and a passing fault."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import BadSource, CipherVecError
+from .segment import Segment
+
+Reader = Callable[[dict[str, Any], int | None], Iterable["Chunk"]]
+
+
+@dataclass
+class Chunk:
+    """Rows read from a file, not yet checked. ``vectors`` is ``(n, d)`` when every row had
+    ``d`` numbers, else None and the reader's findings are in ``bad``."""
+
+    first_row: int
+    ids: list[Any]
+    vectors: np.ndarray | None
+    metadata: list[Any] | None = None
+    contents: list[Any] | None = None
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    position: dict[str, Any] = field(default_factory=dict)  # where the next chunk starts
+    bytes_read: int = 0  # of the file, up to the end of this chunk
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int, str]]]:
+    """The chunk's rows as an upsert segment, or the rows refused and why (file row numbers)."""
+    bad = list(chunk.bad)
+    n, first = len(chunk), chunk.first_row
+    vectors = chunk.vectors
+    if vectors is not None:
+        if vectors.ndim != 2 or vectors.shape[0] != n:
+            bad.append((first, "the vector column does not have one vector per row"))
+        elif vectors.shape[1] == 0:
+            bad.extend((first + r, "vector is empty") for r in range(n))
+        elif vectors.shape[1] != dimension:
+            bad.extend(
+                (first + r, f"vector has {vectors.shape[1]} values; the index dimension is {dimension}")
+                for r in range(n)
+            )
+        else:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.isfinite(vectors).all(axis=1)
+            bad.extend((first + int(r), "vector has NaN or Inf values") for r in np.flatnonzero(~finite))
+    bad.extend((first + r, "id is not a non-empty string") for r, i in enumerate(chunk.ids) if not _is_id(i))
+    metadata = None
+    if chunk.metadata is not None:
+        metadata = []
+        for r, m in enumerate(chunk.metadata):
+            value, reason = _metadata(m)
+            if reason:
+                bad.append((first + r, reason))
+            metadata.append(value)
+    if chunk.contents is not None:
+        bad.extend(
+            (first + r, "contents is not a string")
+            for r, c in enumerate(chunk.contents)
+            if c is not None and not isinstance(c, str)
+        )
+    if bad or vectors is None:
+        return None, sorted(set(bad)) or [(first, "rows have no vectors")]
+    contents = [c or None for c in chunk.contents] if chunk.contents is not None else None
+    return Segment("upsert", list(chunk.ids), vectors, _none_if_empty(metadata), _none_if_empty(contents)), []
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _metadata(value: Any) -> tuple[dict[str, Any] | None, str | None]:
+    if value is None or value == "":
+        return None, None
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None, "metadata is not valid JSON"
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        return None, "metadata is not a JSON object"
+    try:  # NaN/Inf or other values JSON cannot carry
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None, "metadata holds a value JSON cannot represent"
+    return value or None, None
+
+
+def _none_if_empty(values: list[Any] | None) -> list[Any] | None:
+    return values if values is not None and any(v is not None for v in values) else None
+
+
+def transient(exc: BaseException) -> bool:
+    """A fault of the network or the disk, worth retrying (not a property of the file): OS
+    errors other than the plain ones pyarrow raises for corrupt data, and AWS client errors."""
+    if isinstance(exc, OSError):
+        return type(exc) is not OSError and not type(exc).__module__.startswith("pyarrow")
+    return type(exc).__module__.split(".")[0] in ("botocore", "urllib3", "s3transfer")
+
+
+def guarded(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+    """``chunks``, with whatever a file can make a reader raise turned into ``BadSource``;
+    faults worth a retry pass through."""
+    items = iter(chunks)
+    while True:
+        try:
+            chunk = next(items)
+        except StopIteration:
+            return
+        except (CipherVecError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if transient(exc):
+                raise
+            raise BadSource(f"the file could not be read ({type(exc).__name__})") from None
+        yield chunk
+
+
+def checked(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int, str]]]:
+    try:
+        return check(chunk, dimension)
+    except Exception as exc:  # check is pure: whatever it raises, the rows are to blame
+        return None, [(chunk.first_row, f"rows could not be read ({type(exc).__name__})")]
