@@ -6,10 +6,11 @@ KMS answers are kept per wrapped key: both in memory only, like the data keys th
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from . import crypto
-from .errors import InvalidRequest, Unauthorized
+from .errors import CipherVecError, InvalidRequest, Unauthorized
 from .manifest import Envelope
 from .names import new_id
 from .ports import KeyWrapper
@@ -28,6 +29,19 @@ class KeyRing:
     @staticmethod
     def kms_context(tenant: str, name: str) -> dict[str, str]:
         return {"purpose": "ciphervec-dek", "tenant": tenant, "index": name}
+
+    def seal_for_job(self, kek: bytes, context: dict[str, str]) -> str:
+        """A client key sealed under KMS (base64) for an asynchronous job, bound to ``context``:
+        it never travels in clear to the function that runs the job."""
+        if self.key_wrapper is None:
+            raise CipherVecError("asynchronous jobs on client-key indexes need KMS to seal the key")
+        return base64.b64encode(self.key_wrapper.wrap("jobs", kek, context)).decode()
+
+    def open_for_job(self, sealed: str, context: dict[str, str]) -> bytes:
+        """The client key ``seal_for_job`` sealed, opened with the same ``context``."""
+        if self.key_wrapper is None:
+            raise CipherVecError("this function has no KMS to open the job's key")
+        return self.key_wrapper.unwrap("jobs", base64.b64decode(sealed), context)
 
     def envelope(
         self, tenant: str, name: str, dek: bytes, kek: bytes | None, kms_name: str | None

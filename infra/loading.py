@@ -8,7 +8,6 @@ that binds tenant, index and job.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import queue
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.errors import CipherVecError, Forbidden, InvalidRequest, LoadBusy, LostLease
+from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
 from ..engine.jobs import LEASE_SECONDS, LoadJob, job_id, new_owner
 from ..engine.service import IndexService
 from . import formats
@@ -183,10 +182,7 @@ class QueueLoads:
     def message(self, target: Target, job: str, result_to: dict[str, str] | None = None) -> dict[str, Any]:
         sealed = None
         if target.kek is not None:
-            wrapper = self.service.keys.key_wrapper
-            if wrapper is None:
-                raise CipherVecError("loads into client-key indexes need KMS to seal the key")
-            sealed = base64.b64encode(wrapper.wrap("jobs", target.kek, self._context(target, job))).decode()
+            sealed = self.service.keys.seal_for_job(target.kek, self._context(target, job))
         return {
             "kind": self.MESSAGE,
             "tenant": target.tenant,
@@ -201,11 +197,7 @@ class QueueLoads:
         target = Target(message["tenant"], message["index_name"], None)
         job = str(message["job_id"])
         if message.get("sealed_key"):
-            wrapper = self.service.keys.key_wrapper
-            assert wrapper is not None
-            target.kek = wrapper.unwrap(
-                "jobs", base64.b64decode(message["sealed_key"]), self._context(target, job)
-            )
+            target.kek = self.service.keys.open_for_job(message["sealed_key"], self._context(target, job))
         return target, job
 
     def send(self, message: dict[str, Any]) -> None:

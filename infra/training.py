@@ -6,7 +6,6 @@ queue an automatic one, and what is training now.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -151,22 +150,12 @@ class LambdaTrainer:
     def seal(self, tenant: str, index_name: str, kek: bytes | None) -> str | None:
         if kek is None:
             return None
-        wrapper = self.service.keys.key_wrapper
-        if wrapper is None:
-            raise CipherVecError("async training of client-key indexes needs KMS")
-        blob = wrapper.wrap("jobs", kek, self._context(tenant, index_name))
-        return base64.b64encode(blob).decode()
+        return self.service.keys.seal_for_job(kek, self._context(tenant, index_name))
 
     def open(self, payload: dict[str, Any]) -> TrainJob:
         sealed = payload.get("sealed_key")
-        kek = None
-        if sealed:
-            assert self.service.keys.key_wrapper is not None
-            kek = self.service.keys.key_wrapper.unwrap(
-                "jobs",
-                base64.b64decode(sealed),
-                self._context(payload["tenant"], payload["index_name"]),
-            )
+        context = self._context(payload["tenant"], payload["index_name"])
+        kek = self.service.keys.open_for_job(sealed, context) if sealed else None
         params = payload.get("params") or {}
         return TrainJob(
             payload["tenant"], payload["index_name"], kek, params, kind=payload.get("kind", "train")
