@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, Server, free_port, save, wait_port  # noqa: E402
+from common import API_KEY, free_port, save, start_ciphervec, wait_port  # noqa: E402
 
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 KEY = bytes(range(32))
@@ -166,17 +166,7 @@ def run(tmp: Path, sizes: list[int], sdk: bool = True) -> list[dict[str, Any]]:
     s3.create_bucket(Bucket="cv-loads")
     s3.create_bucket(Bucket="cv-data")
     rows: list[dict[str, Any]] = []
-    srv_port = free_port()
-    cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", str(srv_port)]
-    cmd += [
-        "--store",
-        f"file://{tmp}/srv-data",
-        "--keys",
-        f"file://{tmp}/keys.json",
-        "--train-threshold",
-        "1000000000000",
-    ]
-    server = Server("ciphervec-load", cmd, {"CIPHERVEC_ROOT_KEY": API_KEY}, srv_port, tmp)
+    server = start_ciphervec(tmp)  # a file store; training held back past these sizes
     try:
         for n in sizes:
             base, _, kind = vectors(n, 0)

@@ -183,22 +183,29 @@ def test_interrupted_job_resumes_and_commits_once(service, index, tmp_path, stor
     assert len(service.heads.open("t", "docs", index.kek).body.segments) == len(head.body.segments)
 
 
+def die_after_commit(service, target, job_id):
+    """Run the job, the worker dying after its head commit, before the record says so."""
+    jobs = service.loader.jobs
+    real_save = jobs.save
+
+    def save(tenant, record, head):
+        if record.state == "succeeded":
+            raise ConnectionError("the worker died after the head commit")
+        real_save(tenant, record, head)
+
+    jobs.save = save
+    try:
+        with pytest.raises(ConnectionError):
+            work(service, target, job_id)
+    finally:
+        jobs.save = real_save
+
+
 def test_crash_after_commit_does_not_commit_twice(service, index, tmp_path, store):
     x = clustered(100, D, seed=7)
     path = write_parquet(tmp_path / "c.parquet", [f"c{i}" for i in range(100)], x)
     job, _ = start(service, index, str(path))
-    jobs = service.loader.jobs
-    real_save = jobs.save
-
-    def crash_on_success(tenant, record, head):
-        if record.state == "succeeded":
-            raise ConnectionError("crashed before recording success")
-        real_save(tenant, record, head)
-
-    jobs.save = crash_on_success
-    with pytest.raises(ConnectionError):
-        work(service, index, job.job_id)
-    jobs.save = real_save
+    die_after_commit(service, index, job.job_id)
     n_refs = len(service.heads.open("t", "docs", index.kek).body.segments)
     service.loader.jobs.clock = lambda: 10**12  # the crashed worker's lease has run out
     done = work(service, index, job.job_id)
@@ -367,18 +374,7 @@ def test_a_commit_is_recognised_after_many_later_loads(service, index, tmp_path)
 
     path = write_parquet(tmp_path / "once.parquet", ["r0", "r1"], clustered(2, D, seed=21))
     job, _ = start(service, index, str(path))
-    jobs = service.loader.jobs
-    real_save = jobs.save
-
-    def die_after_commit(tenant, record, head):
-        if record.state == "succeeded":
-            raise ConnectionError("the worker died after the head commit")
-        real_save(tenant, record, head)
-
-    jobs.save = die_after_commit
-    with pytest.raises(ConnectionError):
-        work(service, index, job.job_id)
-    jobs.save = real_save
+    die_after_commit(service, index, job.job_id)
     newer = np.full((1, D), 9.0, dtype=np.float32)
     service.upsert("t", "docs", index.kek, RowBatch(["r0"], newer))
     for i in range(70):  # more loads than the head remembers by id
