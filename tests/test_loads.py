@@ -380,7 +380,7 @@ def test_a_commit_is_recognised_after_many_later_loads(service, index, tmp_path)
     for i in range(70):  # more loads than the head remembers by id
         small = write_parquet(tmp_path / f"s{i}.parquet", [f"s{i}"], clustered(1, D, seed=i))
         assert load(service, index, small).state == "succeeded"
-    jobs.clock = lambda: 10**12
+    service.loader.jobs.clock = lambda: 10**12
     assert work(service, index, job.job_id).state == "succeeded"  # the redelivered message
     names = [s.name for s in service.heads.open("t", "docs", index.kek).body.segments]
     assert len(names) == len(set(names))
