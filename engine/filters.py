@@ -17,16 +17,18 @@ evaluated row by row on the host and merged in.
 from __future__ import annotations
 
 import operator
-import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import re2
 
 from .errors import InvalidRequest
 
 Predicate = Callable[[dict[str, Any] | None], bool]
+MAX_PATTERN = 1024  # characters of a $regex
+REGEX_MEMORY = 8 << 20  # bytes RE2 may use for one compiled pattern
 MISSING = object()
 _LOGICAL = {"$and", "$or", "$nor", "$not"}
 _FIELD_OPS = {
@@ -114,11 +116,7 @@ def _field_op(op: str, operand: Any, spec: dict[str, Any]) -> Callable[[Any], bo
         want = bool(operand)
         return lambda v: (v is not MISSING) == want
     if op == "$regex":
-        flags = re.IGNORECASE if "i" in str(spec.get("$options", "")) else 0
-        try:
-            pattern = re.compile(str(operand), flags)
-        except re.error as exc:
-            raise InvalidRequest(f"invalid $regex: {exc}") from None
+        pattern = _regex(operand, spec.get("$options", ""))
         return lambda v: isinstance(v, str) and pattern.search(v) is not None
     if op == "$contains":
 
@@ -136,6 +134,30 @@ def _field_op(op: str, operand: Any, spec: dict[str, Any]) -> Callable[[Any], bo
     if op == "$options":
         return lambda v: True
     raise InvalidRequest(f"unsupported filter operator: {op}")
+
+
+def _regex(pattern: Any, options: Any) -> Any:
+    """A ``$regex`` compiled by RE2: matching takes time linear in the text, whatever the
+    pattern (a backtracking engine takes exponential time on ``(a+)+$``). Patterns RE2
+    cannot run in linear time (lookaround, backreferences) are refused; errors never repeat
+    the pattern."""
+    if not isinstance(pattern, str):
+        raise InvalidRequest("$regex needs a string pattern")
+    if len(pattern) > MAX_PATTERN:
+        raise InvalidRequest(f"$regex patterns are limited to {MAX_PATTERN} characters")
+    if not isinstance(options, str) or set(options) - set("ims"):
+        raise InvalidRequest("$options may hold only i, m and s")
+    opts = re2.Options()
+    opts.log_errors = False
+    opts.max_mem = REGEX_MEMORY
+    opts.case_sensitive = "i" not in options
+    opts.dot_nl = "s" in options
+    try:
+        return re2.compile(("(?m)" if "m" in options else "") + pattern, opts)
+    except re2.error:
+        raise InvalidRequest(
+            "$regex is not a pattern this server runs (RE2 syntax: no lookaround or backreferences)"
+        ) from None
 
 
 def _field_tests(spec: Any) -> Callable[[Any], bool]:

@@ -132,3 +132,36 @@ def test_vectorised_masks_agree_with_row_predicates(spec, xp):
 
     got = compile_mask(spec)(column, len(MIXED), xp)
     assert got.dtype == xp.bool and host(got).dtype == np.bool_ and host(got).tolist() == expected
+
+
+def test_regex_runs_in_linear_time_on_a_catastrophic_pattern():
+    import time
+
+    items = [{"s": "a" * n + "!"} for n in range(20, 60)]
+    pred = compile_filter({"s": {"$regex": "(a+)+$"}})
+    t0 = time.perf_counter()
+    assert not any(pred(i) for i in items)  # a backtracking engine needs ~4^(n/2) steps each
+    assert time.perf_counter() - t0 < 0.5
+
+
+@pytest.mark.parametrize(
+    "spec, expect",
+    [
+        ({"s": {"$regex": "(?=secret-lookahead)"}}, "RE2"),
+        ({"s": {"$regex": "(secret)\\1"}}, "RE2"),
+        ({"s": {"$regex": "x" * 1025}}, "limited to 1024"),
+        ({"s": {"$regex": "a", "$options": "secretx"}}, "only i, m and s"),
+        ({"s": {"$regex": 7}}, "string pattern"),
+    ],
+)
+def test_refused_patterns_say_why_without_repeating_them(spec, expect):
+    with pytest.raises(InvalidRequest) as err:
+        compile_filter(spec)
+    assert expect in err.value.detail and "secret" not in err.value.detail
+
+
+def test_regex_options_multiline_and_dotall():
+    assert compile_filter({"s": {"$regex": "^b$", "$options": "m"}})({"s": "a\nb\nc"})
+    assert not compile_filter({"s": {"$regex": "^b$"}})({"s": "a\nb\nc"})
+    assert compile_filter({"s": {"$regex": "a.b", "$options": "s"}})({"s": "a\nb"})
+    assert not compile_filter({"s": {"$regex": "a.b"}})({"s": "a\nb"})

@@ -1,0 +1,86 @@
+"""Hostile input over real HTTP: one request never takes the server down, numbers out of
+range are 422, and refusals never repeat what was sent."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import clustered
+
+KEY = bytes(range(32)).hex()
+
+
+@pytest.fixture
+def srv(server_factory, tmp_path):
+    return server_factory("--store", f"file://{tmp_path}/data")
+
+
+def create(srv, name: str, dimension: int = 8) -> None:
+    status, body, _ = srv.request(
+        "POST", "/v1/indexes/create", {"index_name": name, "index_key": KEY, "dimension": dimension}
+    )
+    assert status == 200, body
+
+
+def upsert(srv, name: str, ids, vectors, metadata=None) -> tuple[int, dict]:
+    batch = {
+        "ids": ids,
+        "vectors_b64": base64.b64encode(np.asarray(vectors, dtype="<f4").tobytes()).decode(),
+        "dimension": int(np.asarray(vectors).shape[1]),
+    }
+    if metadata is not None:
+        batch["metadata"] = metadata
+    status, body, _ = srv.request(
+        "POST", "/v1/vectors/upsert_binary", {"index_name": name, "index_key": KEY, "batch": batch}
+    )
+    return status, body
+
+
+def test_catastrophic_regex_does_not_stall_the_server(srv):
+    create(srv, "planted")
+    n = 5000
+    status, _ = upsert(
+        srv, "planted", [f"p{i}" for i in range(n)], clustered(n, 8), [{"s": "a" * 40 + "!"}] * n
+    )
+    assert status == 200
+    health: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            assert srv.request("GET", "/v1/health", key=None)[0] == 200
+            health.append(time.perf_counter() - t)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        t0 = time.perf_counter()
+        for route, extra in (("query_metadata", {}), ("query", {"query_vectors": [[0.0] * 8], "top_k": 5})):
+            body = {
+                "index_name": "planted",
+                "index_key": KEY,
+                "filters": {"s": {"$regex": "(a+)+$"}},
+                **extra,
+            }
+            status, out, _ = srv.request("POST", f"/v1/vectors/{route}", body)
+            assert status == 200, out
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop.set()
+        prober.join()
+    assert elapsed < 5  # a backtracking engine: ~4^20 steps per row, days for 5,000 rows
+    assert health and max(health) < 1.0
+
+
+def test_unsupported_regex_is_400_and_not_echoed(srv):
+    create(srv, "r")
+    upsert(srv, "r", ["a"], clustered(1, 8), [{"s": "x"}])
+    body = {"index_name": "r", "index_key": KEY, "filters": {"s": {"$regex": "(?<=secret-marker)x"}}}
+    status, out, _ = srv.request("POST", "/v1/vectors/query_metadata", body)
+    assert status == 400 and "secret-marker" not in str(out)
