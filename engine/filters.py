@@ -28,6 +28,10 @@ from .errors import InvalidRequest
 
 Predicate = Callable[[dict[str, Any] | None], bool]
 MAX_PATTERN = 1024  # characters of a $regex
+UNSUPPORTED_OPERATOR = (
+    "unsupported filter operator; use $eq $ne $gt $gte $lt $lte $in $nin $exists $regex "
+    "$contains $not on fields and $and $or $nor $not to combine"
+)
 REGEX_MEMORY = 8 << 20  # bytes RE2 may use for one compiled pattern
 MISSING = object()
 _LOGICAL = {"$and", "$or", "$nor", "$not"}
@@ -133,7 +137,7 @@ def _field_op(op: str, operand: Any, spec: dict[str, Any]) -> Callable[[Any], bo
         return lambda v: not inner(v)
     if op == "$options":
         return lambda v: True
-    raise InvalidRequest(f"unsupported filter operator: {op}")
+    raise InvalidRequest(UNSUPPORTED_OPERATOR)
 
 
 def _regex(pattern: Any, options: Any) -> Any:
@@ -164,7 +168,7 @@ def _field_tests(spec: Any) -> Callable[[Any], bool]:
     if isinstance(spec, dict) and spec and all(isinstance(k, str) and k.startswith("$") for k in spec):
         for op in spec:
             if op not in _FIELD_OPS:
-                raise InvalidRequest(f"unsupported filter operator: {op}")
+                raise InvalidRequest(UNSUPPORTED_OPERATOR)
         tests = [_field_op(op, operand, spec) for op, operand in spec.items()]
         return lambda v: all(t(v) for t in tests)
     if isinstance(spec, dict) and any(isinstance(k, str) and k.startswith("$") for k in spec):
@@ -197,7 +201,7 @@ def _field_clause(path: list[str], test: Callable[[Any], bool]) -> Predicate:
 
 def _logical(op: str, value: Any) -> Predicate:
     if op not in _LOGICAL:
-        raise InvalidRequest(f"unsupported filter operator: {op}")
+        raise InvalidRequest(UNSUPPORTED_OPERATOR)
     if op == "$not":
         inner = compile_filter(value)
         return lambda item: not inner(item)

@@ -39,7 +39,7 @@ class IndexConfig:
         if not isinstance(self.dimension, int) or self.dimension < 0:
             raise InvalidRequest("dimension must be a non-negative integer")
         if self.metric not in METRICS:
-            raise InvalidRequest(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+            raise InvalidRequest(f"unknown metric; use one of {', '.join(METRICS)}")
         if self.storage_precision not in PRECISIONS:
             raise InvalidRequest(
                 f"storage_precision {self.storage_precision!r} is not supported; "

@@ -36,16 +36,15 @@ def create_index() -> Response:
     if (req.index_key is None) == (req.kms_name is None):
         raise InvalidRequest("give exactly one of index_key and kms_name")
     rq.refuse_text(req, "embedding_model", "text_fields", "bm25_k1", "bm25_b")
-    for field, policy in (req.metadata_schema or {}).items():
-        if isinstance(policy, dict) and policy.get("full_text"):
-            raise InvalidRequest(f"full_text on '{field}' {rq.UNSUPPORTED_TEXT}")
+    if any(isinstance(p, dict) and p.get("full_text") for p in (req.metadata_schema or {}).values()):
+        raise InvalidRequest(f"full_text fields in metadata_schema {rq.UNSUPPORTED_TEXT}")
     legacy = dict(req.index_config or {})
     dimension = req.dimension if req.dimension is not None else legacy.get("dimension") or 0
     if not isinstance(dimension, int) or dimension < 0:
         raise InvalidRequest("dimension must be a non-negative integer")
     legacy_type = str(legacy.get("type") or legacy.get("index_type") or "ivfflat").lower()
     if legacy_type not in ("ivf", "ivfflat", "ivfpq", "ivf_flat", "ivf_pq"):
-        raise InvalidRequest(f"unknown index_config type {legacy_type!r}")
+        raise InvalidRequest("unknown index_config type; use ivf, ivfflat or ivfpq")
     config = IndexConfig(
         dimension=dimension,
         metric=req.metric or legacy.get("metric") or "euclidean",

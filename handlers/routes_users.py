@@ -51,6 +51,6 @@ def delete_user(index_name: str, user_id: str) -> Response:
     c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
     record = c.auth.store.get(unquote(user_id))
     if record is None or record.tenant != tenant or record.index_name != name or record.revoked_at:
-        raise NotFound(f"no user '{unquote(user_id)}' on index '{name}'")
+        raise NotFound(f"no such user on index '{name}'")
     c.auth.revoke(record.key_id)
     return Response(status_code=204, body="")

@@ -72,7 +72,7 @@ def _search(req: schemas.SearchOptions, queries: np.ndarray, tenant: str, kek: b
     include = req.include or []
     unknown = [f for f in include if f not in INCLUDABLE]
     if unknown:
-        raise ValidationFailed(f"unknown include fields {unknown}", ("body", "include"))
+        raise ValidationFailed(f"include takes only {', '.join(sorted(INCLUDABLE))}", ("body", "include"))
     results = c.service.query(
         tenant,
         req.index_name,
@@ -124,7 +124,7 @@ def get_vectors() -> Response:
     include = ["vector", "contents", "metadata"] if req.include is None else req.include
     unknown = [f for f in include if f not in ("vector", "contents", "metadata", "distance")]
     if unknown:
-        raise ValidationFailed(f"unknown include fields {unknown}", ("body", "include"))
+        raise ValidationFailed(f"include takes only {', '.join(sorted(INCLUDABLE))}", ("body", "include"))
     return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 

@@ -79,7 +79,7 @@ class AwsKmsWrapper:
     def _key_id(self, name: str) -> str:
         if self.key_ids:
             if name not in self.key_ids:
-                raise InvalidRequest(f"unknown kms_name {name!r}")
+                raise InvalidRequest("unknown kms_name: this server has no KMS key by that name")
             return self.key_ids[name]
         return name
 

@@ -84,3 +84,27 @@ def test_unsupported_regex_is_400_and_not_echoed(srv):
     body = {"index_name": "r", "index_key": KEY, "filters": {"s": {"$regex": "(?<=secret-marker)x"}}}
     status, out, _ = srv.request("POST", "/v1/vectors/query_metadata", body)
     assert status == 400 and "secret-marker" not in str(out)
+
+
+def test_refusals_never_repeat_what_was_sent(srv):
+    create(srv, "e")
+    upsert(srv, "e", ["a"], clustered(1, 8))
+    mark = "s3cr3t-marker"
+    base = {"index_name": "e", "index_key": KEY}
+    cases = [
+        ("POST", "/v1/vectors/query", {**base, "query_vectors": [[0.0] * 8], "include": [mark]}),
+        ("POST", "/v1/vectors/get", {**base, "ids": ["a"], "include": [mark]}),
+        ("POST", "/v1/vectors/query_metadata", {**base, "filters": {"s": {"$" + mark: 1}}}),
+        ("POST", "/v1/vectors/query_metadata", {**base, "filters": {"$" + mark: []}}),
+        ("POST", "/v1/indexes/create", {"index_name": "m", "index_key": KEY, "metric": mark}),
+        ("POST", "/v1/indexes/create", {"index_name": "t", "index_key": KEY, "index_config": {"type": mark}}),
+        (
+            "POST",
+            "/v1/indexes/create",
+            {"index_name": "f", "index_key": KEY, "metadata_schema": {mark: {"full_text": True}}},
+        ),
+        ("DELETE", f"/v1/indexes/e/users/{mark}", None),
+    ]
+    for method, path, body in cases:
+        status, out, _ = srv.request(method, path, body)
+        assert 400 <= status < 500 and mark not in str(out), (path, status, out)
