@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadSource, CipherVecError
+from .model import MAX_VALUE
 from .segment import Segment
 
 Reader = Callable[[dict[str, Any], int | None], Iterable["Chunk"]]
@@ -54,6 +55,11 @@ def check(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int,
             with np.errstate(over="ignore", invalid="ignore"):
                 finite = np.isfinite(vectors).all(axis=1)
             bad.extend((first + int(r), "vector has NaN or Inf values") for r in np.flatnonzero(~finite))
+            with np.errstate(invalid="ignore"):
+                huge = finite & (np.abs(vectors).max(axis=1, initial=0) > MAX_VALUE)
+            bad.extend(
+                (first + int(r), f"vector has values beyond ±{MAX_VALUE:g}") for r in np.flatnonzero(huge)
+            )
     bad.extend((first + r, "id is not a non-empty string") for r, i in enumerate(chunk.ids) if not _is_id(i))
     metadata = None
     if chunk.metadata is not None:

@@ -12,9 +12,11 @@ from array_api_compat import array_namespace
 Array = Any  # an array of any array-API namespace
 
 
-def all_finite(x: Array) -> bool:
-    """No NaN or infinity anywhere in ``x``."""
+def all_finite(x: Array, bound: float | None = None) -> bool:
+    """No NaN or infinity anywhere in ``x`` (and, with ``bound``, no magnitude above it)."""
     xp = array_namespace(x)
+    if bound is not None:
+        return bool(xp.all(xp.abs(x) <= bound))  # NaN compares false, infinity exceeds
     return bool(xp.all(xp.isfinite(x)))
 
 

@@ -15,6 +15,11 @@ INCLUDABLE = ("distance", "metadata", "vector", "contents")
 MAX_NAME_BYTES = 255
 
 
+MAX_DIMENSION = 65536  # values per vector
+MAX_LISTS = 65536  # IVF lists (auto n_lists is capped there too)
+MAX_VALUE = 1e15  # |value| of a vector component: squared distances stay finite in float32
+
+
 def check_index_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidRequest("index_name must be a non-empty string")
@@ -36,8 +41,8 @@ class IndexConfig:
     embedding_model: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dimension, int) or self.dimension < 0:
-            raise InvalidRequest("dimension must be a non-negative integer")
+        if not isinstance(self.dimension, int) or not 0 <= self.dimension <= MAX_DIMENSION:
+            raise InvalidRequest(f"dimension must be an integer from 0 to {MAX_DIMENSION}")
         if self.metric not in METRICS:
             raise InvalidRequest(f"unknown metric; use one of {', '.join(METRICS)}")
         if self.storage_precision not in PRECISIONS:
@@ -71,6 +76,11 @@ class RowBatch:
             raise ValidationFailed("vectors must have at least one dimension", ("body", "vectors"))
         if not np.isfinite(self.vectors).all():
             raise ValidationFailed("vectors must not contain NaN or Inf", ("body", "vectors"))
+        if np.abs(self.vectors).max(initial=0) > MAX_VALUE:
+            raise ValidationFailed(
+                f"vector values must lie within ±{MAX_VALUE:g} (so distances stay finite)",
+                ("body", "vectors"),
+            )
         for name, values in (("metadata", self.metadata), ("contents", self.contents)):
             if values is not None and len(values) != n:
                 raise ValidationFailed(f"{n} ids but {len(values)} {name} entries", ("body", name))

@@ -17,6 +17,7 @@ from .errors import ValidationFailed
 from .filters import Column, compile_filter, compile_mask, lookup
 from .heads import Heads
 from .kernels import all_finite
+from .model import MAX_VALUE
 from .search import knn, search_space
 from .state import Snapshot
 
@@ -93,8 +94,11 @@ class Reader:
         if filters:
             compile_filter(filters)  # 400 on a bad filter before touching the index
         q = self.backend.asarray(queries)
-        if not all_finite(q):
-            raise ValidationFailed("query vectors must not contain NaN or Inf", ("body", "query_vectors"))
+        if not all_finite(q, MAX_VALUE):
+            raise ValidationFailed(
+                f"query vector values must be finite and within ±{MAX_VALUE:g} (so distances stay finite)",
+                ("body", "query_vectors"),
+            )
         include = include or []
         head = self.heads.open(tenant, name, kek)
         # Without filters a query needs only the lists it probes: a cold state stays partial.

@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 
-from ..engine.errors import InvalidRequest, ValidationFailed
+from ..engine.errors import InvalidRequest
 from ..engine.model import IndexConfig, check_index_name
 from ..infra.training import TrainJob, worker_pid
 from . import request as rq
@@ -81,10 +81,6 @@ def delete_index() -> Response:
 def train_index() -> Response:
     req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)
     tenant, kek = rq.index_target("admin", req)
-    if req.n_lists is not None and req.n_lists < 0:
-        raise ValidationFailed("n_lists must be >= 0", ("body", "n_lists"))
-    if req.max_iters is not None and req.max_iters < 0:
-        raise ValidationFailed("max_iters must be >= 0", ("body", "max_iters"))
     params: dict[str, Any] = {"n_lists": req.n_lists or None}
     if req.max_iters:
         params["max_iters"] = req.max_iters

@@ -67,8 +67,6 @@ def _search(req: schemas.SearchOptions, queries: np.ndarray, tenant: str, kek: b
     top_k = 100 if req.top_k is None else req.top_k
     if not 1 <= top_k <= c.settings.max_top_k:
         raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
-    if req.n_probes is not None and req.n_probes < 0:
-        raise ValidationFailed("n_probes must be >= 0 (0 or null = automatic)", ("body", "n_probes"))
     include = req.include or []
     unknown = [f for f in include if f not in INCLUDABLE]
     if unknown:
@@ -156,8 +154,6 @@ def query_metadata() -> Response:
     req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
     tenant, kek = rq.index_target("read", req)
     rq.refuse_text(req, "text", "text_fields", "text_field_weights")
-    if req.top_k is not None and req.top_k < 0:
-        raise ValidationFailed("top_k must be >= 0", ("body", "top_k"))
     order_by, ascending = req.order_by, req.ascending is not False
     if isinstance(order_by, dict):
         if len(order_by) != 1:

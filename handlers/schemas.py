@@ -3,11 +3,19 @@ every optional field may be absent or JSON null, as the SDK sends explicit nulls
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from ..engine.model import MAX_DIMENSION, MAX_LISTS
 
 Number = StrictFloat | StrictInt
+# Every numeric knob is bounded: out of range is a 422, never an overflow deeper down.
+Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+Lists = Annotated[StrictInt, Field(ge=0, le=MAX_LISTS)]
+Multiplier = Annotated[StrictInt, Field(ge=0, le=1000)]
+Dimension = Annotated[StrictInt, Field(ge=1, le=MAX_DIMENSION)]
+Fraction = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class Wire(BaseModel):
@@ -33,11 +41,11 @@ class CreateIndexRequest(IndexRequest):
 
 
 class TrainRequest(IndexRequest):
-    n_lists: StrictInt | None = None
-    batch_size: StrictInt | None = None
-    max_iters: StrictInt | None = None
-    tolerance: Number | None = None
-    max_memory: StrictInt | None = None
+    n_lists: Lists | None = None
+    batch_size: Count | None = None
+    max_iters: Multiplier | None = None
+    tolerance: Fraction | None = None
+    max_memory: Annotated[StrictInt, Field(ge=0, le=2**53)] | None = None
 
 
 class Item(Wire):
@@ -54,7 +62,7 @@ class UpsertRequest(IndexRequest):
 class BinaryBatch(Wire):
     ids: list[StrictStr]
     vectors_b64: StrictStr
-    dimension: StrictInt
+    dimension: Dimension
     metadata: list[dict[str, Any] | None] | None = None
     contents: list[StrictStr | None] | None = None
 
@@ -64,10 +72,10 @@ class UpsertBinaryRequest(IndexRequest):
 
 
 class SearchOptions(IndexRequest):
-    top_k: StrictInt | None = None
-    n_probes: StrictInt | None = None
+    top_k: StrictInt | None = None  # 1 .. CIPHERVEC_MAX_TOP_K, checked where the setting is known
+    n_probes: Lists | None = None
     greedy: StrictBool | None = None
-    rerank_mult: StrictInt | None = None
+    rerank_mult: Multiplier | None = None
     filters: dict[str, Any] | None = None
     include: list[StrictStr] | None = None
     # Hybrid text search (BM25) fields: refused explicitly until supported.
@@ -75,9 +83,9 @@ class SearchOptions(IndexRequest):
     text_fields: list[StrictStr] | None = None
     text_field_weights: list[Number] | None = None
     require_all_terms: StrictBool | None = None
-    alpha: Number | None = None
-    rrf_k: Number | None = None
-    window_mult: StrictInt | None = None
+    alpha: Fraction | None = None
+    rrf_k: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**6, allow_inf_nan=False)] | None = None
+    window_mult: Multiplier | None = None
 
 
 class QueryRequest(SearchOptions):
@@ -87,7 +95,7 @@ class QueryRequest(SearchOptions):
 
 class QueryBatch(Wire):
     vectors_b64: StrictStr
-    dimension: StrictInt
+    dimension: Dimension
 
 
 class QueryBinaryRequest(SearchOptions):
@@ -105,7 +113,7 @@ class DeleteRequest(IndexRequest):
 
 class QueryMetadataRequest(IndexRequest):
     filters: dict[str, Any] | None = None
-    top_k: StrictInt | None = None
+    top_k: Count | None = None
     order_by: StrictStr | dict[str, StrictInt] | None = None
     ascending: StrictBool | None = True
     text: StrictStr | None = None

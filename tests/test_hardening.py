@@ -108,3 +108,53 @@ def test_refusals_never_repeat_what_was_sent(srv):
     for method, path, body in cases:
         status, out, _ = srv.request(method, path, body)
         assert 400 <= status < 500 and mark not in str(out), (path, status, out)
+
+
+@pytest.mark.parametrize(
+    "path, extra",
+    [
+        ("/v1/indexes/train", {"max_iters": 2**40}),
+        ("/v1/indexes/train", {"n_lists": 10**9}),
+        ("/v1/indexes/train", {"tolerance": 1e308}),
+        ("/v1/indexes/train", {"batch_size": 2**70}),
+        ("/v1/vectors/query", {"query_vectors": [[0.0] * 8], "n_probes": 2**63}),
+        ("/v1/vectors/query", {"query_vectors": [[0.0] * 8], "rerank_mult": 10**12}),
+        ("/v1/vectors/query", {"query_vectors": [[0.0] * 8], "top_k": 2**70}),
+        ("/v1/vectors/query", {"query_vectors": [[3.4e38] * 8]}),  # finite, but distances overflow
+        ("/v1/vectors/query_metadata", {"top_k": 2**64}),
+        ("/v1/vectors/query_binary", {"batch": {"vectors_b64": "", "dimension": 2**40}}),
+    ],
+)
+def test_numbers_out_of_range_are_422(srv, path, extra):
+    create(srv, "n")
+    upsert(srv, "n", ["a", "b"], clustered(2, 8))
+    status, out, _ = srv.request("POST", path, {"index_name": "n", "index_key": KEY, **extra})
+    assert status == 422, out
+
+
+def test_vectors_whose_distances_would_overflow_are_refused(srv):
+    create(srv, "o")
+    status, out = upsert(srv, "o", ["big"], [[3.4e38] * 8])
+    assert status == 422 and "1e+15" in str(out)
+    status, _ = upsert(srv, "o", ["ok"], [[1e15] * 8])
+    assert status == 200
+    status, out, _ = srv.request(
+        "POST",
+        "/v1/vectors/query",
+        {
+            "index_name": "o",
+            "index_key": KEY,
+            "query_vectors": [[-1e15] * 8],
+            "top_k": 1,
+            "include": ["distance"],
+        },
+    )
+    assert status == 200 and out["results"][0]["id"] == "ok"
+    assert np.isfinite(out["results"][0]["distance"])
+
+
+def test_dimension_beyond_the_limit_is_refused(srv):
+    status, _, _ = srv.request(
+        "POST", "/v1/indexes/create", {"index_name": "wide", "index_key": KEY, "dimension": 10**9}
+    )
+    assert status == 400
