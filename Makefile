@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[cpu,load,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,load,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

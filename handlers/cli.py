@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,9 +41,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level)
     logging.getLogger("ciphervec").propagate = False  # powertools prints it already, as JSON
 
-    from ..infra.local_api import LocalServer
+    from ..infra.asgi import Limits
     from ..infra.wiring import configure
-    from .api import lambda_handler
 
     if args.workers > 1 and settings.store_uri.startswith("memory://"):
         print(
@@ -50,8 +50,16 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 2
     c = configure(settings)
-    server = LocalServer((args.host, args.port), lambda_handler, settings.max_body_bytes)
-    host, port = server.server_address[:2]
+    sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    limits = Limits(
+        max_body_bytes=settings.max_body_bytes,
+        header_seconds=settings.http_header_seconds,
+        body_seconds=settings.http_body_seconds,
+        keep_alive_seconds=settings.http_keep_alive_seconds,
+        max_connections=settings.http_max_connections,
+        threads=settings.http_threads,
+    )
     base = f"http://{host}:{port}"
     print(f"ciphervec listening on {base}  (store {settings.store_uri}, keys {settings.keys_uri})")
     if not settings.auth:
@@ -72,19 +80,39 @@ def serve(args: argparse.Namespace) -> int:
         print("API keys exist already; mint another with: ciphervec keys create --role admin")
     sys.stdout.flush()
     if args.workers > 1:
-        return _serve_workers(server, settings, args.workers, args.port_file)
+        return _serve_workers(sock, limits, settings, args.workers, args.port_file)
     if args.port_file:
         Path(args.port_file).write_text(str(port))
     try:
-        server.serve_forever(poll_interval=0.2)
+        _run(sock, limits)
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        sock.close()
     return 0
 
 
-def _serve_workers(server: Any, settings: Settings, workers: int, port_file: str | None) -> int:
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(sock: socket.socket, limits: Any) -> None:
+    from ..infra.asgi import serve
+    from .api import lambda_handler
+
+    serve(sock, lambda_handler, limits)
+
+
+def _serve_workers(
+    sock: socket.socket, limits: Any, settings: Settings, workers: int, port_file: str | None
+) -> int:
     """Fork ``workers`` processes that serve the one listening socket, each with its own
     container, so each holds its own decrypted copy of the indexes it serves. They stay
     consistent the way several processes on one store do: every request re-reads the head."""
@@ -99,14 +127,14 @@ def _serve_workers(server: Any, settings: Settings, workers: int, port_file: str
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 configure(settings)
-                server.serve_forever(poll_interval=0.2)
+                _run(sock, limits)
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         children.append(pid)
     if port_file:  # every worker is there: connections wait in the backlog until one accepts
-        Path(port_file).write_text(str(server.server_address[1]))
+        Path(port_file).write_text(str(sock.getsockname()[1]))
 
     def stop(signum: int, frame: Any) -> None:
         for child in children:
@@ -117,7 +145,7 @@ def _serve_workers(server: Any, settings: Settings, workers: int, port_file: str
     signal.signal(signal.SIGINT, stop)
     for child in children:
         os.waitpid(child, 0)
-    server.server_close()
+    sock.close()
     return 0
 
 

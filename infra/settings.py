@@ -35,6 +35,11 @@ ENV = {
     "load_bucket": "CIPHERVEC_LOAD_BUCKET",
     "load_sources": "CIPHERVEC_LOAD_SOURCES",
     "load_workers": "CIPHERVEC_LOAD_WORKERS",
+    "http_threads": "CIPHERVEC_HTTP_THREADS",
+    "http_max_connections": "CIPHERVEC_HTTP_MAX_CONNECTIONS",
+    "http_header_seconds": "CIPHERVEC_HTTP_HEADER_SECONDS",
+    "http_body_seconds": "CIPHERVEC_HTTP_BODY_SECONDS",
+    "http_keep_alive_seconds": "CIPHERVEC_HTTP_KEEP_ALIVE_SECONDS",
 }
 
 
@@ -89,6 +94,14 @@ class Settings:
     load_sources: tuple[str, ...] = ()
     # In-process load workers (``ciphervec serve``).
     load_workers: int = 1
+    # `ciphervec serve`: requests handled at once (threads over one copy of each index),
+    # connections at once (more get 503), and how long a client may take to send a
+    # request's headers, between pieces of its body, and idle on a keep-alive connection.
+    http_threads: int = 8
+    http_max_connections: int = 1000
+    http_header_seconds: float = 10.0
+    http_body_seconds: float = 30.0
+    http_keep_alive_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -129,10 +142,18 @@ def _parse(name: str, raw: str) -> Any:
         "merge_at",
         "lazy_rows",
         "load_workers",
+        "http_threads",
+        "http_max_connections",
     ):
         return int(raw)
     if name == "load_sources":
         return tuple(p.strip() for p in raw.split(",") if p.strip())
-    if name in ("train_sync_seconds", "key_cache_seconds"):
+    if name in (
+        "train_sync_seconds",
+        "key_cache_seconds",
+        "http_header_seconds",
+        "http_body_seconds",
+        "http_keep_alive_seconds",
+    ):
         return float(raw)
     return raw
