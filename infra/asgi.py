@@ -33,6 +33,9 @@ class Limits:
     threads: int = 8  # requests handled at once
 
 
+DRAIN_BYTES = 1 << 30  # of a refused body read and dropped before answering
+
+
 def _json(status: int, detail: str) -> bytes:
     return json.dumps({"status_code": status, "detail": detail}).encode()
 
@@ -56,6 +59,19 @@ class ApiGatewayApp:
         headers = {"content-type": "application/json", "connection": "close"}
         await self._answer(send, status, headers, _json(status, detail))
 
+    async def _drain(self, receive: Any, seen: int) -> None:
+        """Read and drop the rest of a refused body, up to ``DRAIN_BYTES`` in all."""
+        more = True
+        while more and seen < DRAIN_BYTES:
+            try:
+                message = await asyncio.wait_for(receive(), self.limits.body_seconds)
+            except TimeoutError:
+                return
+            if message["type"] == "http.disconnect":
+                return
+            seen += len(message.get("body", b""))
+            more = bool(message.get("more_body"))
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -73,6 +89,7 @@ class ApiGatewayApp:
                 return
             body += message.get("body", b"")
             if limit and len(body) > limit:
+                await self._drain(receive, len(body))  # so the client reads the answer, not a reset
                 await self._refuse(
                     send,
                     413,

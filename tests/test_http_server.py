@@ -1,0 +1,143 @@
+"""`ciphervec serve` as an HTTP server, spoken to over raw sockets: framing a proxy could be
+fooled by, methods without routes, slow and idle clients, and JSON for every refusal."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT_KEY
+
+KEY = bytes(range(32)).hex()
+
+
+@pytest.fixture
+def srv(server_factory, tmp_path: Path):
+    env = {
+        "CIPHERVEC_HTTP_HEADER_SECONDS": "1",
+        "CIPHERVEC_HTTP_BODY_SECONDS": "1",
+        "CIPHERVEC_HTTP_KEEP_ALIVE_SECONDS": "1",
+        "CIPHERVEC_MAX_BODY_BYTES": str(1 << 20),
+    }
+    server = server_factory("--store", f"file://{tmp_path}/data", env=env)
+    status, _, _ = server.request(
+        "POST", "/v1/indexes/create", {"index_name": "h", "index_key": KEY, "dimension": 2}
+    )
+    assert status == 200
+    return server
+
+
+def exchange(port: int, raw: bytes, wait: float = 5.0) -> bytes:
+    """Send ``raw`` and read until the server closes or ``wait`` passes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(raw)
+        out = b""
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def parse(raw: bytes) -> list[tuple[int, dict]]:
+    """Every response in ``raw``: (status, JSON body)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.decode().lower().split(": ", 1) for line in lines[1:])
+        n = int(headers.get("content-length", 0))
+        assert headers.get("content-type", "").startswith("application/json"), headers
+        out.append((status, json.loads(rest[:n])))
+        raw = rest[n:]
+    return out
+
+
+def request(method: str, path: str, body: bytes = b"", headers: str = "") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {ROOT_KEY}\r\n{headers}"
+    if body and "transfer-encoding" not in headers.lower():
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE", "PATCH"])
+def test_methods_without_a_route_are_405_json(srv, method):
+    [(status, body)] = parse(
+        exchange(srv.port, request(method, "/v1/health", headers="Connection: close\r\n"))
+    )
+    assert status == 405 and body["status_code"] == 405
+
+
+def test_malformed_content_length_is_a_json_400(srv):
+    raw = request("POST", "/v1/vectors/num_vectors", b"{}", "Content-Length: abc\r\n")
+    [(status, body)] = parse(exchange(srv.port, raw.replace(b"Content-Length: 2\r\n", b"")))
+    assert status == 400 and body["status_code"] == 400
+
+
+def test_a_chunked_body_is_the_body_not_a_second_request(srv):
+    body = json.dumps(
+        {
+            "index_name": "h",
+            "index_key": KEY,
+            "batch": {"ids": ["c"], "vectors_b64": "AACAPwAAAEA=", "dimension": 2},
+        }
+    ).encode()
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:10], body[10:])) + b"0\r\n\r\n"
+    raw = request(
+        "POST", "/v1/vectors/upsert_binary", chunked, "Transfer-Encoding: chunked\r\nConnection: close\r\n"
+    )
+    answers = parse(exchange(srv.port, raw))
+    assert [s for s, _ in answers] == [200]  # one request, one answer
+    status, out, _ = srv.request("POST", "/v1/vectors/num_vectors", {"index_name": "h", "index_key": KEY})
+    assert out["result"] == 1
+
+
+def test_a_body_that_never_completes_is_a_408_and_frees_the_connection(srv):
+    raw = request("POST", "/v1/vectors/num_vectors", b"", "Content-Length: 100\r\n") + b'{"index_'
+    [(status, body)] = parse(exchange(srv.port, raw, wait=5))
+    assert status == 408
+
+
+def test_slow_headers_and_idle_connections_are_closed(srv):
+    t0 = time.time()
+    assert exchange(srv.port, b"GET /v1/hea", wait=5) == b""  # closed, no answer
+    assert time.time() - t0 < 4
+    t0 = time.time()
+    assert exchange(srv.port, b"", wait=5) == b""
+    assert time.time() - t0 < 4
+
+
+def test_hundreds_of_idle_connections_cost_no_threads(srv):
+    socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(300)]
+    try:
+        status, body, _ = srv.request("GET", "/v1/health", key=None)
+        assert status == 200
+        threads = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{srv.proc.pid}/status").read_text().splitlines()
+                if line.startswith("Threads:")
+            )
+        )
+        assert threads < 60  # the stdlib server held one thread per connection (300+)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_oversized_body_is_a_json_413(srv):
+    big = b"x" * (2 << 20)
+    [(status, body)] = parse(
+        exchange(srv.port, request("POST", "/v1/vectors/upsert", big, "Connection: close\r\n"))
+    )
+    assert status == 413 and "limit" in body["detail"]
