@@ -83,6 +83,17 @@ class Contention(CipherVecError):
         self.retry_after = retry_after
 
 
+class StorageFull(CipherVecError):
+    """The store cannot take writes now: disk full, quota, read-only (507 + Retry-After).
+    Reads keep working."""
+
+    status = 507
+
+    def __init__(self, detail: str = "", retry_after: int = 30) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class CorruptObject(CipherVecError):
     """A stored object failed authentication under the right key: tampered or swapped (500)."""
 

@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, APIGatew
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import ValidationError as PydanticValidationError
 
-from ..engine.errors import CipherVecError, Contention, ValidationFailed
+from ..engine.errors import CipherVecError, ValidationFailed
 from . import request as rq
 from . import routes_indexes, routes_loads, routes_users, routes_vectors
 
@@ -36,7 +36,8 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> R
 def on_engine_error(exc: CipherVecError) -> Response:
     if isinstance(exc, ValidationFailed):
         return _error(422, [{"loc": list(exc.loc), "msg": exc.detail, "type": "value_error"}])
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Contention) else None
+    retry = getattr(exc, "retry_after", None)  # Contention, StorageFull
+    headers = {"Retry-After": str(retry)} if retry is not None else None
     return _error(exc.status, exc.detail, headers)
 
 

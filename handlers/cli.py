@@ -50,6 +50,9 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 2
     c = configure(settings)
+    sweep_temps = getattr(c.service.store, "sweep_temps", None)
+    if sweep_temps is not None and (removed := sweep_temps()):  # what killed processes left
+        print(f"removed {removed} temporary files left by an earlier process")
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     limits = Limits(

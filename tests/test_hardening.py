@@ -158,3 +158,49 @@ def test_dimension_beyond_the_limit_is_refused(srv):
         "POST", "/v1/indexes/create", {"index_name": "wide", "index_key": KEY, "dimension": 10**9}
     )
     assert status == 400
+
+
+def test_a_full_disk_answers_507_with_retry_after_and_reads_keep_working(tmp_path, monkeypatch):
+    import errno
+    import json as _json
+
+    from ciphervec.handlers import api
+    from ciphervec.infra import wiring
+    from ciphervec.infra.settings import Settings
+    from ciphervec.infra.storage import file as file_store
+    from tests.conftest import ROOT_KEY
+
+    wiring.configure(
+        Settings(store_uri=f"file://{tmp_path}/d", keys_uri=f"file://{tmp_path}/k.json", root_key=ROOT_KEY)
+    )
+
+    def call(path, body):
+        event = {
+            "version": "2.0",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": {"x-api-key": ROOT_KEY},
+            "requestContext": {
+                "http": {"method": "POST", "path": path, "sourceIp": "1.2.3.4"},
+                "requestId": "r",
+                "stage": "$default",
+            },
+            "body": _json.dumps(body),
+            "isBase64Encoded": False,
+        }
+        out = api.lambda_handler(event, None)
+        return out["statusCode"], _json.loads(out["body"]), out["headers"]
+
+    base = {"index_name": "full", "index_key": KEY}
+    assert call("/v1/indexes/create", {**base, "dimension": 2})[0] == 200
+    assert call("/v1/vectors/upsert", {**base, "items": [{"id": "a", "vector": [1.0, 2.0]}]})[0] == 200
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_store.os, "fsync", full)
+    status, out, headers = call("/v1/vectors/upsert", {**base, "items": [{"id": "b", "vector": [3.0, 4.0]}]})
+    assert status == 507 and "retry later" in out["detail"] and int(headers["Retry-After"]) > 0
+    status, out, _ = call("/v1/vectors/get", {**base, "ids": ["a", "b"], "include": ["vector"]})
+    assert status == 200 and [r["id"] for r in out["results"]] == ["a"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]

@@ -103,3 +103,42 @@ def test_file_store_cas_across_processes(tmp_path):
 def test_unknown_uri():
     with pytest.raises(ValueError):
         open_store("ftp://x")
+
+
+def test_a_full_disk_is_storage_full_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    import errno
+
+    from ciphervec.engine.errors import StorageFull
+    from ciphervec.infra.storage import file as file_store
+
+    store = file_store.FileStore(tmp_path)
+    store.put_if_absent("a/head", b"v1")
+    real_fsync = file_store.os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_store.os, "fsync", full)
+    with pytest.raises(StorageFull):
+        store.put_if_absent("a/seg", b"x" * 100)
+    with pytest.raises(StorageFull):
+        store.put_if_match("a/head", b"v2", store.get("a/head")[1])
+    monkeypatch.setattr(file_store.os, "fsync", real_fsync)
+    assert store.get("a/head")[0] == b"v1"  # reads keep working, the head is as it was
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_stale_temp_files_are_swept_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from ciphervec.infra.storage.file import FileStore
+
+    store = FileStore(tmp_path)
+    (tmp_path / "i").mkdir()
+    old, new = tmp_path / "i" / ".tmp-seg.1.aa", tmp_path / "i" / ".tmp-seg.2.bb"
+    old.write_bytes(b"left by a kill -9")
+    new.write_bytes(b"a write in progress")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert store.sweep_temps() == 1
+    assert not old.exists() and new.exists()

@@ -16,15 +16,19 @@ Several processes may share one directory safely.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...engine.errors import StorageFull
 from ...engine.ports import BlobNotFound, StoreConflict
 from ..locking import exclusive
 
 _TMP = ".tmp-"
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # the disk refuses writes: 507, not a bug
 _LOCK = ".lock"
 
 
@@ -64,13 +68,40 @@ class FileStore:
             os.close(fd)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """``data`` in a fresh temporary file next to ``path``, on disk; nothing is left
+        behind when that fails, and a full or read-only disk is a ``StorageFull``."""
         tmp = path.with_name(f"{_TMP}{path.name}.{os.getpid()}.{os.urandom(6).hex()}")
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno in _FULL:
+                raise StorageFull(
+                    f"the index store cannot take writes ({errno.errorcode.get(exc.errno or 0, 'full')}); "
+                    "reads keep working, retry later"
+                ) from None
+            raise
         return tmp
+
+    def sweep_temps(self, older_than: float = 3600.0) -> int:
+        """Remove temporary files a killed process left (older than ``older_than`` seconds,
+        so no write in progress loses its file); returns how many."""
+        now, removed = time.time(), 0
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(_TMP):
+                    continue
+                full = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if now - os.stat(full).st_mtime >= older_than:
+                        os.unlink(full)
+                        removed += 1
+        return removed
 
     def get(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str] | None:
         path = self._path(key)
@@ -111,7 +142,12 @@ class FileStore:
             if current != etag:
                 raise StoreConflict(key)
             tmp = self._write_temp(path, data)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
             self._fsync_dir(path.parent)
             return _tag(data)
 
