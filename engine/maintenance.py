@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kmeans, run, segment
+from . import kmeans, run, segment, workers
 from .cache import StateCache
 from .errors import CipherVecError, Contention, InvalidRequest, TrainingFailed
 from .heads import Head, Heads
@@ -48,13 +48,21 @@ class Maintenance:
         self.retire_grace = retire_grace_seconds
         self.merge_at = merge_at
         self.clock = clock
+        # Who marks trainings from here: this process (local), or the function (Lambda).
+        self.worker = workers.this_worker()
         # Whether a batch load's staged segments must outlive the grace period (``jobs.Jobs.keeps``).
         self.keeps_staged: Callable[[str, str, float], bool] = lambda tenant, job, now: False
 
     # -- training marks --------------------------------------------------------------------
     def training_active(self, env: Envelope) -> bool:
+        """A training is marked and someone may still be doing it: not stale, and not marked
+        by a process of this host that has died since (a crashed server's queue is gone)."""
         t = env.training
-        return bool(t) and self.clock() - float(t.get("since", 0)) < TRAINING_STALE_SECONDS  # type: ignore[union-attr]
+        if not t:
+            return False
+        if self.clock() - float(t.get("since", 0)) >= TRAINING_STALE_SECONDS:
+            return False
+        return not workers.gone(t.get("worker"))
 
     def maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
         """Mark the head ``queued`` when ``count`` rows call for a (re)training."""
@@ -63,7 +71,7 @@ class Maintenance:
         cent = body.centroids
         if cent is not None and kmeans.auto_n_lists(count) <= cent.n_lists:
             return False
-        env.training = {"state": "queued", "since": self.clock(), "count": count}
+        env.training = {"state": "queued", "since": self.clock(), "count": count, "worker": self.worker}
         return True
 
     def merge_due(self, head: Head | None) -> bool:
@@ -74,7 +82,7 @@ class Maintenance:
         head = self.heads.open(tenant, name, kek)
 
         def mark(env: Envelope, body: HeadBody) -> None:
-            env.training = {"state": state, "since": self.clock()} if state else None
+            env.training = {"state": state, "since": self.clock(), "worker": self.worker} if state else None
 
         self.heads.commit(head, mark)
 

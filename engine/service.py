@@ -165,6 +165,23 @@ class IndexService:
                 names.append(unescape(part))
         return sorted(names)
 
+    def orphaned_trainings(self) -> list[tuple[str, str, str]]:
+        """``(tenant, name, key_mode)`` of every index whose head marks a training nobody is
+        doing any more (its process died, or the mark went stale): to be queued again."""
+        out = []
+        for key in self.store.list(self.heads.prefix):
+            parts = key[len(self.heads.prefix) :].split("/")
+            if len(parts) != 3 or parts[2] != "head":
+                continue
+            tenant, name = unescape(parts[0]), unescape(parts[1])
+            try:
+                env = self.heads.envelope(tenant, name)
+            except CipherVecError:
+                continue
+            if env.training and not self.maintenance.training_active(env):
+                out.append((tenant, name, env.key_mode))
+        return out
+
     def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
         """``(name, state)`` of this tenant's indexes queued or running training."""
         out = []

@@ -1,0 +1,47 @@
+"""Who is doing a job, and whether they still can: a worker is named by host, process id and
+the process's start time, so a job marked by a process that has since died (or whose pid
+was reused) is recognised as orphaned and taken up again."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of stat, after the command name
+
+
+def this_worker() -> str:
+    """This process, as a worker name."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+
+
+def gone(worker: str | None) -> bool:
+    """Whether ``worker`` is a process on this host that no longer runs. Workers elsewhere
+    (another host, a Lambda function) cannot be seen from here: they are not called gone."""
+    if not worker or worker.count(":") != 2:
+        return False
+    host, pid, started = worker.split(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if not Path("/proc/self/stat").exists():  # no /proc here: ask the kernel by signal 0
+        return not _alive(int(pid))
+    return _start_time(int(pid)) != started  # no such process, or another one under its pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
