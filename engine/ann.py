@@ -57,8 +57,10 @@ class AnnIndex:
             cent = np.ascontiguousarray(centroids, dtype=np.float32)
             self.quantizer = quantizer if quantizer is not None else flat_quantizer(cent)
             if half:
+                # Codes of the rows themselves, not of their residuals to the centroid: a
+                # residual can leave float16's range (65,504 - (-c)), and came back as inf.
                 self.index = faiss.IndexIVFScalarQuantizer(
-                    self.quantizer, dim, len(cent), fp16, faiss.METRIC_L2
+                    self.quantizer, dim, len(cent), fp16, faiss.METRIC_L2, False
                 )
                 self.index.train(cent)  # the quantizer is set; fp16 codes need no training
             else:

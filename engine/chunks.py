@@ -35,7 +35,9 @@ class Chunk:
         return len(self.ids)
 
 
-def check(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int, str]]]:
+def check(
+    chunk: Chunk, dimension: int, bound: float = MAX_VALUE
+) -> tuple[Segment | None, list[tuple[int, str]]]:
     """The chunk's rows as an upsert segment, or the rows refused and why (file row numbers)."""
     bad = list(chunk.bad)
     n, first = len(chunk), chunk.first_row
@@ -56,10 +58,8 @@ def check(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int,
                 finite = np.isfinite(vectors).all(axis=1)
             bad.extend((first + int(r), "vector has NaN or Inf values") for r in np.flatnonzero(~finite))
             with np.errstate(invalid="ignore"):
-                huge = finite & (np.abs(vectors).max(axis=1, initial=0) > MAX_VALUE)
-            bad.extend(
-                (first + int(r), f"vector has values beyond ±{MAX_VALUE:g}") for r in np.flatnonzero(huge)
-            )
+                huge = finite & (np.abs(vectors).max(axis=1, initial=0) > bound)
+            bad.extend((first + int(r), f"vector has values beyond ±{bound:g}") for r in np.flatnonzero(huge))
     bad.extend((first + r, "id is not a non-empty string") for r, i in enumerate(chunk.ids) if not _is_id(i))
     metadata = None
     if chunk.metadata is not None:
@@ -134,8 +134,10 @@ def guarded(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         yield chunk
 
 
-def checked(chunk: Chunk, dimension: int) -> tuple[Segment | None, list[tuple[int, str]]]:
+def checked(
+    chunk: Chunk, dimension: int, bound: float = MAX_VALUE
+) -> tuple[Segment | None, list[tuple[int, str]]]:
     try:
-        return check(chunk, dimension)
+        return check(chunk, dimension, bound)
     except Exception as exc:  # check is pure: whatever it raises, the rows are to blame
         return None, [(chunk.first_row, f"rows could not be read ({type(exc).__name__})")]

@@ -18,6 +18,7 @@ from .errors import BadSource, CipherVecError, LoadBusy, ValidationFailed
 from .heads import Head, Heads
 from .jobs import ABANDON_SECONDS, DONE, LEASE_SECONDS, Jobs, LoadJob
 from .manifest import Envelope, HeadBody, SegmentRef
+from .model import value_bound
 from .names import new_id
 from .prefetch import prefetched
 from .segment import Segment
@@ -133,7 +134,7 @@ class Loader:
                     for chunk in chunks:
                         if dimension is None and chunk.vectors is not None and chunk.vectors.ndim == 2:
                             dimension = int(chunk.vectors.shape[1]) or None
-                        seg, bad = checked(chunk, dimension or 0)
+                        seg, bad = checked(chunk, dimension or 0, value_bound(head.precision))
                         future = None
                         if bad:
                             refusing = True

@@ -18,6 +18,12 @@ MAX_NAME_BYTES = 255
 MAX_DIMENSION = 65536  # values per vector
 MAX_LISTS = 65536  # IVF lists (auto n_lists is capped there too)
 MAX_VALUE = 1e15  # |value| of a vector component: squared distances stay finite in float32
+MAX_FLOAT16 = 65504.0  # the largest float16: a float16 index stores nothing bigger
+
+
+def value_bound(precision: str) -> float:
+    """The largest |value| an index of ``precision`` stores as given."""
+    return MAX_FLOAT16 if precision == "float16" else MAX_VALUE
 
 
 def check_index_name(name: Any) -> str:

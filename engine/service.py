@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from . import crypto
 from .backend import Backend, select
 from .cache import StateCache
@@ -23,7 +25,7 @@ from .keys import KeyRing
 from .loads import Loader
 from .maintenance import Maintenance
 from .manifest import Envelope, HeadBody, RetryPolicy, seal_head
-from .model import IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name
+from .model import MAX_VALUE, IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name, value_bound
 from .names import unescape
 from .ports import BlobStore, KeyWrapper, StoreConflict
 from .reads import Reader
@@ -200,6 +202,11 @@ class IndexService:
         head = self.heads.open(tenant, name, kek)
         snap = self.cache.snapshot(head, full=False)
         _check_dimension(int(head.body.config["dimension"]), batch.dimension)
+        bound = value_bound(head.precision)
+        if bound < MAX_VALUE and float(np.abs(batch.vectors).max(initial=0)) > bound:
+            raise ValidationFailed(
+                f"a {head.precision} index stores values within ±{bound:g}", ("body", "vectors")
+            )
         fresh = snap.count_new(batch.ids)
         # A partial state counts its unloaded lists whole (an estimate either way).
         estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
