@@ -83,6 +83,17 @@ class Contention(CipherVecError):
         self.retry_after = retry_after
 
 
+class TooManyFailures(CipherVecError):
+    """Too many failed attempts with this API key on this index, or from this address (429 +
+    Retry-After)."""
+
+    status = 429
+
+    def __init__(self, detail: str = "", retry_after: int = 60) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class StorageFull(CipherVecError):
     """The store cannot take writes now: disk full, quota, read-only (507 + Retry-After).
     Reads keep working."""

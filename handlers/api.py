@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, APIGatew
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import ValidationError as PydanticValidationError
 
-from ..engine.errors import CipherVecError, ValidationFailed
+from ..engine.errors import CipherVecError, Unauthorized, ValidationFailed
 from . import request as rq
 from . import routes_indexes, routes_loads, routes_users, routes_vectors
 
@@ -34,6 +34,8 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> R
 
 
 def on_engine_error(exc: CipherVecError) -> Response:
+    if isinstance(exc, Unauthorized):
+        rq.failed_attempt()
     if isinstance(exc, ValidationFailed):
         return _error(422, [{"loc": list(exc.loc), "msg": exc.detail, "type": "value_error"}])
     retry = getattr(exc, "retry_after", None)  # Contention, StorageFull

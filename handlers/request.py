@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from ..engine import crypto
-from ..engine.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
+from ..engine.errors import InvalidRequest, PayloadTooLarge, TooManyFailures, Unauthorized, ValidationFailed
 from ..engine.model import check_index_name
 from ..infra.keystore import Principal
 from ..infra.wiring import Container, container
@@ -48,6 +48,7 @@ def event() -> BaseProxyEvent:
 def set_event(value: BaseProxyEvent | None) -> None:
     """Start (or, with ``None``, end) this thread's request; its container is taken once."""
     _local.event = value
+    _local.attempt = None
     _local.container = None if value is None else container()
 
 
@@ -64,10 +65,37 @@ def header(name: str) -> str | None:
 
 
 def principal(right: str, index_name: str | None = None) -> Principal:
-    """The caller, authenticated by ``X-API-Key`` and holding ``right`` (on ``index_name``)."""
-    who = c().auth.authenticate(header("x-api-key"))
+    """The caller, authenticated by ``X-API-Key`` and holding ``right`` (on ``index_name``).
+
+    Brute force is throttled before anything is checked: an address with too many unknown
+    API keys, or an API key with too many wrong ``index_key``s for one index, gets 429 for a
+    while; other addresses, keys and indexes are not affected."""
+    container = c()
+    throttle = container.throttle
+    address = ("address", (event().raw_event.get("requestContext") or {}).get("http", {}).get("sourceIp"))
+    if wait := throttle.retry_after(address):
+        raise TooManyFailures("too many failed API keys from this address; retry later", wait)
+    try:
+        who = container.auth.authenticate(header("x-api-key"))
+    except Unauthorized:
+        throttle.failed(address)
+        raise
+    if index_name is not None:
+        attempt = ("index_key", who.key_id, who.tenant, index_name)
+        if wait := throttle.retry_after(attempt):
+            raise TooManyFailures(
+                "too many wrong index keys for this index with this API key; retry later", wait
+            )
+        _local.attempt = attempt
     who.require(right, index_name)
     return who
+
+
+def failed_attempt() -> None:
+    """The request's ``index_key`` did not open its index: count it against the API key."""
+    attempt = getattr(_local, "attempt", None)
+    if attempt is not None:
+        c().throttle.failed(attempt)
 
 
 def raw_body() -> str | bytes:

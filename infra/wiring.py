@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.backend import select
@@ -15,6 +15,7 @@ from .kms import AwsKmsWrapper, open_key_wrapper
 from .loading import LocalLoads, QueueLoads
 from .settings import Settings
 from .storage import open_store
+from .throttle import FailureThrottle
 from .training import LambdaTrainer, LocalTrainer
 
 log = logging.getLogger("ciphervec.wiring")
@@ -28,6 +29,7 @@ class Container:
     trainer: Any
     loads: Any  # LocalLoads or QueueLoads
     s3: Any = None  # the S3 client loads read sources with (None: boto3's default)
+    throttle: FailureThrottle = field(default_factory=FailureThrottle)  # failed keys, per process
 
 
 _container: Container | None = None

@@ -204,3 +204,34 @@ def test_a_full_disk_answers_507_with_retry_after_and_reads_keep_working(tmp_pat
     status, out, _ = call("/v1/vectors/get", {**base, "ids": ["a", "b"], "include": ["vector"]})
     assert status == 200 and [r["id"] for r in out["results"]] == ["a"]
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_wrong_index_keys_are_throttled_per_api_key_and_index(srv):
+    create(srv, "locked")
+    create(srv, "other")
+    status, user, _ = srv.request(
+        "POST", "/v1/indexes/locked/users", {"index_key": KEY, "permissions": ["read"]}
+    )
+    assert status == 200, user
+    wrong = {"index_name": "locked", "index_key": bytes(32).hex()}
+    statuses = [srv.request("POST", "/v1/vectors/num_vectors", wrong)[0] for _ in range(21)]
+    assert statuses == [401] * 21
+    status, out, headers = srv.request("POST", "/v1/vectors/num_vectors", wrong)
+    retry = {k.lower(): v for k, v in headers.items()}["retry-after"]
+    assert status == 429 and int(retry) > 0 and "index key" in out["detail"]
+    right = {"index_name": "locked", "index_key": KEY}
+    assert srv.request("POST", "/v1/vectors/num_vectors", right)[0] == 429  # this key, this index: wait
+    assert srv.request("POST", "/v1/vectors/num_vectors", {"index_name": "other", "index_key": KEY})[0] == 200
+    assert srv.request("POST", "/v1/vectors/num_vectors", right, key=user["api_key"])[0] == 200  # another key
+
+
+def test_unknown_api_keys_are_throttled_per_address(srv):
+    statuses = [
+        srv.request("GET", "/v1/indexes/list", key=f"cv_{i:016x}_{'0' * 64}")[0]
+        for _ in range(21)
+        for i in [1]
+    ]
+    assert statuses == [401] * 21
+    status, out, headers = srv.request("GET", "/v1/indexes/list", key="cv_0000000000000001_" + "0" * 64)
+    assert status == 429 and int({k.lower(): v for k, v in headers.items()}["retry-after"]) > 0
+    assert srv.request("GET", "/v1/health", key=None)[0] == 200  # no key, no check: health answers
