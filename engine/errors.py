@@ -73,36 +73,36 @@ class PayloadTooLarge(CipherVecError):
     status = 413
 
 
-class Contention(CipherVecError):
+class RetryLater(CipherVecError):
+    """A refusal that passes: the answer carries ``Retry-After`` (seconds)."""
+
+    default_retry = 1
+
+    def __init__(self, detail: str = "", retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = self.default_retry if retry_after is None else retry_after
+
+
+class Contention(RetryLater):
     """Concurrent writers kept winning the head; retry later (503 + Retry-After)."""
 
     status = 503
 
-    def __init__(self, detail: str = "", retry_after: int = 1) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
-
-class TooManyFailures(CipherVecError):
+class TooManyFailures(RetryLater):
     """Too many failed attempts with this API key on this index, or from this address (429 +
     Retry-After)."""
 
     status = 429
-
-    def __init__(self, detail: str = "", retry_after: int = 60) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    default_retry = 60
 
 
-class StorageFull(CipherVecError):
+class StorageFull(RetryLater):
     """The store cannot take writes now: disk full, quota, read-only (507 + Retry-After).
     Reads keep working."""
 
     status = 507
-
-    def __init__(self, detail: str = "", retry_after: int = 30) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    default_retry = 30
 
 
 class CorruptObject(CipherVecError):

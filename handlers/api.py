@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, APIGatew
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import ValidationError as PydanticValidationError
 
-from ..engine.errors import CipherVecError, Unauthorized, ValidationFailed
+from ..engine.errors import CipherVecError, RetryLater, Unauthorized, ValidationFailed
 from . import request as rq
 from . import routes_indexes, routes_loads, routes_users, routes_vectors
 
@@ -38,8 +38,7 @@ def on_engine_error(exc: CipherVecError) -> Response:
         rq.failed_attempt()
     if isinstance(exc, ValidationFailed):
         return _error(422, [{"loc": list(exc.loc), "msg": exc.detail, "type": "value_error"}])
-    retry = getattr(exc, "retry_after", None)  # Contention, StorageFull
-    headers = {"Retry-After": str(retry)} if retry is not None else None
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RetryLater) else None
     return _error(exc.status, exc.detail, headers)
 
 
