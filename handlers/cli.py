@@ -41,7 +41,6 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level)
     logging.getLogger("ciphervec").propagate = False  # powertools prints it already, as JSON
 
-    from ..infra.asgi import Limits
     from ..infra.wiring import configure
 
     if args.workers > 1 and settings.store_uri.startswith("memory://"):
@@ -64,14 +63,6 @@ def serve(args: argparse.Namespace) -> int:
             )
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    limits = Limits(
-        max_body_bytes=settings.max_body_bytes,
-        header_seconds=settings.http_header_seconds,
-        body_seconds=settings.http_body_seconds,
-        keep_alive_seconds=settings.http_keep_alive_seconds,
-        max_connections=settings.http_max_connections,
-        threads=settings.http_threads,
-    )
     base = f"http://{host}:{port}"
     print(f"ciphervec listening on {base}  (store {settings.store_uri}, keys {settings.keys_uri})")
     if not settings.auth:
@@ -92,11 +83,11 @@ def serve(args: argparse.Namespace) -> int:
         print("API keys exist already; mint another with: ciphervec keys create --role admin")
     sys.stdout.flush()
     if args.workers > 1:
-        return _serve_workers(sock, limits, settings, args.workers, args.port_file)
+        return _serve_workers(sock, settings, args.workers, args.port_file)
     if args.port_file:
         Path(args.port_file).write_text(str(port))
     try:
-        _run(sock, limits)
+        _run(sock, settings)
     except KeyboardInterrupt:
         pass
     finally:
@@ -115,16 +106,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run(sock: socket.socket, limits: Any) -> None:
+def _run(sock: socket.socket, settings: Settings) -> None:
     from ..infra.asgi import serve
     from .api import lambda_handler
 
-    serve(sock, lambda_handler, limits)
+    serve(sock, lambda_handler, settings)
 
 
-def _serve_workers(
-    sock: socket.socket, limits: Any, settings: Settings, workers: int, port_file: str | None
-) -> int:
+def _serve_workers(sock: socket.socket, settings: Settings, workers: int, port_file: str | None) -> int:
     """Fork ``workers`` processes that serve the one listening socket, each with its own
     container, so each holds its own decrypted copy of the indexes it serves. They stay
     consistent the way several processes on one store do: every request re-reads the head."""
@@ -139,7 +128,7 @@ def _serve_workers(
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 configure(settings)
-                _run(sock, limits)
+                _run(sock, settings)
             except BaseException:
                 code = 1
             finally:

@@ -15,23 +15,12 @@ import base64
 import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .local_api import Handler, LocalContext, to_event
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 64 << 20
-    header_seconds: float = 10.0  # from a request's first byte to the end of its headers
-    body_seconds: float = 30.0  # between two pieces of a body
-    keep_alive_seconds: float = 5.0  # idle keep-alive connection
-    max_connections: int = 1000  # connections and requests at once; more get a 503
-    threads: int = 8  # requests handled at once
-
+from .settings import Settings
 
 DRAIN_BYTES = 1 << 30  # of a refused body read and dropped before answering
 
@@ -43,10 +32,12 @@ def _json(status: int, detail: str) -> bytes:
 class ApiGatewayApp:
     """The ASGI application: HTTP request → API Gateway event → ``handler`` → HTTP response."""
 
-    def __init__(self, handler: Handler, limits: Limits) -> None:
+    def __init__(self, handler: Handler, settings: Settings) -> None:
         self.handler = handler
-        self.limits = limits
-        self.pool = ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix="ciphervec-request")
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.http_threads, thread_name_prefix="ciphervec-request"
+        )
 
     async def _answer(self, send: Any, status: int, headers: dict[str, str], body: bytes) -> None:
         raw = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
@@ -64,7 +55,7 @@ class ApiGatewayApp:
         more = True
         while more and seen < DRAIN_BYTES:
             try:
-                message = await asyncio.wait_for(receive(), self.limits.body_seconds)
+                message = await asyncio.wait_for(receive(), self.settings.http_body_seconds)
             except TimeoutError:
                 return
             if message["type"] == "http.disconnect":
@@ -76,13 +67,13 @@ class ApiGatewayApp:
         if scope["type"] != "http":
             return
         body = bytearray()
-        limit = self.limits.max_body_bytes
+        limit = self.settings.max_body_bytes
         while True:
             try:
-                message = await asyncio.wait_for(receive(), self.limits.body_seconds)
+                message = await asyncio.wait_for(receive(), self.settings.http_body_seconds)
             except TimeoutError:
                 await self._refuse(
-                    send, 408, f"the request body did not arrive within {self.limits.body_seconds:g} s"
+                    send, 408, f"the request body did not arrive within {self.settings.http_body_seconds:g} s"
                 )
                 return
             if message["type"] == "http.disconnect":
@@ -172,20 +163,20 @@ class BoundedHttp(HttpToolsProtocol):
         self.transport.close()
 
 
-def serve(sock: socket.socket, handler: Handler, limits: Limits) -> None:
-    """Serve ``sock`` until interrupted."""
+def serve(sock: socket.socket, handler: Handler, settings: Settings) -> None:
+    """Serve ``sock`` until interrupted, within the ``http_*`` settings."""
     import uvicorn
 
-    protocol = type("Http", (BoundedHttp,), {"header_seconds": limits.header_seconds})
+    protocol = type("Http", (BoundedHttp,), {"header_seconds": settings.http_header_seconds})
     config = uvicorn.Config(
-        ApiGatewayApp(handler, limits),
+        ApiGatewayApp(handler, settings),
         http=protocol,
         lifespan="off",
         access_log=False,
         log_level="warning",
         server_header=False,
-        timeout_keep_alive=int(max(1, limits.keep_alive_seconds)),
-        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=int(max(1, settings.http_keep_alive_seconds)),
+        limit_concurrency=settings.http_max_connections,
         backlog=2048,
     )
     uvicorn.Server(config).run(sockets=[sock])

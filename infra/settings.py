@@ -121,6 +121,11 @@ class Settings:
         return replace(self, **changes)
 
 
+# Each setting's declared type ("int", "float", ...): numbers parse by it, so a new setting
+# needs no list of its own here.
+_TYPES = {f.name: str(f.type) for f in fields(Settings)}
+
+
 def _parse(name: str, raw: str) -> Any:
     if name == "auth":
         if raw.lower() in ("off", "false", "0", "no"):
@@ -133,27 +138,11 @@ def _parse(name: str, raw: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError("CIPHERVEC_KMS_KEYS must be a JSON object")
         return {str(k): str(v) for k, v in value.items()}
-    if name in (
-        "train_threshold",
-        "max_body_bytes",
-        "max_response_bytes",
-        "max_top_k",
-        "cache_bytes",
-        "merge_at",
-        "lazy_rows",
-        "load_workers",
-        "http_threads",
-        "http_max_connections",
-    ):
-        return int(raw)
     if name == "load_sources":
         return tuple(p.strip() for p in raw.split(",") if p.strip())
-    if name in (
-        "train_sync_seconds",
-        "key_cache_seconds",
-        "http_header_seconds",
-        "http_body_seconds",
-        "http_keep_alive_seconds",
-    ):
+    kind = _TYPES[name]
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
         return float(raw)
     return raw
