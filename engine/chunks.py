@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,21 +117,30 @@ def transient(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("botocore", "urllib3", "s3transfer")
 
 
+@contextmanager
+def unreadable(message: str) -> Iterator[None]:
+    """Whatever the file makes the code inside raise becomes ``BadSource(message)``
+    (``{name}`` in it: the error's type); faults worth a retry, and refusals that already
+    say why, pass through."""
+    try:
+        yield
+    except CipherVecError:
+        raise
+    except Exception as exc:
+        if transient(exc):
+            raise
+        raise BadSource(message.format(name=type(exc).__name__)) from None
+
+
 def guarded(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
-    """``chunks``, with whatever a file can make a reader raise turned into ``BadSource``;
-    faults worth a retry pass through."""
+    """``chunks``, with whatever a file can make a reader raise turned into ``BadSource``."""
     items = iter(chunks)
     while True:
-        try:
-            chunk = next(items)
-        except StopIteration:
-            return
-        except (CipherVecError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if transient(exc):
-                raise
-            raise BadSource(f"the file could not be read ({type(exc).__name__})") from None
+        with unreadable("the file could not be read ({name})"):
+            try:
+                chunk = next(items)
+            except StopIteration:
+                return
         yield chunk
 
 

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..engine.chunks import Chunk, Reader, transient
+from ..engine.chunks import Chunk, Reader, unreadable
 from ..engine.errors import BadSource
 from .sources import SourceFile
 
@@ -58,14 +58,10 @@ def _parquet(
 
     start = int(pos.get("row", 0))
     with source.open() as f:
-        try:
+        with unreadable("the file is not a readable Parquet file"):
             # Streamed page by page: pyarrow's default pre-buffering reads every column chunk
             # of the file up front (measured: RSS grows with the file, 1.7 GB for 1.5 GB).
             pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
-        except Exception as exc:
-            if transient(exc) or isinstance(exc, BadSource):
-                raise
-            raise BadSource("the file is not a readable Parquet file") from None
         names = set(pf.schema_arrow.names)
         for need in (cols.id, cols.vector):
             if need not in names:
@@ -78,7 +74,7 @@ def _parquet(
             first += meta.row_group(group).num_rows
             group += 1
         row = first
-        try:
+        with unreadable("the Parquet file could not be read ({name})"):
             batches = pf.iter_batches(
                 batch_size=rows, row_groups=list(range(group, meta.num_row_groups)), columns=wanted
             )
@@ -95,10 +91,6 @@ def _parquet(
                 chunk.position = {"row": row}
                 chunk.bytes_read = int(source.size * row / total) if total else source.size
                 yield chunk
-        except Exception as exc:
-            if transient(exc) or isinstance(exc, BadSource):
-                raise
-            raise BadSource(f"the Parquet file could not be read ({type(exc).__name__})") from None
 
 
 def _uneven(lengths: Any, expected: int, first: int) -> list[tuple[int, str]]:
@@ -163,15 +155,11 @@ def _arrow_vectors(col: Any, first: int, dim: int | None) -> tuple[np.ndarray | 
 # -- NumPy -------------------------------------------------------------------------------
 def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any]]:
     fmt = np.lib.format
-    try:
+    with unreadable("the file is not a NumPy .npy array"):
         version = fmt.read_magic(f)
         shape, fortran, dtype = (
             fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
         )
-    except Exception as exc:
-        if transient(exc):
-            raise
-        raise BadSource("the file is not a NumPy .npy array") from None
     if fortran:
         raise BadSource("the array is in Fortran order; save it in C order")
     return shape, dtype
@@ -231,13 +219,9 @@ def _lines(f: IO[bytes], m: int, first: int) -> tuple[list[Any], list[tuple[int,
 
 def _npz(source: SourceFile, pos: dict[str, Any], rows: int) -> Iterator[Chunk]:
     with source.open() as f:
-        try:
+        with unreadable("the file is not a NumPy .npz archive"):
             zf = zipfile.ZipFile(f)
             members = set(zf.namelist())
-        except Exception as exc:
-            if transient(exc):
-                raise
-            raise BadSource("the file is not a NumPy .npz archive") from None
         for need in ("ids.npy", "vectors.npy"):
             if need not in members:
                 raise BadSource(f"the .npz archive has no {need[:-4]!r} array")
