@@ -122,6 +122,8 @@ def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
     assert 0 < first < 0.12 * run_size(store)
     wait_filled(cold, "i")  # the rest arrives in the background
     assert cold.cache.current(("t", "i")).partial is None
+    # ... a few lists per part, then merged into one: a query searches one IVF index
+    assert len(cold.cache.current(("t", "i")).parts) == 1
     assert answers(cold, q, n_probes=3) == full
     assert len(cold.list_ids("t", "i", KEK)) == N
 
