@@ -13,8 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# torch is pinned to the CPU build this machine keeps on disk (a bare `torch` would pull a
+# CUDA build of several GB); a GPU host installs its own torch first. .sdk012 holds the older
+# official SDK (cyborgdb 0.12, same package name) for the compatibility test.
+TORCH ?= torch==2.13.0
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[cpu,load,serve,dev]'
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[cpu,load,serve,embed,dev]'
+	$(BIN)/pip install --quiet --no-deps --upgrade --target .sdk012 'cyborgdb==0.12.0'
 	touch $(STAMP)
 
 install: $(STAMP)

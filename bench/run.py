@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cold", action="store_true", help="skip the cold start on S3 (moto)")
     ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrent-clients run")
     ap.add_argument("--load-sizes", default="100000,1000000", help="batch-load sizes ('' = skip)")
+    ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding run (0 = skip)")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -394,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n== concurrency: SDK clients in separate processes, MiniLM-384, default n_probes ==")
             report["concurrency"] = concurrency.run(tmp / "conc", args.n, [1, 2, 4, 8], [10, 100], 10.0)
+        if args.embed_texts:
+            import embedding
+
+            print("\n== server-side embeddings: all-MiniLM-L6-v2 on real sentences (bench/embedding.py) ==")
+            (tmp / "embed").mkdir()
+            report["embedding"] = embedding.run(tmp / "embed", args.embed_texts)
         if args.load_sizes and "minilm" in args.datasets:
             import load as load_run
 

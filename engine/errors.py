@@ -133,3 +133,10 @@ class LostLease(CipherVecError):
     """Another worker took this job over while it ran (409)."""
 
     status = 409
+
+
+class ModelUnavailable(RetryLater):
+    """The index's embedding model is not installed on this server (503 + Retry-After)."""
+
+    status = 503
+    default_retry = 30

@@ -135,7 +135,8 @@ class IndexService:
         cfg, cent = head.body.config, head.body.centroids
         n_lists = cent.n_lists if cent else 1
         legacy = dict(cfg.get("index_config") or {})
-        legacy.update({"type": cfg.get("index_type", "ivfflat"), "dimension": cfg["dimension"]})
+        kind = cfg.get("index_type", "ivfflat")
+        legacy.update({"type": kind, "index_type": kind, "dimension": cfg["dimension"]})
         legacy.update({"n_lists": n_lists, "metric": cfg["metric"]})
         return {
             "index_name": name,
@@ -147,9 +148,14 @@ class IndexService:
             "storage_precision": head.precision,
             "metadata_schema": cfg.get("metadata_schema") or {},
             "bm25": None,
-            "index_type": cfg.get("index_type", "ivfflat"),
+            "index_type": kind,
+            "embedding_model": cfg.get("embedding_model"),
             "index_config": legacy,
         }
+
+    def embedding_model(self, tenant: str, name: str, kek: bytes | None) -> str | None:
+        """The model that embeds this index's contents and text queries, if it has one."""
+        return self.heads.open(tenant, name, kek).body.config.get("embedding_model")
 
     def delete_index(self, tenant: str, name: str, kek: bytes | None) -> None:
         head = self.heads.open(tenant, name, kek)

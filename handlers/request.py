@@ -28,7 +28,7 @@ try:
     VERSION = version("ciphervec")
 except PackageNotFoundError:  # a source tree without installation
     VERSION = "0.0.0"
-UNSUPPORTED_TEXT = "is not supported by this server (no embedding or BM25 text search yet)"
+UNSUPPORTED_TEXT = "is not supported by this server (no BM25 text search yet)"
 # Every (method, path pattern) served, so that a known path with a wrong method answers 405.
 ROUTES: list[tuple[str, re.Pattern[str]]] = []
 _local = threading.local()

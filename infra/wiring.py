@@ -10,6 +10,7 @@ from typing import Any
 from ..engine.backend import select
 from ..engine.service import IndexService
 from . import memory
+from .embedding import SentenceTransformerModels
 from .keystore import Authenticator, open_keystore
 from .kms import AwsKmsWrapper, open_key_wrapper
 from .loading import LocalLoads, QueueLoads
@@ -30,6 +31,7 @@ class Container:
     loads: Any  # LocalLoads or QueueLoads
     s3: Any = None  # the S3 client loads read sources with (None: boto3's default)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)  # failed keys, per process
+    embedder: Any = None  # engine.embedding.Embedder (SentenceTransformerModels)
 
 
 _container: Container | None = None
@@ -71,7 +73,10 @@ def build(settings: Settings, **clients: Any) -> Container:
         loads = LocalLoads(service, trainer, workers=settings.load_workers, s3=clients.get("s3"))
     if not settings.auth:
         log.warning("authentication is OFF (explicitly configured); never do this outside development")
-    return Container(settings, service, auth, trainer, loads, clients.get("s3"))
+    embedder = SentenceTransformerModels(
+        settings.model_dir, settings.embed_batch, settings.embed_device, s3=clients.get("s3")
+    )
+    return Container(settings, service, auth, trainer, loads, clients.get("s3"), embedder=embedder)
 
 
 def container() -> Container:

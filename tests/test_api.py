@@ -167,7 +167,8 @@ def test_create_existing_is_409(app):
         {"index_name": "", "index_key": KEY},
         {"index_name": "x", "index_key": KEY, "metric": "hamming"},
         {"index_name": "x", "index_key": KEY, "dimension": -3},
-        {"index_name": "x", "index_key": KEY, "embedding_model": "all-MiniLM-L6-v2"},
+        {"index_name": "x", "index_key": KEY, "embedding_model": "word2vec"},
+        {"index_name": "x", "index_key": KEY, "embedding_model": "all-MiniLM-L6-v2", "dimension": 8},
         {"index_name": "x", "index_key": KEY, "storage_precision": "tq4"},
     ],
 )
@@ -254,7 +255,7 @@ def test_json_upsert_errors(app):
         "/v1/vectors/upsert",
         {"index_name": "idx", "index_key": KEY, "items": [{"id": "a", "contents": "embed me"}]},
     )
-    assert status == 400 and "not supported" in payload["detail"]
+    assert status == 400 and "embedding_model" in payload["detail"]
     assert count() == 0
 
 
@@ -266,7 +267,7 @@ def test_query_validation_and_server_keeps_serving(app):
     assert call("POST", "/v1/vectors/query", {**q, "top_k": 100000})[0] == 422
     assert call("POST", "/v1/vectors/query", {**q, "query_vectors": [1, 0, 0]})[0] == 422
     assert call("POST", "/v1/vectors/query", {**q, "filters": {"x": {"$near": 1}}})[0] == 400
-    assert call("POST", "/v1/vectors/query", {**q, "query_contents": "hello"})[0] == 400
+    assert call("POST", "/v1/vectors/query", {**q, "query_vectors": None, "query_contents": "hello"})[0] == 400
     assert call("POST", "/v1/vectors/query", {**q, "n_probes": -1})[0] == 422
     status, body, _ = call("POST", "/v1/vectors/query", {**q, "top_k": 5, "include": ["distance"]})
     assert status == 200 and body["results"] == [
