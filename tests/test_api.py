@@ -267,7 +267,9 @@ def test_query_validation_and_server_keeps_serving(app):
     assert call("POST", "/v1/vectors/query", {**q, "top_k": 100000})[0] == 422
     assert call("POST", "/v1/vectors/query", {**q, "query_vectors": [1, 0, 0]})[0] == 422
     assert call("POST", "/v1/vectors/query", {**q, "filters": {"x": {"$near": 1}}})[0] == 400
-    assert call("POST", "/v1/vectors/query", {**q, "query_vectors": None, "query_contents": "hello"})[0] == 400
+    assert (
+        call("POST", "/v1/vectors/query", {**q, "query_vectors": None, "query_contents": "hello"})[0] == 400
+    )
     assert call("POST", "/v1/vectors/query", {**q, "n_probes": -1})[0] == 422
     status, body, _ = call("POST", "/v1/vectors/query", {**q, "top_k": 5, "include": ["distance"]})
     assert status == 200 and body["results"] == [
