@@ -18,7 +18,7 @@ import numpy as np
 from . import crypto
 from .backend import Backend, select
 from .cache import StateCache
-from .errors import CipherVecError, IndexExists, ValidationFailed
+from .errors import CipherVecError, IndexExists, Unauthorized, ValidationFailed
 from .heads import Heads
 from .jobs import Jobs
 from .keys import KeyRing
@@ -152,6 +152,29 @@ class IndexService:
             "embedding_model": cfg.get("embedding_model"),
             "index_config": legacy,
         }
+
+    def rotate_key(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        new_kek: bytes | None,
+        new_kms_name: str | None,
+        kms_name: str | None = None,
+    ) -> str:
+        """Wrap the index's data key under a new key — a client key or a KMS key name, either
+        way round — in one head compare-and-swap: nothing else is rewritten, and the old key
+        stops opening the index as soon as it commits. Returns the new key mode."""
+        head = self.heads.open(tenant, name, kek)  # proves the current key
+        if kms_name is not None and kms_name != head.envelope.kms_name:
+            raise Unauthorized("kms_name does not open this index")
+        fresh = self.keys.envelope(tenant, name, head.dek, new_kek, new_kms_name)
+
+        def rewrap(env: Envelope, body: HeadBody) -> None:
+            env.key_mode, env.wrapped_dek, env.kms_name = fresh.key_mode, fresh.wrapped_dek, fresh.kms_name
+
+        self.heads.commit(head, rewrap)
+        return fresh.key_mode
 
     def embedding_model(self, tenant: str, name: str, kek: bytes | None) -> str | None:
         """The model that embeds this index's contents and text queries, if it has one."""

@@ -89,6 +89,29 @@ def delete_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' deleted successfully"})
 
 
+@rq.route(router, "POST", "/v1/indexes/rotate_key")
+def rotate_key() -> Response:
+    req: schemas.RotateKeyRequest = rq.parse(schemas.RotateKeyRequest)
+    tenant, kek = rq.index_target("admin", req)
+    if (req.new_index_key is None) == (req.new_kms_name is None):
+        raise InvalidRequest("give exactly one of new_index_key and new_kms_name")
+    if req.reencrypt:
+        raise InvalidRequest(
+            "reencrypt (a new data key and every object rewritten under it) is not supported yet; "
+            "without it the data key is re-wrapped under the new key"
+        )
+    mode = rq.c().service.rotate_key(
+        tenant, req.index_name, kek, rq.kek(req.new_index_key), req.new_kms_name, kms_name=req.kms_name
+    )
+    return rq.ok(
+        {
+            "status": "success",
+            "message": f"The key of index '{req.index_name}' was rotated; the old key no longer opens it",
+            "key_mode": mode,
+        }
+    )
+
+
 @rq.route(router, "POST", "/v1/indexes/train")
 def train_index() -> Response:
     req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)

@@ -40,6 +40,13 @@ class CreateIndexRequest(IndexRequest):
     index_config: dict[str, Any] | None = None
 
 
+class RotateKeyRequest(IndexRequest):
+    kms_name: StrictStr | None = None
+    new_index_key: StrictStr | None = None
+    new_kms_name: StrictStr | None = None
+    reencrypt: StrictBool | None = None
+
+
 class TrainRequest(IndexRequest):
     n_lists: Lists | None = None
     batch_size: Count | None = None
