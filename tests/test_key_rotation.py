@@ -28,7 +28,8 @@ def rotate(**body):
     return call("POST", "/v1/indexes/rotate_key", {"index_name": "idx", **body})
 
 
-def test_client_key_to_client_key(app, tmp_path):
+@pytest.mark.usefixtures("app")
+def test_client_key_to_client_key(tmp_path):
     create()
     upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
     before = query(KEY)[1]
@@ -44,7 +45,8 @@ def test_client_key_to_client_key(app, tmp_path):
             assert bytes.fromhex(NEW) not in path.read_bytes() and NEW.encode() not in path.read_bytes()
 
 
-def test_client_key_to_kms_and_back(app):
+@pytest.mark.usefixtures("app")
+def test_client_key_to_kms_and_back():
     create()
     upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
     assert query()[0] == 401  # a client-key index needs its key
@@ -59,7 +61,8 @@ def test_client_key_to_kms_and_back(app):
     assert [h["id"] for h in query(THIRD)[1]["results"]] == ["a", "b"]
 
 
-def test_per_index_user_keys_keep_working(app):
+@pytest.mark.usefixtures("app")
+def test_per_index_user_keys_keep_working():
     create()
     upsert_b64("idx", ["a"], [[1, 0, 0, 0]])
     status, user, _ = call("POST", "/v1/indexes/idx/users", {"permissions": ["read"], "index_key": KEY})
@@ -68,7 +71,10 @@ def test_per_index_user_keys_keep_working(app):
     body = {"index_name": "idx", "index_key": NEW}
     assert call("POST", "/v1/vectors/num_vectors", body, key=user["api_key"])[1] == {"result": 1}
     # and a read key cannot rotate
-    assert call("POST", "/v1/indexes/rotate_key", {**body, "new_index_key": THIRD}, key=user["api_key"])[0] == 403
+    assert (
+        call("POST", "/v1/indexes/rotate_key", {**body, "new_index_key": THIRD}, key=user["api_key"])[0]
+        == 403
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,7 +89,8 @@ def test_per_index_user_keys_keep_working(app):
         ({"index_key": KEY, "new_index_key": NEW, "index_name": "nope"}, 404),
     ],
 )
-def test_refused_rotations_change_nothing(app, body, status):
+@pytest.mark.usefixtures("app")
+def test_refused_rotations_change_nothing(body, status):
     create()
     upsert_b64("idx", ["a"], [[1, 0, 0, 0]])
     got, payload, _ = rotate(**body)
