@@ -41,8 +41,12 @@ class AnnIndex:
         *,
         half: bool = False,
         quantizer: Any = None,
+        bits: int = 0,
+        ranges: np.ndarray | None = None,
     ) -> None:
-        """``quantizer``: a flat index over ``centroids`` to share (it is only searched)."""
+        """``quantizer``: a flat index over ``centroids`` to share (it is only searched).
+        ``bits`` 8, 6 or 4 with ``ranges`` (a trained faiss scalar quantizer's per-dimension
+        ranges, the same for every part of an index): IVF codes of that many bits per value."""
         self.dim = dim
         self.ntotal = 0
         self.gpu = gpu
@@ -56,7 +60,15 @@ class AnnIndex:
         else:
             cent = np.ascontiguousarray(centroids, dtype=np.float32)
             self.quantizer = quantizer if quantizer is not None else flat_quantizer(cent)
-            if half:
+            if bits:
+                assert ranges is not None
+                self.index = faiss.IndexIVFScalarQuantizer(
+                    self.quantizer, dim, len(cent), SQ_TYPES[bits], faiss.METRIC_L2, False
+                )
+                fitted = np.ascontiguousarray(ranges, dtype=np.float32).ravel()
+                faiss.copy_array_to_vector(fitted, self.index.sq.trained)
+                self.index.is_trained = True  # fixed ranges: a row's codes never depend on its part
+            elif half:
                 # Codes of the rows themselves, not of their residuals to the centroid: a
                 # residual can leave float16's range (65,504 - (-c)), and came back as inf.
                 self.index = faiss.IndexIVFScalarQuantizer(
@@ -100,7 +112,7 @@ class AnnIndex:
         return np.asarray(self.index.reconstruct_batch(rows), dtype=np.float32)
 
     def nbytes(self) -> int:
-        return self.ntotal * self.dim * (2 if self.half else 4)
+        return self.ntotal * int(getattr(self.index, "code_size", self.dim * 4))
 
     def _device_index(self) -> Any:
         if self.device is None:
@@ -183,6 +195,23 @@ class AnnIndex:
         if excluded:
             return first_valid(dist, rows, valid, k)
         return dist[:, :k], rows[:, :k]
+
+
+SQ_TYPES = (
+    {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}
+    if faiss is not None
+    else {}
+)
+
+
+def sq_ranges(vectors: np.ndarray, bits: int) -> np.ndarray:
+    """Per-dimension ranges of a ``bits``-bit faiss scalar quantizer fitted to ``vectors``
+    (search space), widened by 2 % each way for rows written later: ``(2, d)`` float32."""
+    sq = faiss.ScalarQuantizer(vectors.shape[1], SQ_TYPES[bits])
+    sq.rangestat = faiss.ScalarQuantizer.RS_minmax
+    sq.rangestat_arg = 0.02
+    sq.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return faiss.vector_to_array(sq.trained).astype(np.float32).reshape(2, -1)
 
 
 def flat_quantizer(centroids: np.ndarray) -> Any:

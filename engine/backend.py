@@ -71,11 +71,19 @@ class Backend:
         return self._resources
 
     def ann_index(
-        self, dim: int, centroids: np.ndarray | None = None, *, half: bool = False, quantizer: Any = None
+        self,
+        dim: int,
+        centroids: np.ndarray | None = None,
+        *,
+        half: bool = False,
+        quantizer: Any = None,
+        bits: int = 0,
+        ranges: np.ndarray | None = None,
     ) -> AnnIndex:
-        """A flat or IVF index (float16 codes when ``half``); mirrored on a GPU when present."""
+        """A flat or IVF index (float16 codes when ``half``, ``bits``-bit codes within
+        ``ranges``); mirrored on a GPU when present."""
         gpu = self.gpu_resources if self.faiss_gpu else None
-        return AnnIndex(dim, centroids, gpu, half=half, quantizer=quantizer)
+        return AnnIndex(dim, centroids, gpu, half=half, quantizer=quantizer, bits=bits, ranges=ranges)
 
     def knn(self, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
         """Exact L2 ``k`` nearest rows of ``base`` for each query (brute force)."""

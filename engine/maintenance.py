@@ -9,16 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from . import kmeans, run, segment, workers
+from . import kmeans, run, segment, turboquant, workers
+from .ann import sq_ranges
 from .cache import StateCache
 from .errors import CipherVecError, Contention, InvalidRequest, TrainingFailed
 from .heads import Head, Heads
+from .kernels import normalize
 from .manifest import Centroids, Envelope, HeadBody, SegmentRef
 from .model import TrainResult
 from .names import born, new_id
 from .parts import Layout
 from .segment import Segment
 from .state import Builder
+from .turboquant import SQ_TIERS
 from .writes import Writer
 
 TRAINING_STALE_SECONDS = 3600.0
@@ -130,6 +133,11 @@ class Maintenance:
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
+        if layout.precision in SQ_TIERS:  # the codes' ranges, fitted once for every part
+            space = normalize(vectors) if metric == "cosine" else vectors
+            sample = space[:: max(1, len(space) // 100_000)]
+            ranges = sq_ranges(sample, turboquant.TIERS[layout.precision])
+            centroids = np.concatenate([self.backend.to_host(centroids).astype(np.float32), ranges])
         self.heads.write_centroids(head, cent_name, centroids)
         try:
             self.writer.run(head, snap_name, rows, labels, lists)
@@ -162,6 +170,8 @@ class Maintenance:
             def trained() -> Builder:  # the run's content, instead of reading it back
                 fresh = Builder(layout)
                 fresh.set_centroids(cent_name, centroids)
+                if rows.vectors is not None and head.precision != "float32":  # as readers decode it
+                    rows.vectors = segment.as_stored(rows.vectors, head.precision)
                 fresh.apply(rows, seq, ivf_list=labels)
                 return fresh
 
@@ -192,7 +202,7 @@ class Maintenance:
             for obj, seg in merged:
                 if obj.startswith("run/"):
                     assert cent is not None and seg.vectors is not None
-                    arr = self.heads.read_centroids(head, cent.name)
+                    arr = self.heads.read_centroids(head, cent.name)[: cent.n_lists]  # not tq ranges
                     labels = kmeans.assign_lists(self.backend, seg.vectors, arr, head.metric)
                     self.writer.run(head, obj, seg, labels, cent.n_lists)
                 else:

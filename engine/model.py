@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequest, ValidationFailed
+from .turboquant import MAX_DIMENSION as MAX_TQ_DIMENSION
+from .turboquant import TIERS
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", *TIERS)  # tq*: TurboQuant codes (``turboquant``)
 INCLUDABLE = ("distance", "metadata", "vector", "contents")
 MAX_NAME_BYTES = 255
 
@@ -21,9 +23,15 @@ MAX_VALUE = 1e15  # |value| of a vector component: squared distances stay finite
 MAX_FLOAT16 = 65504.0  # the largest float16: a float16 index stores nothing bigger
 
 
+def memory_dtype(precision: str) -> np.dtype:
+    """How rows of an index of ``precision`` are held before they are indexed (tq tiers:
+    their decoded float32 values; faiss keeps them as codes of the same width)."""
+    return np.dtype(np.float16 if precision == "float16" else np.float32)
+
+
 def value_bound(precision: str) -> float:
     """The largest |value| an index of ``precision`` stores as given."""
-    return MAX_FLOAT16 if precision == "float16" else MAX_VALUE
+    return MAX_FLOAT16 if precision in ("float16", "tq12") else MAX_VALUE
 
 
 def check_index_name(name: Any) -> str:
@@ -52,10 +60,9 @@ class IndexConfig:
         if self.metric not in METRICS:
             raise InvalidRequest(f"unknown metric; use one of {', '.join(METRICS)}")
         if self.storage_precision not in PRECISIONS:
-            raise InvalidRequest(
-                f"storage_precision {self.storage_precision!r} is not supported; "
-                f"use one of {', '.join(PRECISIONS)}"
-            )
+            raise InvalidRequest(f"storage_precision is not supported; use one of {', '.join(PRECISIONS)}")
+        if self.storage_precision in TIERS and self.dimension > MAX_TQ_DIMENSION:
+            raise InvalidRequest(f"TurboQuant tiers take dimensions up to {MAX_TQ_DIMENSION}")
 
 
 @dataclass

@@ -20,7 +20,9 @@ import numpy as np
 
 from .ann import AnnIndex
 from .backend import Backend
-from .kernels import normalize, unit_norm
+from .kernels import normalize, row_norms, unit_norm
+from .model import memory_dtype
+from .turboquant import TIERS
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +34,12 @@ class Layout:
     precision: str
     centroids: np.ndarray | None = None
     quantizer: Any = None  # shared flat index over ``centroids``
+    ranges: np.ndarray | None = None  # a trained tq8/6/4 index's scalar-quantizer ranges
+
+    @property
+    def bits(self) -> int:
+        """Bits per value of the IVF codes in memory: a trained tq8/tq6/tq4 index; else 0."""
+        return TIERS.get(self.precision, 0) if self.ranges is not None and self.precision != "tq12" else 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +50,9 @@ class Part:
     n: int
     ann: AnnIndex
     stored: np.ndarray | None  # the rows as stored, when faiss holds them normalised
+    # ... or only their norms ``(n, 1)``, when faiss holds them as tq codes (the codes are
+    # the rows' directions: a full copy beside them would undo the tier's saving)
+    norms: np.ndarray | None = None
 
     @property
     def end(self) -> int:
@@ -52,29 +63,59 @@ class Part:
         local = np.asarray(local, dtype=np.int64)
         if self.stored is not None:
             return np.asarray(self.stored[local], dtype=np.float32)
+        if self.norms is not None:
+            return self.ann.reconstruct(local) * self.norms[local]
         return self.ann.reconstruct(local)
 
     def all_rows(self) -> np.ndarray:
         if self.stored is not None:
             return np.asarray(self.stored, dtype=np.float32)
-        return self.ann.reconstruct(np.arange(self.n))
+        return self.rows(np.arange(self.n))
 
     def nbytes(self) -> int:
-        return self.ann.nbytes() + (self.stored.nbytes if self.stored is not None else 0)
+        extra = sum(a.nbytes for a in (self.stored, self.norms) if a is not None)
+        return self.ann.nbytes() + extra
+
+
+STEP = 65536  # rows added to faiss at a time
+
+
+def within(space: np.ndarray, ranges: np.ndarray | None) -> bool:
+    """Every value of ``space`` lies inside a fitted scalar quantizer's ``(vmin, vdiff)``."""
+    if ranges is None or not len(space):
+        return True
+    low, width = ranges[0], ranges[1]
+    return bool(np.all(space >= low) and np.all(space <= low + width))
 
 
 def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lists: np.ndarray) -> Part:
     """A part over ``vectors`` (stored rows, float32 or the storage precision) that become
     rows ``start ..``; ``lists`` pins each row to an IVF list (-1: the nearest centroid)."""
     exact = layout.metric != "cosine" or unit_norm(vectors)
-    half = layout.precision == "float16"
-    ann = backend.ann_index(max(layout.dimension, 1), layout.centroids, half=half, quantizer=layout.quantizer)
-    step = 65536
-    for lo in range(0, len(vectors), step):
-        chunk = np.asarray(vectors[lo : lo + step], dtype=np.float32)
-        ann.add(chunk if exact else normalize(chunk), lists[lo : lo + step])
-    stored = None if exact else np.asarray(vectors, dtype=np.dtype(layout.precision))
-    return Part(start, len(vectors), ann, stored)
+    # float16 rows are held as float16 codes; tq rows, once trained, as codes of their width
+    # (tq12: float16); before training a tq index is small and searched exactly in float32
+    half = layout.precision == "float16" or (layout.precision == "tq12" and layout.centroids is not None)
+    space = [np.asarray(vectors[lo : lo + STEP], dtype=np.float32) for lo in range(0, len(vectors), STEP)]
+    if not exact:
+        space = [normalize(chunk) for chunk in space]
+    # Codes within the ranges fitted at training: a part holding a row outside them (data
+    # that drifted since) is held in float32 instead, so no value is ever clipped.
+    bits = layout.bits if layout.bits and all(within(chunk, layout.ranges) for chunk in space) else 0
+    ann = backend.ann_index(
+        max(layout.dimension, 1),
+        layout.centroids,
+        half=half,
+        quantizer=layout.quantizer,
+        bits=bits,
+        ranges=layout.ranges,
+    )
+    for i, chunk in enumerate(space):
+        ann.add(chunk, lists[i * STEP : (i + 1) * STEP])
+    if exact:
+        return Part(start, len(vectors), ann, None)
+    if layout.precision in TIERS and (half or bits):
+        return Part(start, len(vectors), ann, None, row_norms(vectors)[:, None].astype(np.float32))
+    return Part(start, len(vectors), ann, np.asarray(vectors, dtype=memory_dtype(layout.precision)))
 
 
 def merged(backend: Backend, layout: Layout, parts: list[Part], lists: np.ndarray) -> Part:

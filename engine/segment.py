@@ -9,12 +9,13 @@ Layout, format version 1::
     0   4   magic b"CVS1"
     4   4   header length H (uint32, little-endian)
     8   H   header: UTF-8 JSON {"v": 1, "kind": "upsert"|"delete"|"snapshot",
-            "n": rows, "d": dimension, "dtype": "float32"|"float16",
+            "n": rows, "d": dimension, "dtype": "float32"|"float16"|"tq12"|"tq8"|"tq6"|"tq4",
             "sizes": [ids, metadata, contents, vectors]}   (byte sizes of the sections)
     ..      ids       JSON array of strings
     ..      metadata  JSON array of objects or null        (empty when absent)
     ..      contents  JSON array of strings or null        (empty when absent)
-    ..      vectors   n*d little-endian floats, C order     (empty for tombstones)
+    ..      vectors   n*d little-endian floats, C order     (empty for tombstones);
+                      for the tq tiers, norms and codes (``turboquant``)
 
 JSON arrays keep the per-row work inside the C JSON codec; vectors stay raw.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import turboquant
 from .errors import CorruptObject
 
 MAGIC = b"CVS1"
@@ -76,6 +78,9 @@ def encode(segment: Segment, dtype: str = "float32") -> bytes:
     vectors: bytes | memoryview
     if segment.vectors is None:
         vectors, d = b"", 0
+    elif dtype in turboquant.TIERS:
+        d = int(segment.vectors.shape[1])
+        vectors = turboquant.encode(segment.vectors, turboquant.TIERS[dtype])
     else:  # a view: the join below is the only copy
         vectors = np.ascontiguousarray(segment.vectors, dtype=_DTYPES[dtype]).data.cast("B")
         d = int(segment.vectors.shape[1])
@@ -90,6 +95,17 @@ def encode(segment: Segment, dtype: str = "float32") -> bytes:
         }
     ).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, ids, metadata, contents, vectors])
+
+
+def as_stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """``vectors`` as a reader decodes them after ``encode`` at ``dtype`` (a writer's own
+    copy must hold what every other reader will)."""
+    if dtype in turboquant.TIERS:
+        bits = turboquant.TIERS[dtype]
+        return turboquant.decode(turboquant.encode(vectors, bits), len(vectors), vectors.shape[1], bits)
+    if dtype == "float16":
+        return vectors.astype(np.float16).astype(np.float32)
+    return vectors
 
 
 def decode(data: bytes) -> Segment:
@@ -114,7 +130,9 @@ def decode(data: bytes) -> Segment:
         metadata = json.loads(bytes(parts[1])) if sizes[1] else None
         contents = json.loads(bytes(parts[2])) if sizes[2] else None
         vectors = None
-        if sizes[3]:
+        if sizes[3] and header["dtype"] in turboquant.TIERS:
+            vectors = turboquant.decode(parts[3], n, d, turboquant.TIERS[header["dtype"]])
+        elif sizes[3]:
             raw = np.frombuffer(parts[3], dtype=_DTYPES[header["dtype"]])
             vectors = raw.reshape(n, d).astype(np.float32)
         if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):

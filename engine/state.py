@@ -33,9 +33,11 @@ import numpy as np
 from . import parts
 from .ann import flat_quantizer
 from .backend import Backend
+from .model import memory_dtype
 from .parts import Layout, Part
 from .run import Directory
 from .segment import Segment
+from .turboquant import SQ_TIERS
 
 _versions = itertools.count(1)
 
@@ -282,7 +284,7 @@ class Builder:
             latest[key] = row
         self.ids.extend(segment.ids)
         self.lists[start : start + n] = ivf_list
-        self._pending.append(segment.vectors.astype(np.dtype(self.layout.precision), copy=False))
+        self._pending.append(segment.vectors.astype(memory_dtype(self.layout.precision), copy=False))
         self.alive[start : start + n] = True
         older = prev[start : start + n]
         older = older[older >= 0]  # the rows these ids had: overwritten, the last write wins
@@ -337,8 +339,11 @@ class Builder:
         # List numbers of other centroids mean nothing here (a new column: earlier snapshots
         # share the old one).
         self.lists = np.full(max(len(self.lists), self.n_rows), -1, dtype=np.int64)
+        ranges = None
+        if centroids is not None and self.layout.precision in SQ_TIERS:
+            centroids, ranges = centroids[:-2], centroids[-2:]  # stored below the centroids
         quantizer = flat_quantizer(centroids) if centroids is not None else None
-        self.layout = replace(self.layout, centroids=centroids, quantizer=quantizer)
+        self.layout = replace(self.layout, centroids=centroids, quantizer=quantizer, ranges=ranges)
         self.centroids_name = name
         self._rebuild = True
 

@@ -48,9 +48,9 @@ class Writer:
             raise
         committed = self.heads.held(head.key)
         if committed is not None:
-            if precision == "float16" and seg.vectors is not None:  # as a reader would decode it
-                rounded = seg.vectors.astype(np.float16).astype(np.float32)
-                seg = Segment(seg.kind, seg.ids, rounded, seg.metadata, seg.contents)
+            if precision != "float32" and seg.vectors is not None:  # as a reader would decode it
+                stored = segment.as_stored(seg.vectors, precision)
+                seg = Segment(seg.kind, seg.ids, stored, seg.metadata, seg.contents)
             self.cache.adopt(committed, name, seg)
         return outcome
 

@@ -169,7 +169,7 @@ def test_create_existing_is_409(app):
         {"index_name": "x", "index_key": KEY, "dimension": -3},
         {"index_name": "x", "index_key": KEY, "embedding_model": "word2vec"},
         {"index_name": "x", "index_key": KEY, "embedding_model": "all-MiniLM-L6-v2", "dimension": 8},
-        {"index_name": "x", "index_key": KEY, "storage_precision": "tq4"},
+        {"index_name": "x", "index_key": KEY, "storage_precision": "tq3"},
     ],
 )
 def test_bad_create_is_400(app, body):
@@ -511,3 +511,15 @@ def test_concurrent_requests_never_see_each_others_event(app):
     finally:
         sys.setswitchinterval(interval)
     assert len(total) == 6000 and wrong == []
+
+
+def test_turboquant_tiers_over_the_api(app):
+    for tier in ("tq12", "tq8", "tq6", "tq4"):
+        assert create(name=tier, storage_precision=tier, metric="cosine")[0] == 200
+        assert upsert_b64(tier, ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])[0] == 200
+        q = {"index_name": tier, "index_key": KEY, "query_vectors": [0.9, 0.1, 0, 0], "top_k": 1}
+        assert call("POST", "/v1/vectors/query", q)[1]["results"][0]["id"] == "a"
+        described = call("POST", "/v1/indexes/describe", {"index_name": tier, "index_key": KEY})[1]
+        assert described["storage_precision"] == tier
+    big = {"index_name": "tq12", "index_key": KEY, "items": [{"id": "c", "vector": [7e4, 0, 0, 0]}]}
+    assert call("POST", "/v1/vectors/upsert", big)[0] == 422  # tq12 holds trained rows as float16

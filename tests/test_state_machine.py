@@ -109,8 +109,51 @@ class Float16IndexModel(IndexModel):
     )
 
 
+class TurboQuantIndexModel(IndexModel):
+    """tq8: lossy, so vectors come back close (not equal) and a query finds every row; ids,
+    metadata and counts stay exact."""
+
+    PRECISION = "tq8"
+    VALUES = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+    @rule(data=st.data(), n=st.integers(1, 8))
+    def upsert(self, data, n):
+        super().upsert(data, n)
+        self.ever = [*getattr(self, "ever", []), *self.rows.values()]
+
+    @rule(ids=st.lists(st.sampled_from([*IDS, "never-there"]), min_size=1, max_size=10))
+    def get(self, ids):
+        got = self.service.get("t", "m", KEK, list(ids), ["vector", "metadata"])
+        assert [g["id"] for g in got] == [i for i in ids if i in self.rows]
+        for g in got:
+            v, m = self.rows[g["id"]]
+            w = np.asarray(g["vector"], dtype=np.float64)
+            # within the tier's error in any state: the codes' error is relative to the row
+            # (storage) and to the ranges fitted over every row at training (memory)
+            peak = max(np.linalg.norm(r[0]) for r in self.ever)
+            assert np.linalg.norm(w - v) <= 0.1 * np.linalg.norm(v) + 0.02 * peak
+            assert (g["metadata"] or None) == m
+
+    @precondition(lambda self: self.rows)
+    @rule(data=st.data())
+    def query_finds_a_stored_vector(self, data):
+        target = data.draw(st.sampled_from(sorted(self.rows)))
+        hits = self.service.query(
+            "t",
+            "m",
+            KEK,
+            self.rows[target][0][None, :],
+            top_k=len(self.rows),
+            n_probes=64,
+            include=["distance"],
+        )[0]
+        assert sorted(h["id"] for h in hits) == sorted(self.rows)
+        assert all(np.isfinite(h["distance"]) for h in hits)
+
+
 TestIndexModel = IndexModel.TestCase
 TestFloat16IndexModel = Float16IndexModel.TestCase
-TestIndexModel.settings = TestFloat16IndexModel.settings = settings(
+TestTurboQuantIndexModel = TurboQuantIndexModel.TestCase
+TestTurboQuantIndexModel.settings = TestIndexModel.settings = TestFloat16IndexModel.settings = settings(
     max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
 )
