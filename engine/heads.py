@@ -76,8 +76,16 @@ class Heads:
         self._held.pop(key, None)
         self.on_forget(key)
 
-    def open(self, tenant: str, name: str, kek: bytes | None) -> Head:
-        """Read the head (cheaply when unchanged) and prove the caller's key."""
+    def open(self, tenant: str, name: str, kek: bytes | None, deleting: bool = False) -> Head:
+        """Read the head (cheaply when unchanged) and prove the caller's key. An index being
+        deleted is not found, unless ``deleting`` (the delete that finishes it)."""
+        head = self._open(tenant, name, kek)
+        if head.envelope.deleting and not deleting:
+            self.forget(head.key)
+            raise IndexNotFound(f"Index '{name}' not found")
+        return head
+
+    def _open(self, tenant: str, name: str, kek: bytes | None) -> Head:
         check_index_name(name)
         key = (tenant, name)
         root = self.root(tenant, name)

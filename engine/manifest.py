@@ -46,6 +46,9 @@ class Envelope:
     wrapped_dek: bytes
     kms_name: str | None = None
     training: dict[str, Any] | None = None
+    # Set by delete_index before it deletes the objects: readers answer 404 and writers are
+    # refused from then on, and a delete interrupted part-way is finished by the next one.
+    deleting: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -57,6 +60,7 @@ class Envelope:
                 "kms_name": self.kms_name,
                 "wrapped_dek": base64.b64encode(self.wrapped_dek).decode(),
                 "training": self.training,
+                "deleting": self.deleting,
             }
         ).encode()
 
@@ -149,6 +153,7 @@ def parse_envelope(raw: bytes) -> tuple[Envelope, bytes]:
             wrapped_dek=base64.b64decode(data["wrapped_dek"]),
             kms_name=data.get("kms_name"),
             training=data.get("training"),
+            deleting=bool(data.get("deleting", False)),
         )
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptObject(f"index head is malformed: {exc}") from None
@@ -217,6 +222,8 @@ def commit(
             if envelope.uid != expected_uid:
                 raise IndexNotFound("index was deleted or replaced")
             body = open_body(envelope, sealed, cipher)
+        if envelope.deleting:
+            raise IndexNotFound("index is being deleted")
         outcome = mutate(envelope, body)
         envelope.generation += 1
         try:

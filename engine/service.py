@@ -181,11 +181,22 @@ class IndexService:
         return self.heads.open(tenant, name, kek).body.config.get("embedding_model")
 
     def delete_index(self, tenant: str, name: str, kek: bytes | None) -> None:
-        head = self.heads.open(tenant, name, kek)
-        self.store.delete(head.root + "head")
+        """Mark the head as being deleted (404 for readers, writers refused), delete every
+        object, then the head: a delete that fails part-way leaves an index that is gone
+        for everyone and that the next delete finishes."""
+        head = self.heads.open(tenant, name, kek, deleting=True)
+        if not head.envelope.deleting:
+
+            def mark(env: Envelope, body: HeadBody) -> None:
+                env.deleting = True
+
+            self.heads.commit(head, mark)
         self.heads.forget(head.key)
         for key in list(self.store.list(head.root)):
-            self.store.delete(key)
+            if key != head.root + "head":
+                self.store.delete(key)
+        self.store.delete(head.root + "head")
+        self.heads.forget(head.key)
 
     def list_indexes(self, tenant: str) -> list[str]:
         root = self.heads.tenant_root(tenant)

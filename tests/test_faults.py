@@ -1,0 +1,164 @@
+"""Faults at every store call in turn: an operation that fails part-way leaves the index as
+it was or as the operation leaves it — never in between — the index opens, and the next
+sweep leaves no object that the head does not name."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from ciphervec.engine import run
+from ciphervec.engine.errors import IndexNotFound
+from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.engine.ports import StoreError
+from ciphervec.infra.kms import LocalKeyWrapper
+from ciphervec.infra.storage.memory import MemoryStore
+from tests.conftest import clustered
+from tests.test_service import fresh
+
+KEK, NEW = bytes(range(32)), bytes(range(1, 33))
+GONE = "gone"
+
+
+class FaultyStore(MemoryStore):
+    """The memory store, failing its ``fail_at``-th call with ``fault`` (a store error, or a
+    timeout as a network client raises it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.fail_at: int | None = None
+        self.fault: type[Exception] = StoreError
+
+    def _tick(self) -> None:
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise self.fault("injected fault")
+
+    def get(self, key, if_none_match=None):
+        self._tick()
+        return super().get(key, if_none_match)
+
+    def put_if_absent(self, key, data):
+        self._tick()
+        return super().put_if_absent(key, data)
+
+    def put_if_match(self, key, data, etag):
+        self._tick()
+        return super().put_if_match(key, data, etag)
+
+    def delete(self, key):
+        self._tick()
+        super().delete(key)
+
+    def list(self, prefix):
+        self._tick()
+        return iter(list(super().list(prefix)))
+
+
+def service(store, **kw):
+    return fresh(store, key_wrapper=LocalKeyWrapper(store.kms), lazy_rows=0, train_threshold=10**9, **kw)
+
+
+def state(store):
+    """Every row as a cold reader sees it (either key opens it), or GONE."""
+    for key in (KEK, NEW, None):
+        svc = service(store)
+        try:
+            ids = sorted(svc.list_ids("t", "i", key))
+        except IndexNotFound:
+            return GONE
+        except Exception:
+            continue
+        rows = svc.get("t", "i", key, ids, ["vector", "metadata"])
+        return {r["id"]: (tuple(np.round(r["vector"], 5)), str(r["metadata"])) for r in rows}
+    raise AssertionError("no key opens the index")
+
+
+def opens(store, key):
+    try:
+        service(store).num_vectors("t", "i", key)
+    except Exception:
+        return False
+    return True
+
+
+def unnamed(store):
+    """Objects of the index that its head does not name (after a sweep: none)."""
+    keys = [k for k in MemoryStore.list(store, "t/i/") if not k.endswith(("/head", ".lock"))]
+    try:
+        head = service(store).heads.open("t", "i", KEK)
+    except Exception:
+        try:
+            head = service(store).heads.open("t", "i", NEW)
+        except IndexNotFound:
+            return keys
+    named = {s.name for s in head.body.segments} | {r["name"] for r in head.body.retired}
+    if head.body.centroids:
+        named.add(head.body.centroids.name)
+    return [k for k in keys if run.base_name(k[len(head.root) :]) not in named]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """A trained index with a write-ahead tail, overwrites and deletes."""
+    store = FaultyStore()
+    store.kms = tmp_path_factory.mktemp("kms")
+    svc = service(store)
+    svc.create_index("t", "i", IndexConfig(dimension=8), kek=KEK)
+    x = clustered(400, 8, seed=2)
+    svc.upsert(
+        "t", "i", KEK, RowBatch([f"r{i}" for i in range(300)], x[:300], [{"n": i} for i in range(300)])
+    )
+    assert svc.train("t", "i", KEK, n_lists=4).trained
+    for lo in range(300, 400, 25):
+        svc.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(lo, lo + 25)], x[lo : lo + 25]))
+    svc.delete_vectors("t", "i", KEK, ["r1", "r2", "r350"])
+    return store, dict(store._data), x
+
+
+OPS = {
+    "upsert": lambda s, x: s.upsert("t", "i", KEK, RowBatch(["r5", "new"], x[:2] + 1, [{"n": -1}, None])),
+    "delete": lambda s, x: s.delete_vectors("t", "i", KEK, ["r7", "r8", "r310"]),
+    "train": lambda s, x: s.train("t", "i", KEK, n_lists=3),
+    "merge": lambda s, x: s.merge_tail("t", "i", KEK),
+    "sweep": lambda s, x: service(s.heads.store, retire_grace_seconds=0).sweep("t", "i", KEK),
+    "rotate": lambda s, x: s.rotate_key("t", "i", KEK, NEW, None),
+    "delete_index": lambda s, x: s.delete_index("t", "i", KEK),
+}
+
+
+@pytest.mark.parametrize("fault", [StoreError, TimeoutError])
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_a_fault_at_any_store_call_leaves_before_or_after(baseline, op, fault):
+    store, base, x = baseline
+    store._data = dict(base)
+    store.fail_at = None
+    before = state(store)
+    store._data = dict(base)
+    OPS[op](service(store, merge_at=2), x)
+    after = state(store)
+    store.calls = 0
+    store._data = dict(base)
+    OPS[op](service(store, merge_at=2), x)
+    total = store.calls
+    assert total >= 2
+    for k in range(1, total + 1):
+        store._data, store.calls, store.fail_at, store.fault = dict(base), 0, k, fault
+        with contextlib.suppress(StoreError, TimeoutError):
+            OPS[op](service(store, merge_at=2), x)
+        store.fail_at = None
+        got = state(store)
+        assert got in (before, after), f"{op}: fault at call {k} of {total} left a third state"
+        if op == "rotate":  # exactly one of the two keys opens it
+            assert sum(opens(store, key) for key in (KEK, NEW)) == 1
+        if got is GONE:  # a delete that failed part-way: the index is gone; the next one finishes
+            with contextlib.suppress(IndexNotFound):
+                service(store).delete_index("t", "i", KEK)
+        else:
+            key = KEK if opens(store, KEK) else NEW
+            service(store, retire_grace_seconds=0).sweep("t", "i", key)
+            assert state(store) == got
+        assert unnamed(store) == [], f"{op}: fault at call {k} of {total} left objects behind"
