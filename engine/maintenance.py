@@ -133,10 +133,11 @@ class Maintenance:
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
+        # What every reader will hold: the rows as the run's objects decode
+        held = vectors if head.precision == "float32" else segment.as_stored(vectors, head.precision)
         if layout.precision in SQ_TIERS:  # the codes' ranges, fitted once for every part
-            space = normalize(vectors) if metric == "cosine" else vectors
-            sample = space[:: max(1, len(space) // 100_000)]
-            ranges = sq_ranges(sample, turboquant.TIERS[layout.precision])
+            space = normalize(held) if metric == "cosine" else held
+            ranges = sq_ranges(space, turboquant.TIERS[layout.precision])
             centroids = np.concatenate([self.backend.to_host(centroids).astype(np.float32), ranges])
         self.heads.write_centroids(head, cent_name, centroids)
         try:
@@ -170,8 +171,7 @@ class Maintenance:
             def trained() -> Builder:  # the run's content, instead of reading it back
                 fresh = Builder(layout)
                 fresh.set_centroids(cent_name, centroids)
-                if rows.vectors is not None and head.precision != "float32":  # as readers decode it
-                    rows.vectors = segment.as_stored(rows.vectors, head.precision)
+                rows.vectors = held
                 fresh.apply(rows, seq, ivf_list=labels)
                 return fresh
 
