@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrent-clients run")
     ap.add_argument("--load-sizes", default="100000,1000000", help="batch-load sizes ('' = skip)")
     ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding run (0 = skip)")
+    ap.add_argument("--no-turboquant", action="store_true", help="skip the storage-tier table")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -395,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n== concurrency: SDK clients in separate processes, MiniLM-384, default n_probes ==")
             report["concurrency"] = concurrency.run(tmp / "conc", args.n, [1, 2, 4, 8], [10, 100], 10.0)
+        if not args.no_turboquant and "minilm" in args.datasets:
+            import turboquant
+
+            print(
+                "\n== storage tiers: float32, float16 and TurboQuant on MiniLM-384 (bench/turboquant.py) =="
+            )
+            (tmp / "tq").mkdir()
+            report["turboquant"] = turboquant.run(tmp / "tq", args.n, args.queries)
         if args.embed_texts:
             import embedding
 

@@ -65,3 +65,36 @@ def test_sdk_flow_on_s3_and_dynamodb(moto_server, server_factory):
         stored["key"].hex().encode(),
     ]
     assert len(blobs) >= 3 and scan_for_plaintext(blobs, needles) == []
+
+
+def test_embeddings_and_turboquant_on_s3_and_dynamodb(moto_server, server_factory):
+    """Server-side embeddings into a tq8 index, through the SDK, on S3 + DynamoDB (moto)."""
+    pytest.importorskip("sentence_transformers")
+    from tests.test_embeddings import SENTENCES
+
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="ciphervec-emb")
+    boto3.client("dynamodb", endpoint_url=moto_server).create_table(
+        TableName="ciphervec-keys",
+        KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    env = {**AWS, "AWS_ENDPOINT_URL": moto_server}
+    args = ("--store", "s3://ciphervec-emb/p", "--keys", "dynamodb://ciphervec-keys")
+    srv = server_factory(*args, env=env)
+    key = Client.generate_key()
+    index = Client(srv.url, ROOT_KEY).create_index(
+        "notes", key, embedding_model="all-MiniLM-L6-v2", storage_precision="tq8"
+    )
+    index.upsert([{"id": f"s{i}", "contents": s} for i, s in enumerate(SENTENCES)])
+    assert index.query(query_contents="tomatoes and basil in the garden", top_k=1)[0]["id"] == "s5"
+    srv.stop()
+    cold = server_factory(*args, env=env, name="cold")
+    again = Client(cold.url, ROOT_KEY).load_index("notes", key)
+    assert again.query(query_contents="a bug fixed with a lock", top_k=1)[0]["id"] == "s11"
+    blobs = [
+        (o["Key"], s3.get_object(Bucket="ciphervec-emb", Key=o["Key"])["Body"].read())
+        for o in s3.list_objects_v2(Bucket="ciphervec-emb")["Contents"]
+    ]
+    assert scan_for_plaintext(blobs, [s.encode() for s in SENTENCES] + [key, key.hex().encode()]) == []
