@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-sizes", default="100000,1000000", help="batch-load sizes ('' = skip)")
     ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding run (0 = skip)")
     ap.add_argument("--no-turboquant", action="store_true", help="skip the storage-tier table")
+    ap.add_argument("--no-bm25", action="store_true", help="skip the BM25 / hybrid run")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -404,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             (tmp / "tq").mkdir()
             report["turboquant"] = turboquant.run(tmp / "tq", args.n, args.queries)
+        if not args.no_bm25 and "minilm" in args.datasets:
+            import bm25
+
+            print("\n== BM25 full-text and hybrid search on real sentences (bench/bm25.py) ==")
+            (tmp / "bm25").mkdir()
+            report["bm25"] = bm25.run(tmp / "bm25", args.n, 200)
         if args.embed_texts:
             import embedding
 

@@ -53,6 +53,7 @@ class IndexConfig:
     index_type: str = "ivfflat"  # reported for legacy SDKs; the engine is IVF-Flat
     index_config: dict[str, Any] = field(default_factory=dict)
     embedding_model: str | None = None
+    text: dict[str, Any] | None = None  # full_text fields and BM25 constants (``text.TextConfig``)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dimension, int) or not 0 <= self.dimension <= MAX_DIMENSION:

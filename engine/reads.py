@@ -20,6 +20,8 @@ from .kernels import all_finite
 from .model import MAX_VALUE
 from .search import knn, search_space
 from .state import Snapshot
+from .text import TextConfig, TextQuery, fuse
+from .text import search as text_search
 
 # A filter that leaves at most max(this, 8 x top_k) rows scans every list instead of probing.
 SELECTIVE_ROWS = 4096
@@ -140,6 +142,60 @@ class Reader:
         with self.backend.threads(1):
             return knn(snap, batch, top_k, probes, mask, self.backend)
 
+    def text_query(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        text: TextQuery,
+        *,
+        top_k: int = 100,
+        filters: Any = None,
+        include: list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows ranked by BM25 over the index's full_text fields, with ``score``."""
+        if filters:
+            compile_filter(filters)
+        head = self.heads.open(tenant, name, kek)
+        config = TextConfig.of(head.body.config)
+        text.resolve(config)  # 400 before any work
+        snap = self.cache.snapshot(head)
+        rows, scores = text_search(snap, config, text, self._filter_mask(snap, filters), top_k)
+        return _scored(snap, list(zip(rows.tolist(), scores.tolist(), strict=True)), include or [])
+
+    def hybrid_query(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        queries: np.ndarray,
+        text: TextQuery,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+        alpha: float = 0.5,
+        rrf_k: float = 60.0,
+        window: int = 3,
+    ) -> list[list[dict[str, Any]]]:
+        """Each query vector's neighbours and the text's BM25 matches — each leg ``window x
+        top_k`` deep, filters applied to both — fused by weighted reciprocal rank."""
+        head = self.heads.open(tenant, name, kek)
+        config = TextConfig.of(head.body.config)
+        text.resolve(config)
+        depth = top_k * max(1, window)
+        vector = self.query(tenant, name, kek, queries, top_k=depth, n_probes=n_probes, filters=filters)
+        snap = self.cache.snapshot(self.heads.open(tenant, name, kek))
+        rows, _ = text_search(snap, config, text, self._filter_mask(snap, filters), depth)
+        text_ids = [snap.ids[r] for r in rows.tolist()]
+        out = []
+        for hits in vector:
+            fused = fuse([h["id"] for h in hits], text_ids, alpha, rrf_k, top_k)
+            found = [(row, s) for row, s in ((snap.row_of(i), s) for i, s in fused) if row is not None]
+            out.append(_scored(snap, found, include or []))
+        return out
+
     def query_metadata(
         self,
         tenant: str,
@@ -176,6 +232,22 @@ def _shape(snap: Snapshot, rows: np.ndarray, dist: np.ndarray, include: list[str
         item: dict[str, Any] = {"id": snap.ids[row]}
         if "distance" in include:
             item["distance"] = float(d)
+        if "metadata" in include:
+            item["metadata"] = snap.metadata[row] or {}
+        if "vector" in include:
+            item["vector"] = vectors[n]
+        if "contents" in include:
+            item["contents"] = snap.contents[row] or ""
+        out.append(item)
+    return out
+
+
+def _scored(snap: Snapshot, found: list[tuple[int, float]], include: list[str]) -> list[dict[str, Any]]:
+    """Text and hybrid result items: ``score`` (higher is better) instead of ``distance``."""
+    vectors = snap.rows([r for r, _ in found]).tolist() if "vector" in include and found else []
+    out = []
+    for n, (row, score) in enumerate(found):
+        item: dict[str, Any] = {"id": snap.ids[row], "score": float(score)}
         if "metadata" in include:
             item["metadata"] = snap.metadata[row] or {}
         if "vector" in include:

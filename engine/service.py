@@ -30,6 +30,7 @@ from .names import unescape
 from .ports import BlobStore, KeyWrapper, StoreConflict
 from .reads import Reader
 from .segment import Segment
+from .text import TextConfig
 from .writes import Writer
 
 
@@ -51,6 +52,8 @@ class IndexService:
         "num_vectors",
         "query",
         "query_metadata",
+        "text_query",
+        "hybrid_query",
         "reader",
         "set_training",
         "store",
@@ -102,6 +105,8 @@ class IndexService:
         self.get = self.reader.get
         self.query = self.reader.query
         self.query_metadata = self.reader.query_metadata
+        self.text_query = self.reader.text_query
+        self.hybrid_query = self.reader.hybrid_query
         # maintenance
         self.set_training = self.maintenance.set_training
         self.train: Callable[..., TrainResult] = self.maintenance.train
@@ -147,7 +152,7 @@ class IndexService:
             "n_probes": cent.auto_n_probes if cent else 1,
             "storage_precision": head.precision,
             "metadata_schema": cfg.get("metadata_schema") or {},
-            "bm25": None,
+            "bm25": text.describe() if (text := TextConfig.of(cfg)) else None,
             "index_type": kind,
             "embedding_model": cfg.get("embedding_model"),
             "index_config": legacy,

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from ..engine import crypto
-from ..engine.errors import InvalidRequest, PayloadTooLarge, TooManyFailures, Unauthorized, ValidationFailed
+from ..engine.errors import PayloadTooLarge, TooManyFailures, Unauthorized, ValidationFailed
 from ..engine.model import check_index_name
 from ..infra.keystore import Principal
 from ..infra.wiring import Container, container
@@ -28,7 +28,6 @@ try:
     VERSION = version("ciphervec")
 except PackageNotFoundError:  # a source tree without installation
     VERSION = "0.0.0"
-UNSUPPORTED_TEXT = "is not supported by this server (no BM25 text search yet)"
 # Every (method, path pattern) served, so that a known path with a wrong method answers 405.
 ROUTES: list[tuple[str, re.Pattern[str]]] = []
 _local = threading.local()
@@ -155,9 +154,3 @@ def decode_vectors(b64: str, rows: int | None, dimension: int, where: str) -> np
     if rows is not None and n != rows:
         raise ValidationFailed(f"{rows} ids but {n} vectors of dimension {dimension}", ("body", where))
     return np.frombuffer(raw, dtype="<f4").reshape(n, dimension)
-
-
-def refuse_text(req: Any, *fields: str) -> None:
-    for name in fields:
-        if getattr(req, name, None) not in (None, [], ""):
-            raise InvalidRequest(f"'{name}' {UNSUPPORTED_TEXT}")

@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler.router import Router
 from ..engine.embedding import model_spec
 from ..engine.errors import InvalidRequest, ModelUnavailable
 from ..engine.model import IndexConfig, check_index_name
+from ..engine.text import TextConfig
 from ..infra.training import TrainJob, worker_pid
 from . import request as rq
 from . import schemas
@@ -36,9 +37,7 @@ def create_index() -> Response:
     principal = rq.principal("admin", req.index_name)
     if (req.index_key is None) == (req.kms_name is None):
         raise InvalidRequest("give exactly one of index_key and kms_name")
-    rq.refuse_text(req, "text_fields", "bm25_k1", "bm25_b")
-    if any(isinstance(p, dict) and p.get("full_text") for p in (req.metadata_schema or {}).values()):
-        raise InvalidRequest(f"full_text fields in metadata_schema {rq.UNSUPPORTED_TEXT}")
+    text = TextConfig.declare(req.text_fields, req.metadata_schema, req.bm25_k1, req.bm25_b)
     legacy = dict(req.index_config or {})
     dimension = req.dimension if req.dimension is not None else legacy.get("dimension") or 0
     if not isinstance(dimension, int) or dimension < 0:
@@ -64,6 +63,7 @@ def create_index() -> Response:
         index_type=legacy_type,
         index_config=legacy,
         embedding_model=model,
+        text=text,
     )
     rq.c().service.create_index(
         principal.tenant, req.index_name, config, kek=rq.kek(req.index_key), kms_name=req.kms_name

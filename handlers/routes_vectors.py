@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler.router import Router
 
 from ..engine.errors import InvalidRequest, ValidationFailed
 from ..engine.model import INCLUDABLE, RowBatch
+from ..engine.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
 from . import request as rq
 from . import schemas
 
@@ -79,8 +80,17 @@ def upsert_binary() -> Response:
     return _upsert_response(tenant, req.index_name, kek, RowBatch(b.ids, vectors, b.metadata, b.contents))
 
 
-def _search(req: schemas.SearchOptions, queries: np.ndarray, tenant: str, kek: bytes | None) -> Response:
-    rq.refuse_text(req, "text", "text_fields", "text_field_weights")
+def _text(req: schemas.SearchOptions | schemas.QueryMetadataRequest) -> TextQuery | None:
+    """The request's text leg, if it has one (``text`` omitted or empty: none)."""
+    if not req.text:
+        return None
+    weights = None if req.text_field_weights is None else [float(w) for w in req.text_field_weights]
+    return TextQuery(req.text, req.text_fields, weights, bool(req.require_all_terms))
+
+
+def _search(
+    req: schemas.SearchOptions, queries: np.ndarray | None, tenant: str, kek: bytes | None
+) -> Response:
     c = rq.c()
     top_k = 100 if req.top_k is None else req.top_k
     if not 1 <= top_k <= c.settings.max_top_k:
@@ -89,16 +99,39 @@ def _search(req: schemas.SearchOptions, queries: np.ndarray, tenant: str, kek: b
     unknown = [f for f in include if f not in INCLUDABLE]
     if unknown:
         raise ValidationFailed(f"include takes only {', '.join(sorted(INCLUDABLE))}", ("body", "include"))
-    results = c.service.query(
-        tenant,
-        req.index_name,
-        kek,
-        queries,
-        top_k=top_k,
-        n_probes=req.n_probes or None,
-        filters=req.filters,
-        include=include,
-    )
+    text = _text(req)
+    if queries is None:  # text alone: ranked by BM25
+        assert text is not None
+        found = c.service.text_query(
+            tenant, req.index_name, kek, text, top_k=top_k, filters=req.filters, include=include
+        )
+        return rq.ok({"results": found})
+    if text is not None:
+        results = c.service.hybrid_query(
+            tenant,
+            req.index_name,
+            kek,
+            queries,
+            text,
+            top_k=top_k,
+            n_probes=req.n_probes or None,
+            filters=req.filters,
+            include=include,
+            alpha=DEFAULT_ALPHA if req.alpha is None else float(req.alpha),
+            rrf_k=DEFAULT_RRF_K if req.rrf_k is None else float(req.rrf_k),
+            window=req.window_mult or DEFAULT_WINDOW,
+        )
+    else:
+        results = c.service.query(
+            tenant,
+            req.index_name,
+            kek,
+            queries,
+            top_k=top_k,
+            n_probes=req.n_probes or None,
+            filters=req.filters,
+            include=include,
+        )
     return rq.ok({"results": results[0] if len(results) == 1 else results})
 
 
@@ -108,8 +141,10 @@ def query() -> Response:
     tenant, kek = rq.index_target("read", req)
     if not req.query_vectors and req.query_contents:
         return _search(req, _embed(tenant, req.index_name, kek, [req.query_contents]), tenant, kek)
+    if not req.query_vectors and req.text:
+        return _search(req, None, tenant, kek)
     if not req.query_vectors:
-        raise ValidationFailed("query_vectors or query_contents is required", ("body", "query_vectors"))
+        raise ValidationFailed("query_vectors, query_contents or text is required", ("body", "query_vectors"))
     first = req.query_vectors[0]
     rows = req.query_vectors if isinstance(first, list) else [req.query_vectors]
     try:
@@ -171,7 +206,20 @@ def num_vectors() -> Response:
 def query_metadata() -> Response:
     req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
     tenant, kek = rq.index_target("read", req)
-    rq.refuse_text(req, "text", "text_fields", "text_field_weights")
+    text = _text(req)
+    if text is not None:
+        if req.order_by:
+            raise InvalidRequest("order_by is not supported with text: text results are ranked by score")
+        found = rq.c().service.text_query(
+            tenant,
+            req.index_name,
+            kek,
+            text,
+            top_k=req.top_k or rq.c().settings.max_top_k,
+            filters=req.filters,
+        )
+        ids = [f["id"] for f in found]
+        return rq.ok({"results": found, "ids": ids, "count": len(ids)})
     order_by, ascending = req.order_by, req.ascending is not False
     if isinstance(order_by, dict):
         if len(order_by) != 1:

@@ -85,7 +85,7 @@ class SearchOptions(IndexRequest):
     rerank_mult: Multiplier | None = None
     filters: dict[str, Any] | None = None
     include: list[StrictStr] | None = None
-    # Hybrid text search (BM25) fields: refused explicitly until supported.
+    # The BM25 leg (text alone ranks by BM25; with vectors it is hybrid, fused by rank).
     text: StrictStr | None = None
     text_fields: list[StrictStr] | None = None
     text_field_weights: list[Number] | None = None

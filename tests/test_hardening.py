@@ -98,10 +98,11 @@ def test_refusals_never_repeat_what_was_sent(srv):
         ("POST", "/v1/vectors/query_metadata", {**base, "filters": {"$" + mark: []}}),
         ("POST", "/v1/indexes/create", {"index_name": "m", "index_key": KEY, "metric": mark}),
         ("POST", "/v1/indexes/create", {"index_name": "t", "index_key": KEY, "index_config": {"type": mark}}),
+        ("POST", "/v1/vectors/query_metadata", {**base, "text": "x", "text_fields": [mark]}),
         (
             "POST",
             "/v1/indexes/create",
-            {"index_name": "f", "index_key": KEY, "metadata_schema": {mark: {"full_text": True}}},
+            {"index_name": "f", "index_key": KEY, "text_fields": [""], "bm25_k1": 7e9},
         ),
         ("DELETE", f"/v1/indexes/e/users/{mark}", None),
     ]

@@ -67,32 +67,36 @@ def test_sdk_flow_on_s3_and_dynamodb(moto_server, server_factory):
     assert len(blobs) >= 3 and scan_for_plaintext(blobs, needles) == []
 
 
-def test_embeddings_and_turboquant_on_s3_and_dynamodb(moto_server, server_factory):
-    """Server-side embeddings into a tq8 index, through the SDK, on S3 + DynamoDB (moto)."""
+def test_embeddings_bm25_and_turboquant_on_s3_and_dynamodb(moto_server, server_factory):
+    """Server-side embeddings into a tq8 index with a full_text field, through the SDK, on
+    S3 + DynamoDB (moto): contents embedded, text and hybrid queries, a cold second process."""
     pytest.importorskip("sentence_transformers")
     from tests.test_embeddings import SENTENCES
 
     s3 = boto3.client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket="ciphervec-emb")
     boto3.client("dynamodb", endpoint_url=moto_server).create_table(
-        TableName="ciphervec-keys",
+        TableName="ciphervec-keys-emb",
         KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
     env = {**AWS, "AWS_ENDPOINT_URL": moto_server}
-    args = ("--store", "s3://ciphervec-emb/p", "--keys", "dynamodb://ciphervec-keys")
+    args = ("--store", "s3://ciphervec-emb/p", "--keys", "dynamodb://ciphervec-keys-emb")
     srv = server_factory(*args, env=env)
     key = Client.generate_key()
     index = Client(srv.url, ROOT_KEY).create_index(
-        "notes", key, embedding_model="all-MiniLM-L6-v2", storage_precision="tq8"
+        "notes", key, embedding_model="all-MiniLM-L6-v2", storage_precision="tq8", text_fields=["text"]
     )
-    index.upsert([{"id": f"s{i}", "contents": s} for i, s in enumerate(SENTENCES)])
+    index.upsert([{"id": f"s{i}", "contents": s, "metadata": {"text": s}} for i, s in enumerate(SENTENCES)])
     assert index.query(query_contents="tomatoes and basil in the garden", top_k=1)[0]["id"] == "s5"
     srv.stop()
     cold = server_factory(*args, env=env, name="cold")
     again = Client(cold.url, ROOT_KEY).load_index("notes", key)
     assert again.query(query_contents="a bug fixed with a lock", top_k=1)[0]["id"] == "s11"
+    assert again.query_metadata(text="glaciers valleys")[0]["id"] == "s7"
+    hybrid = again.query(query_contents="mountains and ice", text="glaciers", top_k=2)
+    assert hybrid[0]["id"] == "s7" and "score" in hybrid[0]
     blobs = [
         (o["Key"], s3.get_object(Bucket="ciphervec-emb", Key=o["Key"])["Body"].read())
         for o in s3.list_objects_v2(Bucket="ciphervec-emb")["Contents"]
