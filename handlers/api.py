@@ -15,7 +15,12 @@ import traceback
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import (
+    APIGatewayHttpResolver,
+    APIGatewayRestResolver,
+    CORSConfig,
+    Response,
+)
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import ValidationError as PydanticValidationError
 
@@ -97,8 +102,19 @@ class RestResolver(ThreadEvent, APIGatewayRestResolver):
     """API Gateway REST API (v1) events."""
 
 
-def _make(resolver: Any) -> Any:
-    app = resolver(strip_prefixes=[_PREFIX])
+def _make(resolver: Any, origins: tuple[str, ...] = ()) -> Any:
+    """A resolver with every route and error handler; CORS for ``origins`` (preflight
+    requests answered by powertools) when there are any."""
+    cors = None
+    if origins:
+        cors = CORSConfig(
+            allow_origin=origins[0],
+            extra_origins=list(origins[1:]),
+            allow_headers=["X-API-Key", "X-Index-Key", "Content-Type"],
+            expose_headers=["X-Request-Id", "Server-Timing", "Retry-After"],
+            max_age=600,
+        )
+    app = resolver(strip_prefixes=[_PREFIX], cors=cors)
     for routes in (routes_indexes, routes_vectors, routes_loads, routes_users):
         app.include_router(routes.router)
     app.exception_handler(CipherVecError)(on_engine_error)
@@ -110,12 +126,23 @@ def _make(resolver: Any) -> Any:
 
 http_app = _make(HttpResolver)
 rest_app = _make(RestResolver)
+_cors_apps: dict[tuple[bool, tuple[str, ...]], Any] = {}
+
+
+def _app(http: bool, origins: tuple[str, ...]) -> Any:
+    """The resolver for this payload version, with CORS when origins are configured."""
+    if not origins:
+        return http_app if http else rest_app
+    app = _cors_apps.get((http, origins))
+    if app is None:
+        app = _cors_apps.setdefault((http, origins), _make(HttpResolver if http else RestResolver, origins))
+    return app
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Entry point of ApiFunction (and of ``ciphervec serve`` for every request)."""
     started = time.perf_counter()
-    app = http_app if event.get("version") == "2.0" else rest_app
+    app = _app(event.get("version") == "2.0", rq.c().settings.cors_origins)
     result: dict[str, Any] = app.resolve(event, context)
     limit = rq.c().settings.max_response_bytes
     if limit and len(result.get("body") or "") > limit:

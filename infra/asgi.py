@@ -17,6 +17,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .local_api import Handler, LocalContext, to_event
@@ -113,9 +114,19 @@ class ApiGatewayApp:
         await self._answer(send, int(result.get("statusCode", 500)), out, payload)
 
 
+async def _over_limit(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The answer beyond ``CIPHERVEC_HTTP_MAX_CONNECTIONS``: JSON, as every other refusal."""
+    body = _json(503, "the server is at its limit of connections and requests at once; retry shortly")
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BoundedHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a deadline for each request's headers and JSON for
-    the requests it refuses before the application sees them."""
+    the requests it refuses before the application sees them (malformed framing, over the
+    limits)."""
 
     header_seconds = 10.0
 
@@ -146,6 +157,10 @@ class BoundedHttp(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel()
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn answers over its concurrency limit with plain text: answer JSON instead
+        super()._start_asgi_task(cycle, _over_limit if app is service_unavailable else app)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()

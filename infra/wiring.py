@@ -76,7 +76,12 @@ def build(settings: Settings, **clients: Any) -> Container:
     embedder = SentenceTransformerModels(
         settings.model_dir, settings.embed_batch, settings.embed_device, s3=clients.get("s3")
     )
-    return Container(settings, service, auth, trainer, loads, clients.get("s3"), embedder=embedder)
+    throttle = FailureThrottle(
+        settings.throttle_failures, settings.throttle_window_seconds, settings.throttle_lock_seconds
+    )
+    return Container(
+        settings, service, auth, trainer, loads, clients.get("s3"), throttle=throttle, embedder=embedder
+    )
 
 
 def container() -> Container:

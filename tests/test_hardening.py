@@ -236,3 +236,12 @@ def test_unknown_api_keys_are_throttled_per_address(srv):
     status, out, headers = srv.request("GET", "/v1/indexes/list", key="cv_0000000000000001_" + "0" * 64)
     assert status == 429 and int({k.lower(): v for k, v in headers.items()}["retry-after"]) > 0
     assert srv.request("GET", "/v1/health", key=None)[0] == 200  # no key, no check: health answers
+
+
+def test_throttle_limits_are_settings(server_factory, tmp_path):
+    env = {"CIPHERVEC_THROTTLE_FAILURES": "2", "CIPHERVEC_THROTTLE_LOCK_SECONDS": "1"}
+    srv = server_factory("--store", f"file://{tmp_path}/data", env=env, name="strict")
+    bad = "cv_0000000000000002_" + "0" * 64
+    assert [srv.request("GET", "/v1/indexes/list", key=bad)[0] for _ in range(4)] == [401, 401, 401, 429]
+    time.sleep(1.2)  # the lock lasts CIPHERVEC_THROTTLE_LOCK_SECONDS
+    assert srv.request("GET", "/v1/indexes/list", key=bad)[0] == 401

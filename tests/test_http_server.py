@@ -154,3 +154,33 @@ def test_accepted_connections_send_without_nagle_delay():
         with accepted:
             assert accepted.proto == socket.IPPROTO_TCP
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_over_the_connection_limit_is_a_json_503(server_factory, tmp_path: Path):
+    srv = server_factory(
+        "--store", f"file://{tmp_path}/data", env={"CIPHERVEC_HTTP_MAX_CONNECTIONS": "3"}, name="limited"
+    )
+    held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    try:
+        [(status, body)] = parse(exchange(srv.port, request("GET", "/v1/health"), wait=3))
+        assert status == 503 and body["status_code"] == 503 and "retry" in body["detail"]
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    assert srv.request("GET", "/v1/health", key=None)[0] == 200
+
+
+def test_cors_preflight_and_headers_for_configured_origins(server_factory, tmp_path: Path):
+    env = {"CIPHERVEC_CORS_ORIGINS": "https://app.example, https://admin.example"}
+    srv = server_factory("--store", f"file://{tmp_path}/data", env=env, name="cors")
+    ask = "Origin: https://admin.example\r\nAccess-Control-Request-Method: POST\r\n"
+    raw = exchange(srv.port, request("OPTIONS", "/v1/vectors/query", headers=ask), wait=2)
+    head = raw.split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 204")
+    assert "access-control-allow-origin: https://admin.example" in head and "x-api-key" in head
+    status, _, headers = srv.request("GET", "/v1/health", key=None, headers={"Origin": "https://app.example"})
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert status == 200 and lowered["access-control-allow-origin"] == "https://app.example"
+    _, _, headers = srv.request("GET", "/v1/health", key=None, headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in {k.lower() for k in headers}
