@@ -26,6 +26,7 @@ from .manifest import SegmentRef
 from .parts import Layout, Part
 from .segment import Segment
 from .state import Builder, PartialRun, Snapshot
+from .timing import stage
 
 log = logging.getLogger("ciphervec.cache")
 _COMPACT_ROWS = 4096  # states this big drop dead rows from memory once most rows are dead
@@ -200,7 +201,9 @@ class StateCache:
                 with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
                     for ref, got in zip(todo, pool.map(read, todo), strict=True):
                         if isinstance(got, bytes):
-                            builder.apply(segment.decode(got), ref.seq)
+                            with stage("decode"):
+                                rows = segment.decode(got)
+                            builder.apply(rows, ref.seq)
                         elif isinstance(got, run.Directory):
                             builder.open_run(ref.name, ref.seq, got)
                         else:

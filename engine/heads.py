@@ -18,6 +18,7 @@ from .manifest import Envelope, HeadBody, RetryPolicy, commit, open_body, parse_
 from .model import check_index_name
 from .names import index_root, tenant_root
 from .ports import BlobNotFound, BlobStore
+from .timing import stage
 
 Key = tuple[str, str]  # (tenant, index name)
 
@@ -91,21 +92,25 @@ class Heads:
         root = self.root(tenant, name)
         cached = self._held.get(key)
         try:
-            got = self.store.get(root + "head", if_none_match=cached.etag if cached else None)
+            with stage("store"):
+                got = self.store.get(root + "head", if_none_match=cached.etag if cached else None)
         except BlobNotFound:
             self.forget(key)
             raise IndexNotFound(f"Index '{name}' not found") from None
         if got is None and cached is not None:
-            dek = self.keys.unwrap(tenant, name, cached.envelope, kek)
+            with stage("crypto"):
+                dek = self.keys.unwrap(tenant, name, cached.envelope, kek)
             if dek != cached.dek:  # pragma: no cover - AEAD already rejects other keys
                 raise Unauthorized("index_key does not open this index")
             return cached
         assert got is not None
         raw, etag = got
         env, sealed = parse_envelope(raw)
-        dek = self.keys.unwrap(tenant, name, env, kek)
-        cipher = crypto.IndexCipher(dek, tenant, name)
-        head = Head(tenant, name, root, etag, env, open_body(env, sealed, cipher), cipher, dek)
+        with stage("crypto"):
+            dek = self.keys.unwrap(tenant, name, env, kek)
+            cipher = crypto.IndexCipher(dek, tenant, name)
+            body = open_body(env, sealed, cipher)
+        head = Head(tenant, name, root, etag, env, body, cipher, dek)
         self._held[key] = head
         return head
 
@@ -136,14 +141,19 @@ class Heads:
     # -- sealed objects ----------------------------------------------------------------
     def read(self, head: Head, name: str) -> bytes:
         try:
-            got = self.store.get(head.root + name)
+            with stage("store"):
+                got = self.store.get(head.root + name)
         except BlobNotFound:
             raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
         assert got is not None
-        return head.cipher.decrypt(name, got[0])
+        with stage("crypto"):
+            return head.cipher.decrypt(name, got[0])
 
     def write(self, head: Head, name: str, plaintext: bytes) -> None:
-        self.store.put_if_absent(head.root + name, head.cipher.encrypt(name, plaintext))
+        with stage("crypto"):
+            sealed = head.cipher.encrypt(name, plaintext)
+        with stage("store"):
+            self.store.put_if_absent(head.root + name, sealed)
 
     def read_centroids(self, head: Head, name: str) -> np.ndarray:
         return np.load(io.BytesIO(self.read(head, name)), allow_pickle=False)

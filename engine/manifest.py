@@ -31,6 +31,7 @@ from typing import Any
 from .crypto import IndexCipher
 from .errors import Contention, CorruptObject, IndexNotFound
 from .ports import BlobNotFound, BlobStore, StoreConflict
+from .timing import stage
 
 MAGIC = b"CVH1"
 VERSION = 1
@@ -213,7 +214,8 @@ def commit(
             envelope, body, etag = replace(known[0]), known[1].copy(), known[2]
         else:
             try:
-                got = store.get(head_key)
+                with stage("store"):
+                    got = store.get(head_key)
             except BlobNotFound:
                 raise IndexNotFound("index not found") from None
             assert got is not None
@@ -227,7 +229,10 @@ def commit(
         outcome = mutate(envelope, body)
         envelope.generation += 1
         try:
-            new_etag = store.put_if_match(head_key, seal_head(envelope, body, cipher), etag)
+            with stage("crypto"):
+                sealed_head = seal_head(envelope, body, cipher)
+            with stage("store"):
+                new_etag = store.put_if_match(head_key, sealed_head, etag)
         except StoreConflict:
             if not optimistic:  # a stale copy is no contention: read and retry at once
                 retry.pause(attempt)

@@ -22,6 +22,7 @@ from .search import knn, search_space
 from .state import Snapshot
 from .text import TextConfig, TextQuery, fuse
 from .text import search as text_search
+from .timing import stage
 
 # A filter that leaves at most max(this, 8 x top_k) rows scans every list instead of probing.
 SELECTIVE_ROWS = 4096
@@ -127,12 +128,13 @@ class Reader:
             snap = self.cache.load_lists(head, snap, snap.partial.missing(probed[probed >= 0].ravel()))
             if snap.partial is not None:
                 self.cache.fill_later(head)
-        if len(queries) == 1 and snap.partial is None:  # concurrent single queries: one batch
-            # The snapshot caches one mask per filter, so the mask object stands for the filter.
-            key = (head.key, snap.version, top_k, probes, id(mask))
-            hits = [self.batcher.search(key, q, lambda vs: self._knn(snap, vs, top_k, probes, mask))]
-        else:
-            hits = knn(snap, q, top_k, probes, mask, self.backend)
+        with stage("search"):
+            if len(queries) == 1 and snap.partial is None:  # concurrent single queries: one batch
+                # The snapshot caches one mask per filter, so the mask object stands for it.
+                key = (head.key, snap.version, top_k, probes, id(mask))
+                hits = [self.batcher.search(key, q, lambda vs: self._knn(snap, vs, top_k, probes, mask))]
+            else:
+                hits = knn(snap, q, top_k, probes, mask, self.backend)
         return [_shape(snap, rows, dist, include) for rows, dist in hits]
 
     def _knn(self, snap: Snapshot, vectors: list[Any], top_k: int, probes: int, mask: Any) -> list[Any]:
@@ -160,7 +162,8 @@ class Reader:
         config = TextConfig.of(head.body.config)
         text.resolve(config)  # 400 before any work
         snap = self.cache.snapshot(head)
-        rows, scores = text_search(snap, config, text, self._filter_mask(snap, filters), top_k)
+        with stage("search"):
+            rows, scores = text_search(snap, config, text, self._filter_mask(snap, filters), top_k)
         return _scored(snap, list(zip(rows.tolist(), scores.tolist(), strict=True)), include or [])
 
     def hybrid_query(
@@ -187,7 +190,8 @@ class Reader:
         depth = top_k * max(1, window)
         vector = self.query(tenant, name, kek, queries, top_k=depth, n_probes=n_probes, filters=filters)
         snap = self.cache.snapshot(self.heads.open(tenant, name, kek))
-        rows, _ = text_search(snap, config, text, self._filter_mask(snap, filters), depth)
+        with stage("search"):
+            rows, _ = text_search(snap, config, text, self._filter_mask(snap, filters), depth)
         text_ids = [snap.ids[r] for r in rows.tolist()]
         out = []
         for hits in vector:

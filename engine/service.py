@@ -31,6 +31,7 @@ from .ports import BlobStore, KeyWrapper, StoreConflict
 from .reads import Reader
 from .segment import Segment
 from .text import TextConfig
+from .timing import stage
 from .writes import Writer
 
 
@@ -124,13 +125,13 @@ class IndexService:
         kms_name: str | None = None,
     ) -> None:
         check_index_name(name)
-        dek = crypto.new_data_key()
-        env = self.keys.envelope(tenant, name, dek, kek, kms_name)
-        cipher = crypto.IndexCipher(dek, tenant, name)
+        with stage("crypto"):
+            dek = crypto.new_data_key()
+            env = self.keys.envelope(tenant, name, dek, kek, kms_name)
+            sealed = seal_head(env, HeadBody(asdict(config)), crypto.IndexCipher(dek, tenant, name))
         try:
-            self.store.put_if_absent(
-                self.heads.root(tenant, name) + "head", seal_head(env, HeadBody(asdict(config)), cipher)
-            )
+            with stage("store"):
+                self.store.put_if_absent(self.heads.root(tenant, name) + "head", sealed)
         except StoreConflict:
             raise IndexExists(f"Index '{name}' already exists") from None
         self.heads.forget((tenant, name))

@@ -24,6 +24,7 @@ from aws_lambda_powertools.event_handler import (
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import ValidationError as PydanticValidationError
 
+from ..engine import timing
 from ..engine.errors import CipherVecError, RetryLater, Unauthorized, ValidationFailed
 from . import request as rq
 from . import routes_indexes, routes_loads, routes_users, routes_vectors
@@ -56,7 +57,7 @@ def on_validation_error(exc: PydanticValidationError) -> Response:
 def on_not_found(exc: NotFoundError) -> Response:
     event = rq.event()
     path = _PREFIX.sub("", event.path)
-    if any(p.match(path) for m, p in rq.ROUTES):
+    if any(p.match(path) for _, p, _ in rq.ROUTES):
         return _error(405, f"Method {event.http_method} not allowed on {path}")
     return _error(404, "Not Found")
 
@@ -142,8 +143,12 @@ def _app(http: bool, origins: tuple[str, ...]) -> Any:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Entry point of ApiFunction (and of ``ciphervec serve`` for every request)."""
     started = time.perf_counter()
+    timing.begin()
     app = _app(event.get("version") == "2.0", rq.c().settings.cors_origins)
-    result: dict[str, Any] = app.resolve(event, context)
+    try:
+        result: dict[str, Any] = app.resolve(event, context)
+    finally:
+        stages = timing.end()
     limit = rq.c().settings.max_response_bytes
     if limit and len(result.get("body") or "") > limit:
         body = {
@@ -155,14 +160,22 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     headers = result.setdefault("headers", {}) or {}
     elapsed = (time.perf_counter() - started) * 1000
     headers["X-Request-Id"] = _request_id(event)
-    headers["Server-Timing"] = f"app;dur={elapsed:.2f}"
+    spent = {name: round(stages[name] * 1000, 2) for name in timing.STAGES if name in stages}
+    headers["Server-Timing"] = ", ".join(
+        [*(f"{name};dur={ms:.2f}" for name, ms in spent.items()), f"app;dur={elapsed:.2f}"]
+    )
     result["headers"] = headers
+    method = event.get("requestContext", {}).get("http", {}).get("method") or event.get("httpMethod") or ""
+    route = rq.route_of(method, _PREFIX.sub("", event.get("rawPath") or event.get("path") or ""))
+    status = int(result.get("statusCode") or 500)
+    rq.c().metrics.observe(route, method, status, elapsed / 1000, stages)
     logger.info(
         "request",
         extra={
-            "route": event.get("rawPath") or event.get("path"),
-            "status": result.get("statusCode"),
+            "route": route,
+            "status": status,
             "ms": round(elapsed, 2),
+            "stages_ms": spent,
             "request_id": headers["X-Request-Id"],
         },
     )

@@ -17,7 +17,7 @@ from aws_lambda_powertools.event_handler.api_gateway import BaseProxyEvent
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from ..engine import crypto
+from ..engine import crypto, timing
 from ..engine.errors import PayloadTooLarge, TooManyFailures, Unauthorized, ValidationFailed
 from ..engine.model import check_index_name
 from ..infra.keystore import Principal
@@ -29,14 +29,20 @@ try:
 except PackageNotFoundError:  # a source tree without installation
     VERSION = "0.0.0"
 # Every (method, path pattern) served, so that a known path with a wrong method answers 405.
-ROUTES: list[tuple[str, re.Pattern[str]]] = []
+ROUTES: list[tuple[str, re.Pattern[str], str]] = []  # method, path pattern, path template
 _local = threading.local()
 
 
 def route(router: Any, method: str, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a route on ``router`` and remember it for the 405 answer."""
-    ROUTES.append((method, re.compile("^" + re.sub(r"<\w+>", r"[^/]+", path) + "$")))
+    ROUTES.append((method, re.compile("^" + re.sub(r"<\w+>", r"[^/]+", path) + "$"), path))
     return getattr(router, method.lower())(path)  # type: ignore[no-any-return]
+
+
+def route_of(method: str, path: str) -> str:
+    """The template of the route serving ``path`` (``/v1/indexes/<index_name>/users``), or
+    ``other``: what metrics and logs may name, never the values in the path."""
+    return next((t for m, p, t in ROUTES if m == method and p.match(path)), "other")
 
 
 def event() -> BaseProxyEvent:
@@ -69,6 +75,11 @@ def principal(right: str, index_name: str | None = None) -> Principal:
     Brute force is throttled before anything is checked: an address with too many unknown
     API keys, or an API key with too many wrong ``index_key``s for one index, gets 429 for a
     while; other addresses, keys and indexes are not affected."""
+    with timing.stage("auth"):
+        return _principal(right, index_name)
+
+
+def _principal(right: str, index_name: str | None) -> Principal:
     container = c()
     throttle = container.throttle
     address = ("address", (event().raw_event.get("requestContext") or {}).get("http", {}).get("sourceIp"))

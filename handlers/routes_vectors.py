@@ -8,6 +8,7 @@ import numpy as np
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 
+from ..engine import timing
 from ..engine.errors import InvalidRequest, ValidationFailed
 from ..engine.model import INCLUDABLE, RowBatch
 from ..engine.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
@@ -26,7 +27,8 @@ def _embed(tenant: str, name: str, kek: bytes | None, texts: list[Any]) -> np.nd
             "this index has no embedding_model: give every item a 'vector' (or query by vector), "
             "or create the index with embedding_model to embed contents on the server"
         )
-    return c.embedder.encode(model, texts)
+    with timing.stage("embed"):
+        return c.embedder.encode(model, texts)
 
 
 def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> Response:

@@ -67,6 +67,12 @@ class ApiGatewayApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if scope["path"] == "/metrics" and scope["method"] == "GET":  # Prometheus, no secrets in it
+            from .wiring import container
+
+            text = container().metrics.exposition()
+            await self._answer(send, 200, {"content-type": "text/plain; version=0.0.4"}, text)
+            return
         body = bytearray()
         limit = self.settings.max_body_bytes
         while True:

@@ -14,6 +14,7 @@ from .embedding import SentenceTransformerModels
 from .keystore import Authenticator, open_keystore
 from .kms import AwsKmsWrapper, open_key_wrapper
 from .loading import LocalLoads, QueueLoads
+from .metrics import RequestMetrics
 from .settings import Settings
 from .storage import open_store
 from .throttle import FailureThrottle
@@ -32,6 +33,7 @@ class Container:
     s3: Any = None  # the S3 client loads read sources with (None: boto3's default)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)  # failed keys, per process
     embedder: Any = None  # engine.embedding.Embedder (SentenceTransformerModels)
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)  # per process
 
 
 _container: Container | None = None

@@ -1,0 +1,41 @@
+"""Where a request's time goes: named stages (auth, store, crypto, decode, search, embed)
+timed on the request's thread, for Server-Timing, metrics and the request log."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+STAGES = ("auth", "store", "crypto", "decode", "search", "embed")
+_local = threading.local()
+
+
+def begin() -> None:
+    """Start timing this thread's request."""
+    _local.spent = {}
+
+
+def end() -> dict[str, float]:
+    """Stop timing; seconds spent in each stage (stages not entered are absent)."""
+    spent: dict[str, float] = getattr(_local, "spent", None) or {}
+    _local.spent = None
+    return spent
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Count the time inside as ``name`` (outside a request, or inside another stage of the
+    same request, it counts nothing: stages never overlap)."""
+    spent = getattr(_local, "spent", None)
+    if spent is None or getattr(_local, "inside", False):
+        yield
+        return
+    _local.inside = True
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _local.inside = False
+        spent[name] = spent.get(name, 0.0) + time.perf_counter() - started

@@ -1,0 +1,65 @@
+"""Request metrics: Prometheus counters and histograms for ``ciphervec serve`` (GET /metrics)
+and CloudWatch embedded-metric-format lines in Lambda. Labels are route templates, methods,
+statuses and stage names only — never an id, a key, an index name or a payload."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..engine.timing import STAGES
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class RequestMetrics:
+    """Counts every request: by route, method and status; its latency and each stage's."""
+
+    def __init__(self) -> None:
+        self.lambda_ = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+        self.registry: Any = None
+        try:
+            import prometheus_client as prom
+        except ImportError:  # the Lambda package: EMF only
+            return
+        self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter(
+            "ciphervec_requests", "Requests answered", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = prom.Histogram(
+            "ciphervec_request_seconds", "Request latency", ["route"], buckets=BUCKETS, registry=self.registry
+        )
+        self.stages = prom.Histogram(
+            "ciphervec_stage_seconds",
+            "Time a request spent in each stage (auth, store, crypto, decode, search, embed)",
+            ["route", "stage"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float, stages: dict[str, float]) -> None:
+        if self.registry is not None:
+            self.requests.labels(route, method, str(status)).inc()
+            self.latency.labels(route).observe(seconds)
+            for name, spent in stages.items():
+                self.stages.labels(route, name).observe(spent)
+        if self.lambda_:
+            self._emf(route, status, seconds, stages)
+
+    def _emf(self, route: str, status: int, seconds: float, stages: dict[str, float]) -> None:
+        from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+        metrics = EphemeralMetrics(namespace="ciphervec", service="api")
+        metrics.add_dimension(name="route", value=route)
+        metrics.add_metric(name="RequestMs", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+        metrics.add_metric(name="Errors" if status >= 500 else "Requests", unit=MetricUnit.Count, value=1)
+        for name in STAGES:
+            if name in stages:
+                metrics.add_metric(name=f"{name}Ms", unit=MetricUnit.Milliseconds, value=stages[name] * 1000)
+        metrics.flush_metrics()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything counted so far."""
+        import prometheus_client as prom
+
+        return bytes(prom.generate_latest(self.registry))

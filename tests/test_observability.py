@@ -1,0 +1,61 @@
+"""Where the time goes: Server-Timing per stage on every answer, Prometheus metrics on
+`ciphervec serve`, CloudWatch EMF lines in Lambda — with route templates, never values."""
+
+import json
+
+import numpy as np
+
+from tests.conftest import ROOT_KEY
+from tests.test_api import EVENT_ROOT_KEY, KEY, call, configure, create, upsert_b64
+
+SECRET_NAME = "payroll-index-7f3a"
+
+
+def timings(headers):
+    raw = {k.lower(): v for k, v in headers.items()}["server-timing"]
+    return {part.split(";")[0].strip(): float(part.split("dur=")[1]) for part in raw.split(",")}
+
+
+def test_server_timing_and_prometheus_metrics(server_factory, tmp_path):
+    srv = server_factory("--store", f"file://{tmp_path}/data")
+    body = {"index_name": SECRET_NAME, "index_key": KEY, "dimension": 4}
+    status, _, headers = srv.request("POST", "/v1/indexes/create", body)
+    assert status == 200 and {"auth", "store", "crypto", "app"} <= set(timings(headers))
+    items = [{"id": "secret-id-1", "vector": [1, 0, 0, 0], "metadata": {"who": "alice"}}]
+    assert srv.request("POST", "/v1/vectors/upsert", {**body, "items": items})[0] == 200
+    q = {"index_name": SECRET_NAME, "index_key": KEY, "query_vectors": [1, 0, 0, 0], "top_k": 1}
+    status, _, headers = srv.request("POST", "/v1/vectors/query", q)
+    spent = timings(headers)
+    assert status == 200 and {"auth", "store", "search", "app"} <= set(spent)
+    assert sum(v for k, v in spent.items() if k != "app") <= spent["app"] + 0.05
+    srv.request("POST", f"/v1/indexes/{SECRET_NAME}/users", {"index_key": KEY, "permissions": ["read"]})
+    srv.request("GET", "/v1/nowhere", key=None)
+
+    import urllib.request
+
+    text = urllib.request.urlopen(srv.url + "/metrics", timeout=10).read().decode()
+    assert 'ciphervec_requests_total{method="POST",route="/v1/vectors/query",status="200"} 1.0' in text
+    assert 'route="/v1/indexes/<index_name>/users"' in text and 'route="other"' in text
+    assert 'ciphervec_stage_seconds_count{route="/v1/vectors/query",stage="search"} 1.0' in text
+    for secret in (SECRET_NAME, "secret-id-1", "alice", KEY, ROOT_KEY, "nowhere"):
+        assert secret not in text
+
+
+def test_lambda_writes_embedded_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "ciphervec-api")
+    from ciphervec.infra.settings import Settings
+
+    configure(Settings(store_uri=f"file://{tmp_path}/data", keys_uri="memory://", root_key=EVENT_ROOT_KEY))
+    assert create(name=SECRET_NAME)[0] == 200
+    assert upsert_b64(SECRET_NAME, ["secret-id-1"], np.eye(4)[:1])[0] == 200
+    capsys.readouterr()
+    q = {"index_name": SECRET_NAME, "index_key": KEY, "query_vectors": [1, 0, 0, 0], "top_k": 1}
+    assert call("POST", "/v1/vectors/query", q)[0] == 200
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    emf = [x for x in lines if "_aws" in x]
+    assert len(emf) == 1
+    (directive,) = emf[0]["_aws"]["CloudWatchMetrics"]
+    names = {m["Name"] for m in directive["Metrics"]}
+    assert directive["Namespace"] == "ciphervec" and {"RequestMs", "Requests", "searchMs"} <= names
+    assert emf[0]["route"] == "/v1/vectors/query"
+    assert SECRET_NAME not in json.dumps(emf) and "secret-id-1" not in json.dumps(emf)
