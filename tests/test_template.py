@@ -105,3 +105,13 @@ def test_loads_are_wired_queue_dlq_alarm_and_notifications():
     }
     assert suffixes == set(FORMATS)
     assert r["IngestFunction"]["Metadata"]["BuildMethod"] == "makefile"
+
+
+def test_failed_trainings_are_retried_then_dead_lettered_with_an_alarm():
+    t = template()
+    config = t["Resources"]["TrainFunction"]["Properties"]["EventInvokeConfig"]
+    assert config["MaximumRetryAttempts"] == 2
+    target = config["DestinationConfig"]["OnFailure"]
+    assert target["Type"] == "SQS" and target["Destination"] == {"Fn::GetAtt": ["TrainDeadLetterQueue", "Arn"]}
+    alarm = t["Resources"]["TrainDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["TrainDeadLetterQueue", "QueueName"]}
