@@ -112,6 +112,8 @@ def test_failed_trainings_are_retried_then_dead_lettered_with_an_alarm():
     config = t["Resources"]["TrainFunction"]["Properties"]["EventInvokeConfig"]
     assert config["MaximumRetryAttempts"] == 2
     target = config["DestinationConfig"]["OnFailure"]
-    assert target["Type"] == "SQS" and target["Destination"] == {"Fn::GetAtt": ["TrainDeadLetterQueue", "Arn"]}
+    assert target["Type"] == "SQS" and target["Destination"] == {
+        "Fn::GetAtt": ["TrainDeadLetterQueue", "Arn"]
+    }
     alarm = t["Resources"]["TrainDeadLetterAlarm"]["Properties"]
     assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["TrainDeadLetterQueue", "QueueName"]}

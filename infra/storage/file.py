@@ -28,6 +28,25 @@ from ...engine.ports import BlobNotFound, StoreConflict
 from ..locking import exclusive
 
 _TMP = ".tmp-"
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that named this temporary file (``.tmp-<name>.<pid>.<hex>``) runs."""
+    try:
+        pid = int(temp_name.rsplit(".", 2)[-2])
+    except (IndexError, ValueError):
+        return True  # not ours to judge: the age rule decides
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # the disk refuses writes: 507, not a bug
 _LOCK = ".lock"
 
@@ -89,8 +108,9 @@ class FileStore:
         return tmp
 
     def sweep_temps(self, older_than: float = 3600.0) -> int:
-        """Remove temporary files a killed process left (older than ``older_than`` seconds,
-        so no write in progress loses its file); returns how many."""
+        """Remove temporary files a killed process left: those of a process that no longer
+        runs, and any older than ``older_than`` seconds (a live writer's file is younger);
+        returns how many."""
         now, removed = time.time(), 0
         for dirpath, _, files in os.walk(self.root):
             for name in files:
@@ -98,7 +118,7 @@ class FileStore:
                     continue
                 full = os.path.join(dirpath, name)
                 with contextlib.suppress(OSError):
-                    if now - os.stat(full).st_mtime >= older_than:
+                    if not _writer_alive(name) or now - os.stat(full).st_mtime >= older_than:
                         os.unlink(full)
                         removed += 1
         return removed
