@@ -99,23 +99,28 @@ class StateCache:
         while True:
             snap = self._snaps.get(key)
             due = parts.next_merge(snap.parts) if snap is not None else None
-            if snap is None or due is None:
-                return
-            start, end = due
-            group = snap.parts[start:end]
-            try:
-                one = parts.merged(self.backend, snap.layout, list(group), snap.lists)
-            except Exception as exc:  # the rows stay searchable in the parts they are in
-                log.warning("merging index parts stopped: %s", type(exc).__name__)
-                return
-            with self.writer(key):
-                current = self._snaps.get(key)
-                if current is None or current.layout is not snap.layout or not _holds(current, start, group):
-                    continue  # changed meanwhile: plan again from the new snapshot
-                merged = (*current.parts[:start], one, *current.parts[end:])
-                with self._guard:
-                    if self._snaps.get(key) is current:
-                        self._snaps[key] = current.with_parts(merged)
+            if snap is None or due is None or self._merge_group(key, snap, *due) is None:
+                return  # (a group changed meanwhile is planned again from the new snapshot)
+
+    def _merge_group(self, key: Key, snap: Snapshot, start: int, end: int) -> bool | None:
+        """Build one part from ``snap.parts[start:end]`` with no lock held and swap it in if
+        those parts are still current: True if swapped, False if they changed meanwhile,
+        None if the build failed (the rows stay searchable in the parts they are in)."""
+        group = snap.parts[start:end]
+        try:
+            one = parts.merged(self.backend, snap.layout, list(group), snap.lists)
+        except Exception as exc:
+            log.warning("merging index parts stopped: %s", type(exc).__name__)
+            return None
+        with self.writer(key):
+            current = self._snaps.get(key)
+            if current is None or current.layout is not snap.layout or not _holds(current, start, group):
+                return False
+            merged = (*current.parts[:start], one, *current.parts[end:])
+            with self._guard:
+                if self._snaps.get(key) is current:
+                    self._snaps[key] = current.with_parts(merged)
+        return True
 
     def _at(self, head: Head) -> Snapshot | None:
         """The current snapshot if it is at ``head`` (or past it), without any wait."""
@@ -275,21 +280,8 @@ class StateCache:
         if merging is not None:
             merging.join()  # its tier merges first, so that the parts below are the last word
         snap = self._snaps.get(key)
-        if snap is None or snap.partial is not None or len(snap.parts) < 2:
-            return
-        group = snap.parts
-        try:
-            one = parts.merged(self.backend, snap.layout, list(group), snap.lists)
-        except Exception as exc:  # the rows stay searchable in the parts they are in
-            log.warning("merging index parts stopped: %s", type(exc).__name__)
-            return
-        with self.writer(key):
-            current = self._snaps.get(key)
-            if current is None or current.layout is not snap.layout or not _holds(current, 0, group):
-                return  # written meanwhile: tiered merging carries on from there
-            with self._guard:
-                if self._snaps.get(key) is current:
-                    self._snaps[key] = current.with_parts((one, *current.parts[len(group) :]))
+        if snap is not None and snap.partial is None and len(snap.parts) > 1:
+            self._merge_group(key, snap, 0, len(snap.parts))  # written meanwhile: tiers carry on
 
     # -- this container's own writes ------------------------------------------------------
     def adopt(self, committed: Head, name: str, seg: Segment) -> None:

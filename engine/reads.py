@@ -230,28 +230,25 @@ class Reader:
 
 def _shape(snap: Snapshot, rows: np.ndarray, dist: np.ndarray, include: list[str]) -> list[dict[str, Any]]:
     """One query's result items with the ``include`` fields."""
-    out = []
-    vectors = snap.rows(rows).tolist() if "vector" in include else []
-    for n, (row, d) in enumerate(zip(rows.tolist(), dist.tolist(), strict=True)):
-        item: dict[str, Any] = {"id": snap.ids[row]}
-        if "distance" in include:
-            item["distance"] = float(d)
-        if "metadata" in include:
-            item["metadata"] = snap.metadata[row] or {}
-        if "vector" in include:
-            item["vector"] = vectors[n]
-        if "contents" in include:
-            item["contents"] = snap.contents[row] or ""
-        out.append(item)
-    return out
+    return _items(snap, rows.tolist(), dist.tolist(), "distance" if "distance" in include else None, include)
 
 
 def _scored(snap: Snapshot, found: list[tuple[int, float]], include: list[str]) -> list[dict[str, Any]]:
     """Text and hybrid result items: ``score`` (higher is better) instead of ``distance``."""
-    vectors = snap.rows([r for r, _ in found]).tolist() if "vector" in include and found else []
+    return _items(snap, [r for r, _ in found], [s for _, s in found], "score", include)
+
+
+def _items(
+    snap: Snapshot, rows: list[int], values: list[float], name: str | None, include: list[str]
+) -> list[dict[str, Any]]:
+    """Result items of ``rows``: the id, ``values`` under ``name`` (when given), and the
+    ``include`` fields."""
+    vectors = snap.rows(rows).tolist() if "vector" in include and rows else []
     out = []
-    for n, (row, score) in enumerate(found):
-        item: dict[str, Any] = {"id": snap.ids[row], "score": float(score)}
+    for n, row in enumerate(rows):
+        item: dict[str, Any] = {"id": snap.ids[row]}
+        if name is not None:
+            item[name] = float(values[n])
         if "metadata" in include:
             item["metadata"] = snap.metadata[row] or {}
         if "vector" in include:

@@ -33,11 +33,12 @@ def gone(worker: str | None) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False
     if not Path("/proc/self/stat").exists():  # no /proc here: ask the kernel by signal 0
-        return not _alive(int(pid))
+        return not alive(int(pid))
     return _start_time(int(pid)) != started  # no such process, or another one under its pid
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (signal 0)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ...engine.errors import StorageFull
 from ...engine.ports import BlobNotFound, StoreConflict
+from ...engine.workers import alive
 from ..locking import exclusive
 
 _TMP = ".tmp-"
@@ -36,15 +37,7 @@ def _writer_alive(temp_name: str) -> bool:
         pid = int(temp_name.rsplit(".", 2)[-2])
     except (IndexError, ValueError):
         return True  # not ours to judge: the age rule decides
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or alive(pid)
 
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # the disk refuses writes: 507, not a bug
