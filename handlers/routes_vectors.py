@@ -108,6 +108,8 @@ def _search(
             tenant, req.index_name, kek, text, top_k=top_k, filters=req.filters, include=include
         )
         return rq.ok({"results": found})
+    options: dict[str, Any] = {"top_k": top_k, "n_probes": req.n_probes or None}
+    options.update(filters=req.filters, include=include)
     if text is not None:
         results = c.service.hybrid_query(
             tenant,
@@ -115,25 +117,13 @@ def _search(
             kek,
             queries,
             text,
-            top_k=top_k,
-            n_probes=req.n_probes or None,
-            filters=req.filters,
-            include=include,
             alpha=DEFAULT_ALPHA if req.alpha is None else float(req.alpha),
             rrf_k=DEFAULT_RRF_K if req.rrf_k is None else float(req.rrf_k),
             window=req.window_mult or DEFAULT_WINDOW,
+            **options,
         )
     else:
-        results = c.service.query(
-            tenant,
-            req.index_name,
-            kek,
-            queries,
-            top_k=top_k,
-            n_probes=req.n_probes or None,
-            filters=req.filters,
-            include=include,
-        )
+        results = c.service.query(tenant, req.index_name, kek, queries, **options)
     return rq.ok({"results": results[0] if len(results) == 1 else results})
 
 

@@ -23,16 +23,22 @@ def moto_server(monkeypatch):
     server.stop()
 
 
-def test_sdk_flow_on_s3_and_dynamodb(moto_server, server_factory):
-    s3 = boto3.client("s3", endpoint_url=moto_server)
-    s3.create_bucket(Bucket="ciphervec-it")
-    ddb = boto3.client("dynamodb", endpoint_url=moto_server)
+def key_table(endpoint: str, name: str):
+    """The API-key table, as the template creates it; returns the DynamoDB client."""
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint)
     ddb.create_table(
-        TableName="ciphervec-keys",
+        TableName=name,
         KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
+    return ddb
+
+
+def test_sdk_flow_on_s3_and_dynamodb(moto_server, server_factory):
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="ciphervec-it")
+    ddb = key_table(moto_server, "ciphervec-keys")
     env = {**AWS, "AWS_ENDPOINT_URL": moto_server}
     args = ("--store", "s3://ciphervec-it/prod", "--keys", "dynamodb://ciphervec-keys")
     srv = server_factory(*args, env=env)
@@ -75,12 +81,7 @@ def test_embeddings_bm25_and_turboquant_on_s3_and_dynamodb(moto_server, server_f
 
     s3 = boto3.client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket="ciphervec-emb")
-    boto3.client("dynamodb", endpoint_url=moto_server).create_table(
-        TableName="ciphervec-keys-emb",
-        KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    key_table(moto_server, "ciphervec-keys-emb")
     env = {**AWS, "AWS_ENDPOINT_URL": moto_server}
     args = ("--store", "s3://ciphervec-emb/p", "--keys", "dynamodb://ciphervec-keys-emb")
     srv = server_factory(*args, env=env)
