@@ -13,6 +13,7 @@ other norms, which faiss must hold normalised) the part keeps the stored rows to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,14 @@ class Part:
 STEP = 65536  # rows added to faiss at a time
 
 
+def _space(vectors: np.ndarray, exact: bool) -> Iterator[tuple[int, np.ndarray]]:
+    """``vectors`` as faiss holds them (float32; normalised unless ``exact``), a chunk at a
+    time: a big part never has a second full copy."""
+    for lo in range(0, len(vectors), STEP):
+        chunk = np.asarray(vectors[lo : lo + STEP], dtype=np.float32)
+        yield lo, chunk if exact else normalize(chunk)
+
+
 def within(space: np.ndarray, ranges: np.ndarray | None) -> bool:
     """Every value of ``space`` lies inside a fitted scalar quantizer's ``(vmin, vdiff)``."""
     if ranges is None or not len(space):
@@ -95,12 +104,11 @@ def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lis
     # float16 rows are held as float16 codes; tq rows, once trained, as codes of their width
     # (tq12: float16); before training a tq index is small and searched exactly in float32
     half = layout.precision == "float16" or (layout.precision == "tq12" and layout.centroids is not None)
-    space = [np.asarray(vectors[lo : lo + STEP], dtype=np.float32) for lo in range(0, len(vectors), STEP)]
-    if not exact:
-        space = [normalize(chunk) for chunk in space]
     # Codes within the ranges fitted at training: a part holding a row outside them (data
     # that drifted since) is held in float32 instead, so no value is ever clipped.
-    bits = layout.bits if layout.bits and all(within(chunk, layout.ranges) for chunk in space) else 0
+    bits = layout.bits
+    if bits and not all(within(chunk, layout.ranges) for _, chunk in _space(vectors, exact)):
+        bits = 0
     ann = backend.ann_index(
         max(layout.dimension, 1),
         layout.centroids,
@@ -109,8 +117,8 @@ def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lis
         bits=bits,
         ranges=layout.ranges,
     )
-    for i, chunk in enumerate(space):
-        ann.add(chunk, lists[i * STEP : (i + 1) * STEP])
+    for lo, chunk in _space(vectors, exact):
+        ann.add(chunk, lists[lo : lo + STEP])
     if exact:
         return Part(start, len(vectors), ann, None)
     if layout.precision in TIERS and (half or bits):
