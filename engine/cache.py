@@ -26,7 +26,7 @@ from .manifest import SegmentRef
 from .parts import Layout, Part
 from .segment import Segment
 from .state import Builder, PartialRun, Snapshot
-from .timing import stage
+from .timing import event, stage
 
 log = logging.getLogger("ciphervec.cache")
 _COMPACT_ROWS = 4096  # states this big drop dead rows from memory once most rows are dead
@@ -120,6 +120,7 @@ class StateCache:
             with self._guard:
                 if self._snaps.get(key) is current:
                     self._snaps[key] = current.with_parts(merged)
+        event("part_merges")
         return True
 
     def _at(self, head: Head) -> Snapshot | None:
@@ -141,6 +142,7 @@ class StateCache:
         """A snapshot at ``head``: the current one when it is there (no lock), else the next
         one synced to it. With ``full`` every row is loaded (a partial one loads its lists)."""
         snap = self._at(head)
+        event("cache_hits" if snap is not None else "cache_misses")
         if snap is None:
             with self.writer(head.key):
                 snap = self._at(head) or self._sync(head, full)
@@ -153,6 +155,7 @@ class StateCache:
         if not todo:
             return snap
         got = fetch_lists(self.heads, head, [(r.name, k) for r, k in todo])
+        event("lists_loaded", len(got))
         with self.writer(head.key):
             current = self._snaps.get(head.key)
             base = current if current is not None and current.uid == snap.uid else snap

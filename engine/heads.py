@@ -18,7 +18,7 @@ from .manifest import Envelope, HeadBody, RetryPolicy, commit, open_body, parse_
 from .model import check_index_name
 from .names import index_root, tenant_root
 from .ports import BlobNotFound, BlobStore
-from .timing import stage
+from .timing import event, stage
 
 Key = tuple[str, str]  # (tenant, index name)
 
@@ -146,6 +146,7 @@ class Heads:
         except BlobNotFound:
             raise IndexNotFound(f"object {name!r} of index '{head.name}' is missing") from None
         assert got is not None
+        event("store_bytes_read", len(got[0]))
         with stage("crypto"):
             return head.cipher.decrypt(name, got[0])
 
@@ -154,6 +155,7 @@ class Heads:
             sealed = head.cipher.encrypt(name, plaintext)
         with stage("store"):
             self.store.put_if_absent(head.root + name, sealed)
+        event("store_bytes_written", len(sealed))
 
     def read_centroids(self, head: Head, name: str) -> np.ndarray:
         return np.load(io.BytesIO(self.read(head, name)), allow_pickle=False)

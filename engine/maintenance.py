@@ -21,6 +21,7 @@ from .names import born, new_id
 from .parts import Layout
 from .segment import Segment
 from .state import Builder
+from .timing import event
 from .turboquant import SQ_TIERS
 from .writes import Writer
 
@@ -177,6 +178,7 @@ class Maintenance:
 
             self.cache.replace(committed, trained, [snap_name])
         self.sweep(tenant, name, kek)
+        event("trainings")
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
 
     # -- merges and sweeps --------------------------------------------------------------------
@@ -236,6 +238,7 @@ class Maintenance:
             self.heads.delete_all(head, [obj for obj, _ in merged])
             raise
         self.cache.rename(head.key, base, tail_names, [obj for obj, _ in merged])  # same rows
+        event("tail_merges")
         return len(tail)
 
     def _net_effect(self, head: Head, tail: list[SegmentRef], *, trained: bool) -> list[tuple[str, Segment]]:

@@ -31,7 +31,7 @@ from .ports import BlobStore, KeyWrapper, StoreConflict
 from .reads import Reader
 from .segment import Segment
 from .text import TextConfig
-from .timing import stage
+from .timing import event, stage
 from .writes import Writer
 
 
@@ -264,6 +264,7 @@ class IndexService:
             return self.maintenance.maybe_queue_training(env, body, estimate)
 
         triggered = self.writer.segment(head, seg, mutate)
+        event("rows_written", len(batch.ids))
         merge_due = self.maintenance.merge_due(self.heads.held((tenant, name)))
         return UpsertResult(len(batch.ids), estimate, bool(triggered), self.train_threshold, merge_due)
 
@@ -273,6 +274,7 @@ class IndexService:
         head = self.heads.open(tenant, name, kek)
         if ids:
             self.writer.segment(head, Segment("delete", list(ids)), lambda env, body, seq: None)
+            event("rows_deleted", len(ids))
         return len(ids)
 
 

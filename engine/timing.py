@@ -1,15 +1,31 @@
 """Where a request's time goes: named stages (auth, store, crypto, decode, search, embed)
-timed on the request's thread, for Server-Timing, metrics and the request log."""
+timed on the request's thread, for Server-Timing, metrics and the request log; and what the
+process did: counted events (cache hits and misses, rows, bytes, trainings, merges)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 STAGES = ("auth", "store", "crypto", "decode", "search", "embed")
 _local = threading.local()
+_events: Counter[str] = Counter()
+_events_lock = threading.Lock()
+
+
+def event(name: str, n: int = 1) -> None:
+    """Count ``n`` of a process-wide event (from any thread, in or out of a request)."""
+    with _events_lock:
+        _events[name] += n
+
+
+def events() -> dict[str, int]:
+    """Every event counted so far in this process."""
+    with _events_lock:
+        return dict(_events)
 
 
 def begin() -> None:

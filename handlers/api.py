@@ -168,6 +168,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     method = event.get("requestContext", {}).get("http", {}).get("method") or event.get("httpMethod") or ""
     route = rq.route_of(method, _PREFIX.sub("", event.get("rawPath") or event.get("path") or ""))
     status = int(result.get("statusCode") or 500)
+    timing.event("request_bytes", len(event.get("body") or ""))
+    timing.event("response_bytes", len(result.get("body") or ""))
     rq.c().metrics.observe(route, method, status, elapsed / 1000, stages)
     logger.info(
         "request",

@@ -7,9 +7,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..engine.timing import STAGES
+from ..engine.timing import STAGES, events
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _Events:
+    """``ciphervec_events_total{event}``: the engine's process-wide counts, read at scrape."""
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "ciphervec_events",
+            "Cache hits and misses, lists loaded, rows written and deleted, store bytes, "
+            "trainings, tail and part merges",
+            labels=["event"],
+        )
+        for name, count in sorted(events().items()):
+            family.add_metric([name], count)
+        yield family
 
 
 class RequestMetrics:
@@ -29,6 +46,7 @@ class RequestMetrics:
         self.latency = prom.Histogram(
             "ciphervec_request_seconds", "Request latency", ["route"], buckets=BUCKETS, registry=self.registry
         )
+        self.registry.register(_Events())
         self.stages = prom.Histogram(
             "ciphervec_stage_seconds",
             "Time a request spent in each stage (auth, store, crypto, decode, search, embed)",

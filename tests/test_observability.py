@@ -39,6 +39,13 @@ def test_server_timing_and_prometheus_metrics(server_factory, tmp_path):
     assert 'ciphervec_stage_seconds_count{route="/v1/vectors/query",stage="search"} 1.0' in text
     for secret in (SECRET_NAME, "secret-id-1", "alice", KEY, ROOT_KEY, "nowhere"):
         assert secret not in text
+    counted = {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("ciphervec_events_total{")
+    }
+    assert counted["rows_written"] == 1 and counted["cache_hits"] >= 1
+    assert counted["store_bytes_written"] > 0 and counted["request_bytes"] > 0
 
 
 def test_lambda_writes_embedded_metrics(tmp_path, monkeypatch, capsys):
@@ -59,3 +66,31 @@ def test_lambda_writes_embedded_metrics(tmp_path, monkeypatch, capsys):
     assert directive["Namespace"] == "ciphervec" and {"RequestMs", "Requests", "searchMs"} <= names
     assert emf[0]["route"] == "/v1/vectors/query"
     assert SECRET_NAME not in json.dumps(emf) and "secret-id-1" not in json.dumps(emf)
+
+
+def test_engine_events_count_trainings_merges_and_cache_use():
+    from ciphervec.engine.model import IndexConfig, RowBatch
+    from ciphervec.engine.timing import events
+    from ciphervec.infra.storage.memory import MemoryStore
+    from tests.conftest import clustered
+    from tests.test_service import fresh
+
+    kek = bytes(range(32))
+    svc = fresh(MemoryStore(), train_threshold=10**9, merge_at=2)
+    svc.create_index("t", "i", IndexConfig(dimension=8), kek=kek)
+    before = events()
+    x = clustered(400, 8)
+    for lo in range(0, 400, 100):
+        svc.upsert("t", "i", kek, RowBatch([f"r{i}" for i in range(lo, lo + 100)], x[lo : lo + 100]))
+    svc.delete_vectors("t", "i", kek, ["r1", "r2"])
+    svc.merge_tail("t", "i", kek)
+    svc.train("t", "i", kek, n_lists=4)
+    svc.query("t", "i", kek, x[:1], top_k=1)
+    after = events()
+
+    def grew(name):
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert grew("rows_written") == 400 and grew("rows_deleted") == 2
+    assert grew("tail_merges") == 1 and grew("trainings") == 1
+    assert grew("cache_hits") >= 1 and grew("store_bytes_written") > 0
