@@ -26,8 +26,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ..engine import timing
 from ..engine.errors import CipherVecError, RetryLater, Unauthorized, ValidationFailed
+from . import openapi, routes_indexes, routes_loads, routes_users, routes_vectors
 from . import request as rq
-from . import routes_indexes, routes_loads, routes_users, routes_vectors
 
 logger = Logger(service="ciphervec")
 # Anything before "/v1/" is a stage or base-path prefix (API Gateway stage, proxy path).
@@ -57,7 +57,7 @@ def on_validation_error(exc: PydanticValidationError) -> Response:
 def on_not_found(exc: NotFoundError) -> Response:
     event = rq.event()
     path = _PREFIX.sub("", event.path)
-    if any(p.match(path) for _, p, _ in rq.ROUTES):
+    if any(p.match(path) for _, p, _, _ in rq.ROUTES):
         return _error(405, f"Method {event.http_method} not allowed on {path}")
     return _error(404, "Not Found")
 
@@ -116,7 +116,7 @@ def _make(resolver: Any, origins: tuple[str, ...] = ()) -> Any:
             max_age=600,
         )
     app = resolver(strip_prefixes=[_PREFIX], cors=cors)
-    for routes in (routes_indexes, routes_vectors, routes_loads, routes_users):
+    for routes in (routes_indexes, routes_vectors, routes_loads, routes_users, openapi):
         app.include_router(routes.router)
     app.exception_handler(CipherVecError)(on_engine_error)
     app.exception_handler(PydanticValidationError)(on_validation_error)

@@ -29,20 +29,23 @@ try:
 except PackageNotFoundError:  # a source tree without installation
     VERSION = "0.0.0"
 # Every (method, path pattern) served, so that a known path with a wrong method answers 405.
-ROUTES: list[tuple[str, re.Pattern[str], str]] = []  # method, path pattern, path template
+# method, path pattern, path template, the body's wire model (the OpenAPI document is made of these)
+ROUTES: list[tuple[str, re.Pattern[str], str, type[BaseModel] | None]] = []
 _local = threading.local()
 
 
-def route(router: Any, method: str, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a route on ``router`` and remember it for the 405 answer."""
-    ROUTES.append((method, re.compile("^" + re.sub(r"<\w+>", r"[^/]+", path) + "$"), path))
+def route(
+    router: Any, method: str, path: str, body: type[BaseModel] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a route on ``router`` and remember it (405 answers, metrics, OpenAPI)."""
+    ROUTES.append((method, re.compile("^" + re.sub(r"<\w+>", r"[^/]+", path) + "$"), path, body))
     return getattr(router, method.lower())(path)  # type: ignore[no-any-return]
 
 
 def route_of(method: str, path: str) -> str:
     """The template of the route serving ``path`` (``/v1/indexes/<index_name>/users``), or
     ``other``: what metrics and logs may name, never the values in the path."""
-    return next((t for m, p, t in ROUTES if m == method and p.match(path)), "other")
+    return next((t for m, p, t, _ in ROUTES if m == method and p.match(path)), "other")
 
 
 def event() -> BaseProxyEvent:

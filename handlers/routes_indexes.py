@@ -30,7 +30,7 @@ def list_indexes() -> Response:
     return rq.ok({"indexes": names})
 
 
-@rq.route(router, "POST", "/v1/indexes/create")
+@rq.route(router, "POST", "/v1/indexes/create", schemas.CreateIndexRequest)
 def create_index() -> Response:
     req: schemas.CreateIndexRequest = rq.parse(schemas.CreateIndexRequest)
     check_index_name(req.index_name)
@@ -71,14 +71,14 @@ def create_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' created successfully"})
 
 
-@rq.route(router, "POST", "/v1/indexes/describe")
+@rq.route(router, "POST", "/v1/indexes/describe", schemas.IndexRequest)
 def describe_index() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     return rq.ok(rq.c().service.describe(tenant, req.index_name, kek))
 
 
-@rq.route(router, "POST", "/v1/indexes/delete")
+@rq.route(router, "POST", "/v1/indexes/delete", schemas.IndexRequest)
 def delete_index() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("admin", req)
@@ -89,7 +89,7 @@ def delete_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' deleted successfully"})
 
 
-@rq.route(router, "POST", "/v1/indexes/rotate_key")
+@rq.route(router, "POST", "/v1/indexes/rotate_key", schemas.RotateKeyRequest)
 def rotate_key() -> Response:
     req: schemas.RotateKeyRequest = rq.parse(schemas.RotateKeyRequest)
     tenant, kek = rq.index_target("admin", req)
@@ -112,7 +112,7 @@ def rotate_key() -> Response:
     )
 
 
-@rq.route(router, "POST", "/v1/indexes/train")
+@rq.route(router, "POST", "/v1/indexes/train", schemas.TrainRequest)
 def train_index() -> Response:
     req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)
     tenant, kek = rq.index_target("admin", req)

@@ -13,7 +13,7 @@ from . import schemas
 router = Router()
 
 
-@rq.route(router, "POST", "/v1/vectors/load")
+@rq.route(router, "POST", "/v1/vectors/load", schemas.LoadRequest)
 def load() -> Response:
     req: schemas.LoadRequest = rq.parse(schemas.LoadRequest)
     tenant, kek = rq.index_target("write", req)

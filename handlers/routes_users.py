@@ -21,7 +21,7 @@ def _user_index(index_name: str, right: str = "admin") -> tuple[str, str]:
     return rq.principal(right, name).tenant, name
 
 
-@rq.route(router, "POST", "/v1/indexes/<index_name>/users")
+@rq.route(router, "POST", "/v1/indexes/<index_name>/users", schemas.CreateUserRequest)
 def create_user(index_name: str) -> Response:
     tenant, name = _user_index(index_name)
     req: schemas.CreateUserRequest = rq.parse(schemas.CreateUserRequest)

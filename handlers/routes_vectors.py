@@ -46,7 +46,7 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
     return rq.ok(body)
 
 
-@rq.route(router, "POST", "/v1/vectors/upsert")
+@rq.route(router, "POST", "/v1/vectors/upsert", schemas.UpsertRequest)
 def upsert() -> Response:
     req: schemas.UpsertRequest = rq.parse(schemas.UpsertRequest)
     tenant, kek = rq.index_target("write", req)
@@ -73,7 +73,7 @@ def upsert() -> Response:
     return _upsert_response(tenant, req.index_name, kek, batch)
 
 
-@rq.route(router, "POST", "/v1/vectors/upsert_binary")
+@rq.route(router, "POST", "/v1/vectors/upsert_binary", schemas.UpsertBinaryRequest)
 def upsert_binary() -> Response:
     req: schemas.UpsertBinaryRequest = rq.parse(schemas.UpsertBinaryRequest)
     tenant, kek = rq.index_target("write", req)
@@ -127,7 +127,7 @@ def _search(
     return rq.ok({"results": results[0] if len(results) == 1 else results})
 
 
-@rq.route(router, "POST", "/v1/vectors/query")
+@rq.route(router, "POST", "/v1/vectors/query", schemas.QueryRequest)
 def query() -> Response:
     req: schemas.QueryRequest = rq.parse(schemas.QueryRequest)
     tenant, kek = rq.index_target("read", req)
@@ -150,7 +150,7 @@ def query() -> Response:
     return _search(req, queries, tenant, kek)
 
 
-@rq.route(router, "POST", "/v1/vectors/query_binary")
+@rq.route(router, "POST", "/v1/vectors/query_binary", schemas.QueryBinaryRequest)
 def query_binary() -> Response:
     req: schemas.QueryBinaryRequest = rq.parse(schemas.QueryBinaryRequest)
     tenant, kek = rq.index_target("read", req)
@@ -160,7 +160,7 @@ def query_binary() -> Response:
     return _search(req, queries, tenant, kek)
 
 
-@rq.route(router, "POST", "/v1/vectors/get")
+@rq.route(router, "POST", "/v1/vectors/get", schemas.GetRequest)
 def get_vectors() -> Response:
     req: schemas.GetRequest = rq.parse(schemas.GetRequest)
     tenant, kek = rq.index_target("read", req)
@@ -171,7 +171,7 @@ def get_vectors() -> Response:
     return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 
-@rq.route(router, "POST", "/v1/vectors/delete")
+@rq.route(router, "POST", "/v1/vectors/delete", schemas.DeleteRequest)
 def delete_vectors() -> Response:
     req: schemas.DeleteRequest = rq.parse(schemas.DeleteRequest)
     tenant, kek = rq.index_target("write", req)
@@ -179,7 +179,7 @@ def delete_vectors() -> Response:
     return rq.ok({"status": "success", "message": f"Deleted {n} vectors"})
 
 
-@rq.route(router, "POST", "/v1/vectors/list_ids")
+@rq.route(router, "POST", "/v1/vectors/list_ids", schemas.IndexRequest)
 def list_ids() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
@@ -187,14 +187,14 @@ def list_ids() -> Response:
     return rq.ok({"ids": ids, "count": len(ids)})
 
 
-@rq.route(router, "POST", "/v1/vectors/num_vectors")
+@rq.route(router, "POST", "/v1/vectors/num_vectors", schemas.IndexRequest)
 def num_vectors() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     return rq.ok({"result": rq.c().service.num_vectors(tenant, req.index_name, kek)})
 
 
-@rq.route(router, "POST", "/v1/vectors/query_metadata")
+@rq.route(router, "POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest)
 def query_metadata() -> Response:
     req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
     tenant, kek = rq.index_target("read", req)

@@ -22,9 +22,12 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+EXAMPLE_KEY = "5c" * 32  # the documents' example index key (64 hex digits)
+
+
 class IndexRequest(Wire):
-    index_name: StrictStr
-    index_key: StrictStr | None = None
+    index_name: Annotated[StrictStr, Field(examples=["docs"])]
+    index_key: Annotated[StrictStr | None, Field(examples=[EXAMPLE_KEY])] = None
 
 
 class CreateIndexRequest(IndexRequest):

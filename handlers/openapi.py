@@ -1,0 +1,69 @@
+"""The OpenAPI 3.1 document of the API (GET /v1/openapi.json), made from the routes and their
+wire models, so it cannot drift from what the server takes."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import Router
+
+from . import request as rq
+
+router = Router()
+
+ERROR = {
+    "type": "object",
+    "required": ["status_code", "detail"],
+    "properties": {"status_code": {"type": "integer"}, "detail": {}},
+}
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """Paths, request bodies (the pydantic wire models' JSON schemas) and the error shape."""
+    paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {"Error": ERROR}
+    for method, _, template, body in rq.ROUTES:
+        path = re.sub(r"<(\w+)>", r"{\1}", template)
+        operation: dict[str, Any] = {
+            "operationId": f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
+            "responses": {
+                "200": {"description": "success", "content": {"application/json": {"schema": {}}}},
+                "default": {
+                    "description": "an error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        }
+        names = re.findall(r"{(\w+)}", path)
+        if names:
+            operation["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+                for n in names
+            ]
+        if body is not None:
+            schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[body.__name__] = schema
+            ref = {"$ref": f"#/components/schemas/{body.__name__}"}
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+        if template != "/v1/health":
+            operation["security"] = [{"apiKey": []}]
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ciphervec (CyborgDB REST v1 compatible)", "version": rq.VERSION},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+
+
+@router.get("/v1/openapi.json")
+def openapi() -> Response:
+    return rq.ok(document())
