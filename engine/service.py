@@ -18,7 +18,7 @@ import numpy as np
 from . import crypto
 from .backend import Backend, select
 from .cache import StateCache
-from .errors import CipherVecError, IndexExists, Unauthorized, ValidationFailed
+from .errors import CipherVecError, IndexExists, IndexNotFound, Unauthorized, ValidationFailed
 from .heads import Heads
 from .jobs import Jobs
 from .keys import KeyRing
@@ -205,13 +205,20 @@ class IndexService:
         self.heads.forget(head.key)
 
     def list_indexes(self, tenant: str) -> list[str]:
+        """The tenant's index names, without those being deleted (their heads say so)."""
         root = self.heads.tenant_root(tenant)
         names = []
         for key in self.store.list(root):
             part, _, leaf = key[len(root) :].partition("/")
             if leaf == "head":
                 names.append(unescape(part))
-        return sorted(names)
+        return sorted(n for n in names if not self._being_deleted(tenant, n))
+
+    def _being_deleted(self, tenant: str, name: str) -> bool:
+        try:
+            return self.heads.envelope(tenant, name).deleting
+        except IndexNotFound:
+            return True  # deleted since it was listed
 
     def orphaned_trainings(self) -> list[tuple[str, str, str]]:
         """``(tenant, name, key_mode)`` of every index whose head marks a training nobody is
