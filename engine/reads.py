@@ -189,7 +189,7 @@ class Reader:
         text.resolve(config)
         depth = top_k * max(1, window)
         vector = self.query(tenant, name, kek, queries, top_k=depth, n_probes=n_probes, filters=filters)
-        snap = self.cache.snapshot(self.heads.open(tenant, name, kek))
+        snap = self.cache.snapshot(head)  # the head already opened: no second revalidation
         with stage("search"):
             rows, _ = text_search(snap, config, text, self._filter_mask(snap, filters), depth)
         text_ids = [snap.ids[r] for r in rows.tolist()]
