@@ -324,6 +324,24 @@ class StateCache:
                 applied = (*base, *new, *current.applied[len(base) + len(old) :])
                 self.install(key, current.with_bookkeeping(applied=applied))
 
+    def rename_all(self, key: Key, names: dict[str, str]) -> None:
+        """Objects were rewritten under new names holding the same rows (a re-encryption):
+        rename them in the snapshot's bookkeeping. A partial snapshot, whose runs read their
+        lists by name later, is dropped instead (the next request reloads it)."""
+        if not names:
+            return
+        with self.writer(key):
+            current = self._snaps.get(key)
+            if current is None:
+                return
+            if current.partial is not None:
+                self.drop(key)
+                return
+            applied = tuple(names.get(n, n) for n in current.applied)
+            cent = current.centroids_name
+            cent = names.get(cent, cent) if cent else cent
+            self.install(key, current.with_bookkeeping(applied=applied, centroids_name=cent))
+
 
 def _holds(snap: Snapshot, at: int, group: tuple[Part, ...]) -> bool:
     """``snap`` still has exactly the parts ``group`` from position ``at`` on."""

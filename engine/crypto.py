@@ -23,6 +23,11 @@ Sealed object layout (28 + len(plaintext) bytes)::
     16+n 16 GCM tag
     aad = b"ciphervec/obj/v1" 0x00 tenant 0x00 index_name 0x00 object_name
 
+After a rotation with ``reencrypt`` the head names a new DEK; objects not yet rewritten
+stay sealed under the old one, which the sealed head body keeps (``HeadBody.old_keys``)
+until nothing names them: ``IndexCipher`` opens those with it (``legacy``) and seals
+everything new under the current DEK.
+
 A wrong KEK fails the DEK's tag → ``WrongKey``. A flipped bit, truncation, or an object
 copied to another name, index or tenant fails the object's tag → ``CorruptObject``.
 """
@@ -30,6 +35,7 @@ copied to another name, index or tenant fails the object's tag → ``CorruptObje
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -37,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import CorruptObject, InvalidRequest, WrongKey
+from .names import base_name
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -97,15 +104,23 @@ def _check_key(key: bytes) -> None:
 class IndexCipher:
     """Seals and opens the objects of one index. Two verbs: ``encrypt`` and ``decrypt``."""
 
-    def __init__(self, dek: bytes, tenant: str, index_name: str) -> None:
+    def __init__(
+        self, dek: bytes, tenant: str, index_name: str, legacy: Mapping[str, bytes] | None = None
+    ) -> None:
         _check_key(dek)
         self._dek = bytes(dek)
         self._tenant = tenant
         self._index = index_name
+        # object (or run) name -> the older data key it is still sealed under
+        self._legacy = dict(legacy or {})
 
-    def _object_key(self, name: str) -> AESGCM:
+    def with_legacy(self, legacy: Mapping[str, bytes]) -> IndexCipher:
+        """The same current key, opening the objects named in ``legacy`` with their old keys."""
+        return IndexCipher(self._dek, self._tenant, self._index, legacy)
+
+    def _object_key(self, name: str, dek: bytes | None = None) -> AESGCM:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=OBJECT_SALT, info=name.encode())
-        return AESGCM(hkdf.derive(self._dek))
+        return AESGCM(hkdf.derive(dek or self._dek))
 
     def _aad(self, name: str) -> bytes:
         return _context("ciphervec/obj/v1", self._tenant, self._index, name)
@@ -129,6 +144,8 @@ class IndexCipher:
             raise CorruptObject(f"object {name!r} is truncated or has an unknown layout")
         nonce = blob[4 : 4 + NONCE_BYTES]
         try:
-            return self._object_key(name).decrypt(nonce, memoryview(blob)[4 + NONCE_BYTES :], self._aad(name))
+            dek = self._legacy.get(base_name(name)) if self._legacy else None
+            aead = self._object_key(name, dek)
+            return aead.decrypt(nonce, memoryview(blob)[4 + NONCE_BYTES :], self._aad(name))
         except InvalidTag:
             raise CorruptObject(f"object {name!r} failed authentication") from None

@@ -39,6 +39,11 @@ class Unauthorized(CipherVecError):
     status = 401
 
 
+class KeyRotated(Unauthorized):
+    """The index's data key was replaced (a rotation with ``reencrypt``) after this request
+    opened the index: what it wrote is sealed under the old key and is not committed (401)."""
+
+
 class WrongKey(Unauthorized):
     """The ``index_key`` does not open this index (401); detected by AEAD authentication."""
 

@@ -110,6 +110,8 @@ class Heads:
             dek = self.keys.unwrap(tenant, name, env, kek)
             cipher = crypto.IndexCipher(dek, tenant, name)
             body = open_body(env, sealed, cipher)
+            if body.old_keys:
+                cipher = cipher.with_legacy(body.legacy_keys())
         head = Head(tenant, name, root, etag, env, body, cipher, dek)
         self._held[key] = head
         return head
@@ -124,18 +126,35 @@ class Heads:
         assert got is not None
         return parse_envelope(got[0])[0]
 
-    def commit(self, head: Head, mutate: Callable[[Envelope, HeadBody], Any]) -> Any:
-        """Apply ``mutate`` to the newest head by CAS (``manifest.commit``); returns its outcome."""
+    def commit(
+        self, head: Head, mutate: Callable[[Envelope, HeadBody], Any], new_dek: bytes | None = None
+    ) -> Any:
+        """Apply ``mutate`` to the newest head by CAS (``manifest.commit``); returns its outcome.
+        Refused (``KeyRotated``) if the head names another data key than ``head`` did; with
+        ``new_dek`` the new head is sealed under that data key instead."""
         key = head.key
         with self._guard:
             lock = self._commit_locks.setdefault(key, threading.Lock())
+        dek = head.dek if new_dek is None else new_dek
+        base = crypto.IndexCipher(dek, head.tenant, head.name)
         with lock:
             held = self._held.get(key)
             known = (held.envelope, held.body, held.etag) if held is not None else None
+            if known is not None and known[0].dek_id != head.envelope.dek_id:
+                known = None  # held under another data key: read the head afresh
             env, body, outcome, etag = commit(
-                self.store, head.root + "head", head.cipher, mutate, self.retry, head.envelope.uid, known
+                self.store,
+                head.root + "head",
+                head.cipher,
+                mutate,
+                self.retry,
+                head.envelope.uid,
+                known,
+                expected_dek=head.envelope.dek_id,
+                reseal=base if new_dek is not None else None,
             )
-        self._held[key] = Head(head.tenant, head.name, head.root, etag, env, body, head.cipher, head.dek)
+        cipher = base.with_legacy(body.legacy_keys()) if body.old_keys else base
+        self._held[key] = Head(head.tenant, head.name, head.root, etag, env, body, cipher, dek)
         return outcome
 
     # -- sealed objects ----------------------------------------------------------------

@@ -153,12 +153,12 @@ class Maintenance:
             older = [s for s in body.segments if s.seq <= seq]
             if [s.name for s in older] != applied:
                 raise Contention("the index was compacted concurrently; train again")
-            retired = [s.name for s in older] + ([body.centroids.name] if body.centroids else [])
-            body.retired.extend({"name": r, "at": now} for r in retired)
+            body.retire([s.name for s in older] + ([body.centroids.name] if body.centroids else []), now)
             body.segments = [SegmentRef(snap_name, seq, "run", len(rows))] + [
                 s for s in body.segments if s.seq > seq
             ]
             body.centroids = Centroids(cent_name, lists, probes, len(rows), now, round(recall, 4))
+            body.prune_old_keys()
             env.training = None
 
         try:
@@ -222,6 +222,7 @@ class Maintenance:
                 (body.centroids.name if body.centroids else None) != (cent.name if cent else None)
             ):
                 raise Contention("the index was compacted concurrently")
+            body.retire(tail_names, now)
             body.segments = (
                 body.segments[: len(base)]
                 + [
@@ -230,7 +231,7 @@ class Maintenance:
                 ]
                 + body.segments[len(base) + len(tail_names) :]
             )
-            body.retired.extend({"name": n, "at": now} for n in tail_names)
+            body.prune_old_keys()
 
         try:
             self.heads.commit(head, swap)
@@ -302,6 +303,7 @@ class Maintenance:
 
             def drop(env: Envelope, body: HeadBody) -> None:
                 body.retired = [r for r in body.retired if r["name"] not in due]
+                body.prune_old_keys()
 
             self.heads.commit(head, drop)
         self.heads.delete_all(head, due + orphans)

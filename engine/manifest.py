@@ -6,7 +6,8 @@ Head layout::
     4   4   envelope length E (uint32 little-endian)
     8   E   envelope: plaintext UTF-8 JSON, nothing secret —
             {"v": 1, "uid": index instance id, "generation": g, "key_mode": "client"|"kms",
-             "kms_name": str|null, "wrapped_dek": base64, "training": null|{...}}
+             "kms_name": str|null, "wrapped_dek": base64, "dek_id": str,
+             "training": null|{...}, "rewrite": null|{...}, "deleting": bool}
     8+E ..  body: the JSON of ``HeadBody`` sealed by ``IndexCipher`` under the object name
             "head@<uid>@<generation>", so a body cannot be paired with another envelope.
 
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .crypto import IndexCipher
-from .errors import Contention, CorruptObject, IndexNotFound
+from .errors import Contention, CorruptObject, IndexNotFound, KeyRotated
 from .ports import BlobNotFound, BlobStore, StoreConflict
 from .timing import stage
 
@@ -50,6 +51,12 @@ class Envelope:
     # Set by delete_index before it deletes the objects: readers answer 404 and writers are
     # refused from then on, and a delete interrupted part-way is finished by the next one.
     deleting: bool = False
+    # Names the data key (random, not secret): a rotation with ``reencrypt`` changes it, and a
+    # commit prepared under another data key is refused (its objects are sealed under it).
+    dek_id: str = ""
+    # Marked while objects are being rewritten under a new data key (``reencrypt``), like
+    # ``training``: {"since", "worker"}.
+    rewrite: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -62,6 +69,8 @@ class Envelope:
                 "wrapped_dek": base64.b64encode(self.wrapped_dek).decode(),
                 "training": self.training,
                 "deleting": self.deleting,
+                "dek_id": self.dek_id,
+                "rewrite": self.rewrite,
             }
         ).encode()
 
@@ -72,6 +81,7 @@ class SegmentRef:
     seq: int
     kind: str
     rows: int
+    key: str | None = None  # an older data key (``HeadBody.old_keys``) it is still sealed under
 
 
 @dataclass
@@ -82,6 +92,7 @@ class Centroids:
     trained_rows: int
     trained_at: float
     measured_recall: float | None = None
+    key: str | None = None  # as ``SegmentRef.key``
 
 
 @dataclass
@@ -95,19 +106,22 @@ class HeadBody:
     retired: list[dict[str, Any]] = field(default_factory=list)
     # Ids of the batch-load jobs committed most recently, so a job is committed exactly once.
     loads: list[str] = field(default_factory=list)
+    # Older data keys (id -> base64) that objects named here (segments, centroids, retired
+    # objects: their ``key``) are still sealed under, until a rewrite and a sweep free them.
+    old_keys: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         # Plain dicts built by hand: dataclasses.asdict deep-copies and is slow for long lists.
         data = {
             "config": self.config,
             "next_seq": self.next_seq,
-            "segments": [
-                {"name": s.name, "seq": s.seq, "kind": s.kind, "rows": s.rows} for s in self.segments
-            ],
+            "segments": [_ref_json(s) for s in self.segments],
             "centroids": asdict(self.centroids) if self.centroids else None,
             "retired": self.retired,
             "loads": self.loads,
         }
+        if self.old_keys:
+            data["old_keys"] = self.old_keys
         return json.dumps(data, separators=(",", ":")).encode()
 
     def copy(self) -> HeadBody:
@@ -119,6 +133,7 @@ class HeadBody:
             self.centroids,
             [dict(r) for r in self.retired],
             list(self.loads),
+            dict(self.old_keys),
         )
 
     @classmethod
@@ -131,7 +146,47 @@ class HeadBody:
             centroids=Centroids(**data["centroids"]) if data["centroids"] else None,
             retired=data["retired"],
             loads=data.get("loads", []),
+            old_keys=data.get("old_keys", {}),
         )
+
+    def retire(self, names: list[str], at: float) -> None:
+        """Add ``names`` (still named here) to ``retired``, keeping the older data key each is
+        sealed under (call it before the objects' replacements go in)."""
+        keys = {s.name: s.key for s in self.segments}
+        if self.centroids is not None:
+            keys[self.centroids.name] = self.centroids.key
+        for name in names:
+            kid = keys.get(name)
+            self.retired.append({"name": name, "at": at, "key": kid} if kid else {"name": name, "at": at})
+
+    def legacy_keys(self) -> dict[str, bytes]:
+        """Object (or run) name -> the older data key it is sealed under, for ``IndexCipher``."""
+        if not self.old_keys:
+            return {}
+        keys = {kid: base64.b64decode(dek) for kid, dek in self.old_keys.items()}
+        named = [(s.name, s.key) for s in self.segments] + [(r["name"], r.get("key")) for r in self.retired]
+        if self.centroids is not None:
+            named.append((self.centroids.name, self.centroids.key))
+        return {name: keys[kid] for name, kid in named if kid in keys}
+
+    def prune_old_keys(self) -> None:
+        """Forget the older data keys nothing names any more."""
+        used = {s.key for s in self.segments} | {r.get("key") for r in self.retired}
+        if self.centroids is not None:
+            used.add(self.centroids.key)
+        self.old_keys = {kid: dek for kid, dek in self.old_keys.items() if kid in used}
+
+    def stale_objects(self) -> int:
+        """Live objects (segments, runs, centroids) still sealed under an older data key."""
+        n = sum(1 for s in self.segments if s.key)
+        return n + (1 if self.centroids is not None and self.centroids.key else 0)
+
+
+def _ref_json(s: SegmentRef) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": s.name, "seq": s.seq, "kind": s.kind, "rows": s.rows}
+    if s.key:
+        out["key"] = s.key
+    return out
 
 
 def body_name(envelope: Envelope) -> str:
@@ -155,6 +210,8 @@ def parse_envelope(raw: bytes) -> tuple[Envelope, bytes]:
             kms_name=data.get("kms_name"),
             training=data.get("training"),
             deleting=bool(data.get("deleting", False)),
+            dek_id=str(data.get("dek_id", "")),
+            rewrite=data.get("rewrite"),
         )
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptObject(f"index head is malformed: {exc}") from None
@@ -196,6 +253,9 @@ def commit(
     retry: RetryPolicy,
     expected_uid: str,
     known: tuple[Envelope, HeadBody, str] | None = None,
+    *,
+    expected_dek: str | None = None,
+    reseal: IndexCipher | None = None,
 ) -> tuple[Envelope, HeadBody, Any, str]:
     """Apply ``mutate`` to the current head and CAS it back; retry on lost races.
 
@@ -206,6 +266,10 @@ def commit(
     ``known``: a head this process already holds (envelope, body, tag). The first attempt
     works on a copy of it instead of reading the head again; the compare-and-swap on its
     tag makes that exactly as safe, and a stale copy only costs the retry.
+
+    ``expected_dek``: the ``dek_id`` the caller's objects are sealed under; a head that names
+    another data key (rotated with ``reencrypt`` meanwhile) refuses the commit (``KeyRotated``).
+    ``reseal``: seal the new head under this cipher (the rotation that changes the data key).
     """
     for attempt in range(retry.attempts):
         optimistic = attempt == 0 and known is not None and known[0].uid == expected_uid
@@ -223,6 +287,11 @@ def commit(
             envelope, sealed = parse_envelope(raw)
             if envelope.uid != expected_uid:
                 raise IndexNotFound("index was deleted or replaced")
+            if expected_dek is not None and envelope.dek_id != expected_dek:
+                raise KeyRotated(
+                    "the index's data key was replaced (key rotation) while this request ran; "
+                    "nothing was written"
+                )
             body = open_body(envelope, sealed, cipher)
         if envelope.deleting:
             raise IndexNotFound("index is being deleted")
@@ -230,7 +299,7 @@ def commit(
         envelope.generation += 1
         try:
             with stage("crypto"):
-                sealed_head = seal_head(envelope, body, cipher)
+                sealed_head = seal_head(envelope, body, reseal or cipher)
             with stage("store"):
                 new_etag = store.put_if_match(head_key, sealed_head, etag)
         except StoreConflict:

@@ -119,6 +119,7 @@ class UpsertResult:
     training_triggered: bool = False
     threshold: int = 0
     merge_due: bool = False  # the write-ahead tail is long enough to merge in the background
+    rewrite_due: bool = False  # an interrupted re-encryption (``rekey``) is to be queued again
 
 
 @dataclass

@@ -17,6 +17,11 @@ def born(obj: str, default: float) -> float:
     return int(obj.split("/")[-1][:16], 16) / 1e9 if "/" in obj else default
 
 
+def base_name(obj: str) -> str:
+    """The run an object belongs to (``run/<id>-<k>`` → ``run/<id>``); others unchanged."""
+    return obj.split("-", 1)[0] if obj.startswith("run/") else obj
+
+
 def escape(name: str) -> str:
     """One path component: percent-encoded, never ``.`` or ``..``."""
     escaped = quote(name, safe="")

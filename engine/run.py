@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CorruptObject
+from .names import base_name as base_name  # (re-exported: a run's objects)
 from .segment import Segment
 
 VERSION = 1
@@ -71,11 +72,6 @@ class Directory:
 
 def list_name(name: str, k: int) -> str:
     return f"{name}-{k}"
-
-
-def base_name(obj: str) -> str:
-    """The run an object belongs to (``run/<id>-<k>`` → ``run/<id>``); others unchanged."""
-    return obj.split("-", 1)[0] if obj.startswith("run/") else obj
 
 
 def group(snapshot: Segment, labels: np.ndarray, n_lists: int) -> list[np.ndarray]:

@@ -29,6 +29,7 @@ from .model import MAX_VALUE, IndexConfig, RowBatch, TrainResult, UpsertResult, 
 from .names import unescape
 from .ports import BlobStore, KeyWrapper, StoreConflict
 from .reads import Reader
+from .rekey import Rekeyer
 from .segment import Segment
 from .text import TextConfig
 from .timing import event, stage
@@ -56,6 +57,8 @@ class IndexService:
         "text_query",
         "hybrid_query",
         "reader",
+        "rekeyer",
+        "rewrite",
         "set_training",
         "store",
         "sweep",
@@ -100,6 +103,7 @@ class IndexService:
         )
         self.loader = Loader(self.heads, Jobs(self.heads, clock), self.maintenance.maybe_queue_training)
         self.maintenance.keeps_staged = self.loader.jobs.keeps
+        self.rekeyer = Rekeyer(self.heads, self.cache, self.keys, clock)
         # reads
         self.num_vectors = self.reader.num_vectors
         self.list_ids = self.reader.list_ids
@@ -113,6 +117,7 @@ class IndexService:
         self.train: Callable[..., TrainResult] = self.maintenance.train
         self.merge_tail = self.maintenance.merge_tail
         self.sweep = self.maintenance.sweep
+        self.rewrite = self.rekeyer.rewrite
 
     # -- index lifecycle -------------------------------------------------------------
     def create_index(
@@ -157,6 +162,11 @@ class IndexService:
             "index_type": kind,
             "embedding_model": cfg.get("embedding_model"),
             "index_config": legacy,
+            "key_rotation": {
+                "objects_under_old_keys": head.body.stale_objects(),
+                "old_keys_held": len(head.body.old_keys),
+                "rewriting": self.rekeyer.active(head.envelope),
+            },
         }
 
     def rotate_key(
@@ -167,13 +177,18 @@ class IndexService:
         new_kek: bytes | None,
         new_kms_name: str | None,
         kms_name: str | None = None,
+        reencrypt: bool = False,
     ) -> str:
         """Wrap the index's data key under a new key — a client key or a KMS key name, either
         way round — in one head compare-and-swap: nothing else is rewritten, and the old key
-        stops opening the index as soon as it commits. Returns the new key mode."""
+        stops opening the index as soon as it commits. With ``reencrypt`` the index gets a
+        new data key instead and its objects are then rewritten under it (``rewrite``, run
+        as a job: see ``rekey``). Returns the new key mode."""
         head = self.heads.open(tenant, name, kek)  # proves the current key
         if kms_name is not None and kms_name != head.envelope.kms_name:
             raise Unauthorized("kms_name does not open this index")
+        if reencrypt:
+            return self.rekeyer.rotate(head, new_kek, new_kms_name)
         fresh = self.keys.envelope(tenant, name, head.dek, new_kek, new_kms_name)
 
         def rewrap(env: Envelope, body: HeadBody) -> None:
@@ -220,9 +235,10 @@ class IndexService:
         except IndexNotFound:
             return True  # deleted since it was listed
 
-    def orphaned_trainings(self) -> list[tuple[str, str, str]]:
-        """``(tenant, name, key_mode)`` of every index whose head marks a training nobody is
-        doing any more (its process died, or the mark went stale): to be queued again."""
+    def orphaned_jobs(self) -> list[tuple[str, str, str, str]]:
+        """``(tenant, name, key_mode, kind)`` of every index whose head marks a training or a
+        re-encryption (kind ``train`` / ``reencrypt``) nobody is doing any more (its process
+        died, or the mark went stale): to be queued again."""
         out = []
         for key in self.store.list(self.heads.prefix):
             parts = key[len(self.heads.prefix) :].split("/")
@@ -234,7 +250,9 @@ class IndexService:
             except CipherVecError:
                 continue
             if env.training and not self.maintenance.training_active(env):
-                out.append((tenant, name, env.key_mode))
+                out.append((tenant, name, env.key_mode, "train"))
+            if env.rewrite and not self.rekeyer.active(env):
+                out.append((tenant, name, env.key_mode, "reencrypt"))
         return out
 
     def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
@@ -265,15 +283,20 @@ class IndexService:
         estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
         seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
 
+        rewrite: list[bool] = []
+
         def mutate(env: Envelope, body: HeadBody, seq: int) -> bool:
             _check_dimension(int(body.config["dimension"]), batch.dimension)
             body.config["dimension"] = batch.dimension
+            rewrite[:] = [self.rekeyer.maybe_mark(env, body)]  # an interrupted re-encryption
             return self.maintenance.maybe_queue_training(env, body, estimate)
 
         triggered = self.writer.segment(head, seg, mutate)
         event("rows_written", len(batch.ids))
         merge_due = self.maintenance.merge_due(self.heads.held((tenant, name)))
-        return UpsertResult(len(batch.ids), estimate, bool(triggered), self.train_threshold, merge_due)
+        return UpsertResult(
+            len(batch.ids), estimate, bool(triggered), self.train_threshold, merge_due, any(rewrite)
+        )
 
     def delete_vectors(self, tenant: str, name: str, kek: bytes | None, ids: list[str]) -> int:
         if any(not isinstance(i, str) for i in ids):

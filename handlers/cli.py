@@ -52,13 +52,14 @@ def serve(args: argparse.Namespace) -> int:
     sweep_temps = getattr(c.service.store, "sweep_temps", None)
     if sweep_temps is not None and (removed := sweep_temps()):  # what killed processes left
         print(f"removed {removed} temporary files left by an earlier process")
-    for tenant, name, mode in c.service.orphaned_trainings():  # queued or running when a process died
+    for tenant, name, mode, kind in c.service.orphaned_jobs():  # queued or running when a process died
+        what = "training" if kind == "train" else "re-encryption"
         if mode == "kms":
-            c.trainer.enqueue(tenant, name, None)
-            print(f"training of index {name!r} (tenant {tenant!r}) was interrupted: queued again")
+            c.trainer.enqueue(tenant, name, None, kind=kind)
+            print(f"{what} of index {name!r} (tenant {tenant!r}) was interrupted: queued again")
         else:
             print(
-                f"training of index {name!r} (tenant {tenant!r}) was interrupted: it is queued "
+                f"{what} of index {name!r} (tenant {tenant!r}) was interrupted: it is queued "
                 "again by the next upsert (the index key is needed)"
             )
     sock = _listen(args.host, args.port)

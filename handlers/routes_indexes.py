@@ -95,21 +95,34 @@ def rotate_key() -> Response:
     tenant, kek = rq.index_target("admin", req)
     if (req.new_index_key is None) == (req.new_kms_name is None):
         raise InvalidRequest("give exactly one of new_index_key and new_kms_name")
-    if req.reencrypt:
-        raise InvalidRequest(
-            "reencrypt (a new data key and every object rewritten under it) is not supported yet; "
-            "without it the data key is re-wrapped under the new key"
+    c, new_kek = rq.c(), rq.kek(req.new_index_key)
+    mode = c.service.rotate_key(
+        tenant,
+        req.index_name,
+        kek,
+        new_kek,
+        req.new_kms_name,
+        kms_name=req.kms_name,
+        reencrypt=bool(req.reencrypt),
+    )
+    body: dict[str, Any] = {
+        "status": "success",
+        "message": f"The key of index '{req.index_name}' was rotated; the old key no longer opens it",
+        "key_mode": mode,
+    }
+    if not req.reencrypt:
+        return rq.ok(body)
+    job = TrainJob(tenant, req.index_name, new_kek, kind="reencrypt")
+    result = c.trainer.train(job, c.settings.train_sync_seconds)
+    if result is None:
+        body["status"] = "rewriting"
+        body["message"] += (
+            "; its objects are being rewritten under the new data key in the background "
+            "(see key_rotation in /v1/indexes/describe)"
         )
-    mode = rq.c().service.rotate_key(
-        tenant, req.index_name, kek, rq.kek(req.new_index_key), req.new_kms_name, kms_name=req.kms_name
-    )
-    return rq.ok(
-        {
-            "status": "success",
-            "message": f"The key of index '{req.index_name}' was rotated; the old key no longer opens it",
-            "key_mode": mode,
-        }
-    )
+        return rq.answer(202, body)
+    body["message"] += "; every object was rewritten under a new data key"
+    return rq.ok(body)
 
 
 @rq.route(router, "POST", "/v1/indexes/train", schemas.TrainRequest)

@@ -43,6 +43,8 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
         )
     elif result.merge_due:
         c.trainer.enqueue(tenant, name, kek, kind="merge")
+    if result.rewrite_due:
+        c.trainer.enqueue(tenant, name, kek, kind="reencrypt")
     return rq.ok(body)
 
 

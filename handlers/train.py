@@ -2,7 +2,7 @@
 InvocationType=Event by ApiFunction).
 
 Payload: ``{"tenant", "index_name", "sealed_key": base64|null, "params": {...},
-"kind": "train"|"merge"}``; a client ``index_key`` arrives sealed under KMS, never in
+"kind": "train"|"merge"|"reencrypt"}``; a client ``index_key`` arrives sealed under KMS, never in
 plaintext.
 """
 
@@ -31,7 +31,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "job failed", extra={"tenant": job.tenant, "kind": job.kind, "error": type(exc).__name__}
         )
         return {"status": "error", "error": type(exc).__name__}
-    if job.kind == "merge":
+    if job.kind != "train":  # a merge, or a rewrite under a new data key
         return {"status": "success", "message": result.message}
     logger.info(
         "training finished",

@@ -31,7 +31,9 @@ class TrainJob:
     kek: bytes | None
     params: dict[str, Any] = field(default_factory=dict)
     future: Future[TrainResult] = field(default_factory=Future)
-    kind: str = "train"  # or "merge": fold the write-ahead tail into two segments
+    # or "merge": fold the write-ahead tail into two segments; or "reencrypt": rewrite the
+    # objects still sealed under an older data key (after ``rotate_key`` with ``reencrypt``)
+    kind: str = "train"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -43,6 +45,9 @@ def run_job(service: IndexService, job: TrainJob) -> TrainResult:
     if job.kind == "merge":
         merged = service.merge_tail(job.tenant, job.index_name, job.kek)
         return TrainResult(False, f"merged {merged} write-ahead segments")
+    if job.kind == "reencrypt":
+        rewritten = service.rewrite(job.tenant, job.index_name, job.kek)
+        return TrainResult(False, f"rewrote {rewritten} objects under the new data key")
     try:
         service.set_training(job.tenant, job.index_name, job.kek, "running")
         result = service.train(job.tenant, job.index_name, job.kek, **job.params)
@@ -175,9 +180,17 @@ class LambdaTrainer:
             Payload=json.dumps(payload).encode(),
         )
 
+    # Rough rate of a re-encryption (read, open, seal, write) in Lambda, in bytes per second.
+    REWRITE_RATE = 100e6
+
     def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:
         rows = self.service.num_vectors(job.tenant, job.index_name, job.kek)
         dim = self.service.describe(job.tenant, job.index_name, job.kek)["dimension"]
+        if job.kind != "train":  # a rewrite (or merge): inline if its bytes fit the budget
+            if rows * dim * 4 / self.REWRITE_RATE < wait_seconds:
+                return run_job(self.service, job)
+            self._invoke(job)
+            return None
         lists = job.params.get("n_lists") or max(1, int(rows**0.5))
         sample = min(rows, 256 * lists)
         seconds = sample * dim * lists * min(job.params.get("max_iters", 25), 25) / self.FLOPS

@@ -126,6 +126,10 @@ OPS = {
     "merge": lambda s, x: s.merge_tail("t", "i", KEK),
     "sweep": lambda s, x: service(s.heads.store, retire_grace_seconds=0).sweep("t", "i", KEK),
     "rotate": lambda s, x: s.rotate_key("t", "i", KEK, NEW, None),
+    "reencrypt": lambda s, x: (
+        s.rotate_key("t", "i", KEK, NEW, None, reencrypt=True),
+        s.rewrite("t", "i", NEW),
+    ),
     "delete_index": lambda s, x: s.delete_index("t", "i", KEK),
 }
 
@@ -152,8 +156,13 @@ def test_a_fault_at_any_store_call_leaves_before_or_after(baseline, op, fault):
         store.fail_at = None
         got = state(store)
         assert got in (before, after), f"{op}: fault at call {k} of {total} left a third state"
-        if op == "rotate":  # exactly one of the two keys opens it
+        if op in ("rotate", "reencrypt"):  # exactly one of the two keys opens it
             assert sum(opens(store, key) for key in (KEK, NEW)) == 1
+        if op == "reencrypt" and opens(store, NEW):  # the next rewrite finishes the job
+            service(store).rewrite("t", "i", NEW)
+            service(store, retire_grace_seconds=0).sweep("t", "i", NEW)
+            rotation = service(store).describe("t", "i", NEW)["key_rotation"]
+            assert rotation == {"objects_under_old_keys": 0, "old_keys_held": 0, "rewriting": False}
         if got is GONE:  # a delete that failed part-way: the index is gone; the next one finishes
             assert service(store).list_indexes("t") == []
             with contextlib.suppress(IndexNotFound):

@@ -83,7 +83,7 @@ def test_per_index_user_keys_keep_working():
         ({"index_key": KEY}, 400),  # no new key
         ({"index_key": KEY, "new_index_key": NEW, "new_kms_name": "default"}, 400),  # both
         ({"index_key": KEY, "new_index_key": "zz" * 32}, 400),  # not a key
-        ({"index_key": KEY, "new_index_key": NEW, "reencrypt": True}, 400),  # not built yet
+        ({"index_key": NEW, "new_index_key": THIRD, "reencrypt": True}, 401),  # wrong key, reencrypt
         ({"index_key": NEW, "new_index_key": THIRD}, 401),  # wrong current key
         ({"new_index_key": THIRD}, 401),  # no current key
         ({"index_key": KEY, "new_index_key": NEW, "index_name": "nope"}, 404),

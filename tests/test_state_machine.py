@@ -1,5 +1,6 @@
 """The engine against a plain dict, over random sequences of upserts, deletes, gets, queries,
-trainings and merges (hypothesis), with extreme but accepted values."""
+trainings, merges, key rotations (re-wrapped, or re-encrypted and rewritten) and sweeps
+(hypothesis), with extreme but accepted values."""
 
 from __future__ import annotations
 
@@ -30,17 +31,23 @@ class IndexModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.service = IndexService(
-            MemoryStore(),
-            train_threshold=10**9,
-            backend=select(BACKEND),
-            retry=RetryPolicy(sleep=lambda s: None),
-            merge_at=3,
-        )
+        self.store = MemoryStore()
+        self.service = self.container()
+        self.kek = KEK
         self.service.create_index(
             "t", "m", IndexConfig(dimension=D, storage_precision=self.PRECISION), kek=KEK
         )
         self.rows: dict[str, tuple[np.ndarray, dict | None]] = {}
+
+    def container(self) -> IndexService:
+        return IndexService(
+            self.store,
+            train_threshold=10**9,
+            backend=select(BACKEND),
+            retry=RetryPolicy(sleep=lambda s: None),
+            merge_at=3,
+            retire_grace_seconds=0.0,
+        )
 
     @rule(data=st.data(), n=st.integers(1, 8))
     def upsert(self, data, n):
@@ -49,20 +56,20 @@ class IndexModel(RuleBasedStateMachine):
             [data.draw(st.lists(self.VALUES, min_size=D, max_size=D)) for _ in ids], dtype=np.float32
         )
         meta = [data.draw(st.one_of(st.none(), st.fixed_dictionaries({"k": st.integers(0, 3)}))) for _ in ids]
-        self.service.upsert("t", "m", KEK, RowBatch(list(ids), vecs, meta))
+        self.service.upsert("t", "m", self.kek, RowBatch(list(ids), vecs, meta))
         stored = vecs.astype(np.float16).astype(np.float32) if self.PRECISION == "float16" else vecs
         for i, v, m in zip(ids, stored, meta, strict=True):
             self.rows[i] = (v, m or None)
 
     @rule(ids=st.lists(st.sampled_from([*IDS, "never-there"]), max_size=6))
     def delete(self, ids):
-        self.service.delete_vectors("t", "m", KEK, list(ids))
+        self.service.delete_vectors("t", "m", self.kek, list(ids))
         for i in ids:
             self.rows.pop(i, None)
 
     @rule(ids=st.lists(st.sampled_from([*IDS, "never-there"]), min_size=1, max_size=10))
     def get(self, ids):
-        got = self.service.get("t", "m", KEK, list(ids), ["vector", "metadata"])
+        got = self.service.get("t", "m", self.kek, list(ids), ["vector", "metadata"])
         expect = [i for i in ids if i in self.rows]
         assert [g["id"] for g in got] == expect
         for g in got:
@@ -77,7 +84,14 @@ class IndexModel(RuleBasedStateMachine):
         v = self.rows[target][0]
         # every list probed: the search is exhaustive, whatever training did
         hits = self.service.query(
-            "t", "m", KEK, v[None, :], top_k=len(self.rows), n_probes=64, filters=None, include=["distance"]
+            "t",
+            "m",
+            self.kek,
+            v[None, :],
+            top_k=len(self.rows),
+            n_probes=64,
+            filters=None,
+            include=["distance"],
         )[0]
         assert len(hits) == len(self.rows)
         assert all(np.isfinite(h["distance"]) for h in hits)
@@ -89,16 +103,35 @@ class IndexModel(RuleBasedStateMachine):
     @precondition(lambda self: len(self.rows) >= 8)
     @rule(lists=st.integers(1, 3))
     def train(self, lists):
-        self.service.train("t", "m", KEK, n_lists=lists, max_iters=5)
+        self.service.train("t", "m", self.kek, n_lists=lists, max_iters=5)
 
     @rule()
     def merge(self):
-        self.service.merge_tail("t", "m", KEK)
+        self.service.merge_tail("t", "m", self.kek)
+
+    @rule(reencrypt=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def rotate(self, reencrypt, seed):
+        new = np.random.default_rng(seed).bytes(32)
+        self.service.rotate_key("t", "m", self.kek, new, None, reencrypt=reencrypt)
+        self.kek = new
+
+    @rule()
+    def rewrite(self):
+        self.service.rewrite("t", "m", self.kek)
+
+    @rule()
+    def sweep(self):
+        self.service.sweep("t", "m", self.kek)
 
     @invariant()
     def counts_and_ids_agree(self):
-        assert self.service.num_vectors("t", "m", KEK) == len(self.rows)
-        assert sorted(self.service.list_ids("t", "m", KEK)) == sorted(self.rows)
+        assert self.service.num_vectors("t", "m", self.kek) == len(self.rows)
+        assert sorted(self.service.list_ids("t", "m", self.kek)) == sorted(self.rows)
+
+    @invariant()
+    def a_cold_container_agrees(self):
+        cold = self.container()
+        assert sorted(cold.list_ids("t", "m", self.kek)) == sorted(self.rows)
 
 
 class Float16IndexModel(IndexModel):
@@ -123,7 +156,7 @@ class TurboQuantIndexModel(IndexModel):
 
     @rule(ids=st.lists(st.sampled_from([*IDS, "never-there"]), min_size=1, max_size=10))
     def get(self, ids):
-        got = self.service.get("t", "m", KEK, list(ids), ["vector", "metadata"])
+        got = self.service.get("t", "m", self.kek, list(ids), ["vector", "metadata"])
         assert [g["id"] for g in got] == [i for i in ids if i in self.rows]
         for g in got:
             v, m = self.rows[g["id"]]
@@ -141,7 +174,7 @@ class TurboQuantIndexModel(IndexModel):
         hits = self.service.query(
             "t",
             "m",
-            KEK,
+            self.kek,
             self.rows[target][0][None, :],
             top_k=len(self.rows),
             n_probes=64,

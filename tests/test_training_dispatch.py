@@ -101,3 +101,34 @@ def test_small_explicit_train_runs_inline_in_lambda(aws):
     result = trainer.train(TrainJob("t", "small", kek, {"n_lists": 4}), wait_seconds=25)
     assert result is not None and result.trained and recorder.calls == []
     np.testing.assert_equal(svc.describe("t", "small", kek)["n_lists"], 4)
+
+
+def test_a_big_rewrite_goes_to_train_function_with_the_new_key_sealed(aws, tmp_path):
+    """rotate_key with reencrypt in Lambda: past the inline budget the rewrite is invoked
+    asynchronously, the new client key sealed by KMS; TrainFunction rewrites every object."""
+    kms, key_id = aws
+    settings = Settings(
+        store_uri=f"file://{tmp_path}/d",
+        keys_uri="memory://",
+        kms_uri="aws",
+        kms_keys={"default": key_id, "jobs": key_id},
+        train_function="ciphervec-train",
+    )
+    recorder = RecordingLambda()
+    c = wiring.configure(settings, kms=kms, **{"lambda": recorder})
+    old, new = os.urandom(32), os.urandom(32)
+    c.service.create_index("default", "idx", IndexConfig(), kek=old)
+    c.service.upsert("default", "idx", old, RowBatch([str(i) for i in range(300)], clustered(300, 8)))
+    c.service.rotate_key("default", "idx", old, new, None, reencrypt=True)
+    assert c.trainer.train(TrainJob("default", "idx", new, kind="reencrypt"), wait_seconds=0) is None
+    (call,) = recorder.calls
+    payload = call["Payload"]
+    assert new not in payload and new.hex().encode() not in payload and old.hex().encode() not in payload
+    assert json.loads(payload)["kind"] == "reencrypt"
+
+    worker = wiring.configure(settings.with_(train_function=""), kms=kms)
+    out = train_handler.lambda_handler(json.loads(payload), None)
+    assert out["status"] == "success"
+    rotation = worker.service.describe("default", "idx", new)["key_rotation"]
+    assert rotation["objects_under_old_keys"] == 0 and not rotation["rewriting"]
+    assert worker.service.num_vectors("default", "idx", new) == 300

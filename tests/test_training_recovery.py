@@ -37,11 +37,11 @@ def test_the_next_upsert_queues_a_training_a_dead_process_had_queued(store, kek)
     service.maintenance.worker = dead_worker()
     service.set_training("t", "i", kek, "queued")
     service.maintenance.worker = workers.this_worker()
-    assert service.orphaned_trainings() == [("t", "i", "client")]
+    assert service.orphaned_jobs() == [("t", "i", "client", "train")]
     result = service.upsert("t", "i", kek, RowBatch([f"b{i}" for i in range(10)], x[150:160]))
     assert result.training_triggered
     assert service.heads.open("t", "i", kek).envelope.training["worker"] == workers.this_worker()
-    assert service.orphaned_trainings() == []
+    assert service.orphaned_jobs() == []
 
 
 def test_serve_queues_again_what_a_killed_server_was_training(tmp_path, server_factory):

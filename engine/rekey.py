@@ -1,0 +1,191 @@
+"""Re-encryption: a new data key for an index (``rotate_key`` with ``reencrypt``), and every
+object still sealed under an older one rewritten under it, online.
+
+The rotation commits first, in one head compare-and-swap: the new data key is wrapped under
+the new key-encryption key, the old data key moves into the sealed head body
+(``HeadBody.old_keys``) and every live object is tagged with it. From that commit on the
+old key opens nothing, new writes are sealed under the new data key, and readers open the
+tagged objects with the old one (``IndexCipher`` legacy keys).
+
+The rewrite then copies each tagged object (a segment, a run's directory and lists, the
+centroids) under a new name sealed with the current data key, and swaps the names in one
+more commit; the old objects are retired like a merge's. Writers only append to the head,
+so they never conflict with it for long; a rewrite that is interrupted leaves the head
+as it was (what it wrote is an orphan for the sweep), and the next one starts again from
+the objects still tagged. The old data key leaves the head once nothing names it (after
+the sweep of the retired objects).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from . import crypto, run, workers
+from .cache import StateCache
+from .errors import CipherVecError
+from .heads import Head, Heads
+from .keys import KeyRing
+from .lazy import READERS
+from .manifest import Envelope, HeadBody
+from .names import new_id
+from .timing import event
+
+REWRITE_STALE_SECONDS = 3600.0
+
+
+class Rekeyer:
+    """Rotates an index onto a new data key and rewrites its objects under it."""
+
+    def __init__(
+        self, heads: Heads, cache: StateCache, keys: KeyRing, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.heads = heads
+        self.cache = cache
+        self.keys = keys
+        self.clock = clock
+        self.worker = workers.this_worker()
+
+    # -- the mark ----------------------------------------------------------------------
+    def active(self, env: Envelope) -> bool:
+        """A rewrite is marked and someone may still be doing it (as ``training_active``)."""
+        mark = env.rewrite
+        if not mark:
+            return False
+        if self.clock() - float(mark.get("since", 0)) >= REWRITE_STALE_SECONDS:
+            return False
+        return not workers.gone(mark.get("worker"))
+
+    def maybe_mark(self, env: Envelope, body: HeadBody) -> bool:
+        """Mark a rewrite as started when objects wait for one and nobody is doing it (a
+        writer's commit calls this: the caller then queues the rewrite)."""
+        if not body.old_keys or not body.stale_objects() or self.active(env):
+            return False
+        env.rewrite = {"since": self.clock(), "worker": self.worker}
+        return True
+
+    # -- rotation ------------------------------------------------------------------------
+    def rotate(self, head: Head, new_kek: bytes | None, new_kms_name: str | None) -> str:
+        """Commit a new data key wrapped under the new key; the current one becomes an old
+        key of the body that every live object is tagged with. Returns the new key mode."""
+        new_dek = crypto.new_data_key()
+        fresh = self.keys.envelope(head.tenant, head.name, new_dek, new_kek, new_kms_name)
+        old_kid, new_id_ = new_id(), new_id()
+        old = base64.b64encode(head.dek).decode()
+        now = self.clock()
+
+        def rekey(env: Envelope, body: HeadBody) -> None:
+            env.key_mode, env.wrapped_dek, env.kms_name = fresh.key_mode, fresh.wrapped_dek, fresh.kms_name
+            env.dek_id = new_id_
+            env.training = None  # a training under the old data key can no longer commit
+            env.rewrite = {"since": now, "worker": self.worker}
+            body.old_keys[old_kid] = old
+            body.segments = [s if s.key else replace(s, key=old_kid) for s in body.segments]
+            if body.centroids is not None and not body.centroids.key:
+                body.centroids = replace(body.centroids, key=old_kid)
+            body.retired = [r if r.get("key") else {**r, "key": old_kid} for r in body.retired]
+
+        self.heads.commit(head, rekey, new_dek=new_dek)
+        event("key_rotations")
+        return fresh.key_mode
+
+    # -- rewrite -------------------------------------------------------------------------
+    def rewrite(self, tenant: str, name: str, kek: bytes | None) -> int:
+        """Rewrite every object still sealed under an older data key; returns how many live
+        objects (segments, runs, centroids) were rewritten. A rewrite that fails takes its
+        mark back, so that the next write queues it again."""
+        head = self.heads.open(tenant, name, kek)
+        try:
+            return self._rewrite(head)
+        except BaseException:
+            with contextlib.suppress(CipherVecError):
+
+                def unmark(env: Envelope, body: HeadBody) -> None:
+                    env.rewrite = None
+
+                self.heads.commit(head, unmark)
+            raise
+
+    def _rewrite(self, head: Head) -> int:
+        body = head.body
+        stale = [(s.name, s.kind) for s in body.segments if s.key]
+        if body.centroids is not None and body.centroids.key:
+            stale.append((body.centroids.name, "centroids"))
+        copies: dict[str, str] = {}
+        written: list[str] = []
+        try:
+            if stale:
+                copies = self._copy(head, stale, written)
+        except BaseException:
+            self.heads.delete_all(head, written)
+            raise
+        now = self.clock()
+
+        def swap(env: Envelope, body: HeadBody) -> list[str]:
+            done: list[str] = []
+
+            def moved(old: str, kid: str | None) -> str | None:
+                if not kid or old not in copies:
+                    return None
+                done.append(old)
+                return copies[old]
+
+            moving = [s.name for s in body.segments if s.key and s.name in copies]
+            if body.centroids is not None and body.centroids.key and body.centroids.name in copies:
+                moving.append(body.centroids.name)
+            body.retire(moving, now)
+            segs = []
+            for s in body.segments:
+                new = moved(s.name, s.key)
+                segs.append(replace(s, name=new, key=None) if new else s)
+            body.segments = segs
+            cent = body.centroids
+            if cent is not None and (new := moved(cent.name, cent.key)):
+                body.centroids = replace(cent, name=new, key=None)
+            body.prune_old_keys()
+            if not body.stale_objects():
+                env.rewrite = None
+            return done
+
+        try:
+            done = self.heads.commit(head, swap)
+        except BaseException:
+            self.heads.delete_all(head, written)
+            raise
+        unused = [copies[o] for o in copies if o not in done]  # merged away meanwhile
+        if unused:
+            self.heads.delete_all(head, unused)
+        self.cache.rename_all(head.key, {o: copies[o] for o in done})
+        event("objects_rewritten", len(done))
+        return len(done)
+
+    def _copy(self, head: Head, stale: list[tuple[str, str]], written: list[str]) -> dict[str, str]:
+        """Each stale object (a run: its lists, then its directory) read, opened with its old
+        key and sealed under a new name with the current one; names go into ``written`` as
+        they are written. Returns old name -> new name."""
+        copies: dict[str, str] = {}
+        objects: list[tuple[str, str]] = []
+        for old, kind in stale:
+            prefix = "run" if old.startswith("run/") else "seg"
+            new = copies[old] = f"{prefix}/{new_id()}"
+            if kind == "run":
+                directory = self.heads.read_directory(head, old)
+                objects += [(run.list_name(old, k), run.list_name(new, k)) for k in directory.lists()]
+            objects.append((old, new))
+        lists = [o for o in objects if o[1] not in copies.values()]
+        tops = [o for o in objects if o[1] in copies.values()]
+
+        def one(pair: tuple[str, str]) -> None:
+            src, dst = pair
+            plain = self.heads.read(head, src)
+            written.append(dst)
+            self.heads.write(head, dst, plain)
+
+        with ThreadPoolExecutor(max_workers=READERS) as pool:
+            list(pool.map(one, lists))
+            list(pool.map(one, tops))  # a run's directory once its lists are there
+        return copies

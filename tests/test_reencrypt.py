@@ -1,0 +1,228 @@
+"""rotate_key with reencrypt: a new data key at once, every object rewritten under it online,
+nothing lost when the rewrite is interrupted, and no object under the old data key left."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from ciphervec.engine import crypto
+from ciphervec.engine.errors import KeyRotated, Unauthorized
+from ciphervec.engine.manifest import parse_envelope
+from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.infra.kms import LocalKeyWrapper
+from ciphervec.infra.storage.memory import MemoryStore
+from tests.test_api import KEY, app, call, count, create, upsert_b64  # noqa: F401 (app: fixture)
+from tests.test_service import fresh
+
+OLD, NEW = bytes(range(32)), bytes(range(1, 33))
+DIM = 8
+
+
+def rows(n, start=0, seed=0):
+    rng = np.random.default_rng(seed)
+    return RowBatch([f"r{start + i}" for i in range(n)], rng.standard_normal((n, DIM)).astype(np.float32))
+
+
+def build(store, wrapper, *, trained=True):
+    """An index with a trained run, centroids, a tail of segments and a delete."""
+    svc = fresh(store, key_wrapper=wrapper, retire_grace_seconds=0.0)
+    svc.create_index("t", "i", IndexConfig(dimension=DIM, metric="euclidean"), kek=OLD)
+    svc.upsert("t", "i", OLD, rows(400))
+    if trained:
+        assert svc.train("t", "i", OLD, n_lists=4).trained
+    for k in range(3):
+        svc.upsert("t", "i", OLD, rows(20, 400 + 20 * k, seed=k + 1))
+    svc.delete_vectors("t", "i", OLD, ["r0", "r401"])
+    return svc
+
+
+def contents(svc, kek):
+    ids = sorted(svc.list_ids("t", "i", kek))
+    got = svc.get("t", "i", kek, ids, include=["vector"])
+    return {g["id"]: np.asarray(g["vector"]).tolist() for g in got}
+
+
+def data_key(store, kek, wrapper=None):
+    env, _ = parse_envelope(store.get("t/i/head")[0])
+    if env.key_mode == "kms":
+        return wrapper.unwrap(
+            env.kms_name, env.wrapped_dek, {"purpose": "ciphervec-dek", "tenant": "t", "index": "i"}
+        )
+    return crypto.unwrap_data_key(kek, env.wrapped_dek, "t", "i")
+
+
+def sealed_under(store, dek):
+    """Names of the objects (not the head) that ``dek`` opens."""
+    cipher, out = crypto.IndexCipher(dek, "t", "i"), []
+    for key in store.list("t/i/"):
+        if key == "t/i/head":
+            continue
+        try:
+            cipher.decrypt(key[len("t/i/") :], store.get(key)[0])
+            out.append(key)
+        except Exception:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_rotation_then_rewrite_moves_every_object(tmp_path, trained):
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = build(store, wrapper, trained=trained)
+    before = contents(svc, OLD)
+    old_dek = data_key(store, OLD)
+    query = np.ones((1, DIM), np.float32)
+    hits = svc.query("t", "i", OLD, query, top_k=10)
+
+    assert svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True) == "client"
+    new_dek = data_key(store, NEW)
+    assert new_dek != old_dek
+    with pytest.raises(Unauthorized):  # the old key is refused from the commit on
+        svc.num_vectors("t", "i", OLD)
+    cold = fresh(store, key_wrapper=wrapper)
+    with pytest.raises(Unauthorized):
+        cold.num_vectors("t", "i", OLD)
+    # before the rewrite: the objects are still under the old data key, and readable
+    pending = cold.describe("t", "i", NEW)["key_rotation"]
+    assert pending["objects_under_old_keys"] > 0 and pending["old_keys_held"] == 1
+    assert contents(cold, NEW) == before
+    assert cold.query("t", "i", NEW, query, top_k=10) == hits
+
+    rewritten = svc.rewrite("t", "i", NEW)
+    assert rewritten == pending["objects_under_old_keys"]
+    info = svc.describe("t", "i", NEW)["key_rotation"]
+    assert info["objects_under_old_keys"] == 0 and not info["rewriting"]
+    assert contents(svc, NEW) == before
+    assert svc.query("t", "i", NEW, query, top_k=10) == hits
+    assert fresh(store, key_wrapper=wrapper).query("t", "i", NEW, query, top_k=10) == hits
+
+    svc.sweep("t", "i", NEW)  # grace 0: the old objects go, and the old data key with them
+    assert sealed_under(store, old_dek) == []
+    assert len(sealed_under(store, new_dek)) == len(list(store.list("t/i/"))) - 1
+    assert svc.describe("t", "i", NEW)["key_rotation"]["old_keys_held"] == 0
+    assert contents(fresh(store, key_wrapper=wrapper), NEW) == before
+
+
+def test_client_key_to_kms_and_back_with_reencrypt(tmp_path):
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = build(store, wrapper)
+    before = contents(svc, OLD)
+    assert svc.rotate_key("t", "i", OLD, None, "default", reencrypt=True) == "kms"
+    svc.rewrite("t", "i", None)
+    mid = data_key(store, None, wrapper)
+    assert contents(fresh(store, key_wrapper=wrapper), None) == before
+    assert svc.rotate_key("t", "i", None, NEW, None, kms_name="default", reencrypt=True) == "client"
+    svc.rewrite("t", "i", NEW)
+    svc.sweep("t", "i", NEW)
+    assert sealed_under(store, mid) == []
+    assert contents(fresh(store, key_wrapper=wrapper), NEW) == before
+
+
+def test_writes_and_reads_keep_working_during_the_rewrite(tmp_path):
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = build(store, wrapper)
+    expected = contents(svc, OLD)
+    svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
+    stop, acked, errors = threading.Event(), [], []
+
+    def writer(w):
+        other = fresh(store, key_wrapper=wrapper)  # another container
+        n = 0
+        while not stop.is_set():
+            batch = rows(1, 10_000 * (w + 1) + n, seed=n)
+            other.upsert("t", "i", NEW, batch)
+            acked.append((batch.ids[0], batch.vectors[0].tolist()))
+            n += 1
+
+    def reader():
+        other = fresh(store, key_wrapper=wrapper)
+        while not stop.is_set():
+            try:
+                assert other.num_vectors("t", "i", NEW) >= len(expected)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)] + [
+        threading.Thread(target=reader)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while len(acked) < 10:
+            pass
+        svc.rewrite("t", "i", NEW)
+        while len(acked) < 20:
+            pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors
+    cold = fresh(store, key_wrapper=wrapper)
+    got = contents(cold, NEW)
+    for rid, vector in acked:
+        assert np.allclose(got[rid], vector)
+    assert {k: v for k, v in got.items() if k in expected} == expected
+    assert cold.describe("t", "i", NEW)["key_rotation"]["objects_under_old_keys"] == 0
+
+
+def test_a_write_prepared_under_the_old_data_key_is_refused(tmp_path):
+    """A writer that opened the index before the rotation cannot commit after it: its
+    segment is sealed under the old data key (401, nothing written, nothing left)."""
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = build(store, wrapper, trained=False)
+    head = svc.heads.open("t", "i", OLD)
+    fresh(store, key_wrapper=wrapper).rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
+    keys = set(store.list("t/i/"))
+    from ciphervec.engine.segment import Segment
+
+    seg = Segment("upsert", ["late"], np.ones((1, DIM), np.float32))
+    with pytest.raises(KeyRotated):
+        svc.writer.segment(head, seg, lambda env, body, seq: None)
+    assert set(store.list("t/i/")) == keys
+    assert "late" not in fresh(store, key_wrapper=wrapper).list_ids("t", "i", NEW)
+
+
+def test_an_interrupted_rewrite_is_marked_again_by_the_next_write(tmp_path):
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = build(store, wrapper)
+    svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
+    before = contents(svc, NEW)
+
+    # the rewrite's process died: its mark names a worker that is gone
+    def dead(env, body):
+        env.rewrite = {"since": env.rewrite["since"], "worker": "nohost:1:1"}
+
+    head = svc.heads.open("t", "i", NEW)
+    svc.heads.commit(head, dead)
+    svc.rekeyer.clock = lambda: 1e12  # ... or the mark went stale
+    assert svc.orphaned_jobs() == [("t", "i", "client", "reencrypt")]
+    result = svc.upsert("t", "i", NEW, rows(1, 9000))
+    assert result.rewrite_due
+    assert not svc.upsert("t", "i", NEW, rows(1, 9001)).rewrite_due  # marked once
+    svc.rekeyer.clock = __import__("time").time
+    svc.rewrite("t", "i", NEW)
+    after = contents(fresh(store, key_wrapper=wrapper), NEW)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert svc.describe("t", "i", NEW)["key_rotation"]["rewriting"] is False
+
+
+@pytest.mark.usefixtures("app")
+def test_http_rotate_with_reencrypt():
+    create()
+    upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
+    new = NEW.hex()
+    status, body, _ = call(
+        "POST",
+        "/v1/indexes/rotate_key",
+        {"index_name": "idx", "index_key": KEY, "new_index_key": new, "reencrypt": True},
+    )
+    assert status == 200 and body["key_mode"] == "client" and "rewritten" in body["message"]
+    assert new not in str(body)
+    status, described, _ = call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": new})
+    assert status == 200 and described["key_rotation"]["objects_under_old_keys"] == 0
+    assert call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[0] == 401
+    assert count(key=new) == 2
+    assert upsert_b64("idx", ["c"], [[0, 0, 1, 0]], key=KEY)[0] == 401
+    assert upsert_b64("idx", ["c"], [[0, 0, 1, 0]], key=new)[0] == 200 and count(key=new) == 3
