@@ -128,6 +128,12 @@ class BadSource(CipherVecError):
     status = 422
 
 
+class IndexBusy(CipherVecError):
+    """The index is doing work that must end first (409)."""
+
+    status = 409
+
+
 class LoadBusy(CipherVecError):
     """Another worker holds this job's lease (409)."""
 

@@ -170,6 +170,19 @@ class Jobs:
     def _bytes(self, job: LoadJob, head: Head) -> bytes:
         return job.to_bytes(lambda b: head.cipher.encrypt(self._name(job.job_id), b))
 
+    def active(self, tenant: str, index_name: str, now: float) -> bool:
+        """Whether a load into ``index_name`` is queued or running (its record says so, and
+        it was updated within ``ABANDON_SECONDS``)."""
+        for key in self.heads.store.list(loads_root(self.heads.prefix, tenant)):
+            try:
+                record = self.read(tenant, key.rsplit("/", 1)[1])
+            except NotFound:
+                continue
+            fresh = now - record.updated < ABANDON_SECONDS
+            if record.index_name == index_name and record.state in ACTIVE and fresh:
+                return True
+        return False
+
     def keeps(self, tenant: str, job: str, now: float) -> bool:
         """Whether the staged segments of ``job`` must be kept (the job may still commit)."""
         try:

@@ -18,7 +18,14 @@ import numpy as np
 from . import crypto
 from .backend import Backend, select
 from .cache import StateCache
-from .errors import CipherVecError, IndexExists, IndexNotFound, Unauthorized, ValidationFailed
+from .errors import (
+    CipherVecError,
+    IndexBusy,
+    IndexExists,
+    IndexNotFound,
+    Unauthorized,
+    ValidationFailed,
+)
 from .heads import Heads
 from .jobs import Jobs
 from .keys import KeyRing
@@ -188,6 +195,11 @@ class IndexService:
         if kms_name is not None and kms_name != head.envelope.kms_name:
             raise Unauthorized("kms_name does not open this index")
         if reencrypt:
+            if self.loader.jobs.active(tenant, name, self.maintenance.clock()):
+                raise IndexBusy(
+                    "a batch load into this index is in progress: its staged rows are sealed under "
+                    "the current data key; rotate with reencrypt once it has ended"
+                )
             return self.rekeyer.rotate(head, new_kek, new_kms_name)
         fresh = self.keys.envelope(tenant, name, head.dek, new_kek, new_kms_name)
 

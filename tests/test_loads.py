@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ciphervec.engine.errors import LoadBusy, LostLease
+from ciphervec.engine.errors import IndexBusy, LoadBusy, LostLease
 from ciphervec.engine.model import IndexConfig
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.loading import Target, start, work
@@ -455,3 +455,21 @@ def test_many_small_loads_queue_a_merge_as_upserts_do(store, kek, tmp_path):
         time.sleep(0.05)
     assert len(service.heads.open("t", "docs", kek).body.segments) <= 2  # merged in the background
     assert service.num_vectors("t", "docs", kek) == 5
+
+
+def test_reencrypt_waits_for_a_load_in_progress(service, index, tmp_path):
+    """A load's staged rows and checkpoint are sealed under the current data key, so a
+    rotation onto a new one is refused (409, nothing changed) until the load has ended."""
+    x = clustered(300, D, seed=9)
+    path = write_parquet(tmp_path / "k.parquet", [f"k{i}" for i in range(300)], x, row_group=100)
+    job, _ = start(service, index, str(path), options={"rows": 100})
+    calls = iter(range(100))
+    assert work(service, index, job.job_id, should_stop=lambda: next(calls) >= 1).state == "paused"
+    new = bytes(range(5, 37))
+    with pytest.raises(IndexBusy):
+        service.rotate_key("t", "docs", index.kek, new, None, reencrypt=True)
+    assert work(service, index, job.job_id).state == "succeeded"  # the old key still opens it
+    service.rotate_key("t", "docs", index.kek, new, None, reencrypt=True)
+    service.rewrite("t", "docs", new)
+    assert service.num_vectors("t", "docs", new) == 300
+    assert service.describe("t", "docs", new)["key_rotation"]["objects_under_old_keys"] == 0
