@@ -11,7 +11,8 @@ Filters run two ways: row by row (``compile_filter``), and over whole columns at
 array-api-strict). Columns are built on the host from decrypted metadata and handed to the
 namespace once; strings become integer codes ordered like the strings, so equality and
 ordering are integer comparisons there. Lists, objects, ``$regex`` and ``$contains`` are
-evaluated row by row on the host and merged in.
+evaluated row by row on the host and merged in; those row tests are counted against a
+per-request budget (``compile_mask``'s ``max_row_tests``), refused before they run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import operator
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -259,11 +261,48 @@ ColumnSource = Callable[[tuple[str, ...]], Column]
 MaskFn = Callable[[ColumnSource, int, Any], Any]
 
 
-def compile_mask(spec: Any) -> MaskFn:
+class FilterBudget:
+    """Row-by-row tests one filter evaluation may still run; ``charge`` refuses (400) the
+    clause that would go over, before it runs."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self, rows: int) -> None:
+        self.used += rows
+        if self.limit is not None and self.used > self.limit:
+            raise InvalidRequest(
+                f"this filter tests rows one by one ($regex, $contains, lists or objects) more "
+                f"than {self.limit:,} times over this index (CIPHERVEC_MAX_FILTER_SCAN): use "
+                "fewer such clauses, or equality and range clauses, which run vectorised"
+            )
+
+
+def compile_mask(spec: Any, max_row_tests: int | None = None) -> MaskFn:
     """Like ``compile_filter`` but evaluated over whole columns at once: ``mask(columns, n,
-    xp)`` gives one boolean per row, an array of namespace ``xp``."""
+    xp)`` gives one boolean per row, an array of namespace ``xp``. Each evaluation may run at
+    most ``max_row_tests`` row-by-row tests (``FilterBudget``)."""
     compile_filter(spec)  # validates; raises InvalidRequest on unknown operators
-    return _mask_doc(spec or {})
+    inner = _mask_doc(spec or {})
+
+    def run(columns: ColumnSource, n: int, xp: Any) -> Any:
+        token = _BUDGET.set(FilterBudget(max_row_tests))
+        try:
+            return inner(columns, n, xp)
+        finally:
+            _BUDGET.reset(token)
+
+    return run
+
+
+_BUDGET: ContextVar[FilterBudget | None] = ContextVar("filter_budget", default=None)
+
+
+def _charge(rows: int) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.charge(rows)
 
 
 def _mask_doc(spec: dict[str, Any]) -> MaskFn:
@@ -311,6 +350,7 @@ def _mask_field(path: tuple[str, ...], spec: Any) -> MaskFn:
         for op, operand in ops:
             fast = _mask_op(col, op, operand)
             if fast is None:  # no vectorised form: the row test on this column only
+                _charge(n)
                 test = _field_op(op, operand, spec if isinstance(spec, dict) else {})
                 fast = col.asarray(np.fromiter((test(v) for v in col.values), dtype=bool, count=n))
             mask = mask & fast
@@ -337,6 +377,7 @@ def _rowwise(col: Column, op: str, operand: Any, mask: Any) -> Any:
     rows = col.other_rows
     if not rows:
         return mask
+    _charge(len(rows))
     test = _field_op(op, operand, {})
     fixed = np.zeros(len(col.values), dtype=bool)
     fixed[rows] = [test(col.values[r]) for r in rows]

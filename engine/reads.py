@@ -32,12 +32,19 @@ class Reader:
     """The read use cases over the head and read caches."""
 
     def __init__(
-        self, heads: Heads, cache: StateCache, backend: Backend, batcher: Batcher | None = None
+        self,
+        heads: Heads,
+        cache: StateCache,
+        backend: Backend,
+        batcher: Batcher | None = None,
+        max_filter_scan: int | None = None,
     ) -> None:
         self.heads = heads
         self.cache = cache
         self.backend = backend
         self.batcher = batcher or Batcher()
+        # row-by-row filter tests ($regex, $contains, lists) one request may run; None: any
+        self.max_filter_scan = max_filter_scan
 
     def _snapshot(self, tenant: str, name: str, kek: bytes | None) -> Snapshot:
         return self.cache.snapshot(self.heads.open(tenant, name, kek))
@@ -79,7 +86,8 @@ class Reader:
             values = (lookup(m, list(path)) for m in islice(snap.metadata, snap.n_rows))
             return snap.cached(("column", path), lambda: Column(list(values), xp))
 
-        return snap.cached(key, lambda: self.backend.to_host(compile_mask(filters)(column, snap.n_rows, xp)))
+        mask = compile_mask(filters, self.max_filter_scan)
+        return snap.cached(key, lambda: self.backend.to_host(mask(column, snap.n_rows, xp)))
 
     def query(
         self,

@@ -87,6 +87,7 @@ class IndexService:
         retire_grace_seconds: float = 900.0,
         merge_at: int = 256,
         lazy_rows: int = 50_000,
+        max_filter_scan: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -97,7 +98,7 @@ class IndexService:
         self.cache = StateCache(self.heads, self.backend, cache_bytes=cache_bytes, lazy_rows=lazy_rows)
         self.heads.on_forget = self.cache.drop
         self.writer = Writer(self.heads, self.cache)
-        self.reader = Reader(self.heads, self.cache, self.backend)
+        self.reader = Reader(self.heads, self.cache, self.backend, max_filter_scan=max_filter_scan)
         self.maintenance = Maintenance(
             self.heads,
             self.cache,

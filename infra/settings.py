@@ -30,6 +30,7 @@ ENV = {
     "key_cache_seconds": "CIPHERVEC_KEY_CACHE_SECONDS",
     "merge_at": "CIPHERVEC_MERGE_AT",
     "lazy_rows": "CIPHERVEC_LAZY_ROWS",
+    "max_filter_scan": "CIPHERVEC_MAX_FILTER_SCAN",
     "log_level": "CIPHERVEC_LOG_LEVEL",
     "load_queue": "CIPHERVEC_LOAD_QUEUE",
     "load_bucket": "CIPHERVEC_LOAD_BUCKET",
@@ -89,6 +90,9 @@ class Settings:
     # Trained indexes with at least this many rows open lazily on a cold container
     # (only the IVF lists a query probes are read first); 0 = always load whole.
     lazy_rows: int = 50_000
+    # Row-by-row filter tests ($regex, $contains, list/object values) one request may run,
+    # summed over its clauses; over it the request is a 400 before they run. 0 = no limit.
+    max_filter_scan: int = 5_000_000
     # `ciphervec serve` logging; INFO adds one JSON line per request.
     log_level: str = "WARNING"
     # SQS queue URL of IngestFunction; empty = loads run in this process.

@@ -55,6 +55,7 @@ def build(settings: Settings, **clients: Any) -> Container:
         cache_bytes=settings.cache_bytes,
         merge_at=settings.merge_at,
         lazy_rows=settings.lazy_rows,
+        max_filter_scan=settings.max_filter_scan or None,
     )
     keys = open_keystore(settings.keys_uri, dynamodb_client=clients.get("dynamodb"))
     auth = Authenticator(

@@ -245,3 +245,28 @@ def test_throttle_limits_are_settings(server_factory, tmp_path):
     assert [srv.request("GET", "/v1/indexes/list", key=bad)[0] for _ in range(4)] == [401, 401, 401, 429]
     time.sleep(1.2)  # the lock lasts CIPHERVEC_THROTTLE_LOCK_SECONDS
     assert srv.request("GET", "/v1/indexes/list", key=bad)[0] == 401
+
+
+def test_the_rows_a_filter_tests_one_by_one_are_bounded(server_factory, tmp_path):
+    """CIPHERVEC_MAX_FILTER_SCAN: row-by-row tests ($regex, $contains) summed over a
+    filter's clauses; over it the request is a 400 before they run, and nothing changes."""
+    env = {"CIPHERVEC_MAX_FILTER_SCAN": "1500"}
+    srv = server_factory("--store", f"file://{tmp_path}/data", env=env, name="scan")
+    create(srv, "big")
+    n = 1000
+    meta = [{"s": f"row-{i}", "t": f"tag-{i % 7}", "n": i} for i in range(n)]
+    assert upsert(srv, "big", [f"b{i}" for i in range(n)], clustered(n, 8), meta)[0] == 200
+
+    def ask(filters):
+        body = {"index_name": "big", "index_key": KEY, "filters": filters}
+        return srv.request("POST", "/v1/vectors/query_metadata", body)
+
+    status, out, _ = ask({"s": {"$regex": "^row-1"}})  # 1,000 tests: within the budget
+    assert status == 200 and len(out["results"]) == 111
+    status, out, _ = ask({"s": {"$regex": "^row-1"}, "t": {"$regex": "tag-[12]"}})  # 2,000
+    assert status == 400 and "CIPHERVEC_MAX_FILTER_SCAN" in out["detail"] and "row-1" not in str(out)
+    # vectorised clauses cost nothing of it: equality, ranges, $in
+    status, out, _ = ask({"n": {"$gte": 10, "$lt": 20}, "t": {"$in": ["tag-1", "tag-2"]}, "s": {"$ne": "x"}})
+    assert status == 200 and sorted(r["id"] for r in out["results"]) == ["b15", "b16"]
+    status, out, _ = srv.request("POST", "/v1/vectors/num_vectors", {"index_name": "big", "index_key": KEY})
+    assert out == {"result": n}
