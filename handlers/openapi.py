@@ -1,13 +1,17 @@
 """The OpenAPI 3.1 document of the API (GET /v1/openapi.json), made from the routes and their
-wire models, so it cannot drift from what the server takes."""
+wire models, so it cannot drift from what the server takes; and a docs page for it
+(GET /v1/docs: Swagger UI from the copy powertools ships, inlined — no CDN needed)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import re
+from importlib import resources
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.swagger_ui.html import generate_swagger_html
 from aws_lambda_powertools.event_handler.router import Router
 
 from . import request as rq
@@ -67,3 +71,24 @@ def document() -> dict[str, Any]:
 @router.get("/v1/openapi.json")
 def openapi() -> Response:
     return rq.ok(document())
+
+
+@functools.cache
+def page() -> str:
+    """The Swagger UI page over ``document()``, its script and styles inlined."""
+    assets = resources.files("aws_lambda_powertools.event_handler.openapi.swagger_ui")
+    spec = json.dumps(document()).replace("</", "<\\/")  # cannot close the script element
+    html = generate_swagger_html(
+        spec,
+        assets.joinpath("swagger-ui-bundle.min.js").read_text(encoding="utf-8"),
+        assets.joinpath("swagger-ui.min.css").read_text(encoding="utf-8"),
+        "",
+        None,
+    )
+    html = html.replace("<title>Swagger UI</title>", "<title>ciphervec API</title>")
+    return html.replace('currentUrl.pathname + "?format=json"', '"openapi.json"')
+
+
+@router.get("/v1/docs")
+def docs() -> Response:
+    return Response(200, "text/html; charset=utf-8", page())

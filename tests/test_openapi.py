@@ -50,3 +50,14 @@ def test_schemathesis_finds_no_server_error(server_factory, tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:]
     assert "passed" in out.stdout
+
+
+def test_the_docs_page_serves_the_document_offline(server_factory, tmp_path):
+    srv = server_factory("--store", f"file://{tmp_path}/data")
+    with urllib.request.urlopen(srv.url + "/v1/docs", timeout=10) as got:
+        assert got.status == 200 and got.headers["Content-Type"].startswith("text/html")
+        html = got.read().decode()
+    assert "<title>ciphervec API</title>" in html and "SwaggerUIBundle(" in html
+    assert "<script src" not in html and "<link" not in html  # no CDN: script and styles inlined
+    doc = json.loads(urllib.request.urlopen(srv.url + "/v1/openapi.json", timeout=10).read())
+    assert json.dumps(doc["paths"]["/v1/indexes/rotate_key"]).replace("</", "<\\/") in html
