@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from ..engine.errors import CipherVecError, LoadBusy, LostLease
 from ..engine.jobs import LoadJob
 from ..infra.loading import QueueLoads, Target, start, work
+from ..infra.metrics import emit_events
 from ..infra.sources import file_format, s3_event_key
 from ..infra.wiring import Container, container
 
@@ -140,9 +141,12 @@ def record_handler(record: SQSRecord, run: Invocation) -> None:
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     run = Invocation(context)
-    return process_partial_response(  # type: ignore[return-value]
-        event=event,
-        record_handler=lambda record: record_handler(record, run),
-        processor=processor,
-        context=context,
-    )
+    try:
+        return process_partial_response(  # type: ignore[return-value]
+            event=event,
+            record_handler=lambda record: record_handler(record, run),
+            processor=processor,
+            context=context,
+        )
+    finally:
+        emit_events("ingest")  # rows written, store bytes, trainings queued: CloudWatch EMF

@@ -13,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from ..engine.errors import CipherVecError
+from ..infra.metrics import emit_events
 from ..infra.training import LambdaTrainer, run_job
 from ..infra.wiring import container
 
@@ -20,6 +21,13 @@ logger = Logger(service="ciphervec-train")
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    try:
+        return _handle(event)
+    finally:
+        emit_events("train")  # trainings, merges, rows rewritten, store bytes: CloudWatch EMF
+
+
+def _handle(event: dict[str, Any]) -> dict[str, Any]:
     c = container()
     trainer = c.trainer if isinstance(c.trainer, LambdaTrainer) else LambdaTrainer(c.service, "")
     job = trainer.open(event)

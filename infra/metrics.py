@@ -5,6 +5,7 @@ statuses and stage names only — never an id, a key, an index name or a payload
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from ..engine.timing import STAGES, events
@@ -27,6 +28,32 @@ class _Events:
         for name, count in sorted(events().items()):
             family.add_metric([name], count)
         yield family
+
+
+_emitted: dict[str, int] = {}
+_emitted_lock = threading.Lock()
+
+
+def emit_events(service: str) -> None:
+    """In Lambda: one EMF line with how much each engine event grew since the last one this
+    process wrote (``CacheHits``, ``RowsWritten``, ``StoreBytesRead``, ``Trainings``, ...),
+    with the service as its only dimension: events of background work belong to no route.
+    Outside Lambda nothing is written (``GET /metrics`` reads the counters instead)."""
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return
+    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+    with _emitted_lock:
+        now = events()
+        grown = {name: n - _emitted.get(name, 0) for name, n in now.items() if n > _emitted.get(name, 0)}
+        _emitted.update(now)
+    if not grown:
+        return
+    metrics = EphemeralMetrics(namespace="ciphervec", service=service)
+    for name, n in sorted(grown.items()):
+        unit = MetricUnit.Bytes if name.endswith("bytes") or "_bytes_" in name else MetricUnit.Count
+        metrics.add_metric(name="".join(w.title() for w in name.split("_")), unit=unit, value=n)
+    metrics.flush_metrics()
 
 
 class RequestMetrics:
@@ -75,6 +102,7 @@ class RequestMetrics:
             if name in stages:
                 metrics.add_metric(name=f"{name}Ms", unit=MetricUnit.Milliseconds, value=stages[name] * 1000)
         metrics.flush_metrics()
+        emit_events("api")
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything counted so far."""

@@ -60,12 +60,21 @@ def test_lambda_writes_embedded_metrics(tmp_path, monkeypatch, capsys):
     assert call("POST", "/v1/vectors/query", q)[0] == 200
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     emf = [x for x in lines if "_aws" in x]
-    assert len(emf) == 1
+    assert len(emf) == 2  # the request's, and the engine events it added
     (directive,) = emf[0]["_aws"]["CloudWatchMetrics"]
     names = {m["Name"] for m in directive["Metrics"]}
     assert directive["Namespace"] == "ciphervec" and {"RequestMs", "Requests", "searchMs"} <= names
     assert emf[0]["route"] == "/v1/vectors/query"
+    (directive,) = emf[1]["_aws"]["CloudWatchMetrics"]
+    counted = {m["Name"]: m.get("Unit") for m in directive["Metrics"]}
+    assert "route" not in emf[1] and counted["RequestBytes"] == "Bytes" and counted["CacheHits"] == "Count"
+    assert emf[1]["CacheHits"] == [1.0] and "RowsWritten" not in emf[1]  # grown since the upsert
     assert SECRET_NAME not in json.dumps(emf) and "secret-id-1" not in json.dumps(emf)
+    # the next request writes only what grew since
+    assert call("POST", "/v1/vectors/query", q)[0] == 200
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    (events_line,) = [x for x in lines if "_aws" in x and "route" not in x]
+    assert events_line["CacheHits"] == [1.0]
 
 
 def test_engine_events_count_trainings_merges_and_cache_use():
