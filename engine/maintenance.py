@@ -26,6 +26,7 @@ from .turboquant import SQ_TIERS
 from .writes import Writer
 
 TRAINING_STALE_SECONDS = 3600.0
+DEADLINE_GRACE_SECONDS = 60.0  # a mark outlives its worker's deadline by this much at most
 SMALL_SEGMENT_ROWS = 8192
 
 
@@ -59,12 +60,15 @@ class Maintenance:
 
     # -- training marks --------------------------------------------------------------------
     def training_active(self, env: Envelope) -> bool:
-        """A training is marked and someone may still be doing it: not stale, and not marked
-        by a process of this host that has died since (a crashed server's queue is gone)."""
+        """A training is marked and someone may still be doing it: not stale, not past the
+        deadline its worker gave (a Lambda invocation's end: timed out or crashed), and not
+        marked by a process of this host that has died since (a crashed server's queue)."""
         t = env.training
         if not t:
             return False
         if self.clock() - float(t.get("since", 0)) >= TRAINING_STALE_SECONDS:
+            return False
+        if t.get("until") is not None and self.clock() > float(t["until"]) + DEADLINE_GRACE_SECONDS:
             return False
         return not workers.gone(t.get("worker"))
 
@@ -81,12 +85,18 @@ class Maintenance:
     def merge_due(self, head: Head | None) -> bool:
         return head is not None and len(merge_run(head.body.segments)) >= self.merge_at
 
-    def set_training(self, tenant: str, name: str, kek: bytes | None, state: str | None) -> None:
-        """Record ``queued``/``running``/``None`` in the head so every container sees it."""
+    def set_training(
+        self, tenant: str, name: str, kek: bytes | None, state: str | None, until: float | None = None
+    ) -> None:
+        """Record ``queued``/``running``/``None`` in the head so every container sees it;
+        ``until``: when the worker will have stopped for sure (a Lambda invocation's deadline)."""
         head = self.heads.open(tenant, name, kek)
+        mark_ = {"state": state, "since": self.clock(), "worker": self.worker}
+        if until is not None:
+            mark_["until"] = until
 
         def mark(env: Envelope, body: HeadBody) -> None:
-            env.training = {"state": state, "since": self.clock(), "worker": self.worker} if state else None
+            env.training = dict(mark_) if state else None
 
         self.heads.commit(head, mark)
 

@@ -8,6 +8,7 @@ plaintext.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -21,19 +22,22 @@ logger = Logger(service="ciphervec-train")
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    deadline = None
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        deadline = time.time() + context.get_remaining_time_in_millis() / 1000
     try:
-        return _handle(event)
+        return _handle(event, deadline)
     finally:
         emit_events("train")  # trainings, merges, rows rewritten, store bytes: CloudWatch EMF
 
 
-def _handle(event: dict[str, Any]) -> dict[str, Any]:
+def _handle(event: dict[str, Any], deadline: float | None) -> dict[str, Any]:
     c = container()
     trainer = c.trainer if isinstance(c.trainer, LambdaTrainer) else LambdaTrainer(c.service, "")
     job = trainer.open(event)
     logger.info("job started", extra={"tenant": job.tenant, "kind": job.kind})
     try:
-        result = run_job(c.service, job)
+        result = run_job(c.service, job, deadline)
     except CipherVecError as exc:
         logger.warning(
             "job failed", extra={"tenant": job.tenant, "kind": job.kind, "error": type(exc).__name__}

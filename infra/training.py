@@ -40,8 +40,10 @@ class TrainJob:
         return (self.tenant, self.index_name, self.kind)
 
 
-def run_job(service: IndexService, job: TrainJob) -> TrainResult:
-    """Train (marking the index as training, and always clearing the mark), or merge."""
+def run_job(service: IndexService, job: TrainJob, until: float | None = None) -> TrainResult:
+    """Train (marking the index as training, and always clearing the mark), or merge;
+    ``until``: the time this worker stops for sure (a Lambda invocation's deadline), after
+    which the mark no longer holds auto-training back."""
     if job.kind == "merge":
         merged = service.merge_tail(job.tenant, job.index_name, job.kek)
         return TrainResult(False, f"merged {merged} write-ahead segments")
@@ -49,7 +51,7 @@ def run_job(service: IndexService, job: TrainJob) -> TrainResult:
         rewritten = service.rewrite(job.tenant, job.index_name, job.kek)
         return TrainResult(False, f"rewrote {rewritten} objects under the new data key")
     try:
-        service.set_training(job.tenant, job.index_name, job.kek, "running")
+        service.set_training(job.tenant, job.index_name, job.kek, "running", until)
         result = service.train(job.tenant, job.index_name, job.kek, **job.params)
         memory.release()  # training's temporaries are large; give them back
         return result

@@ -71,3 +71,22 @@ def test_serve_queues_again_what_a_killed_server_was_training(tmp_path, server_f
         time.sleep(0.2)
     assert trained
     assert "was interrupted: queued again" in again.log.read_text()
+
+
+def test_a_lambda_training_past_its_invocation_deadline_is_orphaned(store, kek):
+    """TrainFunction marks ``running`` with its invocation's deadline: a worker in another
+    process (not visible from here) that timed out or crashed stops holding auto-training
+    back a minute after that deadline, not an hour after it started."""
+    now = [1_000_000.0]
+    service = IndexService(store, train_threshold=100, clock=lambda: now[0])
+    service.create_index("t", "i", IndexConfig(dimension=8), kek=kek)
+    x = clustered(300, 8)
+    service.upsert("t", "i", kek, RowBatch([f"a{i}" for i in range(150)], x[:150]))
+    service.maintenance.worker = "lambda:ciphervec-train"  # not a process of this host
+    service.set_training("t", "i", kek, "running", until=now[0] + 900)
+    now[0] += 899
+    assert service.orphaned_jobs() == []  # still within its invocation
+    assert not service.upsert("t", "i", kek, RowBatch(["b0"], x[150:151])).training_triggered
+    now[0] += 1 + 61
+    assert service.orphaned_jobs() == [("t", "i", "client", "train")]
+    assert service.upsert("t", "i", kek, RowBatch(["b1"], x[151:152])).training_triggered
