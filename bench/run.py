@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding run (0 = skip)")
     ap.add_argument("--no-turboquant", action="store_true", help="skip the storage-tier table")
     ap.add_argument("--no-bm25", action="store_true", help="skip the BM25 / hybrid run")
+    ap.add_argument("--no-reencrypt", action="store_true", help="skip the key rotation / re-encryption run")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -405,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             (tmp / "tq").mkdir()
             report["turboquant"] = turboquant.run(tmp / "tq", args.n, args.queries)
+        if not args.no_reencrypt and "minilm" in args.datasets:
+            import reencrypt
+
+            print("\n== key rotation and re-encryption on MiniLM-384 (bench/reencrypt.py) ==")
+            (tmp / "rekey").mkdir()
+            report["reencrypt"] = reencrypt.run(tmp / "rekey", args.n, 300)
         if not args.no_bm25 and "minilm" in args.datasets:
             import bm25
 

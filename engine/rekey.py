@@ -126,26 +126,19 @@ class Rekeyer:
         now = self.clock()
 
         def swap(env: Envelope, body: HeadBody) -> list[str]:
-            done: list[str] = []
-
-            def moved(old: str, kid: str | None) -> str | None:
-                if not kid or old not in copies:
-                    return None
-                done.append(old)
-                return copies[old]
-
-            moving = [s.name for s in body.segments if s.key and s.name in copies]
-            if body.centroids is not None and body.centroids.key and body.centroids.name in copies:
-                moving.append(body.centroids.name)
-            body.retire(moving, now)
-            segs = []
-            for s in body.segments:
-                new = moved(s.name, s.key)
-                segs.append(replace(s, name=new, key=None) if new else s)
-            body.segments = segs
+            # the copied objects the head still names under an old key (a merge or training
+            # under the new key may have replaced some meanwhile)
+            done = [s.name for s in body.segments if s.key and s.name in copies]
             cent = body.centroids
-            if cent is not None and (new := moved(cent.name, cent.key)):
-                body.centroids = replace(cent, name=new, key=None)
+            if cent is not None and cent.key and cent.name in copies:
+                done.append(cent.name)
+            body.retire(done, now)
+            moved = set(done)
+            body.segments = [
+                replace(s, name=copies[s.name], key=None) if s.name in moved else s for s in body.segments
+            ]
+            if cent is not None and cent.name in moved:
+                body.centroids = replace(cent, name=copies[cent.name], key=None)
             body.prune_old_keys()
             if not body.stale_objects():
                 env.rewrite = None
@@ -168,16 +161,14 @@ class Rekeyer:
         key and sealed under a new name with the current one; names go into ``written`` as
         they are written. Returns old name -> new name."""
         copies: dict[str, str] = {}
-        objects: list[tuple[str, str]] = []
+        lists: list[tuple[str, str]] = []  # (old, new) names of runs' list objects
         for old, kind in stale:
             prefix = "run" if old.startswith("run/") else "seg"
             new = copies[old] = f"{prefix}/{new_id()}"
             if kind == "run":
                 directory = self.heads.read_directory(head, old)
-                objects += [(run.list_name(old, k), run.list_name(new, k)) for k in directory.lists()]
-            objects.append((old, new))
-        lists = [o for o in objects if o[1] not in copies.values()]
-        tops = [o for o in objects if o[1] in copies.values()]
+                lists += [(run.list_name(old, k), run.list_name(new, k)) for k in directory.lists()]
+        tops = list(copies.items())
 
         def one(pair: tuple[str, str]) -> None:
             src, dst = pair
