@@ -206,18 +206,19 @@ class StateCache:
                 )
 
             if todo:
-                with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-                    for ref, got in zip(todo, pool.map(read, todo), strict=True):
-                        if isinstance(got, bytes):
-                            with stage("decode"):
-                                rows = segment.decode(got)
-                            builder.apply(rows, ref.seq)
-                        elif isinstance(got, run.Directory):
-                            builder.open_run(ref.name, ref.seq, got)
-                        else:
-                            for k, rows in got:
-                                builder.apply(rows, ref.seq, ivf_list=k)
-                        applied.append(ref.name)
+                with stage("io"), ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+                    fetched = list(pool.map(read, todo))
+                for ref, got in zip(todo, fetched, strict=True):
+                    if isinstance(got, bytes):
+                        with stage("decode"):
+                            rows = segment.decode(got)
+                        builder.apply(rows, ref.seq)
+                    elif isinstance(got, run.Directory):
+                        builder.open_run(ref.name, ref.seq, got)
+                    else:
+                        for k, rows in got:
+                            builder.apply(rows, ref.seq, ivf_list=k)
+                    applied.append(ref.name)
             cent = head.body.centroids
             if (cent.name if cent else None) != builder.centroids_name:
                 centroids = self.heads.read_centroids(head, cent.name) if cent else None

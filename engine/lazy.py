@@ -8,6 +8,7 @@ from . import run, segment
 from .heads import Head, Heads
 from .segment import Segment
 from .state import Builder
+from .timing import stage
 
 # Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
 # the background fill reads with fewer threads, in small batches, so that the requests it
@@ -28,7 +29,7 @@ def fetch_lists(heads: Heads, head: Head, lists: list[tuple[str, int]], readers:
 
     if len(lists) <= 1:
         return [fetch(item) for item in lists]
-    with ThreadPoolExecutor(max_workers=min(readers, len(lists))) as pool:
+    with stage("io"), ThreadPoolExecutor(max_workers=min(readers, len(lists))) as pool:
         return list(pool.map(fetch, lists))
 
 

@@ -1,6 +1,8 @@
 """Where a request's time goes: named stages (auth, store, crypto, decode, search, embed)
-timed on the request's thread, for Server-Timing, metrics and the request log; and what the
-process did: counted events (cache hits and misses, rows, bytes, trainings, merges)."""
+timed on the request's thread, and ``io``: the time it waits for objects read or written
+by helper threads in parallel (their store, crypto and decode together) — for
+Server-Timing, metrics and the request log; and what the process did: counted events
+(cache hits and misses, rows, bytes, trainings, merges)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STAGES = ("auth", "store", "crypto", "decode", "search", "embed")
+STAGES = ("auth", "store", "crypto", "decode", "search", "embed", "io")
 _local = threading.local()
 _events: Counter[str] = Counter()
 _events_lock = threading.Lock()

@@ -17,6 +17,7 @@ from .lazy import READERS
 from .manifest import Envelope, HeadBody, SegmentRef
 from .names import new_id
 from .segment import Segment
+from .timing import stage
 
 
 class Writer:
@@ -68,7 +69,7 @@ class Writer:
             self.heads.write(head, run.list_name(name, k), segment.encode(part, precision))
 
         try:
-            with ThreadPoolExecutor(max_workers=READERS) as pool:
+            with stage("io"), ThreadPoolExecutor(max_workers=READERS) as pool:
                 list(pool.map(put, directory.lists()))
             self.heads.write(head, name, directory.to_json())
         except BaseException:

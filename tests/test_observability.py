@@ -103,3 +103,25 @@ def test_engine_events_count_trainings_merges_and_cache_use():
     assert grew("rows_written") == 400 and grew("rows_deleted") == 2
     assert grew("tail_merges") == 1 and grew("trainings") == 1
     assert grew("cache_hits") >= 1 and grew("store_bytes_written") > 0
+
+
+def test_parallel_object_reads_count_as_io():
+    """A cold trained index reads its probed IVF lists on helper threads: the request's
+    wait for them is its ``io`` stage (their store, crypto and decode are not lost)."""
+    from ciphervec.engine import timing
+    from ciphervec.engine.model import IndexConfig, RowBatch
+    from ciphervec.infra.storage.memory import MemoryStore
+    from tests.conftest import clustered
+    from tests.test_service import fresh
+
+    kek, store = bytes(range(32)), MemoryStore()
+    svc = fresh(store, lazy_rows=10)
+    svc.create_index("t", "i", IndexConfig(dimension=8), kek=kek)
+    x = clustered(800, 8)
+    svc.upsert("t", "i", kek, RowBatch([f"r{i}" for i in range(800)], x))
+    svc.train("t", "i", kek, n_lists=8)
+    cold = fresh(store, lazy_rows=10)
+    timing.begin()
+    cold.query("t", "i", kek, x[:1], top_k=5, n_probes=4)
+    spent = timing.end()
+    assert spent["io"] > 0 and {"store", "crypto"} <= set(spent)
