@@ -26,7 +26,6 @@ from .turboquant import SQ_TIERS
 from .writes import Writer
 
 TRAINING_STALE_SECONDS = 3600.0
-DEADLINE_GRACE_SECONDS = 60.0  # a mark outlives its worker's deadline by this much at most
 SMALL_SEGMENT_ROWS = 8192
 
 
@@ -63,14 +62,7 @@ class Maintenance:
         """A training is marked and someone may still be doing it: not stale, not past the
         deadline its worker gave (a Lambda invocation's end: timed out or crashed), and not
         marked by a process of this host that has died since (a crashed server's queue)."""
-        t = env.training
-        if not t:
-            return False
-        if self.clock() - float(t.get("since", 0)) >= TRAINING_STALE_SECONDS:
-            return False
-        if t.get("until") is not None and self.clock() > float(t["until"]) + DEADLINE_GRACE_SECONDS:
-            return False
-        return not workers.gone(t.get("worker"))
+        return workers.holds(env.training, self.clock(), TRAINING_STALE_SECONDS)
 
     def maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
         """Mark the head ``queued`` when ``count`` rows call for a (re)training."""

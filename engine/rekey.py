@@ -53,12 +53,7 @@ class Rekeyer:
     # -- the mark ----------------------------------------------------------------------
     def active(self, env: Envelope) -> bool:
         """A rewrite is marked and someone may still be doing it (as ``training_active``)."""
-        mark = env.rewrite
-        if not mark:
-            return False
-        if self.clock() - float(mark.get("since", 0)) >= REWRITE_STALE_SECONDS:
-            return False
-        return not workers.gone(mark.get("worker"))
+        return workers.holds(env.rewrite, self.clock(), REWRITE_STALE_SECONDS)
 
     def maybe_mark(self, env: Envelope, body: HeadBody) -> bool:
         """Mark a rewrite as started when objects wait for one and nobody is doing it (a
@@ -94,11 +89,21 @@ class Rekeyer:
         return fresh.key_mode
 
     # -- rewrite -------------------------------------------------------------------------
-    def rewrite(self, tenant: str, name: str, kek: bytes | None) -> int:
+    def rewrite(self, tenant: str, name: str, kek: bytes | None, until: float | None = None) -> int:
         """Rewrite every object still sealed under an older data key; returns how many live
-        objects (segments, runs, centroids) were rewritten. A rewrite that fails takes its
-        mark back, so that the next write queues it again."""
+        objects (segments, runs, centroids) were rewritten. The mark names this worker (and
+        ``until``, its deadline in Lambda) while it runs; a rewrite that fails takes its mark
+        back, so that the next write queues it again."""
         head = self.heads.open(tenant, name, kek)
+        if head.body.stale_objects():
+            mark = {"since": self.clock(), "worker": self.worker}
+            if until is not None:
+                mark["until"] = until
+
+            def claim(env: Envelope, body: HeadBody) -> None:
+                env.rewrite = dict(mark)
+
+            self.heads.commit(head, claim)
         try:
             return self._rewrite(head)
         except BaseException:

@@ -296,20 +296,18 @@ class IndexService:
         estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
         seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
 
-        rewrite: list[bool] = []
-
-        def mutate(env: Envelope, body: HeadBody, seq: int) -> bool:
+        def mutate(env: Envelope, body: HeadBody, seq: int) -> tuple[bool, bool]:
             _check_dimension(int(body.config["dimension"]), batch.dimension)
             body.config["dimension"] = batch.dimension
-            rewrite[:] = [self.rekeyer.maybe_mark(env, body)]  # an interrupted re-encryption
-            return self.maintenance.maybe_queue_training(env, body, estimate)
+            # (a training to queue, an interrupted re-encryption to queue again)
+            return self.maintenance.maybe_queue_training(env, body, estimate), self.rekeyer.maybe_mark(
+                env, body
+            )
 
-        triggered = self.writer.segment(head, seg, mutate)
+        triggered, rewrite = self.writer.segment(head, seg, mutate)
         event("rows_written", len(batch.ids))
         merge_due = self.maintenance.merge_due(self.heads.held((tenant, name)))
-        return UpsertResult(
-            len(batch.ids), estimate, bool(triggered), self.train_threshold, merge_due, any(rewrite)
-        )
+        return UpsertResult(len(batch.ids), estimate, triggered, self.train_threshold, merge_due, rewrite)
 
     def delete_vectors(self, tenant: str, name: str, kek: bytes | None, ids: list[str]) -> int:
         if any(not isinstance(i, str) for i in ids):

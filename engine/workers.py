@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 
 def _start_time(pid: int) -> str | None:
@@ -35,6 +36,20 @@ def gone(worker: str | None) -> bool:
     if not Path("/proc/self/stat").exists():  # no /proc here: ask the kernel by signal 0
         return not alive(int(pid))
     return _start_time(int(pid)) != started  # no such process, or another one under its pid
+
+
+def holds(mark: dict[str, Any] | None, now: float, stale_seconds: float, grace: float = 60.0) -> bool:
+    """Whether a job mark in a head (``{"since", "worker", "until"?}``) still stands for work
+    someone may be doing: not older than ``stale_seconds``, not more than ``grace`` past
+    the deadline its worker gave (``until``: a Lambda invocation's end), and not by a
+    process of this host that has died since."""
+    if not mark:
+        return False
+    if now - float(mark.get("since", 0)) >= stale_seconds:
+        return False
+    if mark.get("until") is not None and now > float(mark["until"]) + grace:
+        return False
+    return not gone(mark.get("worker"))
 
 
 def alive(pid: int) -> bool:

@@ -48,7 +48,7 @@ def run_job(service: IndexService, job: TrainJob, until: float | None = None) ->
         merged = service.merge_tail(job.tenant, job.index_name, job.kek)
         return TrainResult(False, f"merged {merged} write-ahead segments")
     if job.kind == "reencrypt":
-        rewritten = service.rewrite(job.tenant, job.index_name, job.kek)
+        rewritten = service.rewrite(job.tenant, job.index_name, job.kek, until)
         return TrainResult(False, f"rewrote {rewritten} objects under the new data key")
     try:
         service.set_training(job.tenant, job.index_name, job.kek, "running", until)
