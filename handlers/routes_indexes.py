@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -16,6 +17,7 @@ from . import request as rq
 from . import schemas
 
 router = Router()
+log = logging.getLogger("ciphervec.api")
 
 
 @rq.route(router, "GET", "/v1/health")
@@ -113,7 +115,16 @@ def rotate_key() -> Response:
     if not req.reencrypt:
         return rq.ok(body)
     job = TrainJob(tenant, req.index_name, new_kek, kind="reencrypt")
-    result = c.trainer.train(job, c.settings.train_sync_seconds)
+    try:
+        result = c.trainer.train(job, c.settings.train_sync_seconds)
+    except Exception as exc:  # the rotation stands: the rewrite is queued again by the next write
+        log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
+        body["status"] = "rewriting"
+        body["message"] += (
+            "; rewriting its objects under the new data key failed for now and is taken up "
+            "again by the next write (see key_rotation in /v1/indexes/describe)"
+        )
+        return rq.answer(202, body)
     if result is None:
         body["status"] = "rewriting"
         body["message"] += (

@@ -2,6 +2,7 @@
 nothing lost when the rewrite is interrupted, and no object under the old data key left."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def test_an_interrupted_rewrite_is_marked_again_by_the_next_write(tmp_path):
     result = svc.upsert("t", "i", NEW, rows(1, 9000))
     assert result.rewrite_due
     assert not svc.upsert("t", "i", NEW, rows(1, 9001)).rewrite_due  # marked once
-    svc.rekeyer.clock = __import__("time").time
+    svc.rekeyer.clock = time.time
     svc.rewrite("t", "i", NEW)
     after = contents(fresh(store, key_wrapper=wrapper), NEW)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -226,3 +227,37 @@ def test_http_rotate_with_reencrypt():
     assert count(key=new) == 2
     assert upsert_b64("idx", ["c"], [[0, 0, 1, 0]], key=KEY)[0] == 401
     assert upsert_b64("idx", ["c"], [[0, 0, 1, 0]], key=new)[0] == 200 and count(key=new) == 3
+
+
+@pytest.mark.usefixtures("app")
+def test_http_rotation_stands_when_its_rewrite_fails(monkeypatch):
+    """The rotation commits first: if the rewrite then fails (a store fault), the answer is
+    202 — the new key is the key — and the next write queues the rewrite again."""
+    from ciphervec.engine.ports import StoreError
+    from ciphervec.handlers import request as rq
+
+    create()
+    upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
+    rekeyer = rq.c().service.rekeyer
+
+    def broken(*args, **kwargs):
+        raise StoreError("injected store fault")
+
+    monkeypatch.setattr(rekeyer, "_copy", broken)
+    new = NEW.hex()
+    body = {"index_name": "idx", "index_key": KEY, "new_index_key": new, "reencrypt": True}
+    status, out, _ = call("POST", "/v1/indexes/rotate_key", body)
+    assert status == 202 and out["status"] == "rewriting" and new not in str(out)
+    assert call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[0] == 401
+    described = call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": new})[1]
+    assert (
+        described["key_rotation"]["objects_under_old_keys"] > 0 and not described["key_rotation"]["rewriting"]
+    )
+    monkeypatch.undo()
+    assert upsert_b64("idx", ["c"], [[0, 0, 1, 0]], key=new)[0] == 200  # queues the rewrite again
+    for _ in range(200):
+        described = call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": new})[1]
+        if described["key_rotation"]["objects_under_old_keys"] == 0:
+            break
+        time.sleep(0.05)
+    assert described["key_rotation"]["objects_under_old_keys"] == 0 and count(key=new) == 3
