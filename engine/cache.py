@@ -183,6 +183,8 @@ class StateCache:
         fresh one (lazy for a big trained index unless ``full``)."""
         key, uid = head.key, head.envelope.uid
         current = self._snaps.get(key)
+        if current is not None and head.body.renamed and current.partial is None:
+            current = _renamed(current, head.body.renamed)  # re-encrypted: the same rows
         names = [s.name for s in head.body.segments]
         if (
             current is not None
@@ -325,23 +327,16 @@ class StateCache:
                 applied = (*base, *new, *current.applied[len(base) + len(old) :])
                 self.install(key, current.with_bookkeeping(applied=applied))
 
-    def rename_all(self, key: Key, names: dict[str, str]) -> None:
-        """Objects were rewritten under new names holding the same rows (a re-encryption):
-        rename them in the snapshot's bookkeeping. A partial snapshot, whose runs read their
-        lists by name later, is dropped instead (the next request reloads it)."""
-        if not names:
-            return
-        with self.writer(key):
-            current = self._snaps.get(key)
-            if current is None:
-                return
-            if current.partial is not None:
-                self.drop(key)
-                return
-            applied = tuple(names.get(n, n) for n in current.applied)
-            cent = current.centroids_name
-            cent = names.get(cent, cent) if cent else cent
-            self.install(key, current.with_bookkeeping(applied=applied, centroids_name=cent))
+
+def _renamed(snap: Snapshot, names: dict[str, str]) -> Snapshot:
+    """``snap`` with objects rewritten under new names (``HeadBody.renamed``) renamed in its
+    bookkeeping. Not for a partial snapshot: its runs read their lists by the old names."""
+    applied = tuple(names.get(n, n) for n in snap.applied)
+    cent = snap.centroids_name
+    cent = names.get(cent, cent) if cent else cent
+    if applied == snap.applied and cent == snap.centroids_name:
+        return snap
+    return snap.with_bookkeeping(applied=applied, centroids_name=cent)
 
 
 def _holds(snap: Snapshot, at: int, group: tuple[Part, ...]) -> bool:

@@ -109,6 +109,9 @@ class HeadBody:
     # Older data keys (id -> base64) that objects named here (segments, centroids, retired
     # objects: their ``key``) are still sealed under, until a rewrite and a sweep free them.
     old_keys: dict[str, str] = field(default_factory=dict)
+    # Objects a re-encryption rewrote (old name -> new name, the same rows), while the old
+    # ones are retired: a container holding the old names renames instead of reloading.
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         # Plain dicts built by hand: dataclasses.asdict deep-copies and is slow for long lists.
@@ -122,6 +125,8 @@ class HeadBody:
         }
         if self.old_keys:
             data["old_keys"] = self.old_keys
+        if self.renamed:
+            data["renamed"] = self.renamed
         return json.dumps(data, separators=(",", ":")).encode()
 
     def copy(self) -> HeadBody:
@@ -134,6 +139,7 @@ class HeadBody:
             [dict(r) for r in self.retired],
             list(self.loads),
             dict(self.old_keys),
+            dict(self.renamed),
         )
 
     @classmethod
@@ -147,6 +153,7 @@ class HeadBody:
             retired=data["retired"],
             loads=data.get("loads", []),
             old_keys=data.get("old_keys", {}),
+            renamed=data.get("renamed", {}),
         )
 
     def retire(self, names: list[str], at: float) -> None:
@@ -170,11 +177,15 @@ class HeadBody:
         return {name: keys[kid] for name, kid in named if kid in keys}
 
     def prune_old_keys(self) -> None:
-        """Forget the older data keys nothing names any more."""
+        """Forget the older data keys nothing names any more, and the renames of objects
+        swept since."""
         used = {s.key for s in self.segments} | {r.get("key") for r in self.retired}
         if self.centroids is not None:
             used.add(self.centroids.key)
         self.old_keys = {kid: dek for kid, dek in self.old_keys.items() if kid in used}
+        if self.renamed:
+            retired = {r["name"] for r in self.retired}
+            self.renamed = {old: new for old, new in self.renamed.items() if old in retired}
 
     def stale_objects(self) -> int:
         """Live objects (segments, runs, centroids) still sealed under an older data key."""

@@ -9,7 +9,9 @@ tagged objects with the old one (``IndexCipher`` legacy keys).
 
 The rewrite then copies each tagged object (a segment, a run's directory and lists, the
 centroids) under a new name sealed with the current data key, and swaps the names in one
-more commit; the old objects are retired like a merge's. Writers only append to the head,
+more commit; the old objects are retired like a merge's, and the head lists old -> new
+(``HeadBody.renamed``) so that containers holding the rows rename instead of reloading
+them. Writers only append to the head,
 so they never conflict with it for long; a rewrite that is interrupted leaves the head
 as it was (what it wrote is an orphan for the sweep), and the next one starts again from
 the objects still tagged. The old data key leaves the head once nothing names it (after
@@ -144,6 +146,7 @@ class Rekeyer:
             ]
             if cent is not None and cent.name in moved:
                 body.centroids = replace(cent, name=copies[cent.name], key=None)
+            body.renamed.update((old, copies[old]) for old in done)
             body.prune_old_keys()
             if not body.stale_objects():
                 env.rewrite = None
@@ -157,7 +160,6 @@ class Rekeyer:
         unused = [copies[o] for o in copies if o not in done]  # merged away meanwhile
         if unused:
             self.heads.delete_all(head, unused)
-        self.cache.rename_all(head.key, {o: copies[o] for o in done})
         event("objects_rewritten", len(done))
         return len(done)
 

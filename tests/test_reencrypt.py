@@ -261,3 +261,26 @@ def test_http_rotation_stands_when_its_rewrite_fails(monkeypatch):
             break
         time.sleep(0.05)
     assert described["key_rotation"]["objects_under_old_keys"] == 0 and count(key=new) == 3
+
+
+def test_a_warm_container_renames_instead_of_reloading(tmp_path):
+    """Another container that holds the index whole follows the rewrite by renaming (the
+    head lists what was rewritten as what): it reads the head again, not the rows."""
+    from ciphervec.engine.timing import events
+
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = build(store, wrapper)
+    svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
+    other = fresh(store, key_wrapper=wrapper)
+    before_ids = sorted(other.list_ids("t", "i", NEW))  # loads every row
+    query = np.ones((1, DIM), np.float32)
+    hits = other.query("t", "i", NEW, query, top_k=10)
+    svc.rewrite("t", "i", NEW)
+    read = events().get("store_bytes_read", 0)
+    assert other.query("t", "i", NEW, query, top_k=10) == hits
+    head_bytes = len(store.get("t/i/head")[0])
+    assert events().get("store_bytes_read", 0) - read <= head_bytes  # the head, not the rows
+    assert sorted(other.list_ids("t", "i", NEW)) == before_ids
+    svc.sweep("t", "i", NEW)  # the old objects and the renames go; the other container is fine
+    assert svc.heads.open("t", "i", NEW).body.renamed == {}
+    assert other.query("t", "i", NEW, query, top_k=10) == hits
