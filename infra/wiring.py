@@ -17,7 +17,7 @@ from .loading import LocalLoads, QueueLoads
 from .metrics import RequestMetrics
 from .settings import Settings
 from .storage import open_store
-from .throttle import FailureThrottle
+from .throttle import FailureThrottle, SharedFailureThrottle
 from .training import LambdaTrainer, LocalTrainer
 
 log = logging.getLogger("ciphervec.wiring")
@@ -79,8 +79,15 @@ def build(settings: Settings, **clients: Any) -> Container:
     embedder = SentenceTransformerModels(
         settings.model_dir, settings.embed_batch, settings.embed_device, s3=clients.get("s3")
     )
-    throttle = FailureThrottle(
-        settings.throttle_failures, settings.throttle_window_seconds, settings.throttle_lock_seconds
+    limits = {
+        "limit": settings.throttle_failures,
+        "window": settings.throttle_window_seconds,
+        "lock_seconds": settings.throttle_lock_seconds,
+    }
+    throttle = (
+        SharedFailureThrottle(settings.throttle_table, client=clients.get("dynamodb"), **limits)
+        if settings.throttle_table
+        else FailureThrottle(**limits)
     )
     return Container(
         settings, service, auth, trainer, loads, clients.get("s3"), throttle=throttle, embedder=embedder
