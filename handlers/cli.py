@@ -66,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     base = f"http://{host}:{port}"
     print(f"ciphervec listening on {base}  (store {settings.store_uri}, keys {settings.keys_uri})")
+    print(f"API docs: {base}/v1/docs  (OpenAPI: {base}/v1/openapi.json)")
     if not settings.auth:
         print("WARNING: authentication is OFF (--no-auth). Development only.")
     elif not c.auth.store.list() and not settings.root_key:
