@@ -208,19 +208,13 @@ class StateCache:
                 )
 
             if todo:
-                with stage("io"), ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-                    fetched = list(pool.map(read, todo))
-                for ref, got in zip(todo, fetched, strict=True):
-                    if isinstance(got, bytes):
-                        with stage("decode"):
-                            rows = segment.decode(got)
-                        builder.apply(rows, ref.seq)
-                    elif isinstance(got, run.Directory):
-                        builder.open_run(ref.name, ref.seq, got)
-                    else:
-                        for k, rows in got:
-                            builder.apply(rows, ref.seq, ivf_list=k)
-                    applied.append(ref.name)
+                with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+                    fetched = pool.map(read, todo)  # each released once applied
+                    for ref in todo:
+                        with stage("io"):
+                            got = next(fetched)
+                        _apply(builder, ref, got)
+                        applied.append(ref.name)
             cent = head.body.centroids
             if (cent.name if cent else None) != builder.centroids_name:
                 centroids = self.heads.read_centroids(head, cent.name) if cent else None
@@ -326,6 +320,20 @@ class StateCache:
             if current is not None and list(current.applied[: len(base) + len(old)]) == base + old:
                 applied = (*base, *new, *current.applied[len(base) + len(old) :])
                 self.install(key, current.with_bookkeeping(applied=applied))
+
+
+def _apply(builder: Builder, ref: SegmentRef, got: Any) -> None:
+    """Apply what was read for ``ref``: a segment's bytes, a lazy run's directory, or a run's
+    lists."""
+    if isinstance(got, bytes):
+        with stage("decode"):
+            rows = segment.decode(got)
+        builder.apply(rows, ref.seq)
+    elif isinstance(got, run.Directory):
+        builder.open_run(ref.name, ref.seq, got)
+    else:
+        for k, rows in got:
+            builder.apply(rows, ref.seq, ivf_list=k)
 
 
 def _renamed(snap: Snapshot, names: dict[str, str]) -> Snapshot:

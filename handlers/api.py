@@ -25,7 +25,7 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import ValidationError as PydanticValidationError
 
 from ..engine import timing
-from ..engine.errors import CipherVecError, RetryLater, Unauthorized, ValidationFailed
+from ..engine.errors import CipherVecError, KeyRotated, RetryLater, Unauthorized, ValidationFailed
 from . import openapi, routes_indexes, routes_loads, routes_users, routes_vectors
 from . import request as rq
 
@@ -40,7 +40,7 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> R
 
 
 def on_engine_error(exc: CipherVecError) -> Response:
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, Unauthorized) and not isinstance(exc, KeyRotated):  # not a guess
         rq.failed_attempt()
     if isinstance(exc, ValidationFailed):
         return _error(422, [{"loc": list(exc.loc), "msg": exc.detail, "type": "value_error"}])

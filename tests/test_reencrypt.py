@@ -284,3 +284,32 @@ def test_a_warm_container_renames_instead_of_reloading(tmp_path):
     svc.sweep("t", "i", NEW)  # the old objects and the renames go; the other container is fine
     assert svc.heads.open("t", "i", NEW).body.renamed == {}
     assert other.query("t", "i", NEW, query, top_k=10) == hits
+
+
+def test_writes_refused_by_a_rotation_are_not_counted_as_key_guesses(tmp_path, monkeypatch):
+    """KeyRotated is a 401, but the caller's key was right when it asked: it must not lock
+    the (API key, index) out the way wrong index keys do."""
+    from ciphervec.engine.errors import KeyRotated as Rotated
+    from ciphervec.infra.settings import Settings
+    from tests.test_api import EVENT_ROOT_KEY, configure
+
+    c = configure(
+        Settings(
+            store_uri=f"file://{tmp_path}/data",
+            keys_uri="memory://",
+            root_key=EVENT_ROOT_KEY,
+            throttle_failures=2,
+        )
+    )
+    create()
+
+    def raced(*args, **kwargs):  # the commit found the head under a new data key
+        raise Rotated("the index's data key was replaced while this request ran")
+
+    monkeypatch.setattr(c.service.writer, "segment", raced)
+    statuses = [upsert_b64("idx", [f"r{i}"], [[1, 0, 0, 0]])[0] for i in range(5)]
+    assert statuses == [401] * 5  # never 429
+    monkeypatch.undo()
+    assert upsert_b64("idx", ["ok"], [[1, 0, 0, 0]])[0] == 200
+    wrong = "ef" * 32
+    assert [upsert_b64("idx", ["x"], [[1, 0, 0, 0]], key=wrong)[0] for _ in range(4)] == [401, 401, 401, 429]
