@@ -38,17 +38,27 @@ from .names import new_id
 from .timing import event
 
 REWRITE_STALE_SECONDS = 3600.0
+# A rotation's mark holds this long for the job it queues to start and claim it.
+REWRITE_START_SECONDS = 960.0
 
 
 class Rekeyer:
     """Rotates an index onto a new data key and rewrites its objects under it."""
 
     def __init__(
-        self, heads: Heads, cache: StateCache, keys: KeyRing, clock: Callable[[], float] = time.time
+        self,
+        heads: Heads,
+        cache: StateCache,
+        keys: KeyRing,
+        sweep: Callable[[str, str, bytes | None], int],
+        retire_grace_seconds: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.heads = heads
         self.cache = cache
         self.keys = keys
+        self.sweep = sweep
+        self.retire_grace = retire_grace_seconds
         self.clock = clock
         self.worker = workers.this_worker()
 
@@ -57,13 +67,43 @@ class Rekeyer:
         """A rewrite is marked and someone may still be doing it (as ``training_active``)."""
         return workers.holds(env.rewrite, self.clock(), REWRITE_STALE_SECONDS)
 
+    def due(self, env: Envelope, body: HeadBody) -> bool:
+        """Nobody is at it, and objects wait for a rewrite, or objects under an old key wait
+        past the grace period for the sweep that frees the key."""
+        if not body.old_keys or self.active(env):
+            return False
+        now = self.clock()
+        return bool(body.stale_objects()) or any(
+            r.get("key") and now - r["at"] >= self.retire_grace for r in body.retired
+        )
+
     def maybe_mark(self, env: Envelope, body: HeadBody) -> bool:
-        """Mark a rewrite as started when objects wait for one and nobody is doing it (a
-        writer's commit calls this: the caller then queues the rewrite)."""
-        if not body.old_keys or not body.stale_objects() or self.active(env):
+        """Mark a rewrite (and its sweep) as started when one is ``due`` (a writer's commit
+        calls this: the caller then queues the job)."""
+        if not self.due(env, body):
             return False
         env.rewrite = {"since": self.clock(), "worker": self.worker}
         return True
+
+    def unmark(self, tenant: str, name: str, kek: bytes | None) -> None:
+        """Take a rewrite's mark back (its job failed or could not be queued), so that the
+        next write queues it again; quietly, if even that fails."""
+        with contextlib.suppress(CipherVecError):
+
+            def clear(env: Envelope, body: HeadBody) -> None:
+                env.rewrite = None
+
+            self.heads.commit(self.heads.open(tenant, name, kek), clear)
+
+    def sweep_delay(self, tenant: str, name: str, kek: bytes | None) -> float | None:
+        """Seconds until the objects still under an old key may be swept (None: none left)."""
+        body = self.heads.open(tenant, name, kek).body
+        if not body.old_keys:
+            return None
+        ats = [r["at"] for r in body.retired if r.get("key")]
+        if not ats:
+            return None
+        return max(0.0, min(ats) + self.retire_grace - self.clock())
 
     # -- rotation ------------------------------------------------------------------------
     def rotate(self, head: Head, new_kek: bytes | None, new_kms_name: str | None) -> str:
@@ -79,7 +119,7 @@ class Rekeyer:
             env.key_mode, env.wrapped_dek, env.kms_name = fresh.key_mode, fresh.wrapped_dek, fresh.kms_name
             env.dek_id = new_id_
             env.training = None  # a training under the old data key can no longer commit
-            env.rewrite = {"since": now, "worker": self.worker}
+            env.rewrite = {"since": now, "worker": self.worker, "until": now + REWRITE_START_SECONDS}
             body.old_keys[old_kid] = old
             body.segments = [s if s.key else replace(s, key=old_kid) for s in body.segments]
             if body.centroids is not None and not body.centroids.key:
@@ -92,7 +132,8 @@ class Rekeyer:
 
     # -- rewrite -------------------------------------------------------------------------
     def rewrite(self, tenant: str, name: str, kek: bytes | None, until: float | None = None) -> int:
-        """Rewrite every object still sealed under an older data key; returns how many live
+        """Rewrite every object still sealed under an older data key, then sweep (what is past
+        the grace period goes, and with the last of it the old key); returns how many live
         objects (segments, runs, centroids) were rewritten. The mark names this worker (and
         ``until``, its deadline in Lambda) while it runs; a rewrite that fails takes its mark
         back, so that the next write queues it again."""
@@ -107,14 +148,11 @@ class Rekeyer:
 
             self.heads.commit(head, claim)
         try:
-            return self._rewrite(head)
+            rewritten = self._rewrite(head)
+            self.sweep(tenant, name, kek)
+            return rewritten
         except BaseException:
-            with contextlib.suppress(CipherVecError):
-
-                def unmark(env: Envelope, body: HeadBody) -> None:
-                    env.rewrite = None
-
-                self.heads.commit(head, unmark)
+            self.unmark(tenant, name, kek)
             raise
 
     def _rewrite(self, head: Head) -> int:

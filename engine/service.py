@@ -111,7 +111,9 @@ class IndexService:
         )
         self.loader = Loader(self.heads, Jobs(self.heads, clock), self.maintenance.maybe_queue_training)
         self.maintenance.keeps_staged = self.loader.jobs.keeps
-        self.rekeyer = Rekeyer(self.heads, self.cache, self.keys, clock)
+        self.rekeyer = Rekeyer(
+            self.heads, self.cache, self.keys, self.maintenance.sweep, retire_grace_seconds, clock
+        )
         # reads
         self.num_vectors = self.reader.num_vectors
         self.list_ids = self.reader.list_ids

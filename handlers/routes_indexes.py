@@ -119,6 +119,7 @@ def rotate_key() -> Response:
         result = c.trainer.train(job, c.settings.train_sync_seconds)
     except Exception as exc:  # the rotation stands: the rewrite is queued again by the next write
         log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
+        c.service.rekeyer.unmark(tenant, req.index_name, new_kek)
         body["status"] = "rewriting"
         body["message"] += (
             "; rewriting its objects under the new data key failed for now and is taken up "

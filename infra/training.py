@@ -86,6 +86,8 @@ class LocalTrainer:
                 self._current = job.key
             try:
                 job.future.set_result(run_job(self.service, job))
+                if job.kind == "reencrypt":
+                    self._sweep_later(job)
             except BaseException as exc:  # reported through the future / the log
                 if not isinstance(exc, IndexNotFound):
                     log.warning("%s job of an index failed: %s", job.kind, type(exc).__name__)
@@ -93,6 +95,20 @@ class LocalTrainer:
             finally:
                 with self._lock:
                     self._current = None
+
+    def _sweep_later(self, job: TrainJob) -> None:
+        """After a rewrite: queue it once more when its old objects are past the grace
+        period, so that the sweep frees the old data key without waiting for a write."""
+        try:
+            delay = self.service.rekeyer.sweep_delay(job.tenant, job.index_name, job.kek)
+        except CipherVecError:
+            return
+        if delay is not None:
+            timer = threading.Timer(
+                delay + 1.0, self.enqueue, (job.tenant, job.index_name, job.kek), {"kind": "reencrypt"}
+            )
+            timer.daemon = True
+            timer.start()
 
     def submit(self, job: TrainJob) -> TrainJob:
         with self._lock:
@@ -182,17 +198,12 @@ class LambdaTrainer:
             Payload=json.dumps(payload).encode(),
         )
 
-    # Rough rate of a re-encryption (read, open, seal, write) in Lambda, in bytes per second.
-    REWRITE_RATE = 100e6
-
     def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:
-        rows = self.service.num_vectors(job.tenant, job.index_name, job.kek)
-        dim = self.service.describe(job.tenant, job.index_name, job.kek)["dimension"]
-        if job.kind != "train":  # a rewrite (or merge): inline if its bytes fit the budget
-            if rows * dim * 4 / self.REWRITE_RATE < wait_seconds:
-                return run_job(self.service, job)
+        if job.kind == "reencrypt":  # always TrainFunction: its size is no guide to its time here
             self._invoke(job)
             return None
+        rows = self.service.num_vectors(job.tenant, job.index_name, job.kek)
+        dim = self.service.describe(job.tenant, job.index_name, job.kek)["dimension"]
         lists = job.params.get("n_lists") or max(1, int(rows**0.5))
         sample = min(rows, 256 * lists)
         seconds = sample * dim * lists * min(job.params.get("max_iters", 25), 25) / self.FLOPS

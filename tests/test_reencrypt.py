@@ -27,7 +27,7 @@ def rows(n, start=0, seed=0):
 
 def build(store, wrapper, *, trained=True):
     """An index with a trained run, centroids, a tail of segments and a delete."""
-    svc = fresh(store, key_wrapper=wrapper, retire_grace_seconds=0.0)
+    svc = fresh(store, key_wrapper=wrapper, retire_grace_seconds=60.0)
     svc.create_index("t", "i", IndexConfig(dimension=DIM, metric="euclidean"), kek=OLD)
     svc.upsert("t", "i", OLD, rows(400))
     if trained:
@@ -36,6 +36,11 @@ def build(store, wrapper, *, trained=True):
         svc.upsert("t", "i", OLD, rows(20, 400 + 20 * k, seed=k + 1))
     svc.delete_vectors("t", "i", OLD, ["r0", "r401"])
     return svc
+
+
+def swept(store, wrapper, kek):
+    """A sweep once the grace period is over (a container whose grace is 0)."""
+    fresh(store, key_wrapper=wrapper, retire_grace_seconds=0.0).sweep("t", "i", kek)
 
 
 def contents(svc, kek):
@@ -98,7 +103,7 @@ def test_rotation_then_rewrite_moves_every_object(tmp_path, trained):
     assert svc.query("t", "i", NEW, query, top_k=10) == hits
     assert fresh(store, key_wrapper=wrapper).query("t", "i", NEW, query, top_k=10) == hits
 
-    svc.sweep("t", "i", NEW)  # grace 0: the old objects go, and the old data key with them
+    swept(store, wrapper, NEW)  # past the grace: the old objects go, and the old data key with them
     assert sealed_under(store, old_dek) == []
     assert len(sealed_under(store, new_dek)) == len(list(store.list("t/i/"))) - 1
     assert svc.describe("t", "i", NEW)["key_rotation"]["old_keys_held"] == 0
@@ -115,7 +120,7 @@ def test_client_key_to_kms_and_back_with_reencrypt(tmp_path):
     assert contents(fresh(store, key_wrapper=wrapper), None) == before
     assert svc.rotate_key("t", "i", None, NEW, None, kms_name="default", reencrypt=True) == "client"
     svc.rewrite("t", "i", NEW)
-    svc.sweep("t", "i", NEW)
+    swept(store, wrapper, NEW)
     assert sealed_under(store, mid) == []
     assert contents(fresh(store, key_wrapper=wrapper), NEW) == before
 
@@ -150,16 +155,17 @@ def test_writes_and_reads_keep_working_during_the_rewrite(tmp_path):
     for t in threads:
         t.start()
     try:
-        while len(acked) < 10:
-            pass
+        deadline = time.time() + 30  # (writers that died end the wait; the checks below fail)
+        while len(acked) < 10 and time.time() < deadline and all(t.is_alive() for t in threads):
+            time.sleep(0.001)
         svc.rewrite("t", "i", NEW)
-        while len(acked) < 20:
-            pass
+        while len(acked) < 20 and time.time() < deadline and all(t.is_alive() for t in threads):
+            time.sleep(0.001)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
-    assert not errors
+    assert not errors and len(acked) >= 20
     cold = fresh(store, key_wrapper=wrapper)
     got = contents(cold, NEW)
     for rid, vector in acked:
@@ -281,7 +287,7 @@ def test_a_warm_container_renames_instead_of_reloading(tmp_path):
     head_bytes = len(store.get("t/i/head")[0])
     assert events().get("store_bytes_read", 0) - read <= head_bytes  # the head, not the rows
     assert sorted(other.list_ids("t", "i", NEW)) == before_ids
-    svc.sweep("t", "i", NEW)  # the old objects and the renames go; the other container is fine
+    swept(store, wrapper, NEW)  # the old objects and the renames go; the other container is fine
     assert svc.heads.open("t", "i", NEW).body.renamed == {}
     assert other.query("t", "i", NEW, query, top_k=10) == hits
 
@@ -313,3 +319,44 @@ def test_writes_refused_by_a_rotation_are_not_counted_as_key_guesses(tmp_path, m
     assert upsert_b64("idx", ["ok"], [[1, 0, 0, 0]])[0] == 200
     wrong = "ef" * 32
     assert [upsert_b64("idx", ["x"], [[1, 0, 0, 0]], key=wrong)[0] for _ in range(4)] == [401, 401, 401, 429]
+
+
+def test_the_old_key_is_freed_without_anyone_sweeping_by_hand(tmp_path):
+    """The rewrite sweeps at its end; what is still within the grace period is swept by the
+    job the first write after it queues (or, in ciphervec serve, by the worker's timer)."""
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    now = [time.time()]
+    svc = fresh(store, key_wrapper=wrapper, retire_grace_seconds=60.0, clock=lambda: now[0])
+    svc.create_index("t", "i", IndexConfig(dimension=DIM), kek=OLD)
+    svc.upsert("t", "i", OLD, rows(300))
+    old_dek = data_key(store, OLD)
+    svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
+    svc.rewrite("t", "i", NEW)
+    assert svc.describe("t", "i", NEW)["key_rotation"]["old_keys_held"] == 1  # within the grace
+    assert svc.rekeyer.sweep_delay("t", "i", NEW) == pytest.approx(60.0)
+    assert not svc.upsert("t", "i", NEW, rows(1, 500)).rewrite_due
+    now[0] += 61
+    assert svc.upsert("t", "i", NEW, rows(1, 501)).rewrite_due  # the first write after it
+    svc.rewrite("t", "i", NEW)  # what that write queued
+    rotation = svc.describe("t", "i", NEW)["key_rotation"]
+    assert rotation == {"objects_under_old_keys": 0, "old_keys_held": 0, "rewriting": False}
+    assert sealed_under(store, old_dek) == [] and svc.rekeyer.sweep_delay("t", "i", NEW) is None
+    assert svc.num_vectors("t", "i", NEW) == 302
+
+
+def test_the_local_worker_sweeps_when_the_grace_is_over(tmp_path):
+    from ciphervec.infra.training import LocalTrainer, TrainJob
+
+    store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
+    svc = fresh(store, key_wrapper=wrapper, retire_grace_seconds=0.5)
+    svc.create_index("t", "i", IndexConfig(dimension=DIM), kek=OLD)
+    svc.upsert("t", "i", OLD, rows(50))
+    old_dek = data_key(store, OLD)
+    svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
+    trainer = LocalTrainer(svc)
+    assert trainer.train(TrainJob("t", "i", NEW, kind="reencrypt"), 10).message.startswith("rewrote")
+    deadline = time.time() + 10
+    while svc.describe("t", "i", NEW)["key_rotation"]["old_keys_held"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert svc.describe("t", "i", NEW)["key_rotation"]["old_keys_held"] == 0
+    assert sealed_under(store, old_dek) == []
