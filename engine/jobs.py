@@ -10,6 +10,7 @@ segment names, read position, why rows were refused) encrypted under the index's
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import LostLease, NotFound
+from .crypto import IndexCipher
+from .errors import CorruptObject, LostLease, NotFound
 from .heads import Head, Heads
 from .names import tenant_root
 from .ports import BlobNotFound, StoreConflict
@@ -141,14 +143,54 @@ class Jobs:
         return f"load@{job}"
 
     def read(self, tenant: str, job: str, head: Head | None = None) -> LoadJob:
-        """The job record; with ``head`` its sealed checkpoint is opened too."""
+        """The job record; with ``head`` its sealed checkpoint is opened too. A checkpoint
+        the index's keys no longer open (sealed before a rotation with ``reencrypt`` and
+        not resealed) leaves the public part, and a job that was still to run failed."""
         try:
             got = self.heads.store.get(self._key(tenant, job))
         except BlobNotFound:
             raise NotFound("load job not found") from None
         assert got is not None
         unseal = (lambda b: head.cipher.decrypt(self._name(job), b)) if head is not None else None
-        return LoadJob.from_bytes(got[0], got[1], unseal)
+        try:
+            return LoadJob.from_bytes(got[0], got[1], unseal)
+        except CorruptObject:
+            record = LoadJob.from_bytes(got[0], got[1], None)
+            if record.state in ACTIVE:
+                record.state = "failed"
+                record.error = (
+                    "its checkpoint is sealed under a data key the index no longer has (a key "
+                    "rotation with reencrypt): load the file again under a new name or version"
+                )
+            return record
+
+    def reseal(self, tenant: str, index_name: str, head: Head, old_keys: list[bytes]) -> int:
+        """Seal again, under the current data key, the checkpoints of this index's load jobs
+        that one of ``old_keys`` opens (a re-encryption); returns how many."""
+        done = 0
+        for key in list(self.heads.store.list(loads_root(self.heads.prefix, tenant))):
+            job = key.rsplit("/", 1)[1]
+            try:
+                got = self.heads.store.get(key)
+            except BlobNotFound:
+                continue
+            assert got is not None
+            data = json.loads(got[0])
+            if data["status"].get("index_name") != index_name or not data.get("sealed"):
+                continue
+            sealed, name = base64.b64decode(data["sealed"]), self._name(job)
+            plain = None
+            for dek in old_keys:
+                with contextlib.suppress(CorruptObject):
+                    plain = IndexCipher(dek, tenant, index_name).decrypt(name, sealed)
+                    break
+            if plain is None:
+                continue  # under the current key already, or another incarnation's
+            data["sealed"] = base64.b64encode(head.cipher.encrypt(name, plain)).decode()
+            with contextlib.suppress(StoreConflict):  # rewritten meanwhile: by a holder of the current key
+                self.heads.store.put_if_match(key, json.dumps(data).encode(), got[1])
+                done += 1
+        return done
 
     def create(self, tenant: str, job: LoadJob, head: Head) -> tuple[LoadJob, bool]:
         """Record ``job`` unless a record exists; returns the record and whether it is new."""
@@ -170,18 +212,17 @@ class Jobs:
     def _bytes(self, job: LoadJob, head: Head) -> bytes:
         return job.to_bytes(lambda b: head.cipher.encrypt(self._name(job.job_id), b))
 
-    def active(self, tenant: str, index_name: str, now: float) -> bool:
-        """Whether a load into ``index_name`` is queued or running (its record says so, and
-        it was updated within ``ABANDON_SECONDS``)."""
-        for key in self.heads.store.list(loads_root(self.heads.prefix, tenant)):
-            try:
-                record = self.read(tenant, key.rsplit("/", 1)[1])
-            except NotFound:
-                continue
-            fresh = now - record.updated < ABANDON_SECONDS
-            if record.index_name == index_name and record.state in ACTIVE and fresh:
-                return True
-        return False
+    def staging(self, head: Head, now: float) -> bool:
+        """Whether a load into this index has staged rows it may still commit: objects under
+        ``load/<job>/`` the head does not name yet, of a job that ``keeps`` them (one list,
+        and one record read per such job)."""
+        named = {s.name for s in head.body.segments} | {r["name"] for r in head.body.retired}
+        jobs = {
+            key[len(head.root) :].split("/")[1]
+            for key in self.heads.store.list(head.root + "load/")
+            if key[len(head.root) :] not in named
+        }
+        return any(self.keeps(head.tenant, job, now) for job in jobs)
 
     def keeps(self, tenant: str, job: str, now: float) -> bool:
         """Whether the staged segments of ``job`` must be kept (the job may still commit)."""

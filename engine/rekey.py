@@ -11,7 +11,7 @@ The rewrite then copies each tagged object (a segment, a run's directory and lis
 centroids) under a new name sealed with the current data key, and swaps the names in one
 more commit; the old objects are retired like a merge's, and the head lists old -> new
 (``HeadBody.renamed``) so that containers holding the rows rename instead of reloading
-them. Writers only append to the head,
+them. Load jobs' checkpoints are sealed again in place. Writers only append to the head,
 so they never conflict with it for long; a rewrite that is interrupted leaves the head
 as it was (what it wrote is an orphan for the sweep), and the next one starts again from
 the objects still tagged. The old data key leaves the head once nothing names it (after
@@ -31,6 +31,7 @@ from . import crypto, run, workers
 from .cache import StateCache
 from .errors import CipherVecError
 from .heads import Head, Heads
+from .jobs import Jobs
 from .keys import KeyRing
 from .lazy import READERS
 from .manifest import Envelope, HeadBody
@@ -50,6 +51,7 @@ class Rekeyer:
         heads: Heads,
         cache: StateCache,
         keys: KeyRing,
+        jobs: Jobs,
         sweep: Callable[[str, str, bytes | None], int],
         retire_grace_seconds: float,
         clock: Callable[[], float] = time.time,
@@ -57,6 +59,7 @@ class Rekeyer:
         self.heads = heads
         self.cache = cache
         self.keys = keys
+        self.jobs = jobs
         self.sweep = sweep
         self.retire_grace = retire_grace_seconds
         self.clock = clock
@@ -147,8 +150,11 @@ class Rekeyer:
                 env.rewrite = dict(mark)
 
             self.heads.commit(head, claim)
+        old = [base64.b64decode(dek) for dek in head.body.old_keys.values()]
         try:
             rewritten = self._rewrite(head)
+            if old:  # load jobs' checkpoints are sealed with the index's data key too
+                self.jobs.reseal(tenant, name, head, old)
             self.sweep(tenant, name, kek)
             return rewritten
         except BaseException:

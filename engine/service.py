@@ -112,7 +112,13 @@ class IndexService:
         self.loader = Loader(self.heads, Jobs(self.heads, clock), self.maintenance.maybe_queue_training)
         self.maintenance.keeps_staged = self.loader.jobs.keeps
         self.rekeyer = Rekeyer(
-            self.heads, self.cache, self.keys, self.maintenance.sweep, retire_grace_seconds, clock
+            self.heads,
+            self.cache,
+            self.keys,
+            self.loader.jobs,
+            self.maintenance.sweep,
+            retire_grace_seconds,
+            clock,
         )
         # reads
         self.num_vectors = self.reader.num_vectors
@@ -198,7 +204,7 @@ class IndexService:
         if kms_name is not None and kms_name != head.envelope.kms_name:
             raise Unauthorized("kms_name does not open this index")
         if reencrypt:
-            if self.loader.jobs.active(tenant, name, self.maintenance.clock()):
+            if self.loader.jobs.staging(head, self.maintenance.clock()):
                 raise IndexBusy(
                     "a batch load into this index is in progress: its staged rows are sealed under "
                     "the current data key; rotate with reencrypt once it has ended"

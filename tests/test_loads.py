@@ -470,6 +470,27 @@ def test_reencrypt_waits_for_a_load_in_progress(service, index, tmp_path):
         service.rotate_key("t", "docs", index.kek, new, None, reencrypt=True)
     assert work(service, index, job.job_id).state == "succeeded"  # the old key still opens it
     service.rotate_key("t", "docs", index.kek, new, None, reencrypt=True)
+    head = service.heads.open("t", "docs", new)
+    # before the rewrite the checkpoint is under the old key: the public record still reads
+    assert service.loader.jobs.read("t", job.job_id, head).state == "succeeded"
     service.rewrite("t", "docs", new)
     assert service.num_vectors("t", "docs", new) == 300
     assert service.describe("t", "docs", new)["key_rotation"]["objects_under_old_keys"] == 0
+    # the rewrite sealed the job's checkpoint again under the new data key
+    record = service.loader.jobs.read("t", job.job_id, service.heads.open("t", "docs", new))
+    assert record.state == "succeeded" and record.source == str(path)
+    again, fresh_job = start(service, Target("t", "docs", new), str(path), options={"rows": 100})
+    assert not fresh_job and again.state == "succeeded"  # the same file: the same job, once
+
+
+def test_a_checkpoint_no_key_opens_fails_its_job_instead_of_a_500(service, index, tmp_path):
+    """A job still to run whose checkpoint was sealed under a data key the index dropped
+    (rotated with reencrypt meanwhile, not yet resealed) reads as failed, with the reason."""
+    x = clustered(200, D, seed=10)
+    path = write_parquet(tmp_path / "f.parquet", [f"f{i}" for i in range(200)], x, row_group=100)
+    job, _ = start(service, index, str(path), options={"rows": 100})
+    new = bytes(range(7, 39))
+    service.rotate_key("t", "docs", index.kek, new, None, reencrypt=True)  # queued: not in progress
+    record = service.loader.jobs.read("t", job.job_id, service.heads.open("t", "docs", new))
+    assert record.state == "failed" and "rotation" in record.error
+    assert work(service, Target("t", "docs", new), job.job_id).state == "failed"
