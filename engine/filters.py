@@ -30,6 +30,7 @@ from .errors import InvalidRequest
 
 Predicate = Callable[[dict[str, Any] | None], bool]
 MAX_PATTERN = 1024  # characters of a $regex
+MAX_FIELDS = 64  # distinct field paths one filter may name
 UNSUPPORTED_OPERATOR = (
     "unsupported filter operator; use $eq $ne $gt $gte $lt $lte $in $nin $exists $regex "
     "$contains $not on fields and $and $or $nor $not to combine"
@@ -179,7 +180,30 @@ def _field_tests(spec: Any) -> Callable[[Any], bool]:
 
 
 def compile_filter(spec: Any) -> Predicate:
-    """Compile a filter document; ``{}``/``None`` matches everything."""
+    """Compile a filter document; ``{}``/``None`` matches everything. At most
+    ``MAX_FIELDS`` distinct field paths: each is a column built over every row."""
+    predicate = _compile(spec)
+    if len(_paths(spec)) > MAX_FIELDS:
+        raise InvalidRequest(f"a filter may name at most {MAX_FIELDS} distinct fields")
+    return predicate
+
+
+def _paths(spec: Any) -> set[str]:
+    """The field paths a (valid) filter document names."""
+    out: set[str] = set()
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if not key.startswith("$"):
+                out.add(key)
+            elif key == "$not":
+                out |= _paths(value)
+            elif isinstance(value, list):
+                for part in value:
+                    out |= _paths(part)
+    return out
+
+
+def _compile(spec: Any) -> Predicate:
     if spec is None:
         return lambda item: True
     if not isinstance(spec, dict):
@@ -205,11 +229,11 @@ def _logical(op: str, value: Any) -> Predicate:
     if op not in _LOGICAL:
         raise InvalidRequest(UNSUPPORTED_OPERATOR)
     if op == "$not":
-        inner = compile_filter(value)
+        inner = _compile(value)
         return lambda item: not inner(item)
     if not isinstance(value, list) or not value:
         raise InvalidRequest(f"{op} needs a non-empty list of filters")
-    parts = [compile_filter(v) for v in value]
+    parts = [_compile(v) for v in value]
     if op == "$and":
         return lambda item: all(p(item) for p in parts)
     if op == "$or":

@@ -165,3 +165,16 @@ def test_regex_options_multiline_and_dotall():
     assert not compile_filter({"s": {"$regex": "^b$"}})({"s": "a\nb\nc"})
     assert compile_filter({"s": {"$regex": "a.b", "$options": "s"}})({"s": "a\nb"})
     assert not compile_filter({"s": {"$regex": "a.b"}})({"s": "a\nb"})
+
+
+def test_a_filter_names_at_most_64_distinct_fields():
+    """Each distinct field is a column built over every row: the count is bounded (400)."""
+    from ciphervec.engine.filters import MAX_FIELDS
+
+    wide = {f"f{i}": i for i in range(MAX_FIELDS)}
+    assert compile_filter(wide)({f"f{i}": i for i in range(MAX_FIELDS)})
+    assert compile_filter({"$or": [{"f0": 0}, {"f0": 1}] * 100})({"f0": 1})  # repeats are one field
+    with pytest.raises(InvalidRequest):
+        compile_filter({**wide, "$or": [{"extra": 1}]})
+    with pytest.raises(InvalidRequest):
+        compile_filter({"$not": {"$and": [{f"g{i}": i} for i in range(MAX_FIELDS + 1)]}})
