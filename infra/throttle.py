@@ -6,6 +6,7 @@ table (``SharedFailureThrottle``) the failures of every container count together
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -70,14 +71,16 @@ class SharedFailureThrottle(FailureThrottle):
     """``FailureThrottle`` whose failures also count in a DynamoDB table, one item per key
     and fixed window, so that Lambda containers count together: a container that records a
     failure past the shared limit locks the key here too (each other container lets at most
-    one more failure through before it learns of the lock). Items hold a SHA-256 of the key
-    (never an address, key id or index name), a count and a time to live. A table that
-    cannot be reached leaves the per-process count in force."""
+    one more failure through before it learns of the lock). Items hold an HMAC-SHA-256 of
+    the key under ``secret`` (never an address, key id or index name: without the secret not
+    even an IPv4 address can be found by trying them all), a count and a time to live. A
+    table that cannot be reached leaves the per-process count in force."""
 
-    def __init__(self, table: str, client: Any = None, **kwargs: Any) -> None:
+    def __init__(self, table: str, client: Any = None, secret: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_name = table
         self._client = client
+        self._secret = secret.encode()
         self.wall: Callable[[], float] = time.time  # windows shared between hosts: wall time
 
     @property
@@ -88,9 +91,8 @@ class SharedFailureThrottle(FailureThrottle):
             self._client = boto3.client("dynamodb")
         return self._client
 
-    @staticmethod
-    def item_key(key: Hashable) -> str:
-        return hashlib.sha256(repr(key).encode()).hexdigest()
+    def item_key(self, key: Hashable) -> str:
+        return hmac.new(self._secret, repr(key).encode(), hashlib.sha256).hexdigest()
 
     def failed(self, key: Hashable) -> None:
         super().failed(key)

@@ -85,7 +85,9 @@ def build(settings: Settings, **clients: Any) -> Container:
         "lock_seconds": settings.throttle_lock_seconds,
     }
     throttle = (
-        SharedFailureThrottle(settings.throttle_table, client=clients.get("dynamodb"), **limits)
+        SharedFailureThrottle(
+            settings.throttle_table, client=clients.get("dynamodb"), secret=settings.throttle_secret, **limits
+        )
         if settings.throttle_table
         else FailureThrottle(**limits)
     )

@@ -2,6 +2,7 @@
 failures spread over several containers lock the key in each, and the table holds hashes
 and counts, never an address, key id or index name."""
 
+import hashlib
 import json
 
 import boto3
@@ -32,7 +33,9 @@ def dynamodb(monkeypatch):
 
 def test_failures_spread_over_containers_lock_the_key_everywhere(dynamodb):
     containers = [
-        SharedFailureThrottle("throttle", client=dynamodb, limit=5, window=60, lock_seconds=60)
+        SharedFailureThrottle(
+            "throttle", client=dynamodb, secret="s3cret", limit=5, window=60, lock_seconds=60
+        )
         for _ in range(4)
     ]
     key = ("index_key", "cv_0123", "tenant-a", "payroll-index")
@@ -54,6 +57,11 @@ def test_failures_spread_over_containers_lock_the_key_everywhere(dynamodb):
     assert "payroll" not in text and "cv_0123" not in text and "tenant-a" not in text
     assert sorted(int(i["n"]["N"]) for i in items) == [9]  # one window, every failure counted
     assert all(int(i["expires"]["N"]) > 0 for i in items)
+    # the item key is an HMAC under the deployment's secret: without it, no address or key
+    # can be confirmed by hashing guesses
+    assert items[0]["k"]["S"].split(":")[0] != hashlib.sha256(repr(key).encode()).hexdigest()
+    other_secret = SharedFailureThrottle("throttle", client=dynamodb, secret="another")
+    assert other_secret.item_key(key) != containers[0].item_key(key) == containers[3].item_key(key)
 
 
 def test_a_per_process_throttle_alone_would_not_have_locked():
