@@ -14,9 +14,10 @@ from .backend import Backend
 from .batching import Batcher
 from .cache import StateCache
 from .errors import ValidationFailed
-from .filters import Column, compile_filter, compile_mask, lookup
+from .filters import compile_filter, lookup
 from .heads import Heads
 from .kernels import all_finite
+from .masks import Column, compile_mask
 from .model import MAX_VALUE
 from .search import knn, search_space
 from .state import Snapshot
