@@ -23,6 +23,12 @@ from ciphervec.infra.storage.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOT_KEY = "test-root-key-0123456789"
+# Credentials and a region for moto: fake, so that nothing can reach real AWS.
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture

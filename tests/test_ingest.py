@@ -21,10 +21,10 @@ from ciphervec.engine.model import IndexConfig
 from ciphervec.handlers import api, ingest
 from ciphervec.infra import wiring
 from ciphervec.infra.settings import Settings
-from tests.conftest import ROOT_KEY, clustered, free_port
+from tests.conftest import FAKE_AWS, ROOT_KEY, clustered, free_port
 from tests.test_sdk_server import scan_for_plaintext
 
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS = FAKE_AWS
 D = 32
 DATA, LOADS = "cv-data", "cv-loads"
 

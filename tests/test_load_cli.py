@@ -16,7 +16,7 @@ from ciphervec.engine.service import IndexService
 from ciphervec.handlers import load_cli
 from ciphervec.handlers.cli import main
 from ciphervec.infra.storage import open_store
-from tests.conftest import ROOT_KEY, clustered, free_port
+from tests.conftest import FAKE_AWS, ROOT_KEY, clustered, free_port
 from tests.test_loads import write_parquet
 
 D = 24
@@ -132,12 +132,7 @@ def moto_s3(monkeypatch):
     server.start()
     url = f"http://127.0.0.1:{port}"
     urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST")).read()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": url,
-    }
+    env = {**FAKE_AWS, "AWS_ENDPOINT_URL": url}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     yield env

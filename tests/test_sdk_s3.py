@@ -5,11 +5,11 @@ import pytest
 from cyborgdb import Client
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import ROOT_KEY, free_port
+from tests.conftest import FAKE_AWS, ROOT_KEY, free_port
 from tests.sdk_flow import run_sdk_flow
 from tests.test_sdk_server import scan_for_plaintext
 
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS = FAKE_AWS
 
 
 @pytest.fixture

@@ -10,15 +10,12 @@ import pytest
 from moto import mock_aws
 
 from ciphervec.infra.throttle import FailureThrottle, SharedFailureThrottle
+from tests.conftest import FAKE_AWS
 
 
 @pytest.fixture
 def dynamodb(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for k, v in FAKE_AWS.items():
         monkeypatch.setenv(k, v)
     with mock_aws():
         client = boto3.client("dynamodb")

@@ -17,7 +17,7 @@ from ciphervec.infra.kms import AwsKmsWrapper
 from ciphervec.infra.settings import Settings
 from ciphervec.infra.storage.memory import MemoryStore
 from ciphervec.infra.training import LambdaTrainer, LocalTrainer, TrainJob
-from tests.conftest import BACKEND, clustered
+from tests.conftest import BACKEND, FAKE_AWS, clustered
 
 
 class RecordingLambda:
@@ -33,11 +33,7 @@ class RecordingLambda:
 
 @pytest.fixture
 def aws(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for k, v in FAKE_AWS.items():
         monkeypatch.setenv(k, v)
     with mock_aws():
         kms = boto3.client("kms")
