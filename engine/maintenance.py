@@ -71,7 +71,7 @@ class Maintenance:
         cent = body.centroids
         if cent is not None and kmeans.auto_n_lists(count) <= cent.n_lists:
             return False
-        env.training = {"state": "queued", "since": self.clock(), "count": count, "worker": self.worker}
+        env.training = workers.mark(self.worker, self.clock(), state="queued", count=count)
         return True
 
     def merge_due(self, head: Head | None) -> bool:
@@ -83,12 +83,10 @@ class Maintenance:
         """Record ``queued``/``running``/``None`` in the head so every container sees it;
         ``until``: when the worker will have stopped for sure (a Lambda invocation's deadline)."""
         head = self.heads.open(tenant, name, kek)
-        mark_ = {"state": state, "since": self.clock(), "worker": self.worker}
-        if until is not None:
-            mark_["until"] = until
+        new = workers.mark(self.worker, self.clock(), until, state=state) if state else None
 
         def mark(env: Envelope, body: HeadBody) -> None:
-            env.training = dict(mark_) if state else None
+            env.training = dict(new) if new else None
 
         self.heads.commit(head, mark)
 

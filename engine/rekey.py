@@ -85,7 +85,7 @@ class Rekeyer:
         calls this: the caller then queues the job)."""
         if not self.due(env, body):
             return False
-        env.rewrite = {"since": self.clock(), "worker": self.worker}
+        env.rewrite = workers.mark(self.worker, self.clock())
         return True
 
     def unmark(self, tenant: str, name: str, kek: bytes | None) -> None:
@@ -122,7 +122,7 @@ class Rekeyer:
             env.key_mode, env.wrapped_dek, env.kms_name = fresh.key_mode, fresh.wrapped_dek, fresh.kms_name
             env.dek_id = new_id_
             env.training = None  # a training under the old data key can no longer commit
-            env.rewrite = {"since": now, "worker": self.worker, "until": now + REWRITE_START_SECONDS}
+            env.rewrite = workers.mark(self.worker, now, now + REWRITE_START_SECONDS)
             body.old_keys[old_kid] = old
             body.segments = [s if s.key else replace(s, key=old_kid) for s in body.segments]
             if body.centroids is not None and not body.centroids.key:
@@ -142,9 +142,7 @@ class Rekeyer:
         back, so that the next write queues it again."""
         head = self.heads.open(tenant, name, kek)
         if head.body.stale_objects():
-            mark = {"since": self.clock(), "worker": self.worker}
-            if until is not None:
-                mark["until"] = until
+            mark = workers.mark(self.worker, self.clock(), until)
 
             def claim(env: Envelope, body: HeadBody) -> None:
                 env.rewrite = dict(mark)

@@ -38,6 +38,15 @@ def gone(worker: str | None) -> bool:
     return _start_time(int(pid)) != started  # no such process, or another one under its pid
 
 
+def mark(worker: str, now: float, until: float | None = None, **extra: Any) -> dict[str, Any]:
+    """A job mark for a head: who (``worker``) since when, and ``until``, the time it stops
+    for sure when it knows one (a Lambda invocation's deadline); ``holds`` reads it."""
+    out: dict[str, Any] = {**extra, "since": now, "worker": worker}
+    if until is not None:
+        out["until"] = until
+    return out
+
+
 def holds(mark: dict[str, Any] | None, now: float, stale_seconds: float, grace: float = 60.0) -> bool:
     """Whether a job mark in a head (``{"since", "worker", "until"?}``) still stands for work
     someone may be doing: not older than ``stale_seconds``, not more than ``grace`` past
