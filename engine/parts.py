@@ -89,6 +89,16 @@ def _space(vectors: np.ndarray, exact: bool) -> Iterator[tuple[int, np.ndarray]]
         yield lo, chunk if exact else normalize(chunk)
 
 
+def _norms(vectors: np.ndarray) -> np.ndarray:
+    """Each row's L2 norm ``(n, 1)`` float32, summed in float64 a chunk at a time: the same
+    rows give the same norms whatever their layout in memory (float32 sums differ in the
+    last bit between SIMD paths), so a writer and a cold reader hold the same values."""
+    out = np.empty((len(vectors), 1), dtype=np.float32)
+    for lo in range(0, len(vectors), STEP):
+        out[lo : lo + STEP, 0] = row_norms(np.asarray(vectors[lo : lo + STEP], dtype=np.float64))
+    return out
+
+
 def within(space: np.ndarray, ranges: np.ndarray | None) -> bool:
     """Every value of ``space`` lies inside a fitted scalar quantizer's ``(vmin, vdiff)``."""
     if ranges is None or not len(space):
@@ -122,7 +132,7 @@ def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lis
     if exact:
         return Part(start, len(vectors), ann, None)
     if layout.precision in TIERS and (half or bits):
-        return Part(start, len(vectors), ann, None, row_norms(vectors)[:, None].astype(np.float32))
+        return Part(start, len(vectors), ann, None, _norms(vectors))
     return Part(start, len(vectors), ann, np.asarray(vectors, dtype=memory_dtype(layout.precision)))
 
 

@@ -42,6 +42,14 @@ def rotation(d: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def _rotation64(d: int) -> np.ndarray:
+    """``rotation(d)`` in float64: rows are rotated in float64 and rounded once, so a row
+    gets the same values alone or in a batch (float32 BLAS sums round differently per
+    batch shape, and a writer and a cold reader must hold the same values)."""
+    return rotation(d).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=8)
 def codebook(bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd-Max levels for N(0, 1) at ``bits`` bits, and the decision thresholds between them."""
     k = 1 << bits
@@ -94,13 +102,19 @@ def _unpack(packed: np.ndarray, d: int, bits: int) -> np.ndarray:
     return codes.reshape(n, -1)[:, :d].astype(np.uint16)
 
 
+def _norms(x64: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", x64, x64))
+
+
 def encode(vectors: np.ndarray, bits: int) -> bytes:
     """The norms and packed codes of float32 ``(n, d)`` rows."""
     x = np.asarray(vectors, dtype=np.float32)
     n, d = x.shape
-    norms = np.linalg.norm(x, axis=1).astype(np.float32)
-    unit = x / np.where(norms > 0, norms, 1)[:, None]
-    z = (unit @ rotation(d).T) * np.float32(np.sqrt(d))
+    x64 = x.astype(np.float64)  # in float64 throughout: see ``_rotation64``
+    length = _norms(x64)
+    norms = length.astype(np.float32)
+    unit = x64 / np.where(length > 0, length, 1)[:, None]
+    z = ((unit @ _rotation64(d).T) * np.sqrt(d)).astype(np.float32)
     _, edges = codebook(bits)
     codes = np.searchsorted(edges, z).astype(np.uint16)
     return norms.astype("<f4").tobytes() + _pack(codes, bits).tobytes()
@@ -114,9 +128,9 @@ def decode(raw: bytes | memoryview, n: int, d: int, bits: int) -> np.ndarray:
     norms = np.frombuffer(raw, dtype="<f4", count=n)
     packed = np.frombuffer(raw, dtype=np.uint8, offset=4 * n).reshape(n, row_bytes(d, bits))
     levels, _ = codebook(bits)
-    y = levels[_unpack(packed, d, bits)] @ rotation(d)  # back from the rotated frame
-    length = np.linalg.norm(y, axis=1)
-    scale = np.where(length > 0, norms / np.where(length > 0, length, 1), 0).astype(np.float32)
+    y = levels.astype(np.float64)[_unpack(packed, d, bits)] @ _rotation64(d)  # back from the rotated frame
+    length = _norms(y)
+    scale = np.where(length > 0, norms / np.where(length > 0, length, 1), 0)
     return np.ascontiguousarray(y * scale[:, None], dtype=np.float32)
 
 
