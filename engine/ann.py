@@ -86,6 +86,7 @@ class AnnIndex:
         # same memory; for a few queries the flat index is read through a numpy view.
         self._flat_view = centroids is None and not half
         self._sqnorms = np.empty(0, dtype=np.float32)
+        self._params: dict[int, Any] = {}  # n_probes -> search parameters without a selector
 
     def add(self, x: np.ndarray, lists: np.ndarray | None = None) -> None:
         """Append rows ``ntotal .. ntotal+len(x)-1``; an IVF index puts each row in its
@@ -154,7 +155,9 @@ class AnnIndex:
             return self._search_view(q, k, valid, excluded)
         bits = None
         if excluded == 0:  # nothing to exclude: the selector-free scan is faster
-            params: Any = faiss.SearchParametersIVF(nprobe=nprobe) if self.ivf else None
+            params: Any = None
+            if self.ivf and (params := self._params.get(nprobe)) is None:
+                params = self._params.setdefault(nprobe, faiss.SearchParametersIVF(nprobe=nprobe))
         else:
             bits = np.packbits(valid[: self.ntotal], bitorder="little")
             selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits))

@@ -57,6 +57,9 @@ class Backend:
         """faiss uses at most ``n`` OpenMP threads for calls made by this thread (the setting
         is per calling thread: training elsewhere keeps every core)."""
         before = faiss.omp_get_max_threads()
+        if before == n:
+            yield
+            return
         faiss.omp_set_num_threads(n)
         try:
             yield
@@ -183,14 +186,12 @@ def _build(name: str) -> Backend:
 
 
 def _compat(name: str) -> Any:
-    """array-api-compat's standard namespace over numpy or CuPy."""
+    """The standard namespace over numpy (numpy >= 2.1 itself) or CuPy (array-api-compat's)."""
     if name == "cupy":  # pragma: no cover - GPU hosts
         import array_api_compat.cupy
 
         return array_api_compat.cupy
-    import array_api_compat.numpy
-
-    return array_api_compat.numpy
+    return np
 
 
 def select(name: str = "auto") -> Backend:

@@ -37,22 +37,27 @@ def knn(
     ``n_probes`` lists) restricted to live rows and ``row_mask`` (filters); the union of
     candidates is re-scored exactly in the index's metric and the best ``top_k`` kept.
     """
+    parts = snap.parts
     valid = snap.alive if row_mask is None else (snap.alive & row_mask[: snap.n_rows])
     space = np.ascontiguousarray(backend.to_host(search_space(snap.metric, queries)), dtype=np.float32)
-    dead = snap.dead_per_part() if row_mask is None else [None] * len(snap.parts)
+    dead = snap.dead_per_part() if row_mask is None else [None] * len(parts)
     host = snap.partial is not None
     found = []
-    for part, excluded in zip(snap.parts, dead, strict=True):
+    for part, excluded in zip(parts, dead, strict=True):
         k = min(top_k, part.n)
         if k == 0 or excluded == part.n:
             continue
         _, rows = part.ann.search(space, k, n_probes, valid[part.start : part.end], excluded, host=host)
-        found.append(np.where(rows >= 0, rows + part.start, -1))
+        found.append(np.where(rows >= 0, rows + part.start, -1) if part.start else rows)
     results = []
     for i in range(len(space)):
-        rows = np.concatenate([f[i] for f in found]) if found else np.empty(0, dtype=np.int64)
+        if not found:
+            rows = np.empty(0, dtype=np.int64)
+        else:
+            rows = found[0][i] if len(found) == 1 else np.concatenate([f[i] for f in found])
         rows = rows[rows >= 0]
-        exact = exact_distances(snap.metric, queries[i, ...], backend.asarray(snap.rows(rows)))
+        query = queries if len(space) == 1 else queries[i : i + 1]
+        exact = exact_distances(snap.metric, query[0, ...], backend.asarray(snap.rows(rows)))
         ranked, dist = order_by_distance(backend.asarray(rows), exact)
-        results.append((backend.to_host(ranked)[:top_k], backend.to_host(dist)[:top_k]))
+        results.append((backend.to_host(ranked[:top_k]), backend.to_host(dist[:top_k])))
     return results

@@ -148,7 +148,8 @@ class Snapshot:
         """Stored vectors of ``rows`` as float32 (in the given order)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(self.parts) == 1:
-            return self.parts[0].rows(rows - self.parts[0].start)
+            start = self.parts[0].start
+            return self.parts[0].rows(rows - start if start else rows)
         out = np.empty((len(rows), max(self.dimension, 1)), dtype=np.float32)
         if not len(rows):
             return out

@@ -9,8 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 STAGES = ("auth", "store", "crypto", "decode", "search", "embed", "io")
 _local = threading.local()
@@ -22,6 +20,12 @@ def event(name: str, n: int = 1) -> None:
     """Count ``n`` of a process-wide event (from any thread, in or out of a request)."""
     with _events_lock:
         _events[name] += n
+
+
+def count(**n: int) -> None:
+    """Count several events at once (one lock for all of them)."""
+    with _events_lock:
+        _events.update(n)
 
 
 def events() -> dict[str, int]:
@@ -42,18 +46,27 @@ def end() -> dict[str, float]:
     return spent
 
 
-@contextmanager
-def stage(name: str) -> Iterator[None]:
+class stage:  # noqa: N801 - used as a function: ``with stage("store"): ...``
     """Count the time inside as ``name`` (outside a request, or inside another stage of the
-    same request, it counts nothing: stages never overlap)."""
-    spent = getattr(_local, "spent", None)
-    if spent is None or getattr(_local, "inside", False):
-        yield
-        return
-    _local.inside = True
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        _local.inside = False
-        spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+    same request, it counts nothing: stages never overlap). A class rather than a
+    generator-based context manager: it is entered several times per request."""
+
+    __slots__ = ("name", "spent", "started")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        spent = getattr(_local, "spent", None)
+        if spent is None or getattr(_local, "inside", False):
+            self.spent = None
+            return
+        _local.inside = True
+        self.spent = spent
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        spent = self.spent
+        if spent is not None:
+            _local.inside = False
+            spent[self.name] = spent.get(self.name, 0.0) + time.perf_counter() - self.started
