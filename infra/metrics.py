@@ -6,11 +6,60 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_left
 from typing import Any
 
 from ..engine.timing import STAGES, events
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _add(histograms: dict[Any, list[float]], key: Any, value: float) -> None:
+    counts = histograms.get(key)
+    if counts is None:
+        counts = histograms[key] = [0.0] * (len(BUCKETS) + 2)  # ..., +Inf, sum
+    counts[bisect_left(BUCKETS, value)] += 1
+    counts[-1] += value
+
+
+class _Requests:
+    """``ciphervec_requests_total{route,method,status}``, ``ciphervec_request_seconds{route}``
+    and ``ciphervec_stage_seconds{route,stage}``, from ``RequestMetrics``' counts."""
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        m = self.metrics
+        with m._lock:
+            requests = dict(m.requests)
+            latency = {k: list(v) for k, v in m.latency.items()}
+            stages = {k: list(v) for k, v in m.stages.items()}
+        counted = CounterMetricFamily(
+            "ciphervec_requests", "Requests answered", labels=["route", "method", "status"]
+        )
+        for (route, method, status), n in sorted(requests.items()):
+            counted.add_metric([route, method, str(status)], n)
+        yield counted
+        for name, doc, labels, histograms in (
+            ("ciphervec_request_seconds", "Request latency", ["route"], latency),
+            (
+                "ciphervec_stage_seconds",
+                "Time a request spent in each stage (auth, store, crypto, decode, search, embed, io)",
+                ["route", "stage"],
+                stages,
+            ),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=labels)
+            for key, counts in sorted(histograms.items()):
+                cumulative, buckets = 0.0, []
+                for bound, n in zip([*map(str, BUCKETS), "+Inf"], counts[:-1], strict=True):
+                    cumulative += n
+                    buckets.append((bound, cumulative))
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], buckets, counts[-1])
+            yield family
 
 
 class _Events:
@@ -57,37 +106,36 @@ def emit_events(service: str) -> None:
 
 
 class RequestMetrics:
-    """Counts every request: by route, method and status; its latency and each stage's."""
+    """Counts every request: by route, method and status; its latency and each stage's.
+
+    The counts are plain numbers under one lock, one acquisition per request; Prometheus
+    reads them at scrape time (``_Requests``). prometheus_client's own labelled metrics
+    take a lock and walk the buckets in Python for every observation — six observations
+    a request, measured at ~0.1 ms of a query's server CPU."""
 
     def __init__(self) -> None:
         self.lambda_ = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
         self.registry: Any = None
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[str, list[float]] = {}  # route -> per-bucket counts + [sum]
+        self.stages: dict[tuple[str, str], list[float]] = {}  # (route, stage) -> the same
         try:
             import prometheus_client as prom
         except ImportError:  # the Lambda package: EMF only
             return
         self.registry = prom.CollectorRegistry()
-        self.requests = prom.Counter(
-            "ciphervec_requests", "Requests answered", ["route", "method", "status"], registry=self.registry
-        )
-        self.latency = prom.Histogram(
-            "ciphervec_request_seconds", "Request latency", ["route"], buckets=BUCKETS, registry=self.registry
-        )
+        self.registry.register(_Requests(self))
         self.registry.register(_Events())
-        self.stages = prom.Histogram(
-            "ciphervec_stage_seconds",
-            "Time a request spent in each stage (auth, store, crypto, decode, search, embed)",
-            ["route", "stage"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
 
     def observe(self, route: str, method: str, status: int, seconds: float, stages: dict[str, float]) -> None:
         if self.registry is not None:
-            self.requests.labels(route, method, str(status)).inc()
-            self.latency.labels(route).observe(seconds)
-            for name, spent in stages.items():
-                self.stages.labels(route, name).observe(spent)
+            with self._lock:
+                key = (route, method, status)
+                self.requests[key] = self.requests.get(key, 0) + 1
+                _add(self.latency, route, seconds)
+                for name, spent in stages.items():
+                    _add(self.stages, (route, name), spent)
         if self.lambda_:
             self._emf(route, status, seconds, stages)
 
