@@ -10,13 +10,11 @@ import re
 from importlib import resources
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.swagger_ui.html import generate_swagger_html
-from aws_lambda_powertools.event_handler.router import Router
 
 from . import request as rq
-
-router = Router()
+from .request import Response
+from .routing import ROUTES, route
 
 ERROR = {
     "type": "object",
@@ -30,7 +28,10 @@ def document() -> dict[str, Any]:
     """Paths, request bodies (the pydantic wire models' JSON schemas) and the error shape."""
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {"Error": ERROR}
-    for method, _, template, body in rq.ROUTES:
+    for entry in ROUTES:
+        if not entry.documented:
+            continue
+        method, template, body = entry.method, entry.template, entry.body
         path = re.sub(r"<(\w+)>", r"{\1}", template)
         operation: dict[str, Any] = {
             "operationId": f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
@@ -68,7 +69,7 @@ def document() -> dict[str, Any]:
     }
 
 
-@router.get("/v1/openapi.json")
+@route("GET", "/v1/openapi.json", documented=False)
 def openapi() -> Response:
     return rq.ok(document())
 
@@ -89,6 +90,6 @@ def page() -> str:
     return html.replace('currentUrl.pathname + "?format=json"', '"openapi.json"')
 
 
-@router.get("/v1/docs")
+@route("GET", "/v1/docs", documented=False)
 def docs() -> Response:
     return Response(200, "text/html; charset=utf-8", page())

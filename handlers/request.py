@@ -6,14 +6,11 @@ from __future__ import annotations
 import binascii
 import re
 import threading
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import pybase64
-from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.api_gateway import BaseProxyEvent
 from pydantic import BaseModel
 from pydantic_core import to_json
 
@@ -28,36 +25,73 @@ try:
     VERSION = version("ciphervec")
 except PackageNotFoundError:  # a source tree without installation
     VERSION = "0.0.0"
-# Every (method, path pattern) served, so that a known path with a wrong method answers 405.
-# method, path pattern, path template, the body's wire model (the OpenAPI document is made of these)
-ROUTES: list[tuple[str, re.Pattern[str], str, type[BaseModel] | None]] = []
+# Anything before "/v1/" is a stage or base-path prefix (API Gateway stage, proxy path).
+_PREFIX = re.compile(r"^/.*?(?=/v1(/|$))")
 _local = threading.local()
 
 
-def route(
-    router: Any, method: str, path: str, body: type[BaseModel] | None = None
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a route on ``router`` and remember it (405 answers, metrics, OpenAPI)."""
-    ROUTES.append((method, re.compile("^" + re.sub(r"<\w+>", r"[^/]+", path) + "$"), path, body))
-    return getattr(router, method.lower())(path)  # type: ignore[no-any-return]
+class Response:
+    """What a route answers: a status, a body (text, or bytes sent base64-encoded through
+    API Gateway) and headers."""
+
+    __slots__ = ("status_code", "body", "headers")
+
+    def __init__(
+        self,
+        status_code: int,
+        content_type: str | None,
+        body: str | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.headers = headers if headers is not None else {}
+        if content_type:
+            self.headers["Content-Type"] = content_type
 
 
-def route_of(method: str, path: str) -> str:
-    """The template of the route serving ``path`` (``/v1/indexes/<index_name>/users``), or
-    ``other``: what metrics and logs may name, never the values in the path."""
-    return next((t for m, p, t, _ in ROUTES if m == method and p.match(path)), "other")
+class Request:
+    """The parts of an API Gateway event (HTTP API v2 or REST v1) a route reads."""
+
+    __slots__ = ("event", "method", "path", "headers", "source_ip")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        context = event.get("requestContext") or {}
+        http = context.get("http")
+        if http is not None:  # HTTP API, payload 2.0
+            self.method = str(http.get("method") or "").upper()
+            raw = event.get("rawPath") or http.get("path") or "/"
+            self.source_ip = http.get("sourceIp")
+        else:  # REST API, payload 1.0
+            self.method = str(event.get("httpMethod") or "").upper()
+            raw = event.get("path") or "/"
+            self.source_ip = (context.get("identity") or {}).get("sourceIp")
+        self.path = raw if raw.startswith("/v1/") else _PREFIX.sub("", raw)
+        headers = event.get("headers") or {}
+        # HTTP API (2.0) sends header names in lower case already; REST API (1.0) as given
+        self.headers = headers if http is not None else {k.lower(): v for k, v in headers.items()}
+
+    @property
+    def request_id(self) -> str:
+        return str((self.event.get("requestContext") or {}).get("requestId") or "-")
 
 
-def event() -> BaseProxyEvent:
-    """The event of the request this thread is resolving (see ``api.ThreadEvent``)."""
-    return _local.event  # type: ignore[no-any-return]
-
-
-def set_event(value: BaseProxyEvent | None) -> None:
-    """Start (or, with ``None``, end) this thread's request; its container is taken once."""
-    _local.event = value
+def begin(request: Request, container: Container) -> None:
+    """Start this thread's request (the container is taken once, for all of it)."""
+    _local.request = request
     _local.attempt = None
-    _local.container = None if value is None else container()
+    _local.container = container
+
+
+def end() -> None:
+    _local.request = None
+    _local.container = None
+
+
+def current() -> Request:
+    """The request this thread is serving."""
+    return _local.request  # type: ignore[no-any-return]
 
 
 def c() -> Container:
@@ -66,10 +100,9 @@ def c() -> Container:
 
 
 def header(name: str) -> str | None:
-    for key, value in (event().headers or {}).items():
-        if key.lower() == name:
-            return str(value)
-    return None
+    """A request header by its lower-case name."""
+    value = current().headers.get(name)
+    return None if value is None else str(value)
 
 
 def principal(right: str, index_name: str | None = None) -> Principal:
@@ -85,7 +118,7 @@ def principal(right: str, index_name: str | None = None) -> Principal:
 def _principal(right: str, index_name: str | None) -> Principal:
     container = c()
     throttle = container.throttle
-    address = ("address", (event().raw_event.get("requestContext") or {}).get("http", {}).get("sourceIp"))
+    address = ("address", current().source_ip)
     if wait := throttle.retry_after(address):
         raise TooManyFailures("too many failed API keys from this address; retry later", wait)
     try:
@@ -112,9 +145,9 @@ def failed_attempt() -> None:
 
 
 def raw_body() -> str | bytes:
-    current = event()
-    raw: str | bytes = current.body or ""
-    if current.is_base64_encoded:
+    event = current().event
+    raw: str | bytes = event.get("body") or ""
+    if event.get("isBase64Encoded"):
         raw = pybase64.b64decode(raw)
     limit = c().settings.max_body_bytes
     if limit and len(raw) > limit:
@@ -135,12 +168,7 @@ def kek(index_key: str | None) -> bytes | None:
 
 def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     # pydantic-core's serializer: an order of magnitude faster than json.dumps on float lists.
-    return Response(
-        status_code=status,
-        content_type="application/json",
-        body=to_json(body).decode(),
-        headers=headers or {},
-    )
+    return Response(status, "application/json", to_json(body).decode(), headers)
 
 
 def ok(body: Any) -> Response:

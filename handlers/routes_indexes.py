@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.router import Router
-
 from ..engine.embedding import model_spec
 from ..engine.errors import InvalidRequest, ModelUnavailable
 from ..engine.model import IndexConfig, check_index_name
@@ -15,24 +12,25 @@ from ..engine.text import TextConfig
 from ..infra.training import TrainJob, worker_pid
 from . import request as rq
 from . import schemas
+from .request import Response
+from .routing import route
 
-router = Router()
 log = logging.getLogger("ciphervec.api")
 
 
-@rq.route(router, "GET", "/v1/health")
+@route("GET", "/v1/health")
 def health() -> Response:
     return rq.ok({"status": "healthy", "api_version": "v1", "version": rq.VERSION})
 
 
-@rq.route(router, "GET", "/v1/indexes/list")
+@route("GET", "/v1/indexes/list")
 def list_indexes() -> Response:
     principal = rq.principal("admin")
     names = rq.c().service.list_indexes(principal.tenant)
     return rq.ok({"indexes": names})
 
 
-@rq.route(router, "POST", "/v1/indexes/create", schemas.CreateIndexRequest)
+@route("POST", "/v1/indexes/create", schemas.CreateIndexRequest)
 def create_index() -> Response:
     req: schemas.CreateIndexRequest = rq.parse(schemas.CreateIndexRequest)
     check_index_name(req.index_name)
@@ -73,14 +71,14 @@ def create_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' created successfully"})
 
 
-@rq.route(router, "POST", "/v1/indexes/describe", schemas.IndexRequest)
+@route("POST", "/v1/indexes/describe", schemas.IndexRequest)
 def describe_index() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     return rq.ok(rq.c().service.describe(tenant, req.index_name, kek))
 
 
-@rq.route(router, "POST", "/v1/indexes/delete", schemas.IndexRequest)
+@route("POST", "/v1/indexes/delete", schemas.IndexRequest)
 def delete_index() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("admin", req)
@@ -91,7 +89,7 @@ def delete_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' deleted successfully"})
 
 
-@rq.route(router, "POST", "/v1/indexes/rotate_key", schemas.RotateKeyRequest)
+@route("POST", "/v1/indexes/rotate_key", schemas.RotateKeyRequest)
 def rotate_key() -> Response:
     req: schemas.RotateKeyRequest = rq.parse(schemas.RotateKeyRequest)
     tenant, kek = rq.index_target("admin", req)
@@ -137,7 +135,7 @@ def rotate_key() -> Response:
     return rq.ok(body)
 
 
-@rq.route(router, "POST", "/v1/indexes/train", schemas.TrainRequest)
+@route("POST", "/v1/indexes/train", schemas.TrainRequest)
 def train_index() -> Response:
     req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)
     tenant, kek = rq.index_target("admin", req)
@@ -161,7 +159,7 @@ def train_index() -> Response:
     return rq.ok({"status": "success", "message": result.message})
 
 
-@rq.route(router, "GET", "/v1/indexes/training-status")
+@route("GET", "/v1/indexes/training-status")
 def training_status() -> Response:
     principal = rq.principal("admin")
     c = rq.c()

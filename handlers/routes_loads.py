@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.router import Router
-
 from ..engine.errors import CorruptObject, IndexNotFound
 from ..infra.loading import Target, check_source, resumable, start
 from . import request as rq
 from . import schemas
+from .request import Response
+from .routing import route
 
-router = Router()
 
-
-@rq.route(router, "POST", "/v1/vectors/load", schemas.LoadRequest)
+@route("POST", "/v1/vectors/load", schemas.LoadRequest)
 def load() -> Response:
     req: schemas.LoadRequest = rq.parse(schemas.LoadRequest)
     tenant, kek = rq.index_target("write", req)
@@ -29,7 +26,7 @@ def load() -> Response:
     return rq.answer(202, {"job_id": job.job_id, **job.status()})
 
 
-@rq.route(router, "GET", "/v1/loads/<job_id>")
+@route("GET", "/v1/loads/<job_id>")
 def load_status(job_id: str) -> Response:
     """The job's status. Why rows were refused is sealed with the index: it is included when
     the server can open it (a kms_name index, or the key in an ``X-Index-Key`` header)."""

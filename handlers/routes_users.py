@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.router import Router
-
 from ..engine.errors import NotFound
 from ..engine.model import check_index_name
 from . import request as rq
 from . import schemas
-
-router = Router()
+from .request import Response
+from .routing import route
 
 
 def _user_index(index_name: str, right: str = "admin") -> tuple[str, str]:
@@ -21,7 +18,7 @@ def _user_index(index_name: str, right: str = "admin") -> tuple[str, str]:
     return rq.principal(right, name).tenant, name
 
 
-@rq.route(router, "POST", "/v1/indexes/<index_name>/users", schemas.CreateUserRequest)
+@route("POST", "/v1/indexes/<index_name>/users", schemas.CreateUserRequest)
 def create_user(index_name: str) -> Response:
     tenant, name = _user_index(index_name)
     req: schemas.CreateUserRequest = rq.parse(schemas.CreateUserRequest)
@@ -31,7 +28,7 @@ def create_user(index_name: str) -> Response:
     return rq.ok({"user_id": record.key_id, "api_key": api_key})
 
 
-@rq.route(router, "GET", "/v1/indexes/<index_name>/users")
+@route("GET", "/v1/indexes/<index_name>/users")
 def list_users(index_name: str) -> Response:
     tenant, name = _user_index(index_name)
     c = rq.c()
@@ -44,7 +41,7 @@ def list_users(index_name: str) -> Response:
     return rq.ok({"users": sorted(users, key=lambda u: u["user_id"])})
 
 
-@rq.route(router, "DELETE", "/v1/indexes/<index_name>/users/<user_id>")
+@route("DELETE", "/v1/indexes/<index_name>/users/<user_id>")
 def delete_user(index_name: str, user_id: str) -> Response:
     tenant, name = _user_index(index_name)
     c = rq.c()
@@ -53,4 +50,4 @@ def delete_user(index_name: str, user_id: str) -> Response:
     if record is None or record.tenant != tenant or record.index_name != name or record.revoked_at:
         raise NotFound(f"no such user on index '{name}'")
     c.auth.revoke(record.key_id)
-    return Response(status_code=204, body="")
+    return Response(204, None, "")

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.router import Router
 
 from ..engine import timing
 from ..engine.errors import InvalidRequest, ValidationFailed
@@ -14,8 +12,8 @@ from ..engine.model import INCLUDABLE, RowBatch
 from ..engine.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
 from . import request as rq
 from . import schemas
-
-router = Router()
+from .request import Response
+from .routing import route
 
 
 def _embed(tenant: str, name: str, kek: bytes | None, texts: list[Any]) -> np.ndarray:
@@ -48,7 +46,7 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
     return rq.ok(body)
 
 
-@rq.route(router, "POST", "/v1/vectors/upsert", schemas.UpsertRequest)
+@route("POST", "/v1/vectors/upsert", schemas.UpsertRequest)
 def upsert() -> Response:
     req: schemas.UpsertRequest = rq.parse(schemas.UpsertRequest)
     tenant, kek = rq.index_target("write", req)
@@ -75,7 +73,7 @@ def upsert() -> Response:
     return _upsert_response(tenant, req.index_name, kek, batch)
 
 
-@rq.route(router, "POST", "/v1/vectors/upsert_binary", schemas.UpsertBinaryRequest)
+@route("POST", "/v1/vectors/upsert_binary", schemas.UpsertBinaryRequest)
 def upsert_binary() -> Response:
     req: schemas.UpsertBinaryRequest = rq.parse(schemas.UpsertBinaryRequest)
     tenant, kek = rq.index_target("write", req)
@@ -129,7 +127,7 @@ def _search(
     return rq.ok({"results": results[0] if len(results) == 1 else results})
 
 
-@rq.route(router, "POST", "/v1/vectors/query", schemas.QueryRequest)
+@route("POST", "/v1/vectors/query", schemas.QueryRequest)
 def query() -> Response:
     req: schemas.QueryRequest = rq.parse(schemas.QueryRequest)
     tenant, kek = rq.index_target("read", req)
@@ -152,7 +150,7 @@ def query() -> Response:
     return _search(req, queries, tenant, kek)
 
 
-@rq.route(router, "POST", "/v1/vectors/query_binary", schemas.QueryBinaryRequest)
+@route("POST", "/v1/vectors/query_binary", schemas.QueryBinaryRequest)
 def query_binary() -> Response:
     req: schemas.QueryBinaryRequest = rq.parse(schemas.QueryBinaryRequest)
     tenant, kek = rq.index_target("read", req)
@@ -162,7 +160,7 @@ def query_binary() -> Response:
     return _search(req, queries, tenant, kek)
 
 
-@rq.route(router, "POST", "/v1/vectors/get", schemas.GetRequest)
+@route("POST", "/v1/vectors/get", schemas.GetRequest)
 def get_vectors() -> Response:
     req: schemas.GetRequest = rq.parse(schemas.GetRequest)
     tenant, kek = rq.index_target("read", req)
@@ -173,7 +171,7 @@ def get_vectors() -> Response:
     return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 
-@rq.route(router, "POST", "/v1/vectors/delete", schemas.DeleteRequest)
+@route("POST", "/v1/vectors/delete", schemas.DeleteRequest)
 def delete_vectors() -> Response:
     req: schemas.DeleteRequest = rq.parse(schemas.DeleteRequest)
     tenant, kek = rq.index_target("write", req)
@@ -181,7 +179,7 @@ def delete_vectors() -> Response:
     return rq.ok({"status": "success", "message": f"Deleted {n} vectors"})
 
 
-@rq.route(router, "POST", "/v1/vectors/list_ids", schemas.IndexRequest)
+@route("POST", "/v1/vectors/list_ids", schemas.IndexRequest)
 def list_ids() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
@@ -189,14 +187,14 @@ def list_ids() -> Response:
     return rq.ok({"ids": ids, "count": len(ids)})
 
 
-@rq.route(router, "POST", "/v1/vectors/num_vectors", schemas.IndexRequest)
+@route("POST", "/v1/vectors/num_vectors", schemas.IndexRequest)
 def num_vectors() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     return rq.ok({"result": rq.c().service.num_vectors(tenant, req.index_name, kek)})
 
 
-@rq.route(router, "POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest)
+@route("POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest)
 def query_metadata() -> Response:
     req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
     tenant, kek = rq.index_target("read", req)
@@ -232,7 +230,7 @@ def query_metadata() -> Response:
     return rq.ok({"results": [{"id": i} for i in ids], "ids": ids, "count": len(ids)})
 
 
-@rq.route(router, "GET", "/v1/embedding-models")
+@route("GET", "/v1/embedding-models")
 def embedding_models() -> Response:
     rq.principal("read")
     models = [

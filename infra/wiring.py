@@ -99,6 +99,8 @@ def build(settings: Settings, **clients: Any) -> Container:
 def container() -> Container:
     """The process-wide container, built from the environment on first use."""
     global _container
+    if _container is not None:  # every request asks: no lock once built
+        return _container
     with _lock:
         if _container is None:
             _container = build(Settings.from_env())

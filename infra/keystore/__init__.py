@@ -67,6 +67,9 @@ class Principal:
             raise Forbidden("this API key is limited to another index")
 
 
+_ROOT = Principal("default", frozenset(_ROLE_RIGHTS["admin"]), "root")
+
+
 class KeyStore(Protocol):
     def put(self, record: KeyRecord) -> None: ...
     def get(self, key_id: str) -> KeyRecord | None: ...
@@ -115,7 +118,7 @@ class Authenticator:
         if not api_key:
             raise Unauthorized("API key is required")
         if self.root_key and hmac.compare_digest(api_key.encode(), self.root_key.encode()):
-            return Principal("default", frozenset(_ROLE_RIGHTS["admin"]), "root")
+            return _ROOT
         match = _KEY.match(api_key)
         if not match:
             raise Unauthorized("Invalid API key")
