@@ -112,10 +112,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _run(sock: socket.socket, settings: Settings) -> None:
-    from ..infra.asgi import serve
+    from ..infra.server import serve
+    from ..infra.wiring import container
     from .api import lambda_handler
 
-    serve(sock, lambda_handler, settings)
+    serve(sock, lambda_handler, settings, lambda: container().metrics.exposition())
 
 
 def _serve_workers(sock: socket.socket, settings: Settings, workers: int, port_file: str | None) -> int:

@@ -1,13 +1,11 @@
 """An HTTP request as the API Gateway HTTP API (v2) event and the Lambda context the
-handler sees in AWS: what ``ciphervec serve`` (``infra/asgi.py``) hands ``lambda_handler``."""
+handler sees in AWS: what ``ciphervec serve`` (``infra/server.py``) hands ``lambda_handler``."""
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -15,6 +13,7 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 class LocalContext:
     """The few attributes of a Lambda context that code may read."""
 
+    __slots__ = ("aws_request_id",)
     function_name = "ciphervec-local"
     function_version = "$LATEST"
     memory_limit_in_mb = 0
@@ -29,20 +28,16 @@ class LocalContext:
 
 
 def to_event(
-    method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str
+    method: str, path: str, query: str, headers: dict[str, str], body: bytes, source_ip: str
 ) -> dict[str, Any]:
-    """Build an API Gateway v2 event for one HTTP request."""
-    parts = urlsplit(target)
+    """An API Gateway v2 event for one HTTP request. The body stays bytes (API Gateway
+    would give text, or base64 for binary; the handler takes either): no copy of it is made."""
     request_id = headers.get("x-request-id") or os.urandom(12).hex()
-    try:
-        text, is_b64 = body.decode("utf-8"), False
-    except UnicodeDecodeError:
-        text, is_b64 = base64.b64encode(body).decode(), True
     return {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": parts.path,
-        "rawQueryString": parts.query,
+        "rawPath": path,
+        "rawQueryString": query,
         "headers": headers,
         "requestContext": {
             "accountId": "local",
@@ -50,7 +45,7 @@ def to_event(
             "domainName": headers.get("host", "localhost"),
             "http": {
                 "method": method,
-                "path": parts.path,
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": source_ip,
                 "userAgent": headers.get("user-agent", ""),
@@ -60,6 +55,6 @@ def to_event(
             "stage": "$default",
             "timeEpoch": 0,
         },
-        "body": text,
-        "isBase64Encoded": is_b64,
+        "body": body,
+        "isBase64Encoded": False,
     }

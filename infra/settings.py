@@ -41,6 +41,9 @@ ENV = {
     "http_header_seconds": "CIPHERVEC_HTTP_HEADER_SECONDS",
     "http_body_seconds": "CIPHERVEC_HTTP_BODY_SECONDS",
     "http_keep_alive_seconds": "CIPHERVEC_HTTP_KEEP_ALIVE_SECONDS",
+    "http_min_body_rate": "CIPHERVEC_HTTP_MIN_BODY_RATE",
+    "http_body_grace_seconds": "CIPHERVEC_HTTP_BODY_GRACE_SECONDS",
+    "http_connections_per_address": "CIPHERVEC_HTTP_CONNECTIONS_PER_ADDRESS",
     "throttle_failures": "CIPHERVEC_THROTTLE_FAILURES",
     "throttle_window_seconds": "CIPHERVEC_THROTTLE_WINDOW_SECONDS",
     "throttle_lock_seconds": "CIPHERVEC_THROTTLE_LOCK_SECONDS",
@@ -115,6 +118,14 @@ class Settings:
     http_header_seconds: float = 10.0
     http_body_seconds: float = 30.0
     http_keep_alive_seconds: float = 5.0
+    # A body must average at least this many bytes a second once its grace period has passed
+    # (Kestrel's rule: 240 B/s after 5 s), or it is answered 408: a client trickling its
+    # declared body cannot hold a connection for minutes. 0 = no minimum.
+    http_min_body_rate: float = 240.0
+    http_body_grace_seconds: float = 5.0
+    # Connections one client address may hold at once (more are answered 429 and closed);
+    # 0 = no cap (behind a load balancer every client shares its address).
+    http_connections_per_address: int = 256
     # Browser origins allowed to call the API (CORS, preflight answered); empty = no CORS.
     cors_origins: tuple[str, ...] = ()
     # Brute force: more failed API keys (per address) or index keys (per API key and index)

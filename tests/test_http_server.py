@@ -3,11 +3,13 @@ fooled by, methods without routes, slow and idle clients, and JSON for every ref
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT_KEY
@@ -118,7 +120,11 @@ def test_slow_headers_and_idle_connections_are_closed(srv):
 
 
 def test_hundreds_of_idle_connections_cost_no_threads(srv):
-    socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(300)]
+    # from three addresses (all of 127/8 is loopback): one address may hold 256 at most
+    socks = [
+        socket.create_connection(("127.0.0.1", srv.port), source_address=(f"127.0.0.{2 + i % 3}", 0))
+        for i in range(300)
+    ]
     try:
         status, body, _ = srv.request("GET", "/v1/health", key=None)
         assert status == 200
@@ -184,3 +190,107 @@ def test_cors_preflight_and_headers_for_configured_origins(server_factory, tmp_p
     assert status == 200 and lowered["access-control-allow-origin"] == "https://app.example"
     _, _, headers = srv.request("GET", "/v1/health", key=None, headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in {k.lower() for k in headers}
+
+
+def test_a_body_trickled_under_the_minimum_rate_is_a_408_after_the_grace(server_factory, tmp_path: Path):
+    """One byte a second keeps a connection busy for minutes when only the gap between
+    pieces is bounded; the minimum rate (240 B/s after the grace) closes it early."""
+    env = {"CIPHERVEC_HTTP_BODY_GRACE_SECONDS": "1", "CIPHERVEC_HTTP_BODY_SECONDS": "30"}
+    srv = server_factory("--store", f"file://{tmp_path}/data", env=env, name="trickle")
+    head = request("POST", "/v1/vectors/num_vectors", b"", "Content-Length: 1000\r\n")
+    t0 = time.time()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(head)
+        out = b""
+        while time.time() - t0 < 10:
+            try:
+                sock.sendall(b" ")
+            except OSError:  # closed by the server
+                break
+            sock.settimeout(0.25)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            out += chunk
+    [(status, body)] = parse(out)
+    assert status == 408 and "bytes/s" in body["detail"]
+    assert time.time() - t0 < 4  # the grace (1 s), not the 30 s gap limit
+
+
+def test_a_slow_but_steady_body_is_accepted(server_factory, tmp_path: Path):
+    env = {"CIPHERVEC_HTTP_BODY_GRACE_SECONDS": "0.5"}
+    srv = server_factory("--store", f"file://{tmp_path}/data", env=env, name="steady")
+    body = json.dumps({"index_name": "none", "index_key": KEY, "pad": "x" * 3000}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(request("POST", "/v1/vectors/num_vectors", b"", f"Content-Length: {len(body)}\r\n"))
+        for i in range(0, len(body), 600):  # ~1,200 bytes/s, over the minimum of 240
+            sock.sendall(body[i : i + 600])
+            time.sleep(0.5)
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 404")  # the request itself ran: the index does not exist
+
+
+def test_connections_per_address_are_capped_with_a_json_429(server_factory, tmp_path: Path):
+    env = {"CIPHERVEC_HTTP_CONNECTIONS_PER_ADDRESS": "2"}
+    srv = server_factory("--store", f"file://{tmp_path}/data", env=env, name="capped")
+
+    def connect(address: str) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", srv.port), timeout=5, source_address=(address, 0))
+
+    held = [connect("127.0.0.7"), connect("127.0.0.7")]
+    try:
+        with connect("127.0.0.7") as third:
+            third.sendall(request("GET", "/v1/health"))
+            [(status, body)] = parse(third.recv(65536))
+            assert status == 429 and "connections" in body["detail"]
+        with connect("127.0.0.8") as other:  # another address is not affected
+            other.sendall(request("GET", "/v1/health"))
+            assert other.recv(65536).startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        time.sleep(0.2)
+        with connect("127.0.0.7") as again:  # a freed slot is free again
+            again.sendall(request("GET", "/v1/health"))
+            assert again.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_pipelined_requests_are_answered_in_order_even_past_a_large_answer(srv):
+    """Requests sent back to back on one connection get their answers in order, including
+    when one answer is larger than the socket takes at once (it is finished by the loop)."""
+    n, dim = 8000, 128  # an answer of ~20 MB: more than a loopback socket takes at once
+    x = np.random.default_rng(0).random((n, dim), dtype=np.float32)
+    assert (
+        srv.request("POST", "/v1/indexes/create", {"index_name": "big", "index_key": KEY, "dimension": dim})[
+            0
+        ]
+        == 200
+    )
+    ids = [f"v{i}" for i in range(n)]
+    for lo in range(0, n, 1000):  # under the 1 MiB body limit of this server
+        batch = {
+            "ids": ids[lo : lo + 1000],
+            "vectors_b64": base64.b64encode(x[lo : lo + 1000].tobytes()).decode(),
+            "dimension": dim,
+        }
+        assert (
+            srv.request(
+                "POST", "/v1/vectors/upsert_binary", {"index_name": "big", "index_key": KEY, "batch": batch}
+            )[0]
+            == 200
+        )
+    batch = {"ids": ids}
+    get = json.dumps(
+        {"index_name": "big", "index_key": KEY, "ids": batch["ids"], "include": ["vector"]}
+    ).encode()
+    count = json.dumps({"index_name": "big", "index_key": KEY}).encode()
+    raw = request("POST", "/v1/vectors/get", get) + request("POST", "/v1/vectors/num_vectors", count)
+    raw += request("GET", "/v1/health", headers="Connection: close\r\n")
+    answers = parse(exchange(srv.port, raw, wait=10))
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert len(answers[0][1]["results"]) == n and len(json.dumps(answers[0][1])) > 8 << 20
+    assert answers[1][1] == {"result": n} and answers[2][1]["status"] == "healthy"
