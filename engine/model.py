@@ -88,9 +88,11 @@ class RowBatch:
             )
         if self.vectors.shape[1] < 1:
             raise ValidationFailed("vectors must have at least one dimension", ("body", "vectors"))
-        if not np.isfinite(self.vectors).all():
-            raise ValidationFailed("vectors must not contain NaN or Inf", ("body", "vectors"))
-        if np.abs(self.vectors).max(initial=0) > MAX_VALUE:
+        # Two reductions without a temporary (NaN propagates through both); the message is
+        # worked out only for a batch that fails.
+        if n and not (float(self.vectors.min()) >= -MAX_VALUE and float(self.vectors.max()) <= MAX_VALUE):
+            if not np.isfinite(self.vectors).all():
+                raise ValidationFailed("vectors must not contain NaN or Inf", ("body", "vectors"))
             raise ValidationFailed(
                 f"vector values must lie within ±{MAX_VALUE:g} (so distances stay finite)",
                 ("body", "vectors"),

@@ -64,6 +64,7 @@ class FileStore:
         # Keys read conditionally before: (inode, size, mtime) → tag. Every write replaces a
         # file by a rename or link (a new inode), so an unchanged stat means unchanged content.
         self._seen: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self._revalidated: dict[str, str] = {}  # key -> path of keys read conditionally (heads)
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -117,7 +118,10 @@ class FileStore:
         return removed
 
     def get(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str] | None:
-        path = self._path(key)
+        if if_none_match is None:
+            path = str(self._path(key))
+        elif (path := self._revalidated.get(key)) is None:  # a head: read again on every request
+            path = self._revalidated.setdefault(key, str(self._path(key)))
         try:
             if if_none_match is not None:  # unchanged file, known tag: no read, no hash
                 st = os.stat(path)
