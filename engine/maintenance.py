@@ -124,11 +124,20 @@ class Maintenance:
         layout = Layout(snap.dimension, metric, snap.precision)
         del snap  # the rows live on in ``rows`` until the new snapshot holds them
         try:
+            calibration = kmeans.held_out(len(vectors))
             centroids = kmeans.train_centroids(
-                self.backend, vectors, lists, metric, max_iters=max_iters, tolerance=tolerance
+                self.backend,
+                vectors,
+                lists,
+                metric,
+                max_iters=max_iters,
+                tolerance=tolerance,
+                exclude=calibration,
             )
             labels = kmeans.assign_lists(self.backend, vectors, centroids, metric)
-            probes, recall = kmeans.choose_n_probes(self.backend, vectors, labels, centroids, metric)
+            probes, recall = kmeans.choose_n_probes(
+                self.backend, vectors, labels, centroids, metric, calibration
+            )
         except CipherVecError:
             raise
         except Exception as exc:
