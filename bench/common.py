@@ -26,15 +26,11 @@ API_KEY = "bench-root-key-0123456789abcdef"
 def minilm(n: int) -> np.ndarray | None:
     path = CACHE / f"minilm-{n}.npy"
     if not path.exists():
-        python = REPO / ".venv-embed" / "bin" / "python"
-        if not python.exists():
-            print("  [skip] 384-d MiniLM embeddings: .venv-embed missing (make bench-deps)")
-            return None
         print(f"  embedding {n} real sentences with all-MiniLM-L6-v2 (once, cached in {path}) ...")
         texts = CACHE / f"sentences-{n}.json"
         CACHE.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(HERE / "embed.py"), "texts", str(texts), str(n)], check=True)
-        subprocess.run([str(python), str(HERE / "embed.py"), "encode", str(texts), str(path)], check=True)
+        subprocess.run([sys.executable, str(HERE / "embed.py"), "encode", str(texts), str(path)], check=True)
     return np.load(path)
 
 
@@ -95,6 +91,28 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 120) ->
     raise RuntimeError("server did not start")
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its worker processes (utime + stime, every thread)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(c)) for c in children)
+
+
+def settle(pid: int, idle: float = 0.02, seconds: float = 60.0) -> None:
+    """Wait until the process's background work (merges, fills) is done: under ``idle`` of a
+    core over half a second, or ``seconds`` at most."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before <= idle * 0.5:
+            return
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -121,18 +139,47 @@ class Server:
         self.log.close()
 
 
-def start_ciphervec(tmp: Path) -> Server:
+def start_ciphervec(tmp: Path, name: str = "ciphervec", pythonpath: Path | None = None) -> Server:
+    """``ciphervec serve`` on a file store under ``tmp``: this checkout's code, or the tree
+    at ``pythonpath`` (``source_of``)."""
     port = free_port()
     cmd = [sys.executable, "-m", "ciphervec.handlers.cli", "serve", "--port", str(port)]
     cmd += [
         "--store",
-        f"file://{tmp}/cv-data",
+        f"file://{tmp}/{name}-data",
         "--keys",
-        f"file://{tmp}/cv-keys.json",
+        f"file://{tmp}/{name}-keys.json",
         "--train-threshold",
         "1000000000",
     ]
-    return Server("ciphervec", cmd, {"CIPHERVEC_ROOT_KEY": API_KEY}, port, tmp)
+    env = {"CIPHERVEC_ROOT_KEY": API_KEY}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return Server(name, cmd, env, port, tmp)
+
+
+def source_of(rev: str, tmp: Path) -> Path:
+    """A directory that makes git revision ``rev`` of this repository importable as
+    ``ciphervec`` (put it on PYTHONPATH: it comes before the editable install of this
+    checkout). Older revisions kept the code in ``ciphervec/``; newer ones keep ``engine/``,
+    ``handlers/`` and ``infra/`` at the top, mapped into the package at install."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    src = tmp / f"src-{sha}"
+    if not src.exists():
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", sha], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    if (src / "ciphervec" / "__init__.py").exists():
+        return src
+    pkg = tmp / f"pkg-{sha}"
+    if not pkg.exists():
+        (pkg / "ciphervec").mkdir(parents=True)
+        (pkg / "ciphervec" / "__init__.py").write_text("")
+        for part in ("engine", "handlers", "infra"):
+            (pkg / "ciphervec" / part).symlink_to(src / part)
+    return pkg
 
 
 def start_reference(tmp: Path) -> Server | None:

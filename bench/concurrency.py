@@ -11,6 +11,11 @@ latency p50/p99, recall@k against exact search, and the server's CPU use (from /
 In-process: 1, 2 and 4 threads call the engine (no HTTP) on the same rows and queries, and
 as many threads search a bare faiss IndexIVFFlat with the same lists and n_probes.
 
+Beside it, embedded LanceDB (when installed; `make bench-deps` installs it) on the same rows
+and queries, used the way VectorDBBench uses it: a table of (id, vector), its default IVF_PQ
+index (cosine), default search settings, c client processes that each open the table and
+query it in-process — no HTTP at all. Ratios ciphervec / LanceDB are printed per (k, c).
+
 Run it with another checkout's interpreter (`/path/.venv/bin/python bench/concurrency.py`)
 to measure that version: the server and the engine come from the interpreter's install.
 """
@@ -32,9 +37,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, Server, free_port, minilm, p, rss_mb, save  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from common import API_KEY, Server, cpu_seconds, free_port, minilm, p, rss_mb, save  # noqa: E402
 
 
 def data(n: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,14 +52,6 @@ def exact(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     index = faiss.IndexFlatIP(base.shape[1])
     index.add(base / np.linalg.norm(base, axis=1, keepdims=True))
     return index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), k)[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its worker processes (utime + stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / TICKS
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return own + sum(cpu_seconds(int(c)) for c in children)
 
 
 def _client(
@@ -178,7 +173,14 @@ def in_process(
 
 
 def run(
-    tmp: Path, n: int, clients: list[int], ks: list[int], seconds: float, workers: int = 1
+    tmp: Path,
+    n: int,
+    clients: list[int],
+    ks: list[int],
+    seconds: float,
+    workers: int = 1,
+    lance: bool = True,
+    in_process_runs: bool = True,
 ) -> dict[str, Any]:
     tmp.mkdir(parents=True, exist_ok=True)
     base, queries = data(n, 1000)
@@ -213,6 +215,17 @@ def run(
         print(f"  server RSS: {report['server_rss_mb']:,.0f} MB ({workers} process(es) serving)")
     finally:
         srv.stop()
+    if lance:
+        report["lancedb"] = lancedb_arm(tmp, base, queries, gt, ks, clients, seconds)
+        for row in report["lancedb"] or []:
+            ours = next(r for r in report["http"] if r["k"] == row["k"] and r["clients"] == row["clients"])
+            print(
+                f"  k {row['k']:>3} c {row['clients']}: LanceDB {row['qps']:>6.0f} q/s (p99 {row['p99_ms']:.1f} ms,"
+                f" recall {row['recall']:.3f}); ciphervec {ours['qps'] / row['qps']:.2f}x its q/s,"
+                f" p99 {ours['p99_ms']:.1f} ms, recall {ours['recall']:.3f}"
+            )
+    if not in_process_runs:
+        return report
     print("  in-process (threads, no HTTP), single-vector queries:")
     for k in ks:
         for row in in_process(base, queries, k, [1, 2, 4], min(seconds, 5.0)):
@@ -229,6 +242,97 @@ def run(
     return report
 
 
+def _lance_client(
+    w: int, path: str, queries: np.ndarray, k: int, start: Any, seconds: float, out: Any
+) -> None:
+    import lancedb
+
+    table = lancedb.connect(path).open_table("vectors")
+
+    def search(q: np.ndarray) -> list[int]:
+        rows = table.search(q).metric("cosine").select(["id", "_distance"]).limit(k).to_list()
+        return [int(r["id"]) for r in rows]
+
+    for q in queries[:5]:
+        search(q)
+    start.wait()
+    times, found = [], {}
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        ids = search(queries[i % len(queries)])
+        times.append(time.perf_counter() - t)
+        found.setdefault(i % len(queries), ids)
+        i += 1
+    out.put((w, times, found))
+
+
+def lancedb_arm(
+    tmp: Path,
+    base: np.ndarray,
+    queries: np.ndarray,
+    gt: dict[int, np.ndarray],
+    ks: list[int],
+    clients: list[int],
+    seconds: float,
+) -> list[dict[str, Any]] | None:
+    """Embedded LanceDB on the same rows: default IVF_PQ index, c processes querying it."""
+    try:
+        import lancedb
+        import pyarrow as pa
+    except ImportError:
+        print("  [skip] LanceDB: not installed (make bench-deps installs lancedb)")
+        return None
+    path = str(tmp / "lance")
+    db = lancedb.connect(path)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(base.ravel(), type=pa.float32()), base.shape[1])
+    table = db.create_table(
+        "vectors", pa.table({"id": pa.array(np.arange(len(base)), pa.int64()), "vector": vectors})
+    )
+    t = time.perf_counter()
+    table.create_index(metric="cosine", num_bits=8, sample_rate=256, max_iterations=50)
+    table.optimize()
+    print(
+        f"  LanceDB {lancedb.__version__}: IVF_PQ index (defaults, cosine) built in {time.perf_counter() - t:.1f} s"
+    )
+    rows = []
+    ctx = mp.get_context("spawn")
+    for k in ks:
+        for c in clients:
+            start, out = ctx.Barrier(c + 1), ctx.Queue()
+            shares = [np.arange(w, len(queries), c) for w in range(c)]
+            procs = [
+                ctx.Process(target=_lance_client, args=(w, path, queries[s], k, start, seconds, out))
+                for w, s in enumerate(shares)
+            ]
+            for proc in procs:
+                proc.start()
+            start.wait()
+            results = [
+                r[1:] for r in sorted((out.get(timeout=seconds + 300) for _ in procs), key=lambda r: r[0])
+            ]
+            for proc in procs:
+                proc.join()
+            times = [t for r, _ in results for t in r]
+            hits = [
+                len(set(ids[:k]) & set(gt[k][share[j]].tolist())) / k
+                for (_, found), share in zip(results, shares, strict=True)
+                for j, ids in found.items()
+            ]
+            rows.append(
+                {
+                    "k": k,
+                    "clients": c,
+                    "qps": len(times) / seconds,
+                    "p50_ms": p(times, 50) * 1e3,
+                    "p99_ms": p(times, 99) * 1e3,
+                    "recall": float(np.mean(hits)),
+                }
+            )
+    return rows
+
+
 def _pids(srv: Server) -> list[int]:
     pid = srv.proc.pid
     return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
@@ -241,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", default="10,100")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=1, help="ciphervec serve --workers (processes)")
+    ap.add_argument("--no-lancedb", action="store_true", help="skip embedded LanceDB")
+    ap.add_argument("--no-in-process", action="store_true", help="skip the in-process thread runs")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="cv-conc-"))
     print(
@@ -254,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         [int(k) for k in args.k.split(",")],
         args.seconds,
         args.workers,
+        lance=not args.no_lancedb,
+        in_process_runs=not args.no_in_process,
     )
     save(report, "concurrency")
     return 0

@@ -1,7 +1,7 @@
 """Make 384-d sentence embeddings of real text with all-MiniLM-L6-v2, offline.
 
-    .venv/bin/python bench/embed.py texts TEXTS.json N          # botocore is in the main venv
-    .venv-embed/bin/python bench/embed.py encode TEXTS.json OUT.npy
+    .venv/bin/python bench/embed.py texts TEXTS.json N     # botocore is in the main venv
+    .venv/bin/python bench/embed.py encode TEXTS.json OUT.npy  # sentence-transformers too
 
 Text: English sentences from the AWS API reference documentation that ships inside
 botocore (``botocore/data/*/*/service-2.json*``), deduplicated, in a fixed order. The

@@ -1,6 +1,7 @@
 """ciphervec benchmark: side by side, in one run, on real vectors.
 
     make bench            # or: ciphervec bench, or: .venv/bin/python bench/run.py [options]
+    make bench BASE=REV   # the request-cost report also measures git revision REV, same run
 
 Systems, each on the same data and queries:
 * ciphervec   — `ciphervec serve` (file store) driven by the official cyborgdb SDK over HTTP
@@ -359,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-turboquant", action="store_true", help="skip the storage-tier table")
     ap.add_argument("--no-bm25", action="store_true", help="skip the BM25 / hybrid run")
     ap.add_argument("--no-reencrypt", action="store_true", help="skip the key rotation / re-encryption run")
+    ap.add_argument("--no-cost", action="store_true", help="skip the request-cost report")
+    ap.add_argument(
+        "--recall-sizes", default="10000,20000,50000,100000,1000000", help="recall at defaults ('' = skip)"
+    )
+    ap.add_argument("--concurrency-n", type=int, default=50_000, help="rows of the concurrent-clients run")
+    ap.add_argument(
+        "--cost-base", help="a git revision the request-cost report measures beside this checkout"
+    )
     args = ap.parse_args(argv)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -368,7 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"ciphervec bench — {report['date']} — {report['machine']}")
     tmp = Path(tempfile.mkdtemp(prefix="cv-bench-"))
+    warnings: list[str] = []
     try:
+        if not args.no_cost:
+            import cost
+
+            print("\n== request cost: server CPU per request against its floor (bench/cost.py) ==")
+            report["cost"] = cost.run(tmp / "cost", base_rev=args.cost_base)
+            warnings = cost.check(report["cost"])
+            for line in warnings:
+                print(line)
         for name in args.datasets.split(","):
             data = minilm(args.n + args.queries) if name == "minilm" else glove() if name == "glove" else None
             if data is None:
@@ -396,8 +414,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_concurrency and "minilm" in args.datasets:
             import concurrency
 
-            print("\n== concurrency: SDK clients in separate processes, MiniLM-384, default n_probes ==")
-            report["concurrency"] = concurrency.run(tmp / "conc", args.n, [1, 2, 4, 8], [10, 100], 10.0)
+            print(
+                "\n== concurrency: SDK clients in separate processes, MiniLM-384, default n_probes;"
+                " embedded LanceDB beside it =="
+            )
+            report["concurrency"] = concurrency.run(
+                tmp / "conc", args.concurrency_n, [1, 2, 4, 8], [10, 100], 10.0
+            )
+        if args.recall_sizes and "minilm" in args.datasets:
+            import recall as recall_run
+
+            print("\n== recall at defaults with held-out queries (bench/recall.py) ==")
+            report["recall"] = recall_run.run([int(n) for n in args.recall_sizes.split(",")])
         if not args.no_turboquant and "minilm" in args.datasets:
             import turboquant
 
@@ -433,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save(report, "bench", latest=True)
+    for line in warnings:  # again at the end, where a person looks
+        print(line)
     return 0
 
 
