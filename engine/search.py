@@ -56,8 +56,7 @@ def knn(
         else:
             rows = found[0][i] if len(found) == 1 else np.concatenate([f[i] for f in found])
         rows = rows[rows >= 0]
-        query = queries if len(space) == 1 else queries[i : i + 1]
-        exact = exact_distances(snap.metric, query[0, ...], backend.asarray(snap.rows(rows)))
+        exact = exact_distances(snap.metric, queries[i, ...], backend.asarray(snap.rows(rows)))
         ranked, dist = order_by_distance(backend.asarray(rows), exact)
-        results.append((backend.to_host(ranked[:top_k]), backend.to_host(dist[:top_k])))
+        results.append((backend.to_host(ranked)[:top_k], backend.to_host(dist)[:top_k]))
     return results
