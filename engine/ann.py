@@ -105,6 +105,27 @@ class AnnIndex:
         self.ntotal += len(x)
         self.device = None  # re-mirrored on the next device search
 
+    @property
+    def plain(self) -> bool:
+        """faiss holds the rows exactly as float32 (a flat or IVF-flat index, no codes)."""
+        return not self.half and isinstance(self.index, faiss.IndexFlatL2 | faiss.IndexIVFFlat)
+
+    def extend(self, other: AnnIndex, lists: np.ndarray) -> None:
+        """Append ``other``'s rows (both ``plain``, same kind and centroids) in one copy: a
+        flat index's rows are read in place and their squared norms carried over; an IVF
+        index's rows keep their lists (``lists``)."""
+        if other.ntotal == 0:
+            return
+        if self.ivf:
+            self.add(other.reconstruct(np.arange(other.ntotal)), lists)
+            return
+        xb = faiss.rev_swig_ptr(other.index.get_xb(), other.ntotal * self.dim).reshape(other.ntotal, self.dim)
+        self.index.add(xb)
+        if self._flat_view:
+            self._sqnorms = np.concatenate([self._sqnorms, other._sqnorms])
+        self.ntotal += other.ntotal
+        self.device = None
+
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of ``rows`` (float32)."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
