@@ -62,12 +62,18 @@ class Heads:
         self.on_forget: Callable[[Key], None] = lambda key: None
         self._commit_locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._roots: dict[Key, str] = {}  # escaping a name is a dozen calls: once per index
 
     def tenant_root(self, tenant: str) -> str:
         return tenant_root(self.prefix, tenant)
 
     def root(self, tenant: str, name: str) -> str:
-        return index_root(self.prefix, tenant, name)
+        root = self._roots.get((tenant, name))
+        if root is None:
+            root = index_root(self.prefix, tenant, name)
+            if len(self._roots) < 65536:
+                self._roots[(tenant, name)] = root
+        return root
 
     def held(self, key: Key) -> Head | None:
         """The newest head this container has read or committed."""

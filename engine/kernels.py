@@ -17,7 +17,7 @@ def namespace(*xs: Array) -> Any:
     """The array API namespace of ``xs``: numpy itself for host arrays (numpy >= 2.1
     implements the standard, and array-api-compat's wrappers around it cost more than the
     math on the small arrays of one query), array-api-compat's for any other library."""
-    if all(type(x) is np.ndarray for x in xs):
+    if type(xs[0]) is np.ndarray and (len(xs) == 1 or all(type(x) is np.ndarray for x in xs)):
         return np
     return array_namespace(*xs)
 

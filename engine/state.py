@@ -130,7 +130,14 @@ class Snapshot:
 
     def count_new(self, keys: list[str]) -> int:
         """How many distinct ids of ``keys`` have no live row here."""
-        return sum(1 for k in set(keys) if self.row_of(k) is None)
+        unique = set(keys)
+        rows = np.fromiter(
+            map(self.latest.get, unique, itertools.repeat(-1)), dtype=np.int64, count=len(unique)
+        )
+        if (rows >= self.n_rows).any():  # written after this snapshot: ask row by row
+            return sum(1 for k in unique if self.row_of(k) is None)
+        known = rows[rows >= 0]
+        return len(unique) - int(np.count_nonzero(self.alive[known]))
 
     def with_parts(self, merged: tuple[Part, ...]) -> Snapshot:
         """The same rows held by other parts (a background merge)."""
@@ -279,10 +286,16 @@ class Builder:
             self.layout = replace(self.layout, dimension=int(segment.vectors.shape[1]))
         start = self.n_rows
         self._grow(n)
-        latest, prev = self.latest, self.prev_ref[0]
-        for row, key in enumerate(segment.ids, start):  # a duplicate id's earlier row is its prev
-            prev[row] = latest.get(key, -1)
-            latest[key] = row
+        latest, prev, ids = self.latest, self.prev_ref[0], segment.ids
+        if len(set(ids)) == n:  # each id once: every row's prev is the id's row before this write
+            prev[start : start + n] = np.fromiter(
+                map(latest.get, ids, itertools.repeat(-1)), dtype=np.int64, count=n
+            )
+            latest.update(zip(ids, range(start, start + n), strict=True))
+        else:
+            for row, key in enumerate(ids, start):  # a duplicate id's earlier row is its prev
+                prev[row] = latest.get(key, -1)
+                latest[key] = row
         self.ids.extend(segment.ids)
         self.lists[start : start + n] = ivf_list
         self._pending.append(segment.vectors.astype(memory_dtype(self.layout.precision), copy=False))
