@@ -6,9 +6,10 @@ For each size, an index of real MiniLM-384 sentence embeddings (cosine; beyond t
 real ones, normalised blends of two real ones, as bench/scale.py makes them) is trained
 with the defaults — auto n_lists, auto n_probes — in this process (the engine on a memory
 store: HTTP adds nothing to recall), and queried with held-out sentences that are not in
-the index. Reported per size: n_lists, the auto n_probes and the recall the training
-estimated, and recall@10 and recall@100 measured against exact search. The promise is
-recall@10 >= 0.95 at the defaults, for queries from outside the index.
+the index. Reported per size: n_lists, the auto n_probes (for top_k 10, and for larger
+top_k) and the recall the training estimated, and recall@10 and recall@100 measured against
+exact search. The promise is recall@k >= 0.95 at the defaults, for queries from outside
+the index.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def measure(n: int, queries: int) -> dict[str, Any]:
     t = time.perf_counter()
     trained = svc.train("t", "r", key)
     train_s = time.perf_counter() - t
+    cent = svc.heads.open("t", "r", key).body.centroids
     out: dict[str, Any] = {
         "n": n,
         "data": source,
         "n_lists": trained.n_lists,
         "auto_n_probes": trained.n_probes,
+        "auto_n_probes_100": cent.auto_n_probes_100 if cent else None,
         "estimated_recall10": trained.recall_estimate,
         "train_s": train_s,
     }
@@ -78,9 +81,10 @@ def run(sizes: list[int], queries: int = 1000) -> list[dict[str, Any]]:
     for n in sizes:
         row = measure(n, queries)
         rows.append(row)
-        met = "yes" if row["recall10"] >= PROMISE else "NO"
+        met = "yes" if min(row["recall10"], row["recall100"]) >= PROMISE else "NO"
         print(
-            f"  {n:>10,} {row['n_lists']:>6} {row['auto_n_probes']:>9} {row['estimated_recall10']:>10.3f}"
+            f"  {n:>10,} {row['n_lists']:>6} {row['auto_n_probes']:>9}/{row['auto_n_probes_100']:<8}"
+            f" {row['estimated_recall10']:>10.3f}"
             f" {row['recall10']:>10.3f} {row['recall100']:>11.3f}  {met}",
             flush=True,
         )

@@ -135,9 +135,10 @@ class Maintenance:
                 exclude=calibration,
             )
             labels = kmeans.assign_lists(self.backend, vectors, centroids, metric)
-            probes, recall = kmeans.choose_n_probes(
-                self.backend, vectors, labels, centroids, metric, calibration
+            chosen = kmeans.choose_n_probes(
+                self.backend, vectors, labels, centroids, metric, calibration, kmeans.AIMS
             )
+            (probes, recall), (probes_100, _) = chosen[10], chosen[100]
         except CipherVecError:
             raise
         except Exception as exc:
@@ -166,7 +167,15 @@ class Maintenance:
             body.segments = [SegmentRef(snap_name, seq, "run", len(rows))] + [
                 s for s in body.segments if s.seq > seq
             ]
-            body.centroids = Centroids(cent_name, lists, probes, len(rows), now, round(recall, 4))
+            body.centroids = Centroids(
+                cent_name,
+                lists,
+                probes,
+                len(rows),
+                now,
+                round(recall, 4),
+                auto_n_probes_100=max(probes, probes_100),
+            )
             body.prune_old_keys()
             env.training = None
 

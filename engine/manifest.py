@@ -88,11 +88,18 @@ class SegmentRef:
 class Centroids:
     name: str
     n_lists: int
-    auto_n_probes: int
+    auto_n_probes: int  # keeps recall@10 at its aim (``kmeans.choose_n_probes``)
     trained_rows: int
     trained_at: float
     measured_recall: float | None = None
     key: str | None = None  # as ``SegmentRef.key``
+    auto_n_probes_100: int | None = None  # ... recall@100, for queries of top_k over 10
+
+    def probes_for(self, top_k: int) -> int:
+        """The auto ``n_probes`` of a query asking for ``top_k`` neighbours."""
+        if top_k > 10 and self.auto_n_probes_100:
+            return self.auto_n_probes_100
+        return self.auto_n_probes
 
 
 @dataclass
@@ -149,7 +156,7 @@ class HeadBody:
             config=data["config"],
             next_seq=data["next_seq"],
             segments=[SegmentRef(**s) for s in data["segments"]],
-            centroids=Centroids(**data["centroids"]) if data["centroids"] else None,
+            centroids=_known(Centroids, data["centroids"]) if data["centroids"] else None,
             retired=data["retired"],
             loads=data.get("loads", []),
             old_keys=data.get("old_keys", {}),
@@ -233,6 +240,11 @@ def seal_head(envelope: Envelope, body: HeadBody, cipher: IndexCipher) -> bytes:
     env = envelope.to_json()
     sealed = cipher.encrypt(body_name(envelope), body.to_json())
     return MAGIC + struct.pack("<I", len(env)) + env + sealed
+
+
+def _known(cls: Any, data: dict[str, Any]) -> Any:
+    """``cls`` from the fields of ``data`` it has (a newer writer's extra fields are skipped)."""
+    return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def open_body(envelope: Envelope, sealed: bytes, cipher: IndexCipher) -> HeadBody:

@@ -125,7 +125,7 @@ class Reader:
             return [[] for _ in range(len(queries))]
         mask = self._filter_mask(snap, filters)
         cent = head.body.centroids
-        probes = n_probes or (cent.auto_n_probes if cent else 1)
+        probes = n_probes or (cent.probes_for(top_k) if cent else 1)
         if cent is not None:
             probes = max(1, min(probes, cent.n_lists))
             # A selective filter leaves few rows: visit every list, i.e. scan them all.

@@ -152,11 +152,11 @@ def test_n_probes_estimate_ignores_exact_duplicates():
     cent = kmeans.train_centroids(be, x, 32, "euclidean", max_iters=20, tolerance=0)
     plain = kmeans.choose_n_probes(
         be, x, be.nearest(x, cent)[:, 0], cent, "euclidean", kmeans.held_out(len(x))
-    )
+    )[10]
     dup = np.vstack([x] * 6)
     sixfold = kmeans.choose_n_probes(
         be, dup, be.nearest(dup, cent)[:, 0], cent, "euclidean", kmeans.held_out(len(dup))
-    )
+    )[10]
     assert plain[0] > 4 and sixfold[0] >= 0.7 * plain[0]
 
 
@@ -219,3 +219,20 @@ def test_n_probes_is_calibrated_on_rows_the_centroids_were_not_fitted_on(monkeyp
     seen.clear()
     result = service.train("t", "c", kek, n_lists=32)
     assert result.trained and len(seen[0]) == len(x) - len(held) and 0.95 <= result.recall_estimate <= 1.0
+
+
+def test_queries_for_more_than_ten_neighbours_probe_as_recall_at_100_needs():
+    be = select(BACKEND)
+    service = IndexService(MemoryStore(), backend=be, train_threshold=10**9)
+    kek = bytes(range(32))
+    x = clustered(4000, 16, clusters=40, seed=29, spread=1.0)
+    service.create_index("t", "k", IndexConfig(dimension=16), kek=kek)
+    service.upsert("t", "k", kek, RowBatch([str(i) for i in range(len(x))], x))
+    assert service.train("t", "k", kek, n_lists=64).trained
+    cent = service.heads.open("t", "k", kek).body.centroids
+    assert cent.auto_n_probes_100 >= cent.auto_n_probes
+    assert cent.probes_for(10) == cent.auto_n_probes and cent.probes_for(100) == cent.auto_n_probes_100
+    # an index trained before the setting existed probes the recall@10 value for any top_k
+    from dataclasses import replace
+
+    assert replace(cent, auto_n_probes_100=None).probes_for(100) == cent.auto_n_probes
