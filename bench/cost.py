@@ -129,74 +129,72 @@ def _round(subject: Subject, queries: np.ndarray, base: np.ndarray, rng: np.rand
     )
 
 
-def _floors(store: Path, key: bytes, queries: np.ndarray, base: np.ndarray) -> dict[str, float]:
-    """CPU seconds per request of the least work each kind needs, in this process."""
-    from ciphervec.engine.backend import select
-    from ciphervec.engine.service import IndexService
-    from ciphervec.infra.storage import open_store
+class Floors:
+    """The least work each request kind needs, in this process: faiss on the very lists the
+    server searches (its trained index, opened from its store), and decode + seal + add for
+    an upsert. Measured every round, beside the servers, so each ratio pairs two figures
+    taken within seconds of each other on this noisy machine."""
 
-    svc = IndexService(open_store(f"file://{store}"), backend=select("numpy"), lazy_rows=0)
-    head = svc.heads.open("default", "cost", key)
-    snap = svc.cache.snapshot(head)
-    if len(snap.parts) != 1 or head.body.centroids is None:
-        raise SystemExit("the trained index should be one IVF part")
-    index = snap.parts[0].ann.index
-    n_probes = head.body.centroids.auto_n_probes
-    faiss.extract_index_ivf(index).nprobe = n_probes
-    unit = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
-    faiss.omp_set_num_threads(1)
-    out: dict[str, float] = {"n_probes": float(n_probes), "n_lists": float(head.body.centroids.n_lists)}
-    for k in (10, 100):
-        best = float("inf")
-        for _ in range(3):
+    def __init__(self, store: Path, key: bytes, queries: np.ndarray, base: np.ndarray) -> None:
+        from ciphervec.engine.backend import select
+        from ciphervec.engine.service import IndexService
+        from ciphervec.infra.storage import open_store
+
+        svc = IndexService(open_store(f"file://{store}"), backend=select("numpy"), lazy_rows=0)
+        head = svc.heads.open("default", "cost", key)
+        snap = svc.cache.snapshot(head)
+        if len(snap.parts) != 1 or head.body.centroids is None:
+            raise SystemExit("the trained index should be one IVF part")
+        self.index = snap.parts[0].ann.index
+        self.n_probes = head.body.centroids.auto_n_probes
+        self.n_lists = head.body.centroids.n_lists
+        faiss.extract_index_ivf(self.index).nprobe = self.n_probes
+        self.unit = np.ascontiguousarray(
+            queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32
+        )
+        self.aead = AESGCM(os.urandom(32))
+        ids = [str(i) for i in range(BATCH)]
+        self.bodies = [
+            json.dumps(
+                {
+                    "index_name": "cost-w",
+                    "index_key": key.hex(),
+                    "batch": {
+                        "ids": ids,
+                        "vectors_b64": base64.b64encode(base[lo : lo + BATCH].tobytes()).decode(),
+                        "dimension": base.shape[1],
+                    },
+                }
+            )
+            for lo in range(0, 10 * BATCH, BATCH)
+        ]
+        self.rng = np.random.default_rng(5)
+
+    def measure(self) -> dict[str, float]:
+        """CPU seconds per request of each kind's floor (one thread, as the server searches)."""
+        faiss.omp_set_num_threads(1)
+        out: dict[str, float] = {}
+        for k in (10, 100):
             t = time.process_time()
-            for q in unit:
-                index.search(q[None, :], k)
-            best = min(best, (time.process_time() - t) / len(unit))
-        out[f"query_k{k}"] = best
-    rng = np.random.default_rng(5)
-    best = float("inf")
-    for _ in range(3):
+            for q in self.unit:
+                self.index.search(q[None, :], k)
+            out[f"query_k{k}"] = (time.process_time() - t) / len(self.unit)
         t = time.process_time()
         for _ in range(100):
-            rows = rng.choice(index.ntotal, 100, replace=False).astype(np.int64)
-            to_json(
-                [
-                    {"id": str(r), "vector": v}
-                    for r, v in zip(rows, index.reconstruct_batch(rows).tolist(), strict=True)
-                ]
-            )
-        best = min(best, (time.process_time() - t) / 100)
-    out["get_100"] = best
-    aead = AESGCM(os.urandom(32))
-    ids = [str(i) for i in range(BATCH)]
-    bodies = [
-        json.dumps(
-            {
-                "index_name": "cost-w",
-                "index_key": key.hex(),
-                "batch": {
-                    "ids": ids,
-                    "vectors_b64": base64.b64encode(base[lo : lo + BATCH].tobytes()).decode(),
-                    "dimension": base.shape[1],
-                },
-            }
-        )
-        for lo in range(0, 10 * BATCH, BATCH)
-    ]
-    best = float("inf")
-    for _ in range(3):
-        flat = faiss.IndexFlatL2(base.shape[1])
+            rows = self.rng.choice(self.index.ntotal, 100, replace=False).astype(np.int64)
+            vectors = self.index.reconstruct_batch(rows).tolist()
+            to_json([{"id": str(r), "vector": v} for r, v in zip(rows, vectors, strict=True)])
+        out["get_100"] = (time.process_time() - t) / 100
+        flat = faiss.IndexFlatL2(self.unit.shape[1])
         t = time.process_time()
-        for body in bodies:
+        for body in self.bodies:
             batch = json.loads(body)["batch"]
             raw = pybase64.b64decode(batch["vectors_b64"], validate=True)
-            aead.encrypt(os.urandom(12), raw, b"segment")
+            self.aead.encrypt(os.urandom(12), raw, b"segment")
             flat.add(np.frombuffer(raw, dtype="<f4").reshape(-1, batch["dimension"]))
-        best = min(best, (time.process_time() - t) / len(bodies))
-    out["upsert_1000"] = best
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    return out
+        out["upsert_1000"] = (time.process_time() - t) / len(self.bodies)
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        return out
 
 
 def _train(subject: Subject) -> None:
@@ -225,24 +223,30 @@ def run(
         setup = {s.label: _ingest(s, base) for s in subjects}
         for s in subjects:
             _train(s)
+        floors = Floors(tmp / "now-data", subjects[0].key, qs, base)
         rng = np.random.default_rng(7)
+        measured: list[dict[str, float]] = []
         for r in range(rounds):
+            measured.append(floors.measure())
             for s in subjects if r % 2 == 0 else subjects[::-1]:
                 _round(s, qs, base, rng)
-        floors = _floors(tmp / "now-data", subjects[0].key, qs, base)
     finally:
         for s in subjects:
             s.server.stop()
     report: dict[str, Any] = {"n": n, "queries": queries, "rounds": rounds, "base": base_rev, "floor_ms": {}}
     for kind in KINDS:
-        report["floor_ms"][kind] = floors[kind] * 1e3
-    report["n_probes"], report["n_lists"] = int(floors["n_probes"]), int(floors["n_lists"])
+        report["floor_ms"][kind] = float(np.median([f[kind] for f in measured])) * 1e3
+    report["n_probes"], report["n_lists"] = int(floors.n_probes), int(floors.n_lists)
     for s in subjects:
         report[s.label] = {
             **setup[s.label],
             "cpu_ms": {k: float(np.median(v)) * 1e3 for k, v in s.cpu.items()},
             "p50_ms": {k: float(np.median(v)) * 1e3 for k, v in s.wall.items()},
-            "ratio": {k: float(np.median(v)) / floors[k] for k, v in s.cpu.items()},
+            # each round's server figure over that round's floor, then the median
+            "ratio": {
+                k: float(np.median([c / f[k] for c, f in zip(v, measured, strict=True)]))
+                for k, v in s.cpu.items()
+            },
         }
     _print(report, [s.label for s in subjects])
     return report
@@ -251,7 +255,7 @@ def run(
 def _print(report: dict[str, Any], labels: list[str]) -> None:
     print(
         f"  {report['n']:,} MiniLM-384 rows, cosine, {report['n_lists']} lists, n_probes {report['n_probes']};"
-        f" median of {report['rounds']} rounds; server CPU per request from /proc"
+        f" medians of {report['rounds']} rounds (x floor: of each round's ratio); server CPU per request from /proc"
     )
     head = f"  {'request':<26}{'floor ms':>9}"
     for label in labels:
