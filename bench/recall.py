@@ -75,7 +75,7 @@ def measure(n: int, queries: int) -> dict[str, Any]:
 
 def run(sizes: list[int], queries: int = 1000) -> list[dict[str, Any]]:
     print(
-        f"  {'rows':>10} {'lists':>6} {'n_probes':>9} {'estimated':>10} {'recall@10':>10} {'recall@100':>11}  met"
+        f"  {'rows':>10} {'lists':>6} {'n_probes k=10/100':>18} {'estimated':>10} {'recall@10':>10} {'recall@100':>11}  met"
     )
     rows = []
     for n in sizes:
