@@ -2,9 +2,14 @@
 
 While fewer searches run than there are slots (one per core), a query runs at once: an
 idle server adds no wait. Otherwise it queues; each running search, once done, takes the
-queued queries that can share a search (same snapshot, ``top_k``, ``n_probes`` and
-filter) and runs them as one batch — faiss answers a batch for a fraction of the
-per-query cost, and a batch is what feeds a GPU — then hands each its own rows.
+queued queries that can share a search (same index, ``top_k``, ``n_probes`` and filter)
+and runs them as one batch — faiss answers a batch for a fraction of the per-query cost,
+and a batch is what feeds a GPU — then hands each its own rows.
+
+The queue waiting longest is served first (serving the longest queue first starved queries
+of a snapshot that writes had since replaced: p99 of 5 s under a mixed load). A batch runs
+on the newest snapshot any of its queries was given (``version``): every write a query
+must see is in it, and writes acknowledged while it waited may be too.
 """
 
 from __future__ import annotations
@@ -36,18 +41,24 @@ class Batcher:
         self.slots = slots or os.cpu_count() or 1
         self._lock = threading.Lock()
         self._running = 0
-        self._queues: dict[Hashable, list[_Waiting]] = {}
-        self._searches: dict[Hashable, Search] = {}
+        self._queues: dict[Hashable, list[_Waiting]] = {}  # in the order they began waiting
+        self._searches: dict[Hashable, tuple[int, Search]] = {}  # the newest version's search
         self.batches = 0  # searches that served more than one query (for tests and metrics)
 
-    def search(self, key: Hashable, vector: Any, run: Search) -> Any:
-        """The hits of ``vector`` (one query, shape (1, d)); ``run`` searches a list of them.
-        Queries with equal ``key`` may be answered by one call of any of their ``run``s."""
+    def search(self, key: Hashable, vector: Any, run: Search, version: int = 0, scan: bool = False) -> Any:
+        """The hits of ``vector`` (one query, shape (1, d)); ``run`` searches a list of them
+        over a snapshot of ``version``. Queries with equal ``key`` may be answered by one
+        call of the ``run`` of the newest version among them. A ``scan`` (an exact search
+        over every row) runs alone: it is bound by memory bandwidth, so a second scan at
+        the same time only halves the speed of both, where a bigger batch costs almost
+        nothing more (mixed load on 20k untrained rows: 150 -> 210 queries/s)."""
         with self._lock:
-            if self._running >= self.slots:
+            if self._running >= (1 if scan else self.slots):
                 waiting = _Waiting(vector)
                 self._queues.setdefault(key, []).append(waiting)
-                self._searches.setdefault(key, run)
+                newest = self._searches.get(key)
+                if newest is None or version > newest[0]:
+                    self._searches[key] = (version, run)
             else:
                 waiting = None
                 self._running += 1
@@ -68,14 +79,13 @@ class Batcher:
                 if not self._queues:
                     self._running -= 1
                     return
-                key = max(self._queues, key=lambda k: len(self._queues[k]))
-                queue = self._queues[key]
+                key = next(iter(self._queues))  # waiting longest
+                queue = self._queues.pop(key)
                 batch, rest = queue[:MAX_BATCH], queue[MAX_BATCH:]
-                run = self._searches[key]
+                run = self._searches[key][1]
                 if rest:
-                    self._queues[key] = rest
+                    self._queues[key] = rest  # behind the others now: they waited longer
                 else:
-                    del self._queues[key]
                     del self._searches[key]
             if len(batch) > 1:
                 self.batches += 1

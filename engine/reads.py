@@ -139,12 +139,19 @@ class Reader:
                 self.cache.fill_later(head)
         with stage("search"):
             if len(queries) == 1 and snap.partial is None:  # concurrent single queries: one batch
-                # The snapshot caches one mask per filter, so the mask object stands for it.
-                key = (head.key, snap.version, top_k, probes, id(mask))
-                hits = [self.batcher.search(key, q, lambda vs: self._knn(snap, vs, top_k, probes, mask))]
+                # A mask is a snapshot's own (it caches one per filter): filtered queries
+                # share a batch within a snapshot, unfiltered ones across snapshots (a batch
+                # runs on the newest one it was given).
+                key = (head.key, snap.uid, top_k, probes, None if mask is None else (snap.version, id(mask)))
+
+                def search(vs: list[Any], snap: Snapshot = snap) -> list[Any]:
+                    return [(snap, *hit) for hit in self._knn(snap, vs, top_k, probes, mask)]
+
+                hits = [self.batcher.search(key, q, search, snap.version, scan=cent is None)]
             else:
-                hits = knn(snap, q, top_k, probes, mask, self.backend)
-        return [_shape(snap, rows, dist, include) for rows, dist in hits]
+                hits = [(snap, *hit) for hit in knn(snap, q, top_k, probes, mask, self.backend)]
+        # row numbers are those of the snapshot the search ran on
+        return [_shape(ran, rows, dist, include) for ran, rows, dist in hits]
 
     def _knn(self, snap: Snapshot, vectors: list[Any], top_k: int, probes: int, mask: Any) -> list[Any]:
         """One search for queries of shape (1, d) each (assembled into one batch)."""

@@ -113,7 +113,7 @@ class Settings:
     # `ciphervec serve`: requests handled at once (threads over one copy of each index),
     # connections at once (more get 503), and how long a client may take to send a
     # request's headers, between pieces of its body, and idle on a keep-alive connection.
-    http_threads: int = 8
+    http_threads: int = 32
     http_max_connections: int = 1000
     http_header_seconds: float = 10.0
     http_body_seconds: float = 30.0

@@ -130,3 +130,44 @@ def test_an_error_in_a_batch_reaches_every_query_in_it():
         t.join(timeout=10)
     assert results[0] == 0 and all(isinstance(results[i], RuntimeError) for i in (1, 2, 3))
     assert batcher.batches == 1 and batcher._running == 0
+
+
+def test_a_batch_runs_on_the_newest_snapshot_its_queries_were_given():
+    """Queries that began before and after a write share a batch on the newer snapshot: the
+    later one sees the write it must see, and each is answered with that snapshot's rows."""
+    svc, x = make("euclidean", False, seed=11, slots=1)
+    gate, entered = threading.Event(), threading.Event()
+    real = svc.reader._knn
+
+    def slow(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            gate.wait()
+        return real(*args, **kwargs)
+
+    svc.reader._knn = slow
+    far = x[5] + 100.0  # nearest to nothing in the index until it is written
+    results: dict[str, list] = {}
+
+    def ask(name: str, vector: np.ndarray) -> None:
+        results[name] = svc.query("t", "i", KEK, vector[None, :], top_k=1)[0]
+
+    def queued(n: int) -> None:
+        while sum(len(q) for q in svc.reader.batcher._queues.values()) < n:
+            threading.Event().wait(0.01)
+
+    leader = threading.Thread(target=ask, args=("leader", x[1]))
+    leader.start()
+    entered.wait()
+    early = threading.Thread(target=ask, args=("early", far))
+    early.start()
+    queued(1)
+    svc.upsert("t", "i", KEK, RowBatch(["new"], far[None, :]))
+    late = threading.Thread(target=ask, args=("late", far))
+    late.start()
+    queued(2)
+    gate.set()
+    for t in (leader, early, late):
+        t.join(timeout=30)
+    assert results["late"][0]["id"] == "new" and results["early"][0]["id"] == "new"
+    assert results["leader"][0]["id"] == "1" and svc.reader.batcher.batches == 1
