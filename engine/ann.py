@@ -4,19 +4,32 @@ this is the faiss boundary."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
 import numpy as np
 
-try:
-    import faiss
-except ImportError:  # a function packaged without faiss (IngestFunction) never searches
-    faiss = None
-
 from .kernels import first_valid
 
 log = logging.getLogger("ciphervec.ann")
+# A function packaged without faiss (IngestFunction) never searches.
+HAS_FAISS = importlib.util.find_spec("faiss") is not None
+
+
+class _Faiss:
+    """The faiss module, imported on first use: it is a tenth of a cold start's import, and
+    a request that searches nothing trained (health, keys, writes, exact scans) never needs it.
+    The first use puts the module itself in its place, so later calls go straight to it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import faiss as module
+
+        globals()["faiss"] = module
+        return getattr(module, name)
+
+
+faiss: Any = _Faiss()
 
 
 class AnnIndex:
@@ -63,7 +76,7 @@ class AnnIndex:
             if bits:
                 assert ranges is not None
                 self.index = faiss.IndexIVFScalarQuantizer(
-                    self.quantizer, dim, len(cent), SQ_TYPES[bits], faiss.METRIC_L2, False
+                    self.quantizer, dim, len(cent), sq_type(bits), faiss.METRIC_L2, False
                 )
                 fitted = np.ascontiguousarray(ranges, dtype=np.float32).ravel()
                 faiss.copy_array_to_vector(fitted, self.index.sq.trained)
@@ -221,17 +234,16 @@ class AnnIndex:
         return dist[:, :k], rows[:, :k]
 
 
-SQ_TYPES = (
-    {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}
-    if faiss is not None
-    else {}
-)
+def sq_type(bits: int) -> Any:
+    """faiss's scalar-quantizer type of ``bits`` (8, 6 or 4) bits per value."""
+    sq = faiss.ScalarQuantizer
+    return {8: sq.QT_8bit, 6: sq.QT_6bit, 4: sq.QT_4bit}[bits]
 
 
 def sq_ranges(vectors: np.ndarray, bits: int) -> np.ndarray:
     """Per-dimension ranges of a ``bits``-bit faiss scalar quantizer fitted to ``vectors``
     (search space), widened by 2 % each way for rows written later: ``(2, d)`` float32."""
-    sq = faiss.ScalarQuantizer(vectors.shape[1], SQ_TYPES[bits])
+    sq = faiss.ScalarQuantizer(vectors.shape[1], sq_type(bits))
     sq.rangestat = faiss.ScalarQuantizer.RS_minmax
     sq.rangestat_arg = 0.02
     sq.train(np.ascontiguousarray(vectors, dtype=np.float32))

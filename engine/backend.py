@@ -20,12 +20,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_cupy_array
 
-try:
-    import faiss
-except ImportError:  # a function packaged without faiss (IngestFunction) never searches
-    faiss = None
-
-from .ann import AnnIndex
+from . import ann
+from .ann import HAS_FAISS, AnnIndex
 
 log = logging.getLogger("ciphervec.backend")
 NAMES = ("auto", "numpy", "cupy", "strict")
@@ -56,21 +52,21 @@ class Backend:
     def threads(self, n: int) -> Iterator[None]:
         """faiss uses at most ``n`` OpenMP threads for calls made by this thread (the setting
         is per calling thread: training elsewhere keeps every core)."""
-        before = faiss.omp_get_max_threads()
+        before = ann.faiss.omp_get_max_threads()
         if before == n:
             yield
             return
-        faiss.omp_set_num_threads(n)
+        ann.faiss.omp_set_num_threads(n)
         try:
             yield
         finally:
-            faiss.omp_set_num_threads(before)
+            ann.faiss.omp_set_num_threads(before)
 
     @property
     def gpu_resources(self) -> Any:
         """One ``StandardGpuResources`` per process (streams, scratch memory)."""
         if self._resources is None:
-            self._resources = faiss.StandardGpuResources()
+            self._resources = ann.faiss.StandardGpuResources()
         return self._resources
 
     def ann_index(
@@ -99,9 +95,9 @@ class Backend:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         x = np.ascontiguousarray(base, dtype=np.float32)
         if self.faiss_gpu:
-            dist, idx = faiss.knn_gpu(self.gpu_resources, q, x, k)
+            dist, idx = ann.faiss.knn_gpu(self.gpu_resources, q, x, k)
         else:
-            dist, idx = faiss.knn(q, x, k)
+            dist, idx = ann.faiss.knn(q, x, k)
         return np.asarray(dist), np.asarray(idx)
 
     def kmeans(
@@ -109,8 +105,8 @@ class Backend:
     ) -> np.ndarray:
         """Train ``k`` centroids on float32 rows ``x``; returns float32 ``(k, d)``."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if faiss is not None:
-            km = faiss.Kmeans(
+        if HAS_FAISS:
+            km = ann.faiss.Kmeans(
                 x.shape[1],
                 k,
                 niter=niter,
@@ -130,7 +126,7 @@ class Backend:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.empty((0, k), dtype=np.int64)
-        if faiss is not None:
+        if HAS_FAISS:
             return self.knn(x, centroids, k)
         d2 = (centroids**2).sum(1)[None, :] - 2.0 * (x @ centroids.T)
         if k == 1:
@@ -163,7 +159,6 @@ _selected: Backend | None = None
 
 
 def _build(name: str) -> Backend:
-    faiss_gpu = bool(faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
     if name == "strict":
         try:
             import array_api_strict
@@ -172,6 +167,8 @@ def _build(name: str) -> Backend:
         return Backend("strict", array_api_strict, False)
     if name == "numpy":
         return Backend("numpy", _compat("numpy"), False)
+    # Asked only here: it imports faiss (numpy and strict never run faiss on a GPU).
+    faiss_gpu = bool(HAS_FAISS and hasattr(ann.faiss, "get_num_gpus") and ann.faiss.get_num_gpus() > 0)
     try:
         import cupy
     except ImportError:

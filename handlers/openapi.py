@@ -10,8 +10,6 @@ import re
 from importlib import resources
 from typing import Any
 
-from aws_lambda_powertools.event_handler.openapi.swagger_ui.html import generate_swagger_html
-
 from . import request as rq
 from .request import Response
 from .routing import ROUTES, route
@@ -60,7 +58,7 @@ def document() -> dict[str, Any]:
         paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "ciphervec (CyborgDB REST v1 compatible)", "version": rq.VERSION},
+        "info": {"title": "ciphervec (CyborgDB REST v1 compatible)", "version": rq.package_version()},
         "paths": paths,
         "components": {
             "schemas": components,
@@ -76,7 +74,10 @@ def openapi() -> Response:
 
 @functools.cache
 def page() -> str:
-    """The Swagger UI page over ``document()``, its script and styles inlined."""
+    """The Swagger UI page over ``document()``, its script and styles inlined (powertools'
+    Swagger UI module is imported here, not at start: it is a quarter of a cold start)."""
+    from aws_lambda_powertools.event_handler.openapi.swagger_ui.html import generate_swagger_html
+
     assets = resources.files("aws_lambda_powertools.event_handler.openapi.swagger_ui")
     spec = json.dumps(document()).replace("</", "<\\/")  # cannot close the script element
     html = generate_swagger_html(

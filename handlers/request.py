@@ -4,6 +4,7 @@ wire model, decode vectors, and answer JSON."""
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 import threading
 from importlib.metadata import PackageNotFoundError, version
@@ -21,10 +22,17 @@ from ..infra.keystore import Principal
 from ..infra.wiring import Container, container
 from . import schemas
 
-try:
-    VERSION = version("ciphervec")
-except PackageNotFoundError:  # a source tree without installation
-    VERSION = "0.0.0"
+
+@functools.cache
+def package_version() -> str:
+    """ciphervec's installed version (read on first use: the metadata reader costs a cold start
+    more than a health check does)."""
+    try:
+        return version("ciphervec")
+    except PackageNotFoundError:  # a source tree without installation
+        return "0.0.0"
+
+
 # Anything before "/v1/" is a stage or base-path prefix (API Gateway stage, proxy path).
 _PREFIX = re.compile(r"^/.*?(?=/v1(/|$))")
 _local = threading.local()

@@ -20,7 +20,7 @@ log = logging.getLogger("ciphervec.api")
 
 @route("GET", "/v1/health")
 def health() -> Response:
-    return rq.ok({"status": "healthy", "api_version": "v1", "version": rq.VERSION})
+    return rq.ok({"status": "healthy", "api_version": "v1", "version": rq.package_version()})
 
 
 @route("GET", "/v1/indexes/list")

@@ -15,8 +15,8 @@ from ciphervec.engine.service import IndexService
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import clustered
 
-faiss = backend_mod.faiss
-has_gpu = faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+faiss = backend_mod.ann.faiss
+has_gpu = backend_mod.HAS_FAISS and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU and faiss-gpu")]
 
 
