@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps bench-cost clean deploy-check sam-build build-IngestFunction
+.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps bench-cost clean deploy-check sam-build build-ApiFunction build-TrainFunction build-IngestFunction
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -100,20 +100,41 @@ bench-cost: $(STAMP)
 clean:
 	rm -rf $(VENV) .venv-ref .venv-sam .sdk012 .pytest_cache .mypy_cache .ruff_cache .aws-sam .aws-sam-build.log
 
-# `sam build` builds IngestFunction with this target (template.yaml: BuildMethod: makefile):
-# ciphervec[load] for Lambda's python3.12 on x86_64 without faiss (a load never searches),
-# and pyarrow without what Parquet reading never loads (Flight, Substrait is needed; S3/GCS/
-# Azure/HDFS filesystems, headers, tests), so the function stays under 250 MB unzipped.
+# `sam build` builds every function with these targets (template.yaml: BuildMethod: makefile):
+# ciphervec with the function's extras for Lambda's python3.12 on x86_64, and its bytecode.
+# Lambda's code directory is read-only, so a package without bytecode compiles every module
+# it imports on every cold start (1.1 s of the handler's import): compileall writes it ahead,
+# unchecked-hash (a deployed package never changes; zip timestamps would fail a checked one).
 LAMBDA_PIP = --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 --only-binary=:all:
+# $(call lambda_package,EXTRAS): ciphervec[EXTRAS] and its dependencies into ARTIFACTS_DIR.
+define lambda_package
+	@test -n "$(LAMBDA_PYTHON)" || { echo "a Lambda package needs Python 3.12 (Lambda's runtime) for its bytecode; found none"; exit 1; }
+	rm -rf "$(ARTIFACTS_DIR)/.wheel" && mkdir -p "$(ARTIFACTS_DIR)/.wheel"
+	$(LAMBDA_PYTHON) -m pip wheel --quiet --no-deps --wheel-dir "$(ARTIFACTS_DIR)/.wheel" .
+	$(LAMBDA_PYTHON) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)" $(LAMBDA_PIP) \
+	  "$$(ls "$(ARTIFACTS_DIR)"/.wheel/ciphervec-*.whl)[$(1)]"
+	rm -rf "$(ARTIFACTS_DIR)/.wheel" "$(ARTIFACTS_DIR)/bin"
+endef
+# numpy's own test suites (15 MB) are dropped first: nothing imports them in Lambda.
+define lambda_bytecode
+	rm -rf "$(ARTIFACTS_DIR)"/numpy/tests "$(ARTIFACTS_DIR)"/numpy/*/tests
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+	$(LAMBDA_PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)" >/dev/null
+endef
+
+# ApiFunction and TrainFunction: the [cpu] build (faiss-cpu), BM25 and TurboQuant included.
+build-ApiFunction build-TrainFunction:
+	$(call lambda_package,cpu)
+	$(call lambda_bytecode)
+
+# IngestFunction: [load] without faiss (a load never searches), and pyarrow without what
+# Parquet reading never loads (Flight, Substrait is needed; S3/GCS/Azure/HDFS filesystems,
+# headers, tests), so the function stays under 250 MB unzipped.
 PYARROW_UNUSED = include tests src libarrow_flight.so* libarrow_python_flight.so* _flight.*.so \
   libarrow_s3.so* _s3fs.*.so _gcsfs.*.so _azurefs.*.so _hdfs.*.so libarrow_python.so \
   libarrow_python.so.*.*.* libarrow_python_parquet_encryption.so libarrow_python_parquet_encryption.so.*.*.*
 
 build-IngestFunction:
-	rm -rf "$(ARTIFACTS_DIR)/.wheel" && mkdir -p "$(ARTIFACTS_DIR)/.wheel"
-	python3 -m pip wheel --quiet --no-deps --wheel-dir "$(ARTIFACTS_DIR)/.wheel" .
-	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" $(LAMBDA_PIP) \
-	  "$$(ls "$(ARTIFACTS_DIR)"/.wheel/ciphervec-*.whl)[load]"
-	rm -rf "$(ARTIFACTS_DIR)/.wheel" "$(ARTIFACTS_DIR)/bin"
+	$(call lambda_package,load)
 	cd "$(ARTIFACTS_DIR)/pyarrow" && rm -rf $(PYARROW_UNUSED)
-	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+	$(call lambda_bytecode)

@@ -1,11 +1,15 @@
-"""After `sam build`: every function fits Lambda's 250 MB unzipped, and the IngestFunction
-package (no faiss, trimmed pyarrow) imports and loads a Parquet file on Lambda's Python.
+"""After `sam build`: every function fits Lambda's 250 MB unzipped and ships its bytecode
+(every module compiled for this Python, unchecked-hash: Lambda's code directory is read-only,
+so a module without it is compiled again on every cold start), each handler imports from its
+package with nothing compiled at import, and the IngestFunction package (no faiss, trimmed
+pyarrow) loads a Parquet file on Lambda's Python.
 
 Run by `make deploy-check` as ``python3.12 tests/package_check.py .aws-sam/build``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -35,6 +39,70 @@ assert done.state == "succeeded" and done.rows_loaded == 500 and done.training_t
 """
 
 
+HANDLERS = {
+    "ApiFunction": "ciphervec.handlers.api",
+    "TrainFunction": "ciphervec.handlers.train",
+    "IngestFunction": "ciphervec.handlers.ingest",
+}
+# Imports the handler as Lambda does, then lists the modules it loaded from source files
+# with no bytecode beside them (each was compiled during the import).
+IMPORT = r"""
+import importlib, importlib.util, os, sys, time
+t = time.perf_counter()
+importlib.import_module(sys.argv[1])
+spent = time.perf_counter() - t
+compiled = sorted(
+    m.__file__ for m in list(sys.modules.values())
+    if getattr(m, "__file__", None) and m.__file__.endswith(".py") and m.__file__.startswith(sys.argv[2])
+    and not os.path.exists(importlib.util.cache_from_source(m.__file__))
+)
+print(f"{spent:.3f} {len(compiled)}")
+for name in compiled[:5]:
+    print(name)
+"""
+UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
+
+
+def bytecode_gaps(fn: Path) -> tuple[int, int, list[str]]:
+    """``(modules, without bytecode, examples)``: every ``.py`` needs a ``.pyc`` for this
+    Python (its magic number) that is hash-based and unchecked."""
+    total, bad = 0, []
+    for root, dirs, files in os.walk(fn):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            total += 1
+            source = os.path.join(root, name)
+            cached = importlib.util.cache_from_source(source)
+            try:
+                with open(cached, "rb") as f:
+                    head = f.read(8)
+            except OSError:
+                bad.append(source)
+                continue
+            flags = int.from_bytes(head[4:8], "little")
+            if head[:4] != importlib.util.MAGIC_NUMBER or flags != UNCHECKED_HASH:
+                bad.append(source)
+    return total, len(bad), [os.path.relpath(b, fn) for b in bad[:5]]
+
+
+def handler_import(fn: Path, module: str) -> tuple[bool, str]:
+    """Import ``module`` from the package as Lambda would (nothing writable, no cache
+    written): ok when it imports and compiled nothing; the detail gives the time."""
+    env = {"PYTHONPATH": str(fn), "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")}
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT, module, str(fn)], env=env, cwd="/", capture_output=True, text=True
+    )
+    if out.returncode:
+        return False, f"import failed: {out.stderr.strip().splitlines()[-1:]}"
+    first, *names = out.stdout.split("\n")
+    spent, compiled = first.split()
+    if int(compiled):
+        return False, f"{compiled} modules compiled at import, e.g. {names[0]}"
+    return True, f"{float(spent) * 1000:.0f} ms, all from bytecode"
+
+
 def size_mb(path: Path) -> float:
     total = 0
     for root, _, files in os.walk(path):
@@ -57,6 +125,16 @@ def main(build: str) -> int:
         ok = mb <= LIMIT_MB
         bad += not ok
         print(f"  {fn.name:<16} {mb:7.1f} MB unzipped  {'ok' if ok else f'OVER {LIMIT_MB} MB'}")
+        total, missing, examples = bytecode_gaps(fn)
+        bad += missing > 0
+        print(
+            f"  {fn.name:<16} bytecode for {total - missing} of {total} modules  "
+            + ("ok" if not missing else f"MISSING, e.g. {', '.join(examples)}")
+        )
+        if fn.name in HANDLERS:
+            imported, detail = handler_import(fn, HANDLERS[fn.name])
+            bad += not imported
+            print(f"  {fn.name:<16} handler import: {detail}  {'ok' if imported else 'FAILED'}")
     env = {**os.environ, "PYTHONPATH": str(root / "IngestFunction")}
     smoke = subprocess.run([sys.executable, "-c", SMOKE], env=env, cwd="/", check=False)
     print(

@@ -117,3 +117,19 @@ def test_failed_trainings_are_retried_then_dead_lettered_with_an_alarm():
     }
     alarm = t["Resources"]["TrainDeadLetterAlarm"]["Properties"]
     assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["TrainDeadLetterQueue", "QueueName"]}
+
+
+def test_every_function_is_built_by_the_makefile_with_its_bytecode():
+    """`sam build` runs build-<Function> for each: the package and its unchecked-hash bytecode
+    (package_check.py verifies the result after `make sam-build`)."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = {}
+    for block in makefile.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("build-") and ":" in line:
+                for target in line.split(":")[0].split():
+                    recipes[target] = block
+    assert "--invalidation-mode unchecked-hash" in makefile
+    for name, fn in functions(template()).items():
+        assert fn["Metadata"]["BuildMethod"] == "makefile", name
+        assert "$(call lambda_bytecode)" in recipes[f"build-{name}"], name
