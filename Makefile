@@ -90,7 +90,9 @@ bench-deps: $(STAMP) .venv-ref/.installed
 
 # BASE=<git revision>: the request-cost report also runs that revision's server, in the same
 # run (`make bench BASE=HEAD~3`); BENCH_ARGS are passed to bench/run.py (see --help there).
+# The Lambda cold-start figures import the package `make sam-build` builds (skipped without it).
 bench: bench-deps
+	-$(MAKE) --no-print-directory sam-build
 	$(BIN)/python bench/run.py $(if $(BASE),--cost-base $(BASE)) $(BENCH_ARGS)
 
 # The request-cost report alone (a minute or two): `make bench-cost BASE=<git revision>`.

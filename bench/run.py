@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="minilm,glove")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--scale", default="10000,100000,1000000", help="sizes for the scale run ('' = skip)")
-    ap.add_argument("--no-cold", action="store_true", help="skip the cold start on S3 (moto)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold starts on S3 (moto)")
     ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrent-clients run")
     ap.add_argument("--load-sizes", default="100000,1000000", help="batch-load sizes ('' = skip)")
     ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding run (0 = skip)")
@@ -411,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
                 report["cold"] = scale_run.cold(tmp, 100_000)
                 met = report["cold"]["lazy_first_s"] <= 2.0
                 print(f"  target: first query within 2 s: {'yes' if met else 'NO'}")
+                import coldstart
+
+                print(
+                    "\n== Lambda cold start: the built ApiFunction package on Python 3.12 (bench/coldstart.py) =="
+                )
+                report["lambda_cold"] = coldstart.run(100_000)
         if not args.no_concurrency and "minilm" in args.datasets:
             import concurrency
 

@@ -20,10 +20,11 @@ from pydantic_core import to_json
 from ..engine import timing
 from ..engine.errors import CipherVecError, KeyRotated, RetryLater, Unauthorized, ValidationFailed
 from ..infra.wiring import container
-from . import openapi, routes_indexes, routes_loads, routes_users, routes_vectors, routing
+from . import openapi, routes_indexes, routes_loads, routes_users, routes_vectors, routing, snapstart
 from . import request as rq
 
 ROUTE_MODULES = (routes_indexes, routes_vectors, routes_loads, routes_users, openapi)  # imported: registered
+HOOKS = snapstart  # imported: its SnapStart runtime hooks are registered
 logger = Logger(service="ciphervec")
 CORS_ALLOW = "Content-Type,X-API-Key,X-Index-Key"
 CORS_EXPOSE = "X-Request-Id,Server-Timing,Retry-After"

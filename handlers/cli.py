@@ -62,6 +62,9 @@ def serve(args: argparse.Namespace) -> int:
                 f"{what} of index {name!r} (tenant {tenant!r}) was interrupted: it is queued "
                 "again by the next upsert (the index key is needed)"
             )
+    from .snapstart import warm
+
+    warm()  # what the first request would load (faiss, validators, AWS clients), loaded now
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     base = f"http://{host}:{port}"

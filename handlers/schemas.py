@@ -149,3 +149,10 @@ class LoadColumns(Wire):
 class LoadRequest(IndexRequest):
     source: StrictStr
     columns: LoadColumns | None = None
+
+
+def build() -> None:
+    """Build every wire model's validator now (``defer_build`` leaves it to first use)."""
+    for model in list(globals().values()):
+        if isinstance(model, type) and issubclass(model, Wire) and not model.__pydantic_complete__:
+            model.model_rebuild(force=True)

@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..engine.errors import InvalidRequest, WrongKey
+from . import aws
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -70,11 +71,7 @@ class AwsKmsWrapper:
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("kms")
-        return self._client
+        return self._client if self._client is not None else aws.client("kms")
 
     def _key_id(self, name: str) -> str:
         if self.key_ids:

@@ -19,7 +19,7 @@ from typing import Any
 from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
 from ..engine.jobs import LEASE_SECONDS, LoadJob, job_id, new_owner
 from ..engine.service import IndexService
-from . import formats
+from . import aws, formats
 from .sources import open_source, split_s3
 
 log = logging.getLogger("ciphervec.loading")
@@ -164,11 +164,7 @@ class QueueLoads:
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("sqs")
-        return self._client
+        return self._client if self._client is not None else aws.client("sqs")
 
     @staticmethod
     def _context(target: Target, job: str) -> dict[str, str]:

@@ -117,9 +117,9 @@ def s3_source(s3: Any, bucket: str, key: str, fmt: str) -> SourceFile:
     from botocore.exceptions import ClientError, NoCredentialsError
 
     if s3 is None:
-        import boto3
+        from . import aws
 
-        s3 = boto3.client("s3")
+        s3 = aws.client("s3")
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:

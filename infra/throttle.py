@@ -15,6 +15,8 @@ from collections.abc import Callable, Hashable
 from decimal import Decimal
 from typing import Any
 
+from . import aws
+
 log = logging.getLogger("ciphervec.throttle")
 
 
@@ -85,11 +87,7 @@ class SharedFailureThrottle(FailureThrottle):
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("dynamodb")
-        return self._client
+        return self._client if self._client is not None else aws.client("dynamodb")
 
     def item_key(self, key: Hashable) -> str:
         return hmac.new(self._secret, repr(key).encode(), hashlib.sha256).hexdigest()

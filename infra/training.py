@@ -19,7 +19,7 @@ from typing import Any
 from ..engine.errors import CipherVecError, IndexNotFound
 from ..engine.model import TrainResult
 from ..engine.service import IndexService
-from . import memory
+from . import aws, memory
 
 log = logging.getLogger("ciphervec.training")
 
@@ -161,11 +161,7 @@ class LambdaTrainer:
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("lambda")
-        return self._client
+        return self._client if self._client is not None else aws.client("lambda")
 
     def _context(self, tenant: str, index_name: str) -> dict[str, str]:
         return {"purpose": "ciphervec-train-job", "tenant": tenant, "index": index_name}

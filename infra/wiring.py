@@ -7,9 +7,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine import ann
 from ..engine.backend import select
 from ..engine.service import IndexService
-from . import memory
+from . import aws, memory
 from .embedding import SentenceTransformerModels
 from .keystore import Authenticator, open_keystore
 from .kms import AwsKmsWrapper, open_key_wrapper
@@ -43,6 +44,7 @@ _lock = threading.Lock()
 def build(settings: Settings, **clients: Any) -> Container:
     """Build every adapter from ``settings``; ``clients`` injects boto3 clients (tests)."""
     memory.tune()
+    aws.renew()  # a new container reads the environment again: AWS clients too (region, endpoint)
     store = open_store(settings.store_uri, s3_client=clients.get("s3"))
     wrapper = open_key_wrapper(settings.kms_uri, settings.kms_keys)
     if isinstance(wrapper, AwsKmsWrapper) and clients.get("kms") is not None:
@@ -113,3 +115,31 @@ def configure(settings: Settings | None = None, **clients: Any) -> Container:
     with _lock:
         _container = build(settings or Settings.from_env(), **clients)
         return _container
+
+
+def aws_services(settings: Settings) -> list[str]:
+    """The AWS services ``settings`` send requests to (their clients are worth making ahead)."""
+    wanted = {
+        "s3": settings.store_uri.startswith("s3://") or bool(settings.load_bucket),
+        "dynamodb": settings.keys_uri.startswith("dynamodb://") or bool(settings.throttle_table),
+        "kms": settings.kms_uri == "aws",
+        "lambda": bool(settings.train_function),
+        "sqs": bool(settings.load_queue),
+    }
+    return [name for name, used in wanted.items() if used]
+
+
+def warm() -> Container:
+    """Load ahead what the first request would: the container, faiss, and the boto3 clients
+    of the services the settings name (a Lambda SnapStart snapshot keeps all of it)."""
+    c = container()
+    if ann.HAS_FAISS:
+        ann.faiss.IndexFlatL2  # noqa: B018 - the attribute imports faiss
+    aws.warm(*aws_services(c.settings))
+    return c
+
+
+def renew() -> None:
+    """After a SnapStart restore: boto3 clients made again (connections and credentials of
+    the snapshot belong to the environment that took it); the container itself holds none."""
+    aws.renew()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from .. import aws
 from . import KeyRecord
 
 
@@ -22,20 +23,22 @@ class DynamoKeyStore:
         self.table_name = table
         self._client = client
         self._table: Any = None
+        self._generation = -1  # aws.generation the table was made in
 
     @property
     def table(self) -> Any:
-        if self._table is None:
+        if self._client is None:
+            if self._table is None or self._generation != aws.generation:  # renewed after a restore
+                self._table = aws.resource("dynamodb").Table(self.table_name)
+                self._generation = aws.generation
+        elif self._table is None:  # injected client (tests): a resource at its endpoint
             import boto3
 
-            if self._client is None:
-                self._table = boto3.resource("dynamodb").Table(self.table_name)
-            else:
-                self._table = boto3.resource(
-                    "dynamodb",
-                    region_name=self._client.meta.region_name,
-                    endpoint_url=self._client.meta.endpoint_url,
-                ).Table(self.table_name)
+            self._table = boto3.resource(
+                "dynamodb",
+                region_name=self._client.meta.region_name,
+                endpoint_url=self._client.meta.endpoint_url,
+            ).Table(self.table_name)
         return self._table
 
     def put(self, record: KeyRecord) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ...engine.ports import BlobNotFound, StoreConflict
+from .. import aws
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -23,6 +24,9 @@ def _code(exc: ClientError) -> tuple[str, int]:
     err = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return str(err.get("Code", "")), int(status)
+
+
+CLIENT_CONFIG = {"retries": {"max_attempts": 5, "mode": "standard"}, "max_pool_connections": 32}
 
 
 class S3Store:
@@ -35,15 +39,11 @@ class S3Store:
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.client(
-                "s3",
-                config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
-            )
-        return self._client
+        if self._client is not None:  # injected (tests)
+            return self._client
+        return aws.client(
+            "s3", {"retries": {"max_attempts": 5, "mode": "standard"}, "max_pool_connections": 32}
+        )
 
     def _translate(self, exc: ClientError, key: str) -> Exception:
         code, status = _code(exc)
