@@ -79,14 +79,20 @@ else:
 
 
 def lambda_python() -> str | None:
+    """A working Python 3.12 (Lambda's runtime): on PATH or in pyenv, as the Makefile finds it."""
     candidates = [
         "python3.12",
         *sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.12*/bin/python3.12")),
     ]
     for exe in candidates:
-        found = shutil.which(exe) or (exe if Path(exe).exists() else None)
-        if found:
-            return found
+        try:
+            out = subprocess.run(
+                [exe, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True
+            )
+        except OSError:
+            continue
+        if out.returncode == 0:
+            return out.stdout.strip()
     return None
 
 

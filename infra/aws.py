@@ -1,4 +1,4 @@
-"""The process's boto3 clients: one per service and configuration, made on first use and
+"""The process's AWS clients: one per service and configuration, made on first use and
 shared by every adapter, and renewed after a Lambda SnapStart restore.
 
 A restored snapshot runs in another execution environment: the connections a client pooled
@@ -15,22 +15,29 @@ from typing import Any
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
-_session: Any = None  # boto3.Session over _core
-_core: Any = None  # its botocore session
+_core: Any = None  # the botocore session clients are made from
+_session: Any = None  # a boto3 session over it, for resources
 _loader: Any = None  # botocore's data loader (parsed service models), kept across renewals
 generation = 0  # incremented by every renewal: holders of derived objects (tables) rebuild them
 
 
-def _boto3_session() -> Any:
-    global _session, _core
-    if _session is None:
-        import boto3
+def _botocore_session() -> Any:
+    global _core
+    if _core is None:
         import botocore.session
 
         _core = botocore.session.Session()
         if _loader is not None:
             _core.register_component("data_loader", _loader)
-        _session = boto3.Session(botocore_session=_core)
+    return _core
+
+
+def _boto3_session() -> Any:
+    global _session
+    if _session is None:
+        import boto3
+
+        _session = boto3.Session(botocore_session=_botocore_session())
     return _session
 
 
@@ -39,14 +46,17 @@ def _make(kind: str, service: str, config: dict[str, Any] | None) -> Any:
     found = _clients.get(key)
     if found is not None:
         return found
-    with _lock:  # a boto3 session makes one client at a time
+    with _lock:  # a session makes one client at a time
         found = _clients.get(key)
         if found is None:
             from botocore.config import Config
 
             options = {"config": Config(**config)} if config else {}
-            session = _boto3_session()
-            found = _clients[key] = getattr(session, kind)(service, **options)
+            if kind == "client":  # botocore's own: boto3 and s3transfer are not imported for it
+                found = _botocore_session().create_client(service, **options)
+            else:
+                found = _boto3_session().resource(service, **options)
+            _clients[key] = found
         return found
 
 

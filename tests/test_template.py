@@ -133,3 +133,17 @@ def test_every_function_is_built_by_the_makefile_with_its_bytecode():
     for name, fn in functions(template()).items():
         assert fn["Metadata"]["BuildMethod"] == "makefile", name
         assert "$(call lambda_bytecode)" in recipes[f"build-{name}"], name
+
+
+def test_packages_keep_the_models_of_every_aws_service_the_code_calls():
+    """The build drops botocore's models of services the code never calls (BOTOCORE_KEEP):
+    every ``aws.client("…")`` / ``aws.resource("…")`` in the code must be kept."""
+    import re
+
+    kept = re.search(r"^BOTOCORE_KEEP = (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    called = set()
+    for folder in ("engine", "handlers", "infra"):
+        for path in (ROOT / folder).rglob("*.py"):
+            called |= set(re.findall(r"aws\.(?:client|resource)\(\"([a-z0-9-]+)\"", path.read_text()))
+    assert called >= {"s3", "dynamodb", "kms", "lambda", "sqs"}  # the scan finds the calls
+    assert called <= set(kept), called - set(kept)
