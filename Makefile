@@ -38,13 +38,15 @@ typecheck: $(STAMP)
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
 
+# Two pytest workers (-n, pytest-xdist): the suite is mostly servers, subprocesses and I/O.
+PYTEST_WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 # The same suite on array-api-strict: every line of engine array math must be portable
 # (the path CuPy takes on a GPU host), proven on a CPU-only machine.
 unit-strict: $(STAMP)
-	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q
+	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 test: lint typecheck cfn-lint unit unit-strict deploy-check
 
