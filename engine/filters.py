@@ -3,8 +3,9 @@
 Mongo style: implicit equality ``{"f": v}``; ``$eq $ne $gt $gte $lt $lte $in $nin
 $exists $regex $contains``; logical ``$and $or $nor $not``; dotted paths reach nested
 fields. Numbers and booleans compare natively (``True`` is not ``1``). A field missing
-on an item matches ``$ne``/``$nin`` (and ``$exists: false``) and nothing else.
-Unknown operators raise ``InvalidRequest`` (400) at compile time.
+on an item matches ``$nin`` (and ``$exists: false``) and no other operator, ``$ne``
+included (as CyborgDB 0.18 does). ``{"$and": []}`` matches every item, ``{"$or": []}``
+none. Unknown operators raise ``InvalidRequest`` (400) at compile time.
 
 Filters run two ways: row by row (``compile_filter``, here), and over whole columns at
 once (``masks.compile_mask``).
@@ -98,7 +99,7 @@ def field_op(op: str, operand: Any, spec: dict[str, Any]) -> Callable[[Any], boo
     if op == "$eq":
         return lambda v: v is not MISSING and _eq(v, operand)
     if op == "$ne":
-        return lambda v: v is MISSING or not _eq(v, operand)
+        return lambda v: v is not MISSING and not _eq(v, operand)
     if op in ("$gt", "$gte", "$lt", "$lte"):
         cmp = _compare(op, operand)
         return lambda v: v is not MISSING and cmp(v)
@@ -222,8 +223,8 @@ def _logical(op: str, value: Any) -> Predicate:
     if op == "$not":
         inner = _compile(value)
         return lambda item: not inner(item)
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest(f"{op} needs a non-empty list of filters")
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{op} needs a list of filters")
     parts = [_compile(v) for v in value]
     if op == "$and":
         return lambda item: all(p(item) for p in parts)

@@ -133,6 +133,8 @@ def _mask_logical(op: str, value: Any) -> MaskFn:
     parts = [_mask_doc(v) for v in value]
 
     def run(columns: ColumnSource, n: int, xp: Any) -> Any:
+        if not parts:  # {"$and": []} and {"$nor": []} match every row, {"$or": []} none
+            return xp.ones(n, dtype=xp.bool) if op != "$or" else xp.zeros(n, dtype=xp.bool)
         masks = [p(columns, n, xp) for p in parts]
         hit = masks[0]
         for m in masks[1:]:
@@ -206,7 +208,7 @@ def _mask_op(col: Column, op: str, operand: Any) -> Any:
         if eq is None:
             return None
         eq = _rowwise(col, "$eq", operand, eq)
-        return eq if op == "$eq" else ~eq
+        return eq if op == "$eq" else ~eq & col.present
     if op in ("$in", "$nin"):
         if not isinstance(operand, list):
             return None

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from . import policy as field_policy
 from .backend import Backend
 from .batching import Batcher
 from .cache import StateCache
@@ -170,11 +171,15 @@ class Reader:
         top_k: int = 100,
         filters: Any = None,
         include: list[str] | None = None,
+        policy: bool = False,
     ) -> list[dict[str, Any]]:
-        """Rows ranked by BM25 over the index's full_text fields, with ``score``."""
+        """Rows ranked by BM25 over the index's full_text fields, with ``score``; ``policy``:
+        the filters obey the index's field policy (``query_metadata``)."""
         if filters:
             compile_filter(filters)
         head = self.heads.open(tenant, name, kek)
+        if policy and filters:
+            field_policy.check(head.body.config, filters)
         config = TextConfig.of(head.body.config)
         text.resolve(config)  # 400 before any work
         snap = self.cache.snapshot(head)
@@ -227,8 +232,11 @@ class Reader:
         order_by: str | None = None,
         ascending: bool = True,
     ) -> list[str]:
+        """Ids of the live rows matching ``filters``, which obey the index's field policy."""
         compile_filter(filters)
-        snap = self._snapshot(tenant, name, kek)
+        head = self.heads.open(tenant, name, kek)
+        field_policy.check(head.body.config, filters)
+        snap = self.cache.snapshot(head)
         rows = snap.live_rows()
         mask = self._filter_mask(snap, filters)
         if mask is not None:

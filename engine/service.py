@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import crypto
+from . import policy as field_policy
 from .backend import Backend, select
 from .cache import StateCache
 from .errors import (
@@ -173,7 +174,7 @@ class IndexService:
             "n_lists": n_lists,
             "n_probes": cent.auto_n_probes if cent else 1,
             "storage_precision": head.precision,
-            "metadata_schema": cfg.get("metadata_schema") or {},
+            "metadata_schema": field_policy.of(cfg),
             "bm25": text.describe() if (text := TextConfig.of(cfg)) else None,
             "index_type": kind,
             "embedding_model": cfg.get("embedding_model"),

@@ -179,9 +179,12 @@ def fuse(
     vector_ids: list[str], text_ids: list[str], alpha: float, rrf_k: float, top_k: int
 ) -> list[tuple[str, float]]:
     """Weighted reciprocal-rank fusion: ``alpha / (rrf_k + rank)`` from the vector leg plus
-    ``(1 - alpha) / (rrf_k + rank)`` from the text leg (ranks from 1), best first."""
+    ``(1 - alpha) / (rrf_k + rank)`` from the text leg (ranks from 1), best first. A leg of
+    weight 0 adds no rows: ``alpha = 0`` is exactly the BM25 ranking, ``1`` the vector one."""
     score: dict[str, float] = {}
     for weight, ids in ((alpha, vector_ids), (1.0 - alpha, text_ids)):
+        if weight == 0:
+            continue
         for rank, i in enumerate(ids, 1):
             score[i] = score.get(i, 0.0) + weight / (rrf_k + rank)
     return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]

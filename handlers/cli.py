@@ -214,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="memory://, file://PATH (default ./.ciphervec/data) or s3://BUCKET/PREFIX")
     s.add_argument("--keys", help="file://PATH (default ./.ciphervec/keys.json) or dynamodb://TABLE")
     s.add_argument("--no-auth", action="store_true", help="accept requests without API keys (development)")
-    s.add_argument("--max-body-mb", type=float, help="largest request body accepted (default 64)")
+    s.add_argument("--max-body-mb", type=float, help="largest request body accepted (default 256)")
     s.add_argument("--train-threshold", type=int, help="vectors before automatic training (65536)")
     s.add_argument("--port-file", help="write the bound port here once listening")
     s.add_argument(

@@ -90,6 +90,16 @@ def _text(req: schemas.SearchOptions | schemas.QueryMetadataRequest) -> TextQuer
     return TextQuery(req.text, req.text_fields, weights, bool(req.require_all_terms))
 
 
+def _check_include(include: list[str], allowed: tuple[str, ...]) -> None:
+    """A 422 naming the values ``include`` does not take (each cut to 40 characters)."""
+    unknown = [f for f in include if f not in allowed]
+    if unknown:
+        named = ", ".join(repr(f[:40]) for f in unknown[:5])
+        raise ValidationFailed(
+            f"include takes only {', '.join(sorted(allowed))}; not {named}", ("body", "include")
+        )
+
+
 def _search(
     req: schemas.SearchOptions, queries: np.ndarray | None, tenant: str, kek: bytes | None
 ) -> Response:
@@ -98,9 +108,7 @@ def _search(
     if not 1 <= top_k <= c.settings.max_top_k:
         raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
     include = req.include or []
-    unknown = [f for f in include if f not in INCLUDABLE]
-    if unknown:
-        raise ValidationFailed(f"include takes only {', '.join(sorted(INCLUDABLE))}", ("body", "include"))
+    _check_include(include, INCLUDABLE)
     text = _text(req)
     if queries is None:  # text alone: ranked by BM25
         assert text is not None
@@ -111,6 +119,10 @@ def _search(
     options: dict[str, Any] = {"top_k": top_k, "n_probes": req.n_probes or None}
     options.update(filters=req.filters, include=include)
     if text is not None:
+        if req.window_mult is not None and req.window_mult < 1:
+            raise InvalidRequest("window_mult must be at least 1")
+        if req.rrf_k is not None and req.rrf_k <= 0:
+            raise InvalidRequest("rrf_k must be greater than 0")
         results = c.service.hybrid_query(
             tenant,
             req.index_name,
@@ -165,9 +177,7 @@ def get_vectors() -> Response:
     req: schemas.GetRequest = rq.parse(schemas.GetRequest)
     tenant, kek = rq.index_target("read", req)
     include = ["vector", "contents", "metadata"] if req.include is None else req.include
-    unknown = [f for f in include if f not in ("vector", "contents", "metadata", "distance")]
-    if unknown:
-        raise ValidationFailed(f"include takes only {', '.join(sorted(INCLUDABLE))}", ("body", "include"))
+    _check_include(include, INCLUDABLE)
     return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 
@@ -209,6 +219,7 @@ def query_metadata() -> Response:
             text,
             top_k=req.top_k or rq.c().settings.max_top_k,
             filters=req.filters,
+            policy=True,
         )
         ids = [f["id"] for f in found]
         return rq.ok({"results": found, "ids": ids, "count": len(ids)})
@@ -234,7 +245,7 @@ def query_metadata() -> Response:
 def embedding_models() -> Response:
     rq.principal("read")
     models = [
-        {"name": m.name, "dimension": m.dimension, "max_seq_length": m.max_seq_length}
+        {"name": m.full_name, "dimension": m.dimension, "max_seq_length": m.max_seq_length}
         for m in rq.c().embedder.available()
     ]
     return rq.ok({"models": models})

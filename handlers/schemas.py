@@ -96,8 +96,9 @@ class SearchOptions(IndexRequest):
     text_field_weights: list[Number] | None = None
     require_all_terms: StrictBool | None = None
     alpha: Fraction | None = None
-    rrf_k: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**6, allow_inf_nan=False)] | None = None
-    window_mult: Multiplier | None = None
+    # Below 1 (window_mult) or at most 0 (rrf_k) is a 400 from the route, as CyborgDB answers.
+    rrf_k: Annotated[StrictFloat | StrictInt, Field(ge=-(10**6), le=10**6, allow_inf_nan=False)] | None = None
+    window_mult: Annotated[StrictInt, Field(ge=-(2**31), le=1000)] | None = None
 
 
 class QueryRequest(SearchOptions):

@@ -75,7 +75,7 @@ class Settings:
     # Untrained indexes are queued for training once they hold more vectors than this.
     train_threshold: int = 65536
     # Request body limit: Lambda's payload limit in AWS, generous locally (SDK sends ~10 MB).
-    max_body_bytes: int = 64 * MiB
+    max_body_bytes: int = 256 * MiB  # API.md §8: at least 256 MiB locally (LangChain add_texts sends ~175 MB)
     # Response limit; 0 = none. Lambda answers at most 6 MB.
     max_response_bytes: int = 0
     max_top_k: int = 10000

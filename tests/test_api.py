@@ -523,3 +523,12 @@ def test_turboquant_tiers_over_the_api(app):
         assert described["storage_precision"] == tier
     big = {"index_name": "tq12", "index_key": KEY, "items": [{"id": "c", "vector": [7e4, 0, 0, 0]}]}
     assert call("POST", "/v1/vectors/upsert", big)[0] == 422  # tq12 holds trained rows as float16
+
+
+def test_body_limit_defaults_256_mib_locally_and_6_mib_in_lambda(monkeypatch):
+    """API.md §8: LangChain's add_texts sends ~175 MB in one upsert; API Gateway's 6 MB binds in AWS."""
+    monkeypatch.delenv("CIPHERVEC_MAX_BODY_BYTES", raising=False)
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    assert Settings.from_env().max_body_bytes == 256 << 20
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "api")
+    assert Settings.from_env().max_body_bytes == 6 << 20

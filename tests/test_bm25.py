@@ -134,7 +134,9 @@ def test_fields_weights_all_terms_and_filters():
 def test_fusion_is_weighted_reciprocal_rank():
     fused = dict(fuse(["a", "b"], ["b", "c"], alpha=0.25, rrf_k=10, top_k=3))
     assert fused == pytest.approx({"b": 0.25 / 12 + 0.75 / 11, "c": 0.75 / 12, "a": 0.25 / 11})
-    assert [i for i, _ in fuse(["a", "b"], ["b", "c"], 1.0, 60, 2)] == ["a", "b"]  # vector only
+    # a leg of weight 0 adds nothing: alpha 1 is the vector ranking, alpha 0 the BM25 one
+    assert [i for i, _ in fuse(["a", "b"], ["b", "c"], 1.0, 60, 3)] == ["a", "b"]
+    assert [i for i, _ in fuse(["a", "b"], ["c", "b"], 0.0, 60, 3)] == ["c", "b"]
 
 
 def test_sdk_text_and_hybrid_queries_over_http(server_factory, tmp_path):

@@ -22,7 +22,7 @@ def match(spec):
         ({}, ["a", "b", "c", "d"]),
         ({"n": 5}, ["a"]),
         ({"n": {"$eq": 10}}, ["b"]),
-        ({"n": {"$ne": 5}}, ["b", "c", "d"]),
+        ({"n": {"$ne": 5}}, ["b", "c"]),  # d lacks n: $ne leaves it out (CyborgDB 0.18)
         ({"n": {"$gt": 1}}, ["a", "b"]),
         ({"n": {"$gte": 5, "$lt": 10}}, ["a"]),
         ({"n": {"$lte": 5}}, ["a", "c"]),
@@ -42,6 +42,10 @@ def match(spec):
         ({"n": {"$not": {"$gt": 4}}}, ["c", "d"]),
         ({"$not": {"n": 5}}, ["b", "c", "d"]),
         ({"n": 5, "b": True}, ["a"]),
+        ({"$and": []}, ["a", "b", "c", "d"]),
+        ({"$or": []}, []),
+        ({"$nor": []}, ["a", "b", "c", "d"]),
+        ({"$and": [{"$or": []}]}, []),
     ],
 )
 def test_operators(spec, expected):
@@ -64,7 +68,7 @@ def test_type_mismatch_compares_false():
         {"n": {"$near": 1}},
         {"$xor": [{"n": 1}]},
         {"n": {"$in": 3}},
-        {"$and": []},
+        {"$and": {"n": 1}},
         {"s": {"$regex": "("}},
         {"n": {"$gt": 1, "plain": 2}},
     ],
@@ -111,6 +115,10 @@ SPECS = [
     {"$nor": [{"n": 5}, {"s": "banana"}]},
     {"$not": {"tags": {"$contains": "y"}}},
     {"n": {"$not": {"$gt": 4}}},
+    {"b": {"$ne": True}},
+    {"$and": []},
+    {"$or": []},
+    {"$or": [], "n": 5},
 ]
 
 

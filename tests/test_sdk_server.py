@@ -58,7 +58,10 @@ def test_sdk_every_method_then_restart_and_scan(server_factory, tmp_path):
 
 
 def test_seed_request_over_real_http(server_factory, tmp_path):
-    srv = server_factory("--store", f"file://{tmp_path}/d", "--keys", f"file://{tmp_path}/k.json")
+    # a 64 MiB limit (the default is 256 MiB) keeps the oversized body below small to send
+    srv = server_factory(
+        "--store", f"file://{tmp_path}/d", "--keys", f"file://{tmp_path}/k.json", "--max-body-mb", "64"
+    )
     key = "0123456789abcdef" * 4
     assert (
         srv.request("POST", "/v1/indexes/create", {"index_name": "seed", "index_key": key, "dimension": 4})[0]
