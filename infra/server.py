@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import os
 import socket
@@ -38,7 +37,9 @@ from typing import Any
 import httptools
 
 from . import memory
+from .http_wire import Request, json_detail, status_head
 from .local_api import Handler, LocalContext, to_event
+from .request_threads import Workers
 from .settings import Settings
 
 log = logging.getLogger("ciphervec.server")
@@ -51,80 +52,6 @@ LINGER_SECONDS = 2.0
 SWEEP_SECONDS = 0.25  # how often deadlines are checked
 IDLE_TRIM_SECONDS = 2.0  # idle this long after requests: freed heap memory goes back to the OS
 PIPELINED = 8  # requests queued behind the one running before reading pauses
-STATUS = {
-    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content",
-    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
-    507: "Insufficient Storage",
-}  # fmt: skip
-_DROPPED = frozenset({"content-length", "connection", "transfer-encoding"})
-
-
-def _json(status: int, detail: str) -> bytes:
-    return json.dumps({"status_code": status, "detail": detail}).encode()
-
-
-def _head(status: int, headers: list[tuple[str, str]], length: int, close: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {STATUS.get(status, 'Status')}"]
-    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in _DROPPED]
-    lines.append(f"content-length: {length}")
-    if close:
-        lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-class Workers:
-    """Threads that run requests. A job goes to the thread that became idle last (its
-    caches are the warmest; one client is served by one thread), or waits in a queue when
-    every thread is busy. No futures: a job answers its client itself."""
-
-    def __init__(self, threads: int) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[_Worker] = []
-        self._queued: deque[Callable[[], None]] = deque()
-        for n in range(threads):
-            worker = _Worker(self)
-            self._idle.append(worker)
-            threading.Thread(target=worker.run, name=f"ciphervec-request-{n}", daemon=True).start()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._idle:
-                self._queued.append(job)
-                return
-            worker = self._idle.pop()
-        worker.job = job
-        worker.wake.release()
-
-    def _next(self, worker: _Worker) -> Callable[[], None] | None:
-        """The next queued job for ``worker``, or ``None`` (and ``worker`` is idle again)."""
-        with self._lock:
-            if self._queued:
-                return self._queued.popleft()
-            self._idle.append(worker)
-            return None
-
-
-class _Worker:
-    __slots__ = ("pool", "wake", "job")
-
-    def __init__(self, pool: Workers) -> None:
-        self.pool = pool
-        self.wake = threading.Lock()
-        self.wake.acquire()  # released when there is a job
-        self.job: Callable[[], None] | None = None
-
-    def run(self) -> None:
-        while True:
-            self.wake.acquire()
-            job = self.job
-            while job is not None:
-                try:
-                    job()
-                except Exception:  # a job answers its own errors; the thread must not die
-                    log.exception("request job failed")
-                job = self.pool._next(self)
 
 
 class Shared:
@@ -154,23 +81,6 @@ class Shared:
             self.last_done = 0.0
             memory.release()
         loop.call_later(SWEEP_SECONDS, self.sweep, loop)
-
-
-class Request:
-    """One parsed request, handed from the event loop to a worker."""
-
-    __slots__ = ("method", "url", "headers", "body", "keep_alive")
-
-    def __init__(
-        self, method: str, url: bytes, headers: dict[str, str], body: bytes, keep_alive: bool
-    ) -> None:
-        self.method, self.url, self.headers, self.body, self.keep_alive = (
-            method,
-            url,
-            headers,
-            body,
-            keep_alive,
-        )
 
 
 class ApiProtocol(asyncio.Protocol):
@@ -372,11 +282,11 @@ class ApiProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing() or self.phase == "linger":
             return
         self.phase, self.since = "linger", time.monotonic()
-        body = _json(status, detail)
+        body = json_detail(status, detail)
         headers = [("content-type", "application/json")]
         if retry_after:
             headers.append(("retry-after", "1"))
-        transport.write(_head(status, headers, len(body), True) + body)
+        transport.write(status_head(status, headers, len(body), True) + body)
         if transport.can_write_eof():
             transport.write_eof()
         else:
@@ -414,10 +324,10 @@ class ApiProtocol(asyncio.Protocol):
                 status, headers, body = (
                     500,
                     [("content-type", "application/json")],
-                    _json(500, "Internal server error"),
+                    json_detail(500, "Internal server error"),
                 )
             keep = request.keep_alive and self.keep_alive
-            data = _head(status, headers, len(body), not keep) + body
+            data = status_head(status, headers, len(body), not keep) + body
             rest = data if fd < 0 else self._send(fd, data)
             if rest is not None:  # the loop writes it, and carries on with the connection
                 self._release(fd)
@@ -496,7 +406,7 @@ class ApiProtocol(asyncio.Protocol):
         try:
             result = self.shared.handler(event, LocalContext(event["requestContext"]["requestId"]))
         except Exception:  # the handler answers its own errors; this is a last resort
-            return 500, [("content-type", "application/json")], _json(500, "Internal server error")
+            return 500, [("content-type", "application/json")], json_detail(500, "Internal server error")
         raw = result.get("body") or ""
         if result.get("isBase64Encoded"):
             payload = base64.b64decode(raw)
