@@ -406,8 +406,12 @@ def test_auto_training_is_triggered_with_the_seed_message(app):
     assert body["training_message"] == "Index training has been triggered (vectors: 1001, threshold: 1000)"
     job_done = app.trainer
     deadline = time.time() + 30
+    # the job commits the trained head, then clears its status: wait for both
     while time.time() < deadline:
-        if call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[1]["is_trained"]:
+        trained = call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[1][
+            "is_trained"
+        ]
+        if trained and job_done.status("default")["currently_training"] is None:
             break
         time.sleep(0.1)
     assert call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[1]["n_lists"] == 32
