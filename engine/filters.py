@@ -182,17 +182,31 @@ def compile_filter(spec: Any) -> Predicate:
 
 def _paths(spec: Any) -> set[str]:
     """The field paths a (valid) filter document names."""
-    out: set[str] = set()
-    if isinstance(spec, dict):
-        for key, value in spec.items():
-            if not key.startswith("$"):
-                out.add(key)
-            elif key == "$not":
-                out |= _paths(value)
-            elif isinstance(value, list):
-                for part in value:
-                    out |= _paths(part)
+    return {path for path, _ in clauses(spec)}
+
+
+def clauses(spec: Any) -> list[tuple[str, list[str]]]:
+    """``(field path, operators)`` of every field clause of a (valid) filter document, through
+    ``$and``/``$or``/``$nor``/``$not``; implicit equality is ``$eq``."""
+    out: list[tuple[str, list[str]]] = []
+    if not isinstance(spec, dict):
+        return out
+    for key, value in spec.items():
+        if key == "$not":
+            out += clauses(value)
+        elif key.startswith("$"):
+            for part in value if isinstance(value, list) else []:
+                out += clauses(part)
+        else:
+            out.append((key, _ops(value)))
     return out
+
+
+def _ops(value: Any) -> list[str]:
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.startswith("$") for k in value):
+        ops = [k for k in value if k != "$not"]
+        return ops + (_ops(value["$not"]) if "$not" in value else [])
+    return ["$eq"]
 
 
 def _compile(spec: Any) -> Predicate:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import InvalidRequest
+from .filters import clauses
 
 TEXT_ONLY = {"filterable": False, "pattern": False, "full_text": True}
 PATTERN_OPS = ("$regex", "$contains")
@@ -44,7 +45,7 @@ def check(config: dict[str, Any], filters: Any) -> None:
     """400 when ``filters`` names a field the policy of the index configured by ``config``
     keeps out of ``query_metadata``."""
     schema = of(config)
-    for path, ops in _clauses(filters):
+    for path, ops in clauses(filters):
         entry = _entry(schema, path)
         if _get(entry, "full_text") or _get(entry, "filterable") is False:
             raise InvalidRequest(
@@ -65,26 +66,3 @@ def _get(entry: Any, key: str) -> Any:
 def _entry(schema: dict[str, Any], path: str) -> Any:
     """The policy of a dotted path: its own entry, else its top-level field's."""
     return schema[path] if path in schema else schema.get(path.split(".", 1)[0])
-
-
-def _clauses(spec: Any) -> list[tuple[str, list[str]]]:
-    """``(field path, operators)`` of every field clause of a (compiled, valid) filter."""
-    out: list[tuple[str, list[str]]] = []
-    if not isinstance(spec, dict):
-        return out
-    for key, value in spec.items():
-        if key == "$not":
-            out += _clauses(value)
-        elif key.startswith("$"):
-            for part in value if isinstance(value, list) else []:
-                out += _clauses(part)
-        else:
-            out.append((key, _ops(value)))
-    return out
-
-
-def _ops(value: Any) -> list[str]:
-    if isinstance(value, dict) and value and all(isinstance(k, str) and k.startswith("$") for k in value):
-        ops = [k for k in value if k != "$not"]
-        return ops + (_ops(value["$not"]) if "$not" in value else [])
-    return ["$eq"]

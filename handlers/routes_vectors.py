@@ -90,13 +90,13 @@ def _text(req: schemas.SearchOptions | schemas.QueryMetadataRequest) -> TextQuer
     return TextQuery(req.text, req.text_fields, weights, bool(req.require_all_terms))
 
 
-def _check_include(include: list[str], allowed: tuple[str, ...]) -> None:
+def _check_include(include: list[str]) -> None:
     """A 422 naming the values ``include`` does not take (each cut to 40 characters)."""
-    unknown = [f for f in include if f not in allowed]
+    unknown = [f for f in include if f not in INCLUDABLE]
     if unknown:
         named = ", ".join(repr(f[:40]) for f in unknown[:5])
         raise ValidationFailed(
-            f"include takes only {', '.join(sorted(allowed))}; not {named}", ("body", "include")
+            f"include takes only {', '.join(sorted(INCLUDABLE))}; not {named}", ("body", "include")
         )
 
 
@@ -108,7 +108,7 @@ def _search(
     if not 1 <= top_k <= c.settings.max_top_k:
         raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
     include = req.include or []
-    _check_include(include, INCLUDABLE)
+    _check_include(include)
     text = _text(req)
     if queries is None:  # text alone: ranked by BM25
         assert text is not None
@@ -177,7 +177,7 @@ def get_vectors() -> Response:
     req: schemas.GetRequest = rq.parse(schemas.GetRequest)
     tenant, kek = rq.index_target("read", req)
     include = ["vector", "contents", "metadata"] if req.include is None else req.include
-    _check_include(include, INCLUDABLE)
+    _check_include(include)
     return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 
