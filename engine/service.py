@@ -8,6 +8,7 @@ over the ``cache`` of decrypted states; ``maintenance`` trains, merges and sweep
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import crypto
+from . import crypto, workers
 from . import policy as field_policy
 from .backend import Backend, select
 from .cache import StateCache
@@ -261,7 +262,7 @@ class IndexService:
         """``(tenant, name, key_mode, kind)`` of every index whose head marks a training or a
         re-encryption (kind ``train`` / ``reencrypt``) nobody is doing any more (its process
         died, or the mark went stale): to be queued again."""
-        out = []
+        out: list[tuple[str, str, str, str]] = []
         for key in self.store.list(self.heads.prefix):
             parts = key[len(self.heads.prefix) :].split("/")
             if len(parts) != 3 or parts[2] != "head":
@@ -271,11 +272,53 @@ class IndexService:
                 env = self.heads.envelope(tenant, name)
             except CipherVecError:
                 continue
-            if env.training and not self.maintenance.training_active(env):
-                out.append((tenant, name, env.key_mode, "train"))
-            if env.rewrite and not self.rekeyer.active(env):
-                out.append((tenant, name, env.key_mode, "reencrypt"))
+            out.extend((tenant, name, env.key_mode, kind) for kind in self._orphans(env))
         return out
+
+    def _orphans(self, env: Envelope, body: HeadBody | None = None) -> list[str]:
+        """The jobs ``env`` marks that nobody is doing any more (``train``, ``reencrypt``);
+        with ``body``, also a re-encryption that is due and unmarked (its mark was given back)."""
+        kinds = []
+        if env.training and not self.maintenance.training_active(env):
+            kinds.append("train")
+        orphaned = bool(env.rewrite) and not self.rekeyer.active(env)
+        if orphaned or (body is not None and self.rekeyer.due(env, body)):
+            kinds.append("reencrypt")
+        return kinds
+
+    def recover(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
+        """Take up the jobs of this index that a process which died had marked: each is
+        marked again as this worker's and returned (``train``, ``reencrypt``) for the caller
+        to queue. Any request that proves the key calls it, so a client-key index whose
+        writes are done still gets its training. Free when the held head marks nothing."""
+        held = self.heads.held((tenant, name))
+        if held is None or not self._orphans(held.envelope, held.body):
+            return []
+        head = self.heads.open(tenant, name, kek)  # proves the key, whatever the caller did
+
+        def take(env: Envelope, body: HeadBody) -> list[str]:
+            kinds = self._orphans(env, body)  # decided again on the head each attempt reads
+            now = self.maintenance.clock()
+            if "train" in kinds:
+                extra = {k: v for k, v in (env.training or {}).items() if k == "count"}
+                env.training = workers.mark(self.maintenance.worker, now, state="queued", **extra)
+            if "reencrypt" in kinds:
+                env.rewrite = workers.mark(self.rekeyer.worker, now)
+            return kinds
+
+        taken: list[str] = self.heads.commit(head, take)
+        if taken:
+            event("jobs_recovered", len(taken))
+        return taken
+
+    def release(self, tenant: str, name: str, kek: bytes | None, kind: str) -> None:
+        """Give back the mark of a job (``train``, ``reencrypt``) that could not be queued,
+        so the next write or request queues it again."""
+        if kind == "train":
+            with contextlib.suppress(CipherVecError):
+                self.set_training(tenant, name, kek, None)
+        else:
+            self.rekeyer.unmark(tenant, name, kek)  # quiet by itself
 
     def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
         """``(name, state)`` of this tenant's indexes queued or running training."""

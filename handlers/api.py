@@ -20,7 +20,16 @@ from pydantic_core import to_json
 from ..engine import timing
 from ..engine.errors import CipherVecError, KeyRotated, RetryLater, Unauthorized, ValidationFailed
 from ..infra.wiring import container
-from . import openapi, routes_indexes, routes_loads, routes_users, routes_vectors, routing, snapstart
+from . import (
+    openapi,
+    recovery,
+    routes_indexes,
+    routes_loads,
+    routes_users,
+    routes_vectors,
+    routing,
+    snapstart,
+)
 from . import request as rq
 
 ROUTE_MODULES = (routes_indexes, routes_vectors, routes_loads, routes_users, openapi)  # imported: registered
@@ -108,10 +117,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     c = container()
     settings = c.settings
     request = rq.Request(event)
+    request_bytes = len(event.get("body") or "")  # the body is let go of once parsed
     rq.begin(request, c)
     found = routing.find(request.method, request.path)
     try:
         response = _call(found, request, settings.cors_origins)
+        recovery.after(response.status_code)
     finally:
         stages = timing.end()
         rq.end()
@@ -137,7 +148,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     timings.append(f"app;dur={elapsed:.2f}")
     headers["Server-Timing"] = ", ".join(timings)
     route = found[0].template if found is not None else "other"
-    timing.count(request_bytes=len(event.get("body") or ""), response_bytes=len(body))
+    timing.count(request_bytes=request_bytes, response_bytes=len(body))
     c.metrics.observe(route, request.method, status, elapsed / 1000, stages)
     if logger.isEnabledFor(logging.INFO):
         spent = {name: round(stages[name] * 1000, 2) for name in timing.STAGES if name in stages}

@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> int:
         else:
             print(
                 f"{what} of index {name!r} (tenant {tenant!r}) was interrupted: it is queued "
-                "again by the next upsert (the index key is needed)"
+                "again by the next request that gives its key"
             )
     from .snapstart import warm
 

@@ -90,11 +90,13 @@ def begin(request: Request, container: Container) -> None:
     _local.request = request
     _local.attempt = None
     _local.container = container
+    _local.target = None
 
 
 def end() -> None:
     _local.request = None
     _local.container = None
+    _local.target = None
 
 
 def current() -> Request:
@@ -167,7 +169,13 @@ def raw_body() -> str | bytes:
 
 
 def parse(model: type[BaseModel]) -> Any:
-    return model.model_validate_json(raw_body() or b"{}")
+    """The body as ``model``; the event lets go of the raw bytes once they are parsed (an
+    upsert's JSON is several times the size of its vectors: not kept for the whole request)."""
+    event = current().event
+    parsed = model.model_validate_json(raw_body() or b"{}")
+    if not event.get("isBase64Encoded"):
+        event["body"] = None
+    return parsed
 
 
 def kek(index_key: str | None) -> bytes | None:
@@ -184,8 +192,16 @@ def ok(body: Any) -> Response:
 
 
 def index_target(right: str, req: schemas.IndexRequest) -> tuple[str, bytes | None]:
+    """The tenant and index key of a request on one index (remembered: ``target``)."""
     check_index_name(req.index_name)
-    return principal(right, req.index_name).tenant, kek(req.index_key)
+    tenant, key = principal(right, req.index_name).tenant, kek(req.index_key)
+    _local.target = (tenant, req.index_name, key)
+    return tenant, key
+
+
+def target() -> tuple[str, str, bytes | None] | None:
+    """``(tenant, index_name, kek)`` of the index this request named, once authorised."""
+    return getattr(_local, "target", None)
 
 
 def decode_vectors(b64: str, rows: int | None, dimension: int, where: str) -> np.ndarray:

@@ -115,13 +115,13 @@ def rotate_key() -> Response:
     job = TrainJob(tenant, req.index_name, new_kek, kind="reencrypt")
     try:
         result = c.trainer.train(job, c.settings.train_sync_seconds)
-    except Exception as exc:  # the rotation stands: the rewrite is queued again by the next write
+    except Exception as exc:  # the rotation stands: the rewrite is queued again by the next request
         log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
-        c.service.rekeyer.unmark(tenant, req.index_name, new_kek)
+        c.service.release(tenant, req.index_name, new_kek, "reencrypt")
         body["status"] = "rewriting"
         body["message"] += (
             "; rewriting its objects under the new data key failed for now and is taken up "
-            "again by the next write (see key_rotation in /v1/indexes/describe)"
+            "again by the next request on the index (see key_rotation in /v1/indexes/describe)"
         )
         return rq.answer(202, body)
     if result is None:

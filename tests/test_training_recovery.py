@@ -1,13 +1,16 @@
-"""A training queued or running in a process that died is taken up again: by the next
-upsert, and by the next `ciphervec serve` on the store (server-managed keys)."""
+"""A training or re-encryption queued or running in a process that died is taken up again:
+by the next request on the index that proves its key (an upsert, or only reads), and by the
+next `ciphervec serve` on the store (server-managed keys)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 from ciphervec.engine import workers
+from ciphervec.engine.errors import Unauthorized
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.storage import open_store
@@ -90,3 +93,86 @@ def test_a_lambda_training_past_its_invocation_deadline_is_orphaned(store, kek):
     now[0] += 1 + 61
     assert service.orphaned_jobs() == [("t", "i", "client", "train")]
     assert service.upsert("t", "i", kek, RowBatch(["b1"], x[151:152])).training_triggered
+
+
+def test_any_request_that_proves_the_key_takes_up_what_a_dead_process_marked(store, kek):
+    service = IndexService(store, train_threshold=100)
+    service.create_index("t", "i", IndexConfig(dimension=8), kek=kek)
+    x = clustered(150, 8)
+    service.upsert("t", "i", kek, RowBatch([f"a{i}" for i in range(150)], x))
+    assert service.recover("t", "i", kek) == []  # this process's own mark holds
+    service.maintenance.worker = dead_worker()
+    service.set_training("t", "i", kek, "running")
+    service.maintenance.worker = workers.this_worker()
+    try:
+        service.recover("t", "i", os.urandom(32))
+        raise AssertionError("a wrong key took up the job")
+    except Unauthorized:
+        pass
+    assert service.heads.open("t", "i", kek).envelope.training["worker"] != workers.this_worker()
+    assert service.recover("t", "i", kek) == ["train"]
+    mark = service.heads.open("t", "i", kek).envelope.training
+    assert mark["worker"] == workers.this_worker() and mark["state"] == "queued"
+    assert service.recover("t", "i", kek) == []  # taken once
+    assert service.orphaned_jobs() == []
+
+
+def _await_trained(server, body, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, out, _ = server.request("POST", "/v1/indexes/describe", body, key=ROOT_KEY)
+        assert status == 200, out
+        if out["is_trained"]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_kill_9_during_auto_training_of_a_client_key_index_is_recovered_by_reads(tmp_path, server_factory):
+    """The issue's trial: kill -9 while an automatic training of a client-key index is queued
+    or running, restart, and send only describe with the right key: it gets trained."""
+    store_uri = f"file://{tmp_path}/data"
+    first = server_factory("--store", store_uri, "--train-threshold", "1000")
+    key = os.urandom(32).hex()
+    body = {"index_name": "c", "index_key": key}
+    assert server_request_ok(first, "/v1/indexes/create", {**body, "dimension": 32})
+    x = clustered(6000, 32)
+    items = [{"id": f"r{i}", "vector": x[i].tolist()} for i in range(len(x))]
+    status, out, _ = first.request("POST", "/v1/vectors/upsert", {**body, "items": items})
+    assert status == 200 and out.get("training_triggered"), out
+    first.proc.kill()  # SIGKILL, the moment the answer is in: the training has barely started
+    first.proc.wait()
+    again = server_factory("--store", store_uri, name="again")
+    assert "queued again by the next request that gives its key" in again.log.read_text()
+    status, out, _ = again.request("POST", "/v1/indexes/describe", body, key=ROOT_KEY)
+    assert status == 200 and not out["is_trained"]  # the killed training did not finish
+    assert _await_trained(again, body)
+    status, out, _ = again.request("POST", "/v1/vectors/num_vectors", body, key=ROOT_KEY)
+    assert status == 200 and out["result"] == 6000
+
+
+def test_a_wrong_key_takes_up_nothing(tmp_path, server_factory):
+    store_uri = f"file://{tmp_path}/data"
+    key = os.urandom(32).hex()
+    body = {"index_name": "c", "index_key": key}
+    server = server_factory("--store", store_uri, "--train-threshold", "1000000")
+    assert server_request_ok(server, "/v1/indexes/create", {**body, "dimension": 8})
+    x = clustered(300, 8)
+    items = [{"id": f"r{i}", "vector": x[i].tolist()} for i in range(len(x))]
+    assert server_request_ok(server, "/v1/vectors/upsert", {**body, "items": items})
+    # what a kill -9 leaves: a training marked by a process now gone
+    service = IndexService(open_store(store_uri))
+    kek = bytes.fromhex(key)
+    service.maintenance.worker = dead_worker()
+    service.set_training("default", "c", kek, "queued")
+    wrong = {**body, "index_key": os.urandom(32).hex()}
+    assert server.request("POST", "/v1/indexes/describe", wrong, key=ROOT_KEY)[0] == 401
+    assert IndexService(open_store(store_uri)).orphaned_jobs() == [("default", "c", "client", "train")]
+    assert server_request_ok(server, "/v1/indexes/describe", body)
+    assert IndexService(open_store(store_uri)).orphaned_jobs() == []
+
+
+def server_request_ok(server, path, body) -> bool:
+    status, out, _ = server.request("POST", path, body, key=ROOT_KEY)
+    assert status == 200, out
+    return True

@@ -1,0 +1,31 @@
+"""Jobs a dead process left marked, queued again by the next request that proves the key."""
+
+from __future__ import annotations
+
+import logging
+
+from ..engine.errors import CipherVecError
+from . import request as rq
+
+log = logging.getLogger("ciphervec.recovery")
+
+
+def after(status: int) -> None:
+    """After a request on one index answered ``status``: when it succeeded (so its key
+    opened the index), queue what an interrupted training or re-encryption left marked.
+    Never fails the request: a job that cannot be queued gives its mark back."""
+    target = rq.target()
+    if target is None or status >= 400:
+        return
+    tenant, name, kek = target
+    c = rq.c()
+    try:
+        kinds = c.service.recover(tenant, name, kek)
+    except CipherVecError:
+        return  # the next request tries again
+    for kind in kinds:
+        try:
+            c.trainer.enqueue(tenant, name, kek, kind=kind)
+        except Exception as exc:  # the queue (an async invoke) failed: give the mark back
+            log.warning("could not queue the %s job of an index: %s", kind, type(exc).__name__)
+            c.service.release(tenant, name, kek, kind)
