@@ -403,6 +403,7 @@ class ApiProtocol(asyncio.Protocol):
             return 200, [("content-type", "text/plain; version=0.0.4")], self.shared.metrics()
         query = (parsed.query or b"").decode("latin-1")
         event = to_event(request.method, path, query, request.headers, request.body, self.address)
+        request.body = b""  # the event holds it now, and the handler lets go of it once parsed
         try:
             result = self.shared.handler(event, LocalContext(event["requestContext"]["requestId"]))
         except Exception:  # the handler answers its own errors; this is a last resort
