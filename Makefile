@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck cfn-lint unit unit-strict install bench bench-deps bench-cost clean deploy-check sam-build build-ApiFunction build-TrainFunction build-IngestFunction
+.PHONY: run test lint typecheck cfn-lint unit unit-strict docs docs-serve install bench bench-deps bench-cost clean deploy-check sam-build build-ApiFunction build-TrainFunction build-IngestFunction
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -48,7 +48,15 @@ unit: $(STAMP)
 unit-strict: $(STAMP)
 	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
-test: lint typecheck cfn-lint unit unit-strict deploy-check
+# The documentation site (docs/, the README as its home page) into .site/; --strict: a broken
+# link or anchor, or a page left out of the nav, fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+test: lint typecheck cfn-lint docs unit unit-strict deploy-check
 
 # The deployment as AWS SAM builds it (no Docker): `sam validate --lint`, `sam build` with
 # Lambda's python3.12, then the package sizes and the IngestFunction smoke test.
@@ -66,7 +74,7 @@ SAM_SRC := .aws-sam/src
 sam-build: .venv-sam/.installed
 	@test -n "$(LAMBDA_PYTHON)" || { echo "sam build needs Python 3.12 (Lambda's runtime); found none"; exit 1; }
 	rm -rf $(SAM_SRC) && mkdir -p $(SAM_SRC)
-	git ls-files -z --cached --others --exclude-standard | grep -zv '^tests/\|^bench/\|^events/' \
+	git ls-files -z --cached --others --exclude-standard | grep -zv '^tests/\|^bench/\|^events/\|^docs/\|^mkdocs.yml' \
 	  | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(SAM_SRC)
 	cd $(SAM_SRC) && PATH="$(dir $(LAMBDA_PYTHON)):$$PATH" SAM_CLI_TELEMETRY=0 \
 	  $(CURDIR)/.venv-sam/bin/sam build --region us-east-1 --build-dir $(CURDIR)/.aws-sam/build \

@@ -19,7 +19,7 @@ from cyborgdb import Client  # noqa: E402
 from cyborgdb.integrations.langchain import CyborgVectorStore  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
 
-from tests.conftest import ROOT_KEY, Server  # noqa: E402
+from tests.conftest import BACKEND, ROOT_KEY, Server  # noqa: E402
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -179,6 +179,7 @@ def test_training_and_edge_cases(served):
         vs.add_texts(["text1", "text2"], [{"meta": 1}], ids=["id1", "id2"])
 
 
+@pytest.mark.skipif(BACKEND == "strict", reason="HTTP body handling: the numpy pass covers it (25 s)")
 def test_one_add_texts_far_over_64_mib(served):
     """What CyborgDB's LangChain tests send in one upsert (~160-175 MB of JSON): accepted at
     the default limit, every row stored."""
