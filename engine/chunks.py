@@ -29,6 +29,9 @@ class Chunk:
     metadata: list[Any] | None = None
     contents: list[Any] | None = None
     bad: list[tuple[int, str]] = field(default_factory=list)
+    # Rows (offsets in the chunk) without a vector but with contents, for the index's
+    # embedding model; their rows of ``vectors`` are placeholders until ``embedded``.
+    to_embed: list[int] = field(default_factory=list)
     position: dict[str, Any] = field(default_factory=dict)  # where the next chunk starts
     bytes_read: int = 0  # of the file, up to the end of this chunk
 
@@ -42,6 +45,9 @@ def check(
     """The chunk's rows as an upsert segment, or the rows refused and why (file row numbers)."""
     bad = list(chunk.bad)
     n, first = len(chunk), chunk.first_row
+    if chunk.to_embed:  # not embedded: the index has no embedding model
+        why = "row has no vector, and the index has no embedding_model to embed its contents"
+        return None, sorted(set(bad) | {(first + r, why) for r in chunk.to_embed})
     vectors = chunk.vectors
     if vectors is not None:
         if vectors.ndim != 2 or vectors.shape[0] != n:
@@ -80,6 +86,27 @@ def check(
         return None, sorted(set(bad)) or [(first, "rows have no vectors")]
     contents = [c or None for c in chunk.contents] if chunk.contents is not None else None
     return Segment("upsert", list(chunk.ids), vectors, _none_if_empty(metadata), _none_if_empty(contents)), []
+
+
+def embedded(chunk: Chunk, embed: Callable[[list[str]], np.ndarray]) -> Chunk:
+    """``chunk`` with the rows in ``to_embed`` given ``embed(their contents)`` as vectors
+    (rows that came with a vector keep it)."""
+    if not chunk.to_embed or chunk.bad or chunk.contents is None:
+        return chunk
+    found = np.asarray(embed([chunk.contents[r] for r in chunk.to_embed]), dtype=np.float32)
+    vectors = chunk.vectors
+    if vectors is None or vectors.shape[1] == 0:  # no row came with a vector
+        vectors = np.zeros((len(chunk), found.shape[1]), dtype=np.float32)
+    elif vectors.shape[1] != found.shape[1]:
+        chunk.bad = [
+            (chunk.first_row, f"vectors have {vectors.shape[1]} values; the model makes {found.shape[1]}")
+        ]
+        return chunk
+    else:
+        vectors = np.array(vectors, dtype=np.float32)
+    vectors[chunk.to_embed] = found
+    chunk.vectors, chunk.to_embed = vectors, []
+    return chunk
 
 
 def _is_id(value: Any) -> bool:

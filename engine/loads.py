@@ -166,7 +166,7 @@ class Loader:
             raise
         job.seconds = counted + time.perf_counter() - t0
         if job.refused:
-            return self._fail(head, job, "the file has rows that cannot be loaded; nothing was loaded")
+            return self.fail(head, job, "the file has rows that cannot be loaded; nothing was loaded")
         if job.state != "committing":  # from here on the job is never started over
             job.state = "committing"
             self.jobs.save(head.tenant, job, head)
@@ -178,7 +178,8 @@ class Loader:
         self.heads.write(head, name, segment.encode(seg, head.precision))
         return name
 
-    def _fail(self, head: Head, job: LoadJob, error: str) -> LoadJob:
+    def fail(self, head: Head, job: LoadJob, error: str) -> LoadJob:
+        """End ``job`` as failed with ``error``; what it staged is deleted."""
         staged = [name for name, _ in job.staged]
         job.state, job.error, job.finished, job.owner = "failed", error, self.jobs.clock(), None
         job.staged = []
@@ -217,7 +218,7 @@ class Loader:
         except CipherVecError as exc:
             if exc.status >= 500:
                 raise  # contention and faults: the job stays resumable
-            return self._fail(head, job, exc.detail)
+            return self.fail(head, job, exc.detail)
         job.state, job.finished, job.owner = "succeeded", self.jobs.clock(), None
         job.rows_loaded = sum(rows for _, rows in staged)
         job.index_count, job.training_triggered = count, bool(triggered)

@@ -72,7 +72,15 @@ def _advance(
     c: Container, target: Target, job: str, result_to: dict[str, str] | None, run: Invocation
 ) -> None:
     try:
-        done = work(c.service, target, job, s3=c.s3, should_stop=run.should_stop, trainer=c.trainer)
+        done = work(
+            c.service,
+            target,
+            job,
+            s3=c.s3,
+            should_stop=run.should_stop,
+            trainer=c.trainer,
+            embedder=c.embedder,
+        )
     except (LoadBusy, LostLease):
         logger.info("load job is being run elsewhere", extra={"job_id": job})
         return

@@ -153,7 +153,7 @@ def _direct(args: argparse.Namespace) -> int:
         bar.update(record.bytes_read, record.rows_read)
 
     try:
-        done = work(c.service, target, job.job_id, progress=progress)
+        done = work(c.service, target, job.job_id, progress=progress, embedder=c.embedder)
     except KeyboardInterrupt:
         bar.close()
         print("\ninterrupted: the load is paused; run the same command to continue it", file=sys.stderr)

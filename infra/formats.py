@@ -63,9 +63,10 @@ def _parquet(
             # of the file up front (measured: RSS grows with the file, 1.7 GB for 1.5 GB).
             pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
         names = set(pf.schema_arrow.names)
-        for need in (cols.id, cols.vector):
-            if need not in names:
-                raise BadSource(f"the Parquet file has no {need!r} column")
+        if cols.id not in names:
+            raise BadSource(f"the Parquet file has no {cols.id!r} column")
+        if cols.vector not in names and cols.contents not in names:  # contents: to embed
+            raise BadSource(f"the Parquet file has neither a {cols.vector!r} nor a {cols.contents!r} column")
         wanted = [c for c in (cols.id, cols.vector, cols.metadata, cols.contents) if c in names]
         meta = pf.metadata
         total = meta.num_rows
@@ -105,7 +106,11 @@ def _arrow_chunk(batch: Any, cols: Columns, first: int, dim: int | None) -> Chun
     names = batch.schema.names
     n = batch.num_rows
     ids = batch.column(cols.id).to_pylist()
-    vectors, bad = _arrow_vectors(batch.column(cols.vector), first, dim)
+    to_embed: list[int] = []
+    if cols.vector in names:
+        vectors, bad = _arrow_vectors(batch.column(cols.vector), first, dim)
+    else:  # every row's contents is to be embedded
+        vectors, bad, to_embed = np.zeros((n, 0), dtype=np.float32), [], list(range(n))
     metadata = contents = None
     if cols.metadata in names:
         col = batch.column(cols.metadata)
@@ -117,7 +122,14 @@ def _arrow_chunk(batch: Any, cols: Columns, first: int, dim: int | None) -> Chun
             metadata = col.to_pylist()
     if cols.contents in names:
         contents = batch.column(cols.contents).to_pylist()
-    return Chunk(first, ids, vectors, metadata, contents, bad[:n])
+        if to_embed:
+            bad.extend((first + r, "row has neither a vector nor contents") for r in _empty(contents))
+    return Chunk(first, ids, vectors, metadata, contents, bad[:n], to_embed)
+
+
+def _empty(contents: list[Any]) -> list[int]:
+    """Rows whose contents is not a non-empty string (nothing to embed)."""
+    return [r for r, c in enumerate(contents) if not isinstance(c, str) or not c]
 
 
 def _arrow_vectors(col: Any, first: int, dim: int | None) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
@@ -262,6 +274,7 @@ def _jsonl(source: SourceFile, pos: dict[str, Any], rows: int, dim: int | None) 
             metadata: list[Any] = []
             contents: list[Any] = []
             bad: list[tuple[int, str]] = []
+            to_embed: list[int] = []
             while len(ids) < rows:
                 line = f.readline()
                 if not line:
@@ -277,7 +290,9 @@ def _jsonl(source: SourceFile, pos: dict[str, Any], rows: int, dim: int | None) 
                     bad.append((r, "line is not a JSON object"))
                     item = {}
                 vector = item.get("vector")
-                if not isinstance(vector, list) or not all(
+                if vector is None and isinstance(item.get("contents"), str) and item["contents"]:
+                    to_embed.append(r - first)  # for the index's embedding model
+                elif not isinstance(vector, list) or not all(
                     isinstance(x, int | float) and not isinstance(x, bool) for x in vector
                 ):
                     if item:
@@ -290,19 +305,27 @@ def _jsonl(source: SourceFile, pos: dict[str, Any], rows: int, dim: int | None) 
             if not ids:
                 return
             row = first + len(ids)
-            vectors = _stack(vecs, first, bad, dim)
-            chunk = Chunk(first, ids, vectors, metadata, contents, bad)
+            vectors = _stack(vecs, first, bad, dim, to_embed)
+            chunk = Chunk(first, ids, vectors, metadata, contents, bad, to_embed)
             chunk.position = {"row": row, "at": f.tell()}
             chunk.bytes_read = f.tell()
             yield chunk
 
 
-def _stack(vecs: list[Any], first: int, bad: list[tuple[int, str]], dim: int | None) -> np.ndarray | None:
-    if any(v is None for v in vecs):
+def _stack(
+    vecs: list[Any], first: int, bad: list[tuple[int, str]], dim: int | None, to_embed: list[int]
+) -> np.ndarray | None:
+    """The rows' vectors as one array; rows ``to_embed`` get zeros until they are embedded."""
+    skip = set(to_embed)
+    given = [v for r, v in enumerate(vecs) if r not in skip]
+    if any(v is None for v in given):
         return None
-    uneven = _uneven([len(v) for v in vecs], dim or len(vecs[0]), first)
+    if not given:
+        return np.zeros((len(vecs), 0), dtype=np.float32)
+    d = dim or len(given[0])
+    uneven = _uneven([len(v) if r not in skip else d for r, v in enumerate(vecs)], d, first)
     if uneven:
         bad.extend(uneven)
         return None
     with np.errstate(over="ignore"):
-        return np.array(vecs, dtype=np.float32)
+        return np.array([v if r not in skip else [0.0] * d for r, v in enumerate(vecs)], dtype=np.float32)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.chunks import Reader, embedded
+from ..engine.embedding import model_spec
 from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
 from ..engine.jobs import LEASE_SECONDS, LoadJob, job_id, new_owner
 from ..engine.service import IndexService
@@ -81,12 +83,18 @@ def resumable(job: LoadJob, now: float) -> bool:
     return job.state in ("queued", "paused") or (job.state in ("running", "committing") and stale)
 
 
+def _embedding(read: Reader, embed: Callable[[list[str]], Any]) -> Reader:
+    """``read`` with each chunk's rows that have contents and no vector embedded."""
+    return lambda pos, dim: (embedded(chunk, embed) for chunk in read(pos, dim))
+
+
 def work(
     service: IndexService,
     target: Target,
     job: str,
     *,
     s3: Any = None,
+    embedder: Any = None,
     owner: str | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: Callable[[LoadJob], None] = lambda job: None,
@@ -100,9 +108,16 @@ def work(
         return record
     src = open_source(record.source, s3)
     if src.version != record.version:
-        return service.loader._fail(head, record, "the file changed since the load began; load it again")
+        return service.loader.fail(head, record, "the file changed since the load began; load it again")
     columns = formats.Columns(**record.options.get("columns", {}))
     read = formats.reader(src, columns, record.options.get("rows"))
+    model = head.body.config.get("embedding_model")
+    if model:  # rows that come with contents and no vector are embedded on the way in
+        if embedder is None or model_spec(model).name not in {m.name for m in embedder.available()}:
+            return service.loader.fail(
+                head, record, f"the embedding model {model} is not installed where this load runs"
+            )
+        read = _embedding(read, lambda texts: embedder.encode(model, texts))
     done = service.loader.run(head, record, read, should_stop=should_stop, progress=progress)
     if trainer is not None and done.state == "succeeded":  # as after any upsert
         if done.training_triggered:
@@ -115,10 +130,13 @@ def work(
 class LocalLoads:
     """Worker threads that run load jobs in this process (``ciphervec serve``)."""
 
-    def __init__(self, service: IndexService, trainer: Any, workers: int = 1, s3: Any = None) -> None:
+    def __init__(
+        self, service: IndexService, trainer: Any, workers: int = 1, s3: Any = None, embedder: Any = None
+    ) -> None:
         self.service = service
         self.trainer = trainer
         self.s3 = s3
+        self.embedder = embedder
         self.workers = workers
         self._queue: queue.Queue[tuple[Target, str]] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -140,7 +158,7 @@ class LocalLoads:
             except queue.Empty:
                 return
             try:
-                work(self.service, target, job, s3=self.s3, trainer=self.trainer)
+                work(self.service, target, job, s3=self.s3, trainer=self.trainer, embedder=self.embedder)
             except (LoadBusy, LostLease):
                 pass  # another worker has it
             except Exception as exc:  # the job record keeps its checkpoint; the log says what

@@ -71,16 +71,18 @@ def build(settings: Settings, **clients: Any) -> Container:
         trainer = LambdaTrainer(service, settings.train_function, client=clients.get("lambda"))
     else:
         trainer = LocalTrainer(service)
+    embedder = SentenceTransformerModels(
+        settings.model_dir, settings.embed_batch, settings.embed_device, s3=clients.get("s3")
+    )
     loads: Any
     if settings.load_queue:
         loads = QueueLoads(service, settings.load_queue, client=clients.get("sqs"))
     else:
-        loads = LocalLoads(service, trainer, workers=settings.load_workers, s3=clients.get("s3"))
+        loads = LocalLoads(
+            service, trainer, workers=settings.load_workers, s3=clients.get("s3"), embedder=embedder
+        )
     if not settings.auth:
         log.warning("authentication is OFF (explicitly configured); never do this outside development")
-    embedder = SentenceTransformerModels(
-        settings.model_dir, settings.embed_batch, settings.embed_device, s3=clients.get("s3")
-    )
     limits = {
         "limit": settings.throttle_failures,
         "window": settings.throttle_window_seconds,

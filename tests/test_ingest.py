@@ -374,3 +374,24 @@ def test_why_rows_were_refused_needs_the_index_key(aws):
     assert opened["refused"] == [{"row": 3, "reason": "vector has NaN or Inf values"}]
     status, wrong = api_call("GET", f"/v1/loads/{job['job_id']}", headers={"x-index-key": bytes(32).hex()})
     assert status == 401
+
+
+def test_a_dropped_file_of_texts_is_embedded_by_the_indexs_model(aws):
+    """id + contents, no vectors, into a kms index with an embedding_model: IngestFunction
+    embeds every row as an upsert of contents would (where the model is installed)."""
+    c = aws["c"]
+    if not c.embedder.available():
+        pytest.skip("needs sentence-transformers and the packaged MiniLM weights")
+    config = IndexConfig(embedding_model="all-MiniLM-L6-v2", metric="cosine")
+    c.service.create_index("default", "notes", config, kms_name="default")
+    texts = [f"note {i} on " + ("encrypted search" if i % 2 else "pasta recipes") for i in range(300)]
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": [f"n{i}" for i in range(300)], "contents": texts}), buf)
+    aws["s3"].put_object(Bucket=LOADS, Key="default/notes/texts.parquet", Body=buf.getvalue())
+    out = ingest.lambda_handler(event(drain(aws), aws["queue_arn"]), Context())
+    assert out == {"batchItemFailures": []}
+    res = result(aws, "default/notes/texts.parquet")
+    assert res["status"] == "succeeded" and res["rows_loaded"] == 300, res
+    want = c.embedder.encode("all-MiniLM-L6-v2", [texts[11]])
+    hits = c.service.query("default", "notes", None, want, top_k=1, n_probes=0, filters=None, include=[])
+    assert hits[0][0]["id"] == "n11"

@@ -494,3 +494,76 @@ def test_a_checkpoint_no_key_opens_fails_its_job_instead_of_a_500(service, index
     record = service.loader.jobs.read("t", job.job_id, service.heads.open("t", "docs", new))
     assert record.state == "failed" and "rotation" in record.error
     assert work(service, Target("t", "docs", new), job.job_id).state == "failed"
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from ciphervec.infra.embedding import SentenceTransformerModels
+
+    models = SentenceTransformerModels()
+    if not models.available():
+        pytest.skip("needs sentence-transformers and the packaged MiniLM weights")
+    return models
+
+
+MODEL = "all-MiniLM-L6-v2"
+TEXTS = [
+    f"note {i}: " + ("encrypted search on lambda" if i % 2 else "cooking pasta at home") for i in range(40)
+]
+
+
+def test_contents_without_vectors_are_embedded_by_the_indexs_model(service, kek, tmp_path, embedder):
+    """A Parquet file of id + contents into an index with an embedding_model: every row
+    embedded as an upsert of contents would be; a JSON Lines file may mix both kinds."""
+    service.create_index("t", "emb", IndexConfig(embedding_model=MODEL, metric="cosine"), kek=kek)
+    target = Target("t", "emb", kek)
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(40)], "contents": TEXTS}), path)
+    done = load(service, target, path, options={"rows": 16}, embedder=embedder)
+    assert done.state == "succeeded", done.status()
+    assert service.num_vectors("t", "emb", kek) == 40
+    want = embedder.encode(MODEL, TEXTS)
+    got = service.get("t", "emb", kek, ["p0", "p7"], ["vector", "contents"])
+    np.testing.assert_allclose(got[0]["vector"], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[1]["vector"], want[7], atol=1e-5)
+    assert got[1]["contents"] == TEXTS[7]
+
+    own = np.zeros(384, dtype=np.float32)
+    own[0] = 1.0
+    lines = [
+        {"id": "j0", "vector": own.tolist(), "contents": "kept as given"},
+        {"id": "j1", "contents": TEXTS[3]},
+    ]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    done = load(service, target, tmp_path / "mixed.jsonl", embedder=embedder)
+    assert done.state == "succeeded", done.status()
+    got = service.get("t", "emb", kek, ["j0", "j1"], ["vector"])
+    np.testing.assert_array_equal(got[0]["vector"], own)  # a row with a vector keeps it
+    np.testing.assert_allclose(got[1]["vector"], want[3], atol=1e-5)
+    hits = service.query("t", "emb", kek, want[5:6], top_k=1, n_probes=0, filters=None, include=[])
+    assert hits[0][0]["id"] == "p5"
+
+
+def test_contents_without_vectors_need_a_model(service, index, tmp_path, embedder):
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "contents": ["one", "two"]}), path)
+    done = load(service, index, path, embedder=embedder)
+    assert done.state == "failed" and "no embedding_model" in done.reasons[0]["reason"]
+    assert service.num_vectors("t", "docs", index.kek) == 0
+    pq.write_table(pa.table({"id": ["a", "b"]}), tmp_path / "ids.parquet")
+    done = load(service, index, tmp_path / "ids.parquet", embedder=embedder)
+    assert (
+        done.state == "failed" and "neither a 'vector' nor a 'contents' column" in done.reasons[0]["reason"]
+    )
+
+
+def test_an_embedding_load_where_the_model_is_missing_fails_plainly(service, kek, tmp_path):
+    from ciphervec.infra.embedding import SentenceTransformerModels
+
+    service.create_index("t", "emb2", IndexConfig(embedding_model=MODEL), kek=kek)
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"id": ["a"], "contents": ["one"]}), path)
+    nowhere = SentenceTransformerModels(model_dir=str(tmp_path / "no-models"))
+    done = load(service, Target("t", "emb2", kek), path, embedder=nowhere)
+    assert done.state == "failed" and "is not installed where this load runs" in done.error
+    assert service.num_vectors("t", "emb2", kek) == 0
