@@ -90,22 +90,25 @@ def check(
 
 def embedded(chunk: Chunk, embed: Callable[[list[str]], np.ndarray]) -> Chunk:
     """``chunk`` with the rows in ``to_embed`` given ``embed(their contents)`` as vectors
-    (rows that came with a vector keep it)."""
-    if not chunk.to_embed or chunk.bad or chunk.contents is None:
+    (rows that came with a vector keep it; rows the reader refused stay refused)."""
+    if not chunk.to_embed or chunk.contents is None:
         return chunk
-    found = np.asarray(embed([chunk.contents[r] for r in chunk.to_embed]), dtype=np.float32)
-    vectors = chunk.vectors
-    if vectors is None or vectors.shape[1] == 0:  # no row came with a vector
+    rows = [r for r in chunk.to_embed if isinstance(chunk.contents[r], str) and chunk.contents[r]]
+    vectors, chunk.to_embed = chunk.vectors, []
+    if vectors is None or not rows:  # refused already, for what the reader found
+        return chunk
+    found = np.asarray(embed([chunk.contents[r] for r in rows]), dtype=np.float32)
+    if vectors.shape[1] == 0:  # no row came with a vector
         vectors = np.zeros((len(chunk), found.shape[1]), dtype=np.float32)
     elif vectors.shape[1] != found.shape[1]:
-        chunk.bad = [
+        chunk.bad.append(
             (chunk.first_row, f"vectors have {vectors.shape[1]} values; the model makes {found.shape[1]}")
-        ]
+        )
         return chunk
     else:
         vectors = np.array(vectors, dtype=np.float32)
-    vectors[chunk.to_embed] = found
-    chunk.vectors, chunk.to_embed = vectors, []
+    vectors[rows] = found
+    chunk.vectors = vectors
     return chunk
 
 

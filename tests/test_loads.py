@@ -567,3 +567,14 @@ def test_an_embedding_load_where_the_model_is_missing_fails_plainly(service, kek
     done = load(service, Target("t", "emb2", kek), path, embedder=nowhere)
     assert done.state == "failed" and "is not installed where this load runs" in done.error
     assert service.num_vectors("t", "emb2", kek) == 0
+
+
+def test_a_bad_row_among_texts_is_refused_for_what_it_is(service, kek, tmp_path, embedder):
+    service.create_index("t", "emb3", IndexConfig(embedding_model=MODEL), kek=kek)
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"id": ["a", "", "c"], "contents": ["one", "two", ""]}), path)
+    done = load(service, Target("t", "emb3", kek), path, embedder=embedder)
+    assert done.state == "failed"
+    reasons = {r["row"]: r["reason"] for r in done.reasons}
+    assert "id is not a non-empty string" in reasons[1] and "neither a vector nor contents" in reasons[2]
+    assert 0 not in reasons and not any("embedding_model" in why for why in reasons.values())
