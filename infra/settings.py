@@ -53,6 +53,7 @@ ENV = {
     "model_dir": "CIPHERVEC_MODEL_DIR",
     "embed_batch": "CIPHERVEC_EMBED_BATCH",
     "embed_device": "CIPHERVEC_EMBED_DEVICE",
+    "embed_runtime": "CIPHERVEC_EMBED_RUNTIME",
 }
 
 
@@ -144,6 +145,10 @@ class Settings:
     # Texts per forward pass of the embedding model, and its device ("" = cuda when present).
     embed_batch: int = 64
     embed_device: str = ""
+    # What runs the embedding models: "onnx" (ONNX Runtime on the int8 export `make install`
+    # and the Lambda build make), "torch" (sentence-transformers: a GPU host), or "auto":
+    # onnx where its export is installed, else torch.
+    embed_runtime: str = "auto"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -180,6 +185,8 @@ def _parse(name: str, raw: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError("CIPHERVEC_KMS_KEYS must be a JSON object")
         return {str(k): str(v) for k, v in value.items()}
+    if name == "embed_runtime" and raw not in ("auto", "onnx", "torch"):
+        raise ValueError(f"CIPHERVEC_EMBED_RUNTIME must be auto, onnx or torch, not {raw!r}")
     if _TYPES[name] == "tuple[str, ...]":  # comma-separated
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     kind = _TYPES[name]

@@ -12,6 +12,7 @@ from ..engine.backend import select
 from ..engine.service import IndexService
 from . import aws, memory
 from .embedding import SentenceTransformerModels
+from .embedding_onnx import OnnxModels
 from .keystore import Authenticator, open_keystore
 from .kms import AwsKmsWrapper, open_key_wrapper
 from .loading import LocalLoads, QueueLoads
@@ -33,11 +34,23 @@ class Container:
     loads: Any  # LocalLoads or QueueLoads
     s3: Any = None  # the S3 client loads read sources with (None: boto3's default)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)  # failed keys, per process
-    embedder: Any = None  # engine.embedding.Embedder (SentenceTransformerModels)
+    embedder: Any = None  # engine.embedding.Embedder (OnnxModels or SentenceTransformerModels)
     metrics: RequestMetrics = field(default_factory=RequestMetrics)  # per process
 
 
 _container: Container | None = None
+
+
+def embedding_runtime(settings: Settings, s3: Any = None) -> Any:
+    """ONNX Runtime on the build's export (``auto``: wherever it is installed), else
+    sentence-transformers on torch (``torch``, or no export here)."""
+    if settings.embed_runtime != "torch":
+        onnx = OnnxModels(settings.model_dir, settings.embed_batch)
+        if settings.embed_runtime == "onnx" or onnx.available():
+            return onnx
+    return SentenceTransformerModels(settings.model_dir, settings.embed_batch, settings.embed_device, s3=s3)
+
+
 _lock = threading.Lock()
 
 
@@ -71,9 +84,7 @@ def build(settings: Settings, **clients: Any) -> Container:
         trainer = LambdaTrainer(service, settings.train_function, client=clients.get("lambda"))
     else:
         trainer = LocalTrainer(service)
-    embedder = SentenceTransformerModels(
-        settings.model_dir, settings.embed_batch, settings.embed_device, s3=clients.get("s3")
-    )
+    embedder = embedding_runtime(settings, clients.get("s3"))
     loads: Any
     if settings.load_queue:
         loads = QueueLoads(service, settings.load_queue, client=clients.get("sqs"))

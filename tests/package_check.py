@@ -1,8 +1,9 @@
 """After `sam build`: every function fits Lambda's 250 MB unzipped and ships its bytecode
 (every module compiled for this Python, unchecked-hash: Lambda's code directory is read-only,
 so a module without it is compiled again on every cold start), each handler imports from its
-package with nothing compiled at import, and the IngestFunction package (no faiss, trimmed
-pyarrow) loads a Parquet file on Lambda's Python.
+package with nothing compiled at import, the IngestFunction package (no faiss, trimmed
+pyarrow) loads a Parquet file on Lambda's Python, and the ApiFunction package embeds a
+sentence with the ONNX export it carries.
 
 Run by `make deploy-check` as ``python3.12 tests/package_check.py .aws-sam/build``.
 """
@@ -61,6 +62,23 @@ for name in compiled[:5]:
     print(name)
 """
 UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
+
+
+# ApiFunction's own embedding runtime and model, from nothing but its package: the handler's
+# import, then the first sentence embedded (what a cold container's first embedding costs).
+EMBED = r"""
+import time
+started = time.perf_counter()
+from ciphervec.handlers import api  # noqa: F401 - the handler imports
+from ciphervec.infra.embedding_onnx import OnnxModels
+from ciphervec.engine.embedding import model_spec
+models = OnnxModels()
+assert [m.name for m in models.available()] == ["all-MiniLM-L6-v2"], models.dirs
+assert "/ciphervec/models/" in str(models._dir(model_spec("all-MiniLM-L6-v2"))), "not the package's model"
+v = models.encode("all-MiniLM-L6-v2", ["ciphervec embeds this sentence inside ApiFunction"])
+assert v.shape == (1, 384) and abs(float((v * v).sum()) - 1.0) < 1e-3, v.shape
+print(f"{(time.perf_counter() - started) * 1000:.0f}")
+"""
 
 
 def bytecode_gaps(fn: Path) -> tuple[int, int, list[str]]:
@@ -135,6 +153,19 @@ def main(build: str) -> int:
             imported, detail = handler_import(fn, HANDLERS[fn.name])
             bad += not imported
             print(f"  {fn.name:<16} handler import: {detail}  {'ok' if imported else 'FAILED'}")
+    api = root / "ApiFunction"
+    if api.is_dir():
+        env = {**os.environ, "PYTHONPATH": str(api), "PYTHONNOUSERSITE": "1"}
+        run = subprocess.run(
+            [sys.executable, "-c", EMBED], env=env, cwd="/", check=False, capture_output=True, text=True
+        )
+        embedded = run.returncode == 0
+        bad += not embedded
+        last = (run.stdout.strip().splitlines() or ["?"])[-1]  # after the model's log line
+        detail = f"import + first embedding {last} ms" if embedded else run.stderr.strip()[-300:]
+        print(
+            f"  ApiFunction      embeds a sentence (ONNX Runtime, int8 export): {detail}  {'ok' if embedded else 'FAILED'}"
+        )
     env = {**os.environ, "PYTHONPATH": str(root / "IngestFunction")}
     smoke = subprocess.run([sys.executable, "-c", SMOKE], env=env, cwd="/", check=False)
     print(
