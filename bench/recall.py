@@ -7,8 +7,8 @@ real ones, normalised blends of two real ones, as bench/scale.py makes them) is 
 with the defaults — auto n_lists, auto n_probes — in this process (the engine on a memory
 store: HTTP adds nothing to recall), and queried with held-out sentences that are not in
 the index. Reported per size: n_lists, the auto n_probes (for top_k 10, and for larger
-top_k) and the recall the training estimated, and recall@10 and recall@100 measured against
-exact search. The promise is recall@k >= 0.95 at the defaults, for queries from outside
+top_k) and the recall the training estimated, recall@10 and recall@100 measured against
+exact search, and recall@10 with the time per query at n_probes 1, 2, 4, … every list. The promise is recall@k >= 0.95 at the defaults, for queries from outside
 the index.
 """
 
@@ -65,13 +65,24 @@ def measure(n: int, queries: int) -> dict[str, Any]:
     }
     truth100 = exact(base, held, 100)  # the first 10 of each row are the top 10
     for k in (10, 100):
-        truth = truth100[:, :k]
-        hits = svc.query("t", "r", key, held, top_k=k)
-        found = [[int(h["id"]) for h in row] for row in hits]
-        out[f"recall{k}"] = float(
-            np.mean([len(set(f) & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)])
-        )
+        out[f"recall{k}"] = recall_at(svc, key, held, truth100[:, :k], k, None)
+    # recall@10 and the time per query against n_probes, doubling up to every list
+    probes = sorted({1 << i for i in range(int(np.log2(trained.n_lists)) + 1)} | {trained.n_lists})
+    out["sweep"] = []
+    for n_probes in probes:
+        t = time.perf_counter()
+        r = recall_at(svc, key, held, truth100[:, :10], 10, n_probes)
+        per_query = (time.perf_counter() - t) * 1000 / len(held)
+        out["sweep"].append({"n_probes": n_probes, "recall10": r, "ms_per_query": per_query})
     return out
+
+
+def recall_at(
+    svc: Any, key: bytes, held: np.ndarray, truth: np.ndarray, k: int, n_probes: int | None
+) -> float:
+    hits = svc.query("t", "r", key, held, top_k=k, n_probes=n_probes)
+    found = [[int(h["id"]) for h in row] for row in hits]
+    return float(np.mean([len(set(f) & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)]))
 
 
 def run(sizes: list[int], queries: int = 1000) -> list[dict[str, Any]]:

@@ -391,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save(report, "bench", latest=True)
+    import charts
+
+    print("\n== charts for the docs (bench/charts.py) ==")
+    charts.make()
     for line in warnings:  # again at the end, where a person looks
         print(line)
     return 0
