@@ -23,6 +23,9 @@ def after(status: int) -> None:
         kinds = c.service.recover(tenant, name, kek)
     except CipherVecError:
         return  # the next request tries again
+    except Exception as exc:  # a store fault, say: this request's answer stands all the same
+        log.warning("could not take up the jobs of an index: %s", type(exc).__name__)
+        return
     for kind in kinds:
         try:
             c.trainer.enqueue(tenant, name, kek, kind=kind)

@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from ciphervec.engine import workers
 from ciphervec.engine.errors import Unauthorized
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.storage import open_store
 from tests.conftest import ROOT_KEY, clustered
+from tests.test_api import app  # noqa: F401 (fixture)
 
 
 def dead_worker() -> str:
@@ -176,3 +179,38 @@ def server_request_ok(server, path, body) -> bool:
     status, out, _ = server.request("POST", path, body, key=ROOT_KEY)
     assert status == 200, out
     return True
+
+
+@pytest.mark.usefixtures("app")
+def test_a_store_fault_while_taking_up_a_job_leaves_the_answer_as_it_was(monkeypatch):
+    """The request's own work is done when recovery runs: a store that fails then (the
+    re-mark's commit) is logged, the answer stands, and the next request tries again."""
+    from ciphervec.engine.ports import StoreError
+    from ciphervec.handlers import request as rq
+    from tests.test_api import KEY, call, create, upsert_b64
+
+    create()
+    upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
+    service = rq.c().service
+    kek = bytes.fromhex(KEY)
+    service.maintenance.worker = dead_worker()
+    service.set_training("default", "idx", kek, "queued")  # what a killed process leaves
+    service.maintenance.worker = workers.this_worker()
+    assert call("POST", "/v1/vectors/num_vectors", {"index_name": "idx", "index_key": KEY})[0] == 200
+    assert service.orphaned_jobs() == []  # taken up by that read (and queued)
+
+    service.maintenance.worker = dead_worker()
+    service.set_training("default", "idx", kek, "queued")
+    service.maintenance.worker = workers.this_worker()
+    put = service.store.put_if_match
+
+    def failing(*args, **kwargs):
+        raise StoreError("injected store fault")
+
+    monkeypatch.setattr(service.store, "put_if_match", failing)
+    status, body, _ = call("POST", "/v1/vectors/num_vectors", {"index_name": "idx", "index_key": KEY})
+    assert status == 200 and body == {"result": 2}
+    assert service.orphaned_jobs() == [("default", "idx", "client", "train")]
+    monkeypatch.setattr(service.store, "put_if_match", put)
+    assert call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[0] == 200
+    assert service.orphaned_jobs() == []
