@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test suite lint typecheck cfn-lint unit unit-strict docs docs-serve install bench bench-deps bench-cost clean deploy-check sam-build build-ApiFunction build-TrainFunction build-IngestFunction
+.PHONY: run test suite checks lint typecheck cfn-lint unit unit-strict docs docs-serve install bench bench-deps bench-cost clean deploy-check sam-build build-ApiFunction build-TrainFunction build-IngestFunction
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -58,7 +58,7 @@ unit: $(STAMP) $(ONNX_MODEL)
 # package, CLI, key stores, throttles, SnapStart, metrics, crypto, sources, the embedding
 # runtimes, LangChain, the README) - the numpy pass runs them.
 STRICT_SKIP = openapi http_server template cli keystore throttle_shared snapstart observability \
-  crypto sources storage embeddings langchain readme load_cli
+  crypto sources storage embeddings langchain readme load_cli sdk_s3 ingest contract training_recovery
 unit-strict: $(STAMP) $(ONNX_MODEL)
 	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) \
 	  $(foreach f,$(STRICT_SKIP),--ignore=tests/test_$(f).py)
@@ -71,10 +71,12 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
-# The two pytest passes and the deployment check run side by side (the check is mostly
-# downloads and packing); each one's output is printed whole when it ends.
-test: lint typecheck cfn-lint docs
-	$(MAKE) --no-print-directory -j2 --output-sync=target suite deploy-check
+# The static checks, the two pytest passes and the deployment check run side by side (the
+# check is mostly downloads and packing); each one's output is printed whole when it ends.
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j3 --output-sync=target checks suite deploy-check
+
+checks: lint typecheck cfn-lint docs
 
 suite: $(STAMP) $(ONNX_MODEL)
 	$(MAKE) --no-print-directory -j1 unit unit-strict
