@@ -50,6 +50,12 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def size_chart(out: Path) -> bool:
     recall = newest("recall")
     if not recall:
@@ -77,9 +83,7 @@ def size_chart(out: Path) -> bool:
         ax.set(xscale="log", xlabel="rows in the index", ylabel="ms per query (SDK over HTTP, k=10)")
         ax.set_title("Single-query latency")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "size.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "size.png")
     return True
 
 
@@ -101,9 +105,7 @@ def nprobes_chart(out: Path) -> bool:
     left.legend(loc="lower right")
     right.set(xscale="log", yscale="log", xlabel="n_probes", ylabel="ms per query (in process, batched)")
     right.set_title("Time per query against n_probes")
-    fig.tight_layout()
-    fig.savefig(out / "nprobes.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "nprobes.png")
     return True
 
 
@@ -133,9 +135,7 @@ def tiers_chart(out: Path) -> bool:
     ax.margins(y=0.12)
     ax.legend(loc="lower right")
     ax.set_title(f"Storage tiers, {tq['n']:,} MiniLM-384 rows")
-    fig.tight_layout()
-    fig.savefig(out / "tiers.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "tiers.png")
     return True
 
 
@@ -154,9 +154,7 @@ def clients_chart(out: Path) -> bool:
     ax.set(xlabel="concurrent SDK clients", ylabel="queries per second", ylim=(0, None))
     ax.set_title(f"Throughput against clients ({conc.get('n', 0):,} rows, one server process)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "clients.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "clients.png")
     return True
 
 
