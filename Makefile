@@ -152,14 +152,24 @@ define lambda_package
 	  "$$(ls "$(ARTIFACTS_DIR)"/.wheel/ciphervec-*.whl)[$(1)]"
 	rm -rf "$(ARTIFACTS_DIR)/.wheel" "$(ARTIFACTS_DIR)/bin"
 endef
-# Dropped first: numpy's own test suites (15 MB; nothing imports them in Lambda) and
-# botocore's models of the ~440 AWS services ciphervec never calls (27 MB): making any client
-# lists every model folder, 44 ms of a cold start's first request with all of them there.
+# Dropped first: numpy's own test suites (15 MB; nothing imports them in Lambda) and its
+# Fortran wrapper generator f2py, type stubs (*.pyi: read by type checkers, never at run
+# time), and botocore's models of the ~440 AWS services ciphervec never calls (27 MB): making
+# any client lists every model folder, 44 ms of a cold start's first request with all of
+# them there. Then the shared libraries that ship with their symbol tables are stripped of
+# them (`strip --strip-unneeded`, as the Serverless Framework's `slim` option does; binutils
+# comes with gcc): pyarrow's, tokenizers', cryptography's and PyStemmer's, 25 MB where all
+# are present. Each function's handler import, loads and embedding in `make deploy-check`
+# run on the stripped libraries.
 BOTOCORE_KEEP = s3 dynamodb kms lambda sqs sts sso sso-oidc
+STRIPPED = pyarrow tokenizers cryptography Stemmer.*.so
 define lambda_bytecode
-	rm -rf "$(ARTIFACTS_DIR)"/numpy/tests "$(ARTIFACTS_DIR)"/numpy/*/tests
+	rm -rf "$(ARTIFACTS_DIR)"/numpy/tests "$(ARTIFACTS_DIR)"/numpy/*/tests "$(ARTIFACTS_DIR)"/numpy/f2py
+	find "$(ARTIFACTS_DIR)" -name '*.pyi' -delete
 	cd "$(ARTIFACTS_DIR)/botocore/data" && for d in */; do \
 	  case " $(BOTOCORE_KEEP) " in *" $${d%/} "*) ;; *) rm -rf "$$d" ;; esac; done
+	cd "$(ARTIFACTS_DIR)" && for p in $(STRIPPED); do [ ! -e "$$p" ] || \
+	  find "$$p" -name '*.so*' -type f -exec strip --strip-unneeded {} + ; done
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
 	$(LAMBDA_PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)" >/dev/null
 endef
@@ -184,14 +194,21 @@ build-ApiFunction:
 	rm -rf "$(ARTIFACTS_DIR)/bin" && cp -r .models "$(ARTIFACTS_DIR)/ciphervec/models"
 	$(call lambda_bytecode)
 
-# IngestFunction: [load] without faiss (a load never searches), and pyarrow without what
-# Parquet reading never loads (Flight, Substrait is needed; S3/GCS/Azure/HDFS filesystems,
-# headers, tests), so the function stays under 250 MB unzipped.
-PYARROW_UNUSED = include tests src libarrow_flight.so* libarrow_python_flight.so* _flight.*.so \
+# IngestFunction: [load] without faiss (a load never searches), pyarrow without what Parquet
+# reading never loads (Flight, ORC, the S3/GCS/Azure/HDFS filesystems, its C++ tests, the
+# Cython sources and headers; libarrow_substrait stays: every pyarrow library links it), and
+# the embedding runtime and model as in ApiFunction: a load of texts into an index with an
+# embedding_model embeds them. The stripped libraries (lambda_bytecode) are what lets the
+# runtime and model in under 250 MB.
+PYARROW_UNUSED = include includes tests src *.pyx *.pxi *.pxd _pyarrow_cpp_tests.* _orc.* _dataset_orc.* \
+  _substrait.*.so libarrow_flight.so* libarrow_python_flight.so* _flight.*.so \
   libarrow_s3.so* _s3fs.*.so _gcsfs.*.so _azurefs.*.so _hdfs.*.so libarrow_python.so \
   libarrow_python.so.*.*.* libarrow_python_parquet_encryption.so libarrow_python_parquet_encryption.so.*.*.*
 
 build-IngestFunction:
 	$(call lambda_package,load)
+	$(LAMBDA_PYTHON) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)" $(LAMBDA_PIP) $(EMBED_RUNTIME)
+	cd "$(ARTIFACTS_DIR)/onnxruntime" && rm -rf $(ORT_UNUSED)
+	rm -rf "$(ARTIFACTS_DIR)/bin" && cp -r .models "$(ARTIFACTS_DIR)/ciphervec/models"
 	cd "$(ARTIFACTS_DIR)/pyarrow" && rm -rf $(PYARROW_UNUSED)
 	$(call lambda_bytecode)

@@ -2,8 +2,8 @@
 (every module compiled for this Python, unchecked-hash: Lambda's code directory is read-only,
 so a module without it is compiled again on every cold start), each handler imports from its
 package with nothing compiled at import, the IngestFunction package (no faiss, trimmed
-pyarrow) loads a Parquet file on Lambda's Python, and the ApiFunction package embeds a
-sentence with the ONNX export it carries.
+pyarrow) loads a Parquet file of vectors and one of texts it embeds on Lambda's Python, and
+the ApiFunction package embeds a sentence with the ONNX export it carries.
 
 Run by `make deploy-check` as ``python3.12 tests/package_check.py .aws-sam/build``.
 """
@@ -37,6 +37,19 @@ target = Target("t", "i", bytes(32))
 job, _ = start(svc, target, f"{d}/a.parquet")
 done = work(svc, target, job.job_id)
 assert done.state == "succeeded" and done.rows_loaded == 500 and done.training_triggered, done.status()
+
+# Texts without vectors into an index with an embedding_model: embedded by the package's own
+# ONNX Runtime and model, as the handler's container wires them.
+from ciphervec.infra.embedding_onnx import OnnxModels
+models = OnnxModels()
+assert [m.name for m in models.available()] == ["all-MiniLM-L6-v2"], models.dirs
+texts = [f"sentence number {i} about a batch load" for i in range(40)]
+pq.write_table(pa.table({"id": [f"s{i}" for i in range(40)], "contents": texts}), f"{d}/t.parquet")
+svc.create_index("t", "e", IndexConfig(dimension=384, embedding_model="all-MiniLM-L6-v2"), kek=bytes(32))
+target = Target("t", "e", bytes(32))
+job, _ = start(svc, target, f"{d}/t.parquet")
+done = work(svc, target, job.job_id, embedder=models)
+assert done.state == "succeeded" and done.rows_loaded == 40, done.status()
 """
 
 
@@ -78,6 +91,8 @@ assert "/ciphervec/models/" in str(models._dir(model_spec("all-MiniLM-L6-v2"))),
 v = models.encode("all-MiniLM-L6-v2", ["ciphervec embeds this sentence inside ApiFunction"])
 assert v.shape == (1, 384) and abs(float((v * v).sum()) - 1.0) < 1e-3, v.shape
 print(f"{(time.perf_counter() - started) * 1000:.0f}")
+import Stemmer  # stripped of its symbol table, as pyarrow's, tokenizers' and cryptography's are
+assert Stemmer.Stemmer("english").stemWords(["running", "indexes"]) == ["run", "index"]
 """
 
 
@@ -169,7 +184,7 @@ def main(build: str) -> int:
     env = {**os.environ, "PYTHONPATH": str(root / "IngestFunction")}
     smoke = subprocess.run([sys.executable, "-c", SMOKE], env=env, cwd="/", check=False)
     print(
-        f"  IngestFunction package loads a Parquet file on Python {sys.version.split()[0]}: "
+        f"  IngestFunction package loads Parquet files (vectors; texts it embeds) on Python {sys.version.split()[0]}: "
         f"{'ok' if smoke.returncode == 0 else 'FAILED'}"
     )
     return 1 if bad or smoke.returncode else 0
