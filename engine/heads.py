@@ -7,20 +7,21 @@ import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from . import crypto, run
 from .errors import IndexNotFound, Unauthorized
 from .keys import KeyRing
-from .manifest import Envelope, HeadBody, RetryPolicy, commit, open_body, parse_envelope
+from .manifest import Envelope, HeadBody, Operation, RetryPolicy, commit, open_body, parse_envelope
 from .model import check_index_name
 from .names import index_root, tenant_root
 from .ports import BlobNotFound, BlobStore
 from .timing import event, stage
 
 Key = tuple[str, str]  # (tenant, index name)
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +48,14 @@ class Head:
     @property
     def metric(self) -> str:
         return str(self.body.config["metric"])
+
+
+@dataclass
+class Committed(Generic[T]):
+    """What a commit returns: the head it wrote, and its operation's outcome."""
+
+    head: Head
+    outcome: T
 
 
 class Heads:
@@ -132,12 +141,11 @@ class Heads:
         assert got is not None
         return parse_envelope(got[0])[0]
 
-    def commit(
-        self, head: Head, mutate: Callable[[Envelope, HeadBody], Any], new_dek: bytes | None = None
-    ) -> Any:
-        """Apply ``mutate`` to the newest head by CAS (``manifest.commit``); returns its outcome.
-        Refused (``KeyRotated``) if the head names another data key than ``head`` did; with
-        ``new_dek`` the new head is sealed under that data key instead."""
+    def commit(self, head: Head, op: Operation[T], new_dek: bytes | None = None) -> Committed[T]:
+        """Apply ``op`` (``transactions``) to the newest head by CAS (``manifest.commit``);
+        returns the head committed and the operation's outcome. Refused (``KeyRotated``) if the
+        head names another data key than ``head`` did; with ``new_dek`` the new head is sealed
+        under that data key instead."""
         key = head.key
         with self._guard:
             lock = self._commit_locks.setdefault(key, threading.Lock())
@@ -152,7 +160,7 @@ class Heads:
                 self.store,
                 head.root + "head",
                 head.cipher,
-                mutate,
+                op,
                 self.retry,
                 head.envelope.uid,
                 known,
@@ -160,8 +168,8 @@ class Heads:
                 reseal=base if new_dek is not None else None,
             )
         cipher = base.with_legacy(body.legacy_keys()) if body.old_keys else base
-        self._held[key] = Head(head.tenant, head.name, head.root, etag, env, body, cipher, dek)
-        return outcome
+        committed = self._held[key] = Head(head.tenant, head.name, head.root, etag, env, body, cipher, dek)
+        return Committed(committed, outcome)
 
     # -- sealed objects ----------------------------------------------------------------
     def read(self, head: Head, name: str) -> bytes:

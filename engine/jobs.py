@@ -63,6 +63,7 @@ class LoadJob:
     error: str | None = None
     index_count: int | None = None
     training_triggered: bool = False
+    rewrite_triggered: bool = False  # an interrupted re-encryption marked again by the commit
     owner: str | None = None
     # sealed: never in the plaintext status
     source: str = ""

@@ -14,29 +14,26 @@ from typing import Any
 
 from . import segment
 from .chunks import Chunk, Reader, checked, guarded
-from .errors import BadSource, CipherVecError, LoadBusy, ValidationFailed
+from .errors import BadSource, CipherVecError, LoadBusy
 from .heads import Head, Heads
 from .jobs import ABANDON_SECONDS, DONE, LEASE_SECONDS, Jobs, LoadJob
-from .manifest import Envelope, HeadBody, SegmentRef
 from .model import value_bound
 from .names import new_id
 from .prefetch import prefetched
 from .segment import Segment
+from .transactions import CommitLoad, JobRules
 
 MAX_REASONS = 10
-KEEP_LOADS = 64  # job ids remembered in the head
 WRITERS = 2  # staged segments being sealed and written at once
-
-QueueTraining = Callable[[Envelope, HeadBody, int], bool]
 
 
 class Loader:
     """Runs load jobs: check, stage, checkpoint, commit once."""
 
-    def __init__(self, heads: Heads, jobs: Jobs, queue_training: QueueTraining) -> None:
+    def __init__(self, heads: Heads, jobs: Jobs, rules: Callable[[], JobRules]) -> None:
         self.heads = heads
         self.jobs = jobs
-        self.queue_training = queue_training
+        self.rules = rules  # what a commit makes due, as of its moment
 
     def submit(self, head: Head, job: LoadJob) -> tuple[LoadJob, bool]:
         """Record a job (queued) unless the same one is recorded; returns it and whether new."""
@@ -192,36 +189,21 @@ class Loader:
         went through before its record said so (a worker lost in between) is recognised by
         its id among the head's recent loads, by its segment names in the head, or by its
         staged objects being gone (merged, retired and swept after that commit)."""
-        staged = [(str(name), int(rows)) for name, rows in job.staged]
-        dimension = int(head.body.config.get("dimension") or 0) or job.dimension
+        staged = tuple((str(name), int(rows)) for name, rows in job.staged)
+        dimension = int(head.body.config.get("dimension") or 0) or job.dimension or 0
         present = set(self._staged_objects(head, job.job_id))
         done_before = bool(staged) and not all(name in present for name, _ in staged)
-
-        def mutate(env: Envelope, body: HeadBody) -> tuple[bool, bool, int]:
-            named = {s.name for s in body.segments} | {r["name"] for r in body.retired}
-            if done_before or job.job_id in body.loads or any(name in named for name, _ in staged):
-                return False, False, _estimate(body)
-            known = int(body.config.get("dimension") or 0)
-            if staged and known and dimension and known != dimension:
-                raise ValidationFailed(f"the index dimension changed to {known} during the load")
-            if staged and not known and dimension:
-                body.config["dimension"] = dimension
-            for name, rows in staged:
-                body.segments.append(SegmentRef(name, body.next_seq, "upsert", rows))
-                body.next_seq += 1
-            body.loads = [*body.loads, job.job_id][-KEEP_LOADS:]
-            count = _estimate(body)
-            return True, bool(staged) and self.queue_training(env, body, count), count
-
+        op = CommitLoad(job.job_id, staged, dimension, done_before, self.rules())
         try:
-            _, triggered, count = self.heads.commit(head, mutate)
+            done = self.heads.commit(head, op).outcome
         except CipherVecError as exc:
             if exc.status >= 500:
                 raise  # contention and faults: the job stays resumable
             return self.fail(head, job, exc.detail)
         job.state, job.finished, job.owner = "succeeded", self.jobs.clock(), None
         job.rows_loaded = sum(rows for _, rows in staged)
-        job.index_count, job.training_triggered = count, bool(triggered)
+        job.index_count, job.training_triggered = done.count, done.due.training
+        job.rewrite_triggered = done.due.rewrite
         job.seconds = counted + time.perf_counter() - t0
         self.jobs.save(head.tenant, job, head)
         return job
@@ -233,9 +215,3 @@ class Loader:
 
 def _ready(future: Future[Any] | None) -> bool:
     return future is None or future.done()
-
-
-def _estimate(body: HeadBody) -> int:
-    """Rows the index holds, from its head alone: rows written since the last merge or training
-    that overwrite an id are counted twice, deletes not subtracted (an upper bound)."""
-    return sum(s.rows for s in body.segments if s.kind != "delete")

@@ -12,20 +12,20 @@ import numpy as np
 from . import kmeans, run, segment, turboquant, workers
 from .ann import sq_ranges
 from .cache import StateCache
-from .errors import CipherVecError, Contention, InvalidRequest, TrainingFailed
+from .errors import CipherVecError, InvalidRequest, TrainingFailed
 from .heads import Head, Heads
 from .kernels import normalize
-from .manifest import Centroids, Envelope, HeadBody, SegmentRef
+from .manifest import Centroids, Envelope, SegmentRef
 from .model import TrainResult
 from .names import born, new_id
 from .parts import Layout
 from .segment import Segment
 from .state import Builder
 from .timing import event
+from .transactions import Compact, DropRetired, MergeTail, SetTraining, training_active
 from .turboquant import SQ_TIERS
 from .writes import Writer
 
-TRAINING_STALE_SECONDS = 3600.0
 SMALL_SEGMENT_ROWS = 8192
 
 
@@ -59,20 +59,8 @@ class Maintenance:
 
     # -- training marks --------------------------------------------------------------------
     def training_active(self, env: Envelope) -> bool:
-        """A training is marked and someone may still be doing it: not stale, not past the
-        deadline its worker gave (a Lambda invocation's end: timed out or crashed), and not
-        marked by a process of this host that has died since (a crashed server's queue)."""
-        return workers.holds(env.training, self.clock(), TRAINING_STALE_SECONDS)
-
-    def maybe_queue_training(self, env: Envelope, body: HeadBody, count: int) -> bool:
-        """Mark the head ``queued`` when ``count`` rows call for a (re)training."""
-        if count <= self.train_threshold or self.training_active(env):
-            return False
-        cent = body.centroids
-        if cent is not None and kmeans.auto_n_lists(count) <= cent.n_lists:
-            return False
-        env.training = workers.mark(self.worker, self.clock(), state="queued", count=count)
-        return True
+        """A training is marked and someone may still be doing it (``transactions``)."""
+        return training_active(env, self.clock())
 
     def merge_due(self, head: Head | None) -> bool:
         return head is not None and len(merge_run(head.body.segments)) >= self.merge_at
@@ -84,11 +72,7 @@ class Maintenance:
         ``until``: when the worker will have stopped for sure (a Lambda invocation's deadline)."""
         head = self.heads.open(tenant, name, kek)
         new = workers.mark(self.worker, self.clock(), until, state=state) if state else None
-
-        def mark(env: Envelope, body: HeadBody) -> None:
-            env.training = dict(new) if new else None
-
-        self.heads.commit(head, mark)
+        self.heads.commit(head, SetTraining(new))
 
     # -- training --------------------------------------------------------------------------
     def train(
@@ -158,34 +142,14 @@ class Maintenance:
             raise
         written = [cent_name, snap_name]
         now = self.clock()
-
-        def swap(env: Envelope, body: HeadBody) -> None:
-            older = [s for s in body.segments if s.seq <= seq]
-            if [s.name for s in older] != applied:
-                raise Contention("the index was compacted concurrently; train again")
-            body.retire([s.name for s in older] + ([body.centroids.name] if body.centroids else []), now)
-            body.segments = [SegmentRef(snap_name, seq, "run", len(rows))] + [
-                s for s in body.segments if s.seq > seq
-            ]
-            body.centroids = Centroids(
-                cent_name,
-                lists,
-                probes,
-                len(rows),
-                now,
-                round(recall, 4),
-                auto_n_probes_100=max(probes, probes_100),
-            )
-            body.prune_old_keys()
-            env.training = None
-
+        cent = Centroids(cent_name, lists, probes, len(rows), now, round(recall, 4))
+        cent.auto_n_probes_100 = max(probes, probes_100)
         try:
-            self.heads.commit(head, swap)
+            committed = self.heads.commit(head, Compact(tuple(applied), seq, snap_name, len(rows), cent)).head
         except BaseException:
             self.heads.delete_all(head, written)
             raise
-        committed = self.heads.held(head.key)
-        if committed is not None and committed.body.segments and committed.body.segments[0].name == snap_name:
+        if committed.body.segments and committed.body.segments[0].name == snap_name:
 
             def trained() -> Builder:  # the run's content, instead of reading it back
                 fresh = Builder(layout)
@@ -232,27 +196,13 @@ class Maintenance:
             raise
         tail_names = [r.name for r in tail]
         last_seq = tail[-1].seq
-        now = self.clock()
-
-        def swap(env: Envelope, body: HeadBody) -> None:
-            names = [s.name for s in body.segments]
-            if names[: len(base) + len(tail_names)] != base + tail_names or (
-                (body.centroids.name if body.centroids else None) != (cent.name if cent else None)
-            ):
-                raise Contention("the index was compacted concurrently")
-            body.retire(tail_names, now)
-            body.segments = (
-                body.segments[: len(base)]
-                + [
-                    SegmentRef(obj, last_seq, "run" if obj.startswith("run/") else seg.kind, len(seg))
-                    for obj, seg in merged
-                ]
-                + body.segments[len(base) + len(tail_names) :]
-            )
-            body.prune_old_keys()
-
+        refs_merged = tuple(
+            SegmentRef(obj, last_seq, "run" if obj.startswith("run/") else seg.kind, len(seg))
+            for obj, seg in merged
+        )
+        op = MergeTail(tuple(base), tuple(tail_names), cent.name if cent else None, refs_merged, self.clock())
         try:
-            self.heads.commit(head, swap)
+            self.heads.commit(head, op)
         except BaseException:
             self.heads.delete_all(head, [obj for obj, _ in merged])
             raise
@@ -318,12 +268,7 @@ class Maintenance:
             named = {s.name for s in fresh.segments} | {r["name"] for r in fresh.retired}
             orphans = [o for o in orphans if o not in named]
         if due:
-
-            def drop(env: Envelope, body: HeadBody) -> None:
-                body.retired = [r for r in body.retired if r["name"] not in due]
-                body.prune_old_keys()
-
-            self.heads.commit(head, drop)
+            self.heads.commit(head, DropRetired(frozenset(due)))
         self.heads.delete_all(head, due + orphans)
         return len(due) + len(orphans)
 

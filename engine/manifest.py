@@ -11,8 +11,9 @@ Head layout::
     8+E ..  body: the JSON of ``HeadBody`` sealed by ``IndexCipher`` under the object name
             "head@<uid>@<generation>", so a body cannot be paired with another envelope.
 
-Commit protocol (DESIGN.md §4): write immutable objects with ``put_if_absent`` first,
-then read the head with its tag, apply the change, write it back with
+Commit protocol (the design card's storage section): write immutable objects with
+``put_if_absent`` first, then read the head with its tag, apply a typed operation
+(``transactions``) to it, write it back with
 ``put_if_match``; on ``StoreConflict`` re-read and retry with jittered backoff; after a
 bounded number of tries raise ``Contention`` (503). Acknowledge only after success.
 """
@@ -27,13 +28,14 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .crypto import IndexCipher
 from .errors import Contention, CorruptObject, IndexNotFound, KeyRotated
 from .ports import BlobNotFound, BlobStore, StoreConflict
 from .timing import stage
 
+T = TypeVar("T")
 MAGIC = b"CVH1"
 VERSION = 1
 
@@ -265,26 +267,33 @@ class RetryPolicy:
         self.sleep(random.uniform(0, cap))
 
 
-Mutation = Callable[[Envelope, HeadBody], Any]
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Operation(Protocol[T_co]):
+    """A typed change to a head (``engine/transactions.py``): ``apply`` edits the envelope and
+    body in place and returns its outcome, or raises to refuse (nothing is written)."""
+
+    def apply(self, env: Envelope, body: HeadBody) -> T_co: ...
 
 
 def commit(
     store: BlobStore,
     head_key: str,
     cipher: IndexCipher,
-    mutate: Mutation,
+    op: Operation[T],
     retry: RetryPolicy,
     expected_uid: str,
     known: tuple[Envelope, HeadBody, str] | None = None,
     *,
     expected_dek: str | None = None,
     reseal: IndexCipher | None = None,
-) -> tuple[Envelope, HeadBody, Any, str]:
-    """Apply ``mutate`` to the current head and CAS it back; retry on lost races.
+) -> tuple[Envelope, HeadBody, T, str]:
+    """Apply ``op`` to the current head and CAS it back; retry on lost races.
 
-    ``mutate`` edits the envelope/body in place and returns a value passed back to the
+    ``op.apply`` edits the envelope/body in place and returns a value passed back to the
     caller; it may raise to abort (nothing is written). It runs once per attempt, on a
-    freshly read head, so it must derive everything from what it is given.
+    freshly read head; an operation is a frozen value, so each attempt applies the same change.
 
     ``known``: a head this process already holds (envelope, body, tag). The first attempt
     works on a copy of it instead of reading the head again; the compare-and-swap on its
@@ -318,7 +327,7 @@ def commit(
             body = open_body(envelope, sealed, cipher)
         if envelope.deleting:
             raise IndexNotFound("index is being deleted")
-        outcome = mutate(envelope, body)
+        outcome = op.apply(envelope, body)
         envelope.generation += 1
         try:
             with stage("crypto"):

@@ -25,7 +25,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from . import crypto, run, workers
 from .cache import StateCache
@@ -34,13 +33,10 @@ from .heads import Head, Heads
 from .jobs import Jobs
 from .keys import KeyRing
 from .lazy import READERS
-from .manifest import Envelope, HeadBody
+from .manifest import Envelope
 from .names import new_id
 from .timing import event
-
-REWRITE_STALE_SECONDS = 3600.0
-# A rotation's mark holds this long for the job it queues to start and claim it.
-REWRITE_START_SECONDS = 960.0
+from .transactions import REWRITE_START_SECONDS, Rekey, SetRewrite, SwapRewritten, rewrite_active
 
 
 class Rekeyer:
@@ -67,36 +63,14 @@ class Rekeyer:
 
     # -- the mark ----------------------------------------------------------------------
     def active(self, env: Envelope) -> bool:
-        """A rewrite is marked and someone may still be doing it (as ``training_active``)."""
-        return workers.holds(env.rewrite, self.clock(), REWRITE_STALE_SECONDS)
-
-    def due(self, env: Envelope, body: HeadBody) -> bool:
-        """Nobody is at it, and objects wait for a rewrite, or objects under an old key wait
-        past the grace period for the sweep that frees the key."""
-        if not body.old_keys or self.active(env):
-            return False
-        now = self.clock()
-        return bool(body.stale_objects()) or any(
-            r.get("key") and now - r["at"] >= self.retire_grace for r in body.retired
-        )
-
-    def maybe_mark(self, env: Envelope, body: HeadBody) -> bool:
-        """Mark a rewrite (and its sweep) as started when one is ``due`` (a writer's commit
-        calls this: the caller then queues the job)."""
-        if not self.due(env, body):
-            return False
-        env.rewrite = workers.mark(self.worker, self.clock())
-        return True
+        """A rewrite is marked and someone may still be doing it (``transactions``)."""
+        return rewrite_active(env, self.clock())
 
     def unmark(self, tenant: str, name: str, kek: bytes | None) -> None:
         """Take a rewrite's mark back (its job failed or could not be queued), so that the
         next write queues it again; quietly, if even that fails."""
         with contextlib.suppress(CipherVecError):
-
-            def clear(env: Envelope, body: HeadBody) -> None:
-                env.rewrite = None
-
-            self.heads.commit(self.heads.open(tenant, name, kek), clear)
+            self.heads.commit(self.heads.open(tenant, name, kek), SetRewrite(None))
 
     def sweep_delay(self, tenant: str, name: str, kek: bytes | None) -> float | None:
         """Seconds until the objects still under an old key may be swept (None: none left)."""
@@ -114,22 +88,17 @@ class Rekeyer:
         key of the body that every live object is tagged with. Returns the new key mode."""
         new_dek = crypto.new_data_key()
         fresh = self.keys.envelope(head.tenant, head.name, new_dek, new_kek, new_kms_name)
-        old_kid, new_id_ = new_id(), new_id()
-        old = base64.b64encode(head.dek).decode()
         now = self.clock()
-
-        def rekey(env: Envelope, body: HeadBody) -> None:
-            env.key_mode, env.wrapped_dek, env.kms_name = fresh.key_mode, fresh.wrapped_dek, fresh.kms_name
-            env.dek_id = new_id_
-            env.training = None  # a training under the old data key can no longer commit
-            env.rewrite = workers.mark(self.worker, now, now + REWRITE_START_SECONDS)
-            body.old_keys[old_kid] = old
-            body.segments = [s if s.key else replace(s, key=old_kid) for s in body.segments]
-            if body.centroids is not None and not body.centroids.key:
-                body.centroids = replace(body.centroids, key=old_kid)
-            body.retired = [r if r.get("key") else {**r, "key": old_kid} for r in body.retired]
-
-        self.heads.commit(head, rekey, new_dek=new_dek)
+        op = Rekey(
+            fresh.key_mode,
+            fresh.wrapped_dek,
+            fresh.kms_name,
+            dek_id=new_id(),
+            old_kid=new_id(),
+            old_dek=base64.b64encode(head.dek).decode(),
+            rewrite_mark=workers.mark(self.worker, now, now + REWRITE_START_SECONDS),
+        )
+        self.heads.commit(head, op, new_dek=new_dek)
         event("key_rotations")
         return fresh.key_mode
 
@@ -142,12 +111,7 @@ class Rekeyer:
         back, so that the next write queues it again."""
         head = self.heads.open(tenant, name, kek)
         if head.body.stale_objects():
-            mark = workers.mark(self.worker, self.clock(), until)
-
-            def claim(env: Envelope, body: HeadBody) -> None:
-                env.rewrite = dict(mark)
-
-            self.heads.commit(head, claim)
+            self.heads.commit(head, SetRewrite(workers.mark(self.worker, self.clock(), until)))
         old = [base64.b64decode(dek) for dek in head.body.old_keys.values()]
         try:
             rewritten = self._rewrite(head)
@@ -172,30 +136,8 @@ class Rekeyer:
         except BaseException:
             self.heads.delete_all(head, written)
             raise
-        now = self.clock()
-
-        def swap(env: Envelope, body: HeadBody) -> list[str]:
-            # the copied objects the head still names under an old key (a merge or training
-            # under the new key may have replaced some meanwhile)
-            done = [s.name for s in body.segments if s.key and s.name in copies]
-            cent = body.centroids
-            if cent is not None and cent.key and cent.name in copies:
-                done.append(cent.name)
-            body.retire(done, now)
-            moved = set(done)
-            body.segments = [
-                replace(s, name=copies[s.name], key=None) if s.name in moved else s for s in body.segments
-            ]
-            if cent is not None and cent.name in moved:
-                body.centroids = replace(cent, name=copies[cent.name], key=None)
-            body.renamed.update((old, copies[old]) for old in done)
-            body.prune_old_keys()
-            if not body.stale_objects():
-                env.rewrite = None
-            return done
-
         try:
-            done = self.heads.commit(head, swap)
+            done = self.heads.commit(head, SwapRewritten(copies, self.clock())).outcome
         except BaseException:
             self.heads.delete_all(head, written)
             raise

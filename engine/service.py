@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import crypto, workers
+from . import crypto
 from . import policy as field_policy
 from .backend import Backend, select
 from .cache import StateCache
@@ -33,7 +33,7 @@ from .jobs import Jobs
 from .keys import KeyRing
 from .loads import Loader
 from .maintenance import Maintenance
-from .manifest import Envelope, HeadBody, RetryPolicy, seal_head
+from .manifest import HeadBody, RetryPolicy, seal_head
 from .model import MAX_VALUE, IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name, value_bound
 from .names import unescape
 from .ports import BlobStore, KeyWrapper, StoreConflict
@@ -42,6 +42,7 @@ from .rekey import Rekeyer
 from .segment import Segment
 from .text import TextConfig
 from .timing import event, stage
+from .transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, check_dimension
 from .writes import Writer
 
 
@@ -111,7 +112,7 @@ class IndexService:
             merge_at=merge_at,
             clock=clock,
         )
-        self.loader = Loader(self.heads, Jobs(self.heads, clock), self.maintenance.maybe_queue_training)
+        self.loader = Loader(self.heads, Jobs(self.heads, clock), self.rules)
         self.maintenance.keeps_staged = self.loader.jobs.keeps
         self.rekeyer = Rekeyer(
             self.heads,
@@ -213,11 +214,7 @@ class IndexService:
                 )
             return self.rekeyer.rotate(head, new_kek, new_kms_name)
         fresh = self.keys.envelope(tenant, name, head.dek, new_kek, new_kms_name)
-
-        def rewrap(env: Envelope, body: HeadBody) -> None:
-            env.key_mode, env.wrapped_dek, env.kms_name = fresh.key_mode, fresh.wrapped_dek, fresh.kms_name
-
-        self.heads.commit(head, rewrap)
+        self.heads.commit(head, Rewrap(fresh.key_mode, fresh.wrapped_dek, fresh.kms_name))
         return fresh.key_mode
 
     def embedding_model(self, tenant: str, name: str, kek: bytes | None) -> str | None:
@@ -230,11 +227,7 @@ class IndexService:
         for everyone and that the next delete finishes."""
         head = self.heads.open(tenant, name, kek, deleting=True)
         if not head.envelope.deleting:
-
-            def mark(env: Envelope, body: HeadBody) -> None:
-                env.deleting = True
-
-            self.heads.commit(head, mark)
+            self.heads.commit(head, MarkDeleting())
         self.heads.forget(head.key)
         for key in list(self.store.list(head.root)):
             if key != head.root + "head":
@@ -263,6 +256,7 @@ class IndexService:
         re-encryption (kind ``train`` / ``reencrypt``) nobody is doing any more (its process
         died, or the mark went stale): to be queued again."""
         out: list[tuple[str, str, str, str]] = []
+        rules = self.rules()
         for key in self.store.list(self.heads.prefix):
             parts = key[len(self.heads.prefix) :].split("/")
             if len(parts) != 3 or parts[2] != "head":
@@ -272,19 +266,13 @@ class IndexService:
                 env = self.heads.envelope(tenant, name)
             except CipherVecError:
                 continue
-            out.extend((tenant, name, env.key_mode, kind) for kind in self._orphans(env))
+            out.extend((tenant, name, env.key_mode, kind) for kind in rules.orphans(env))
         return out
 
-    def _orphans(self, env: Envelope, body: HeadBody | None = None) -> list[str]:
-        """The jobs ``env`` marks that nobody is doing any more (``train``, ``reencrypt``);
-        with ``body``, also a re-encryption that is due and unmarked (its mark was given back)."""
-        kinds = []
-        if env.training and not self.maintenance.training_active(env):
-            kinds.append("train")
-        orphaned = bool(env.rewrite) and not self.rekeyer.active(env)
-        if orphaned or (body is not None and self.rekeyer.due(env, body)):
-            kinds.append("reencrypt")
-        return kinds
+    def rules(self) -> JobRules:
+        """What makes a training or a re-encryption due, as of now, and who marks it."""
+        m, r = self.maintenance, self.rekeyer
+        return JobRules(m.clock(), m.worker, r.worker, m.train_threshold, r.retire_grace)
 
     def recover(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
         """Take up the jobs of this index that a process which died had marked: each is
@@ -292,21 +280,11 @@ class IndexService:
         to queue. Any request that proves the key calls it, so a client-key index whose
         writes are done still gets its training. Free when the held head marks nothing."""
         held = self.heads.held((tenant, name))
-        if held is None or not self._orphans(held.envelope, held.body):
+        rules = self.rules()
+        if held is None or not rules.orphans(held.envelope, held.body):
             return []
         head = self.heads.open(tenant, name, kek)  # proves the key, whatever the caller did
-
-        def take(env: Envelope, body: HeadBody) -> list[str]:
-            kinds = self._orphans(env, body)  # decided again on the head each attempt reads
-            now = self.maintenance.clock()
-            if "train" in kinds:
-                extra = {k: v for k, v in (env.training or {}).items() if k == "count"}
-                env.training = workers.mark(self.maintenance.worker, now, state="queued", **extra)
-            if "reencrypt" in kinds:
-                env.rewrite = workers.mark(self.rekeyer.worker, now)
-            return kinds
-
-        taken: list[str] = self.heads.commit(head, take)
+        taken = self.heads.commit(head, TakeOrphans(rules)).outcome
         if taken:
             event("jobs_recovered", len(taken))
         return taken
@@ -337,7 +315,7 @@ class IndexService:
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
         head = self.heads.open(tenant, name, kek)
         snap = self.cache.snapshot(head, full=False)
-        _check_dimension(int(head.body.config["dimension"]), batch.dimension)
+        check_dimension(int(head.body.config["dimension"]), batch.dimension)
         bound = value_bound(head.precision)
         if bound < MAX_VALUE and float(np.abs(batch.vectors).max(initial=0)) > bound:
             raise ValidationFailed(
@@ -347,32 +325,19 @@ class IndexService:
         # A partial state counts its unloaded lists whole (an estimate either way).
         estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
         seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
-
-        def mutate(env: Envelope, body: HeadBody, seq: int) -> tuple[bool, bool]:
-            _check_dimension(int(body.config["dimension"]), batch.dimension)
-            body.config["dimension"] = batch.dimension
-            # (a training to queue, an interrupted re-encryption to queue again)
-            return self.maintenance.maybe_queue_training(env, body, estimate), self.rekeyer.maybe_mark(
-                env, body
-            )
-
-        triggered, rewrite = self.writer.segment(head, seg, mutate)
+        rules = self.rules()
+        done = self.writer.segment(head, seg, dimension=batch.dimension, estimate=estimate, rules=rules)
         event("rows_written", len(batch.ids))
-        merge_due = self.maintenance.merge_due(self.heads.held((tenant, name)))
-        return UpsertResult(len(batch.ids), estimate, triggered, self.train_threshold, merge_due, rewrite)
+        due = done.outcome  # (a training to queue, an interrupted re-encryption to queue again)
+        merge_due = self.maintenance.merge_due(done.head)
+        n = len(batch.ids)
+        return UpsertResult(n, estimate, due.training, self.train_threshold, merge_due, due.rewrite)
 
     def delete_vectors(self, tenant: str, name: str, kek: bytes | None, ids: list[str]) -> int:
         if any(not isinstance(i, str) for i in ids):
             raise ValidationFailed("ids must be strings", ("body", "ids"))
         head = self.heads.open(tenant, name, kek)
         if ids:
-            self.writer.segment(head, Segment("delete", list(ids)), lambda env, body, seq: None)
+            self.writer.segment(head, Segment("delete", list(ids)))
             event("rows_deleted", len(ids))
         return len(ids)
-
-
-def _check_dimension(known: int, given: int) -> None:
-    if known and known != given:
-        raise ValidationFailed(
-            f"vector dimension {given} does not match the index dimension {known}", ("body", "vectors")
-        )

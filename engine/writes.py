@@ -3,21 +3,19 @@ head by compare-and-swap, and adopted by this container's cache without a read-b
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
 from . import run, segment
 from .cache import StateCache
-from .heads import Head, Heads
+from .heads import Committed, Head, Heads
 from .kernels import unit_norm
 from .lazy import READERS
-from .manifest import Envelope, HeadBody, SegmentRef
 from .names import new_id
 from .segment import Segment
 from .timing import stage
+from .transactions import Append, Due, JobRules
 
 
 class Writer:
@@ -27,33 +25,32 @@ class Writer:
         self.heads = heads
         self.cache = cache
 
-    def segment(self, head: Head, seg: Segment, mutate: Callable[[Envelope, HeadBody, int], Any]) -> Any:
-        """Write ``seg`` immutably, then commit it to the head (``mutate`` sees the head and
-        the segment's sequence number); clean up if the commit fails. Returns ``mutate``'s
-        outcome, once the write is acknowledged."""
+    def segment(
+        self,
+        head: Head,
+        seg: Segment,
+        *,
+        dimension: int | None = None,
+        estimate: int = 0,
+        rules: JobRules | None = None,
+    ) -> Committed[Due]:
+        """Write ``seg`` immutably, then commit it to the head (``transactions.Append``: an
+        upsert's ``dimension`` checked, and with ``rules`` what the index's ``estimate`` rows
+        make due marked); clean up if the commit fails. Returns the commit, once acknowledged."""
         name = f"seg/{new_id()}"
         precision = head.precision
         self.heads.write(head, name, segment.encode(seg, precision))
-
-        def add(env: Envelope, body: HeadBody) -> Any:
-            seq = body.next_seq
-            outcome = mutate(env, body, seq)
-            body.next_seq += 1
-            body.segments.append(SegmentRef(name, seq, seg.kind, len(seg)))
-            return outcome
-
+        op = Append(name, seg.kind, len(seg), dimension, estimate, rules)
         try:
-            outcome = self.heads.commit(head, add)
+            done = self.heads.commit(head, op)
         except BaseException:
             self.heads.store.delete(head.root + name)
             raise
-        committed = self.heads.held(head.key)
-        if committed is not None:
-            if precision != "float32" and seg.vectors is not None:  # as a reader would decode it
-                stored = segment.as_stored(seg.vectors, precision)
-                seg = Segment(seg.kind, seg.ids, stored, seg.metadata, seg.contents)
-            self.cache.adopt(committed, name, seg)
-        return outcome
+        if precision != "float32" and seg.vectors is not None:  # as a reader would decode it
+            stored = segment.as_stored(seg.vectors, precision)
+            seg = Segment(seg.kind, seg.ids, stored, seg.metadata, seg.contents)
+        self.cache.adopt(done.head, name, seg)
+        return done
 
     def run(self, head: Head, name: str, rows: Segment, labels: np.ndarray, n_lists: int) -> None:
         """Write ``rows`` as run ``name``: one object per non-empty list (in parallel), then

@@ -124,6 +124,8 @@ def work(
             trainer.enqueue(target.tenant, target.index_name, target.kek)
         elif service.maintenance.merge_due(service.heads.held((target.tenant, target.index_name))):
             trainer.enqueue(target.tenant, target.index_name, target.kek, kind="merge")
+        if done.rewrite_triggered:  # an interrupted re-encryption, marked again by the commit
+            trainer.enqueue(target.tenant, target.index_name, target.kek, kind="reencrypt")
     return done
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ciphervec.engine.errors import IndexBusy, LoadBusy, LostLease
-from ciphervec.engine.model import IndexConfig
+from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.loading import Target, start, work
 from ciphervec.infra.storage.memory import MemoryStore
@@ -578,3 +578,28 @@ def test_a_bad_row_among_texts_is_refused_for_what_it_is(service, kek, tmp_path,
     reasons = {r["row"]: r["reason"] for r in done.reasons}
     assert "id is not a non-empty string" in reasons[1] and "neither a vector nor contents" in reasons[2]
     assert 0 not in reasons and not any("embedding_model" in why for why in reasons.values())
+
+
+def test_a_load_after_an_interrupted_reencryption_queues_the_rewrite_again(store, kek, tmp_path):
+    """A rotation with reencrypt whose rewrite never ran (its mark given back, as after a
+    failed job): the next batch load's commit marks it again and queues it, as an upsert
+    would, and the in-process worker rewrites every object under the new data key."""
+    from ciphervec.infra.training import LocalTrainer
+
+    service = IndexService(store, train_threshold=10**9)
+    service.create_index("t", "docs", IndexConfig(dimension=D), kek=kek)
+    service.upsert("t", "docs", kek, RowBatch(["a"], clustered(1, D, seed=1)))
+    new = bytes(range(5, 37))
+    service.rotate_key("t", "docs", kek, new, None, reencrypt=True)
+    service.rekeyer.unmark("t", "docs", new)  # the rewrite's job failed and gave its mark back
+    assert service.heads.open("t", "docs", new).body.stale_objects() == 1
+    target = Target("t", "docs", new)
+    path = write_parquet(tmp_path / "r.parquet", ["b", "c"], clustered(2, D, seed=2))
+    job, _ = start(service, target, str(path))
+    done = work(service, target, job.job_id, trainer=LocalTrainer(service))
+    assert done.state == "succeeded" and done.rewrite_triggered
+    deadline = time.time() + 10
+    while service.heads.open("t", "docs", new).body.stale_objects() and time.time() < deadline:
+        time.sleep(0.05)
+    assert service.heads.open("t", "docs", new).body.stale_objects() == 0
+    assert sorted(service.list_ids("t", "docs", new)) == ["a", "b", "c"]

@@ -11,6 +11,7 @@ from ciphervec.engine import crypto
 from ciphervec.engine.errors import KeyRotated, Unauthorized
 from ciphervec.engine.manifest import parse_envelope
 from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.engine.transactions import SetRewrite
 from ciphervec.infra.kms import LocalKeyWrapper
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.test_api import KEY, app, call, count, create, upsert_b64  # noqa: F401 (app: fixture)
@@ -186,7 +187,7 @@ def test_a_write_prepared_under_the_old_data_key_is_refused(tmp_path):
 
     seg = Segment("upsert", ["late"], np.ones((1, DIM), np.float32))
     with pytest.raises(KeyRotated):
-        svc.writer.segment(head, seg, lambda env, body, seq: None)
+        svc.writer.segment(head, seg)
     assert set(store.list("t/i/")) == keys
     assert "late" not in fresh(store, key_wrapper=wrapper).list_ids("t", "i", NEW)
 
@@ -198,12 +199,9 @@ def test_an_interrupted_rewrite_is_marked_again_by_the_next_write(tmp_path):
     before = contents(svc, NEW)
 
     # the rewrite's process died: its mark names a worker that is gone
-    def dead(env, body):
-        env.rewrite = {"since": env.rewrite["since"], "worker": "nohost:1:1"}
-
     head = svc.heads.open("t", "i", NEW)
-    svc.heads.commit(head, dead)
-    svc.rekeyer.clock = lambda: 1e12  # ... or the mark went stale
+    svc.heads.commit(head, SetRewrite({"since": head.envelope.rewrite["since"], "worker": "nohost:1:1"}))
+    svc.rekeyer.clock = svc.maintenance.clock = lambda: 1e12  # ... or the mark went stale
     assert svc.orphaned_jobs() == [("t", "i", "client", "reencrypt")]
     with pytest.raises(Unauthorized):
         svc.recover("t", "i", OLD)  # only the key that opens the index takes it up
@@ -212,7 +210,7 @@ def test_an_interrupted_rewrite_is_marked_again_by_the_next_write(tmp_path):
     assert result.rewrite_due
     assert not svc.upsert("t", "i", NEW, rows(1, 9001)).rewrite_due  # marked once
     assert svc.recover("t", "i", NEW) == []  # ... by reads too
-    svc.rekeyer.clock = time.time
+    svc.rekeyer.clock = svc.maintenance.clock = time.time
     svc.rewrite("t", "i", NEW)
     after = contents(fresh(store, key_wrapper=wrapper), NEW)
     assert {k: v for k, v in after.items() if k in before} == before
