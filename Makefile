@@ -40,12 +40,14 @@ install: $(STAMP) $(ONNX_MODEL)
 run: $(STAMP) $(ONNX_MODEL)
 	$(BIN)/ciphervec serve --host $(HOST) --port $(PORT)
 
+# ruff, then the allowed import directions (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
-	$(BIN)/mypy engine
+	$(BIN)/mypy engine handlers infra
 
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml

@@ -77,7 +77,7 @@ def _call(
         if found is None:
             return _unrouted(request, origins)
         entry, params = found
-        return entry.fn(**params)  # type: ignore[no-any-return]
+        return entry.fn(**params)
     except CipherVecError as exc:
         return on_engine_error(exc)
     except PydanticValidationError as exc:
@@ -137,7 +137,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         status, body = 413, to_json({"status_code": 413, "detail": detail}).decode()
         response.headers["Content-Type"] = "application/json"
     encoded = isinstance(body, bytes)
-    if encoded:
+    if isinstance(body, bytes):
         body = base64.b64encode(body).decode()
     headers = response.headers
     if settings.cors_origins:
@@ -150,7 +150,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     route = found[0].template if found is not None else "other"
     timing.count(request_bytes=request_bytes, response_bytes=len(body))
     c.metrics.observe(route, request.method, status, elapsed / 1000, stages)
-    if logger.isEnabledFor(logging.INFO):
+    if logger.log_level <= logging.INFO:
         spent = {name: round(stages[name] * 1000, 2) for name in timing.STAGES if name in stages}
         logger.info(
             "request",

@@ -101,7 +101,7 @@ def end() -> None:
 
 def current() -> Request:
     """The request this thread is serving."""
-    return _local.request  # type: ignore[no-any-return]
+    return _local.request
 
 
 def c() -> Container:

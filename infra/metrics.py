@@ -55,10 +55,11 @@ class _Requests:
             family = HistogramMetricFamily(name, doc, labels=labels)
             for key, counts in sorted(histograms.items()):
                 cumulative, buckets = 0.0, []
-                for bound, n in zip([*map(str, BUCKETS), "+Inf"], counts[:-1], strict=True):
-                    cumulative += n
+                for bound, observed in zip([*map(str, BUCKETS), "+Inf"], counts[:-1], strict=True):
+                    cumulative += observed
                     buckets.append((bound, cumulative))
-                family.add_metric(list(key) if isinstance(key, tuple) else [key], buckets, counts[-1])
+                values = [str(k) for k in key] if isinstance(key, tuple) else [str(key)]
+                family.add_metric(values, buckets, counts[-1])
             yield family
 
 

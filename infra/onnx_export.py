@@ -43,7 +43,7 @@ def export(spec: ModelSpec, source: Path, target: Path) -> None:
             super().__init__()
             self.encoder = encoder
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids, attention_mask, token_type_ids):
             hidden = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
@@ -70,7 +70,7 @@ def export(spec: ModelSpec, source: Path, target: Path) -> None:
             dynamo=False,
         )
         options = dict(QUANTIZATION, weight_type=getattr(QuantType, str(QUANTIZATION["weight_type"])))
-        quantize_dynamic(str(fp32), str(partial / MODEL_FILE), **options)  # type: ignore[arg-type]
+        quantize_dynamic(str(fp32), str(partial / MODEL_FILE), **options)
     shutil.copy(source / TOKENIZER_FILE, partial / TOKENIZER_FILE)
     (partial / "export.json").write_text(
         json.dumps({"model": spec.full_name, "dimension": spec.dimension, "quantization": QUANTIZATION})

@@ -432,7 +432,7 @@ def serve(
 
     config = uvicorn.Config(
         unused,
-        http=protocol,  # type: ignore[arg-type]
+        http=protocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

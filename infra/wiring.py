@@ -94,7 +94,7 @@ def build(settings: Settings, **clients: Any) -> Container:
         )
     if not settings.auth:
         log.warning("authentication is OFF (explicitly configured); never do this outside development")
-    limits = {
+    limits: dict[str, Any] = {
         "limit": settings.throttle_failures,
         "window": settings.throttle_window_seconds,
         "lock_seconds": settings.throttle_lock_seconds,

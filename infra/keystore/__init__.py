@@ -48,7 +48,8 @@ class KeyRecord:
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> KeyRecord:
-        return cls(**{k: item.get(k) for k in cls.__dataclass_fields__ if k in item})
+        fields: dict[str, Any] = {k: item.get(k) for k in cls.__dataclass_fields__ if k in item}
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

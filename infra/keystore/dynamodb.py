@@ -53,7 +53,8 @@ class DynamoKeyStore:
         return KeyRecord.from_item({k: _plain(v) for k, v in item.items()}) if item else None
 
     def list(self, tenant: str | None = None) -> list[KeyRecord]:
-        out, kwargs = [], {}
+        out: list[KeyRecord] = []
+        kwargs: dict[str, Any] = {}
         while True:
             page = self.table.scan(**kwargs)
             for item in page.get("Items", []):

@@ -118,9 +118,12 @@ class FileStore:
         return removed
 
     def get(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str] | None:
-        if if_none_match is None:
+        known = self._revalidated.get(key) if if_none_match is not None else None
+        if known is not None:
+            path = known
+        elif if_none_match is None:
             path = str(self._path(key))
-        elif (path := self._revalidated.get(key)) is None:  # a head: read again on every request
+        else:  # a head: read again on every request
             path = self._revalidated.setdefault(key, str(self._path(key)))
         try:
             if if_none_match is not None:  # unchanged file, known tag: no read, no hash
