@@ -51,6 +51,13 @@ class BlobStore(Protocol):
         ...
 
 
+class JobQueue(Protocol):
+    """Where the background jobs of an index go (an in-process worker, or TrainFunction):
+    ``kind`` is ``train``, ``merge`` or ``reencrypt``."""
+
+    def enqueue(self, tenant: str, index_name: str, kek: bytes | None, kind: str = "train") -> None: ...
+
+
 class KeyWrapper(Protocol):
     """Server-managed key encryption (AWS KMS in production, a local key file otherwise)."""
 

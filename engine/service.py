@@ -9,6 +9,7 @@ over the ``cache`` of decrypted states; ``maintenance`` trains, merges and sweep
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -36,7 +37,7 @@ from .maintenance import Maintenance
 from .manifest import HeadBody, RetryPolicy, seal_head
 from .model import MAX_VALUE, IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name, value_bound
 from .names import unescape
-from .ports import BlobStore, KeyWrapper, StoreConflict
+from .ports import BlobStore, JobQueue, KeyWrapper, StoreConflict
 from .reads import Reader
 from .rekey import Rekeyer
 from .segment import Segment
@@ -44,6 +45,8 @@ from .text import TextConfig
 from .timing import event, stage
 from .transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, check_dimension
 from .writes import Writer
+
+log = logging.getLogger("ciphervec.service")
 
 
 class IndexService:
@@ -295,8 +298,43 @@ class IndexService:
         if kind == "train":
             with contextlib.suppress(CipherVecError):
                 self.set_training(tenant, name, kek, None)
-        else:
+        elif kind == "reencrypt":
             self.rekeyer.unmark(tenant, name, kek)  # quiet by itself
+
+    def queue_due(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        queue: JobQueue,
+        *,
+        training: bool = False,
+        merge: bool = False,
+        rewrite: bool = False,
+    ) -> list[str]:
+        """Queue what a commit made due (a training, else a merge; a re-encryption) and return
+        the kinds queued. A job the queue refuses gives its mark back, so the next write or
+        request queues it again; the write that made it due stays acknowledged either way."""
+        kinds = (["train"] if training else ["merge"] if merge else []) + (["reencrypt"] if rewrite else [])
+        queued = []
+        for kind in kinds:
+            try:
+                queue.enqueue(tenant, name, kek, kind=kind)
+            except Exception as exc:  # an async invoke, say: the port's failure is not the write's
+                log.warning("could not queue the %s job of an index: %s", kind, type(exc).__name__)
+                event("jobs_not_queued")
+                try:
+                    self.release(tenant, name, kek, kind)
+                except Exception as again:  # a store fault: the mark goes stale in its time
+                    log.warning("could not give back the %s mark: %s", kind, type(again).__name__)
+                continue
+            queued.append(kind)
+        return queued
+
+    def merge_due(self, tenant: str, name: str) -> bool:
+        """The index's write-ahead tail, as of the head this container holds, is long enough
+        to merge in the background."""
+        return self.maintenance.merge_due(self.heads.held((tenant, name)))
 
     def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
         """``(name, state)`` of this tenant's indexes queued or running training."""

@@ -26,9 +26,7 @@ def after(status: int) -> None:
     except Exception as exc:  # a store fault, say: this request's answer stands all the same
         log.warning("could not take up the jobs of an index: %s", type(exc).__name__)
         return
-    for kind in kinds:
-        try:
-            c.trainer.enqueue(tenant, name, kek, kind=kind)
-        except Exception as exc:  # the queue (an async invoke) failed: give the mark back
-            log.warning("could not queue the %s job of an index: %s", kind, type(exc).__name__)
-            c.service.release(tenant, name, kek, kind)
+    if kinds:  # a job the queue refuses gives its mark back
+        c.service.queue_due(
+            tenant, name, kek, c.trainer, training="train" in kinds, rewrite="reencrypt" in kinds
+        )

@@ -33,16 +33,20 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
     c = rq.c()
     result = c.service.upsert(tenant, name, kek, batch)
     body: dict[str, Any] = {"status": "success", "message": f"Upserted {result.upserted} vectors"}
-    if result.training_triggered:
-        c.trainer.enqueue(tenant, name, kek)
+    queued = c.service.queue_due(
+        tenant,
+        name,
+        kek,
+        c.trainer,
+        training=result.training_triggered,
+        merge=result.merge_due,
+        rewrite=result.rewrite_due,
+    )
+    if "train" in queued:
         body["training_triggered"] = True
         body["training_message"] = (
             f"Index training has been triggered (vectors: {result.total}, threshold: {result.threshold})"
         )
-    elif result.merge_due:
-        c.trainer.enqueue(tenant, name, kek, kind="merge")
-    if result.rewrite_due:
-        c.trainer.enqueue(tenant, name, kek, kind="reencrypt")
     return rq.ok(body)
 
 

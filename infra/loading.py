@@ -120,12 +120,15 @@ def work(
         read = _embedding(read, lambda texts: embedder.encode(model, texts))
     done = service.loader.run(head, record, read, should_stop=should_stop, progress=progress)
     if trainer is not None and done.state == "succeeded":  # as after any upsert
-        if done.training_triggered:
-            trainer.enqueue(target.tenant, target.index_name, target.kek)
-        elif service.maintenance.merge_due(service.heads.held((target.tenant, target.index_name))):
-            trainer.enqueue(target.tenant, target.index_name, target.kek, kind="merge")
-        if done.rewrite_triggered:  # an interrupted re-encryption, marked again by the commit
-            trainer.enqueue(target.tenant, target.index_name, target.kek, kind="reencrypt")
+        service.queue_due(
+            target.tenant,
+            target.index_name,
+            target.kek,
+            trainer,
+            training=done.training_triggered,
+            merge=service.merge_due(target.tenant, target.index_name),
+            rewrite=done.rewrite_triggered,  # an interrupted re-encryption, marked again
+        )
     return done
 
 

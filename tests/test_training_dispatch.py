@@ -128,3 +128,39 @@ def test_a_big_rewrite_goes_to_train_function_with_the_new_key_sealed(aws, tmp_p
     rotation = worker.service.describe("default", "idx", new)["key_rotation"]
     assert rotation["objects_under_old_keys"] == 0 and not rotation["rewriting"]
     assert worker.service.num_vectors("default", "idx", new) == 300
+
+
+def test_an_upsert_whose_training_cannot_be_queued_is_acknowledged_and_gives_the_mark_back(aws, tmp_path):
+    """The commit went through, then the queue (an async invoke of a TrainFunction that does
+    not exist: moto's real error) refuses the job: the upsert still answers 200 with every
+    row kept, says no training was triggered, and leaves no ``queued`` mark behind to block
+    automatic training for an hour; the next write with a working queue triggers it."""
+    from ciphervec.engine.manifest import parse_envelope
+    from tests.test_api import EVENT_ROOT_KEY, KEY, call, create, upsert_b64
+
+    kms, key_id = aws
+    settings = Settings(
+        store_uri=f"file://{tmp_path}/d",
+        keys_uri="memory://",
+        root_key=EVENT_ROOT_KEY,
+        kms_uri="aws",
+        kms_keys={"default": key_id, "jobs": key_id},
+        train_function="no-such-function",
+        train_threshold=100,
+    )
+    c = wiring.configure(settings, kms=kms)
+    assert create()[0] == 200
+    x = clustered(400, 8)
+    status, body, _ = upsert_b64("idx", [str(i) for i in range(400)], x)
+    assert status == 200 and "training_triggered" not in body, body
+    describe = call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[1]
+    assert describe["is_trained"] is False
+    (head_key,) = [k for k in c.service.store.list("") if k.endswith("/head")]
+    assert parse_envelope(c.service.store.get(head_key)[0])[0].training is None  # given back
+    assert (
+        call("POST", "/v1/vectors/num_vectors", {"index_name": "idx", "index_key": KEY})[1]["result"] == 400
+    )
+
+    c.trainer = LocalTrainer(c.service)  # the queue works again
+    status, body, _ = upsert_b64("idx", ["last"], clustered(1, 8, seed=3))
+    assert status == 200 and body.get("training_triggered") is True, body
