@@ -162,6 +162,17 @@ class Server:
             self.proc.kill()
 
 
+# The fixtures that start a server (ciphervec serve, a moto server): every test using one is
+# marked `slow`, so `pytest -m "not slow"` is a quick loop over the rest; `make test` runs all.
+SERVER_FIXTURES = frozenset({"server_factory", "served", "server", "moto_server", "moto_s3", "moto_aws"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path):
     servers: list[Server] = []

@@ -43,7 +43,7 @@ class Context:
 
 
 @pytest.fixture
-def aws(monkeypatch, tmp_path):
+def moto_aws(monkeypatch, tmp_path):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -117,12 +117,14 @@ def parquet_bytes(ids, x, meta=None) -> bytes:
     return buf.getvalue()
 
 
-def drain(aws, wait: float = 0.5) -> list[dict]:
+def drain(moto_aws, wait: float = 0.5) -> list[dict]:
     """Messages waiting on the ingest queue, as the SQS event Lambda would be given."""
     out = []
     deadline = time.time() + 5
     while time.time() < deadline:
-        got = aws["sqs"].receive_message(QueueUrl=aws["queue"], MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        got = moto_aws["sqs"].receive_message(
+            QueueUrl=moto_aws["queue"], MaxNumberOfMessages=10, WaitTimeSeconds=0
+        )
         msgs = got.get("Messages", [])
         out.extend(msgs)
         if not msgs and out:
@@ -130,7 +132,7 @@ def drain(aws, wait: float = 0.5) -> list[dict]:
         if not msgs:
             time.sleep(0.1)
     for m in out:
-        aws["sqs"].delete_message(QueueUrl=aws["queue"], ReceiptHandle=m["ReceiptHandle"])
+        moto_aws["sqs"].delete_message(QueueUrl=moto_aws["queue"], ReceiptHandle=m["ReceiptHandle"])
     return out
 
 
@@ -153,37 +155,39 @@ def event(msgs: list[dict], arn: str) -> dict:
     }
 
 
-def result(aws, key: str) -> dict:
-    return json.loads(aws["s3"].get_object(Bucket=LOADS, Key=key + ".result.json")["Body"].read())
+def result(moto_aws, key: str) -> dict:
+    return json.loads(moto_aws["s3"].get_object(Bucket=LOADS, Key=key + ".result.json")["Body"].read())
 
 
-def test_dropped_file_loads_and_the_sdk_queries_it(aws, server_factory, monkeypatch):
-    c = aws["c"]
+def test_dropped_file_loads_and_the_sdk_queries_it(moto_aws, server_factory, monkeypatch):
+    c = moto_aws["c"]
     c.service.create_index("default", "docs", IndexConfig(dimension=D, metric="cosine"), kms_name="default")
     x = clustered(2000, D, seed=1)
     ids = [f"doc-{i}" for i in range(2000)]
     meta = [json.dumps({"n": i}) for i in range(2000)]
-    aws["s3"].put_object(Bucket=LOADS, Key="default/docs/batch 1.parquet", Body=parquet_bytes(ids, x, meta))
-    msgs = drain(aws)
+    moto_aws["s3"].put_object(
+        Bucket=LOADS, Key="default/docs/batch 1.parquet", Body=parquet_bytes(ids, x, meta)
+    )
+    msgs = drain(moto_aws)
     assert len(msgs) == 1 and "Records" in json.loads(msgs[0]["Body"])  # S3's own notification
-    out = ingest.lambda_handler(event(msgs, aws["queue_arn"]), Context())
+    out = ingest.lambda_handler(event(msgs, moto_aws["queue_arn"]), Context())
     assert out == {"batchItemFailures": []}
-    res = result(aws, "default/docs/batch 1.parquet")
+    res = result(moto_aws, "default/docs/batch 1.parquet")
     assert res["status"] == "succeeded" and res["rows_loaded"] == 2000 and res["index_count"] == 2000
     assert res["rows_refused"] == 0 and res["seconds"] > 0
 
     # a redelivered notification: no second load, no second commit
     head = c.service.heads.open("default", "docs", None)
-    again = ingest.lambda_handler(event(msgs, aws["queue_arn"]), Context())
+    again = ingest.lambda_handler(event(msgs, moto_aws["queue_arn"]), Context())
     assert again == {"batchItemFailures": []}
     assert c.service.heads.open("default", "docs", None).body.segments == head.body.segments
 
     # the official SDK, over HTTP, against a server on the same store
     env = {
         **AWS,
-        "AWS_ENDPOINT_URL": aws["url"],
+        "AWS_ENDPOINT_URL": moto_aws["url"],
         "CIPHERVEC_KMS": "aws",
-        "CIPHERVEC_KMS_KEYS": json.dumps({"default": aws["key_id"]}),
+        "CIPHERVEC_KMS_KEYS": json.dumps({"default": moto_aws["key_id"]}),
     }
     srv = server_factory("--store", f"s3://{DATA}/idx", env=env)
     idx = Client(srv.url, ROOT_KEY).load_index("docs")
@@ -192,62 +196,64 @@ def test_dropped_file_loads_and_the_sdk_queries_it(aws, server_factory, monkeypa
     assert hits[3][0]["metadata"] == {"n": 3}
 
     blobs = []
-    for obj in aws["s3"].list_objects_v2(Bucket=DATA)["Contents"]:
-        blobs.append((obj["Key"], aws["s3"].get_object(Bucket=DATA, Key=obj["Key"])["Body"].read()))
+    for obj in moto_aws["s3"].list_objects_v2(Bucket=DATA)["Contents"]:
+        blobs.append((obj["Key"], moto_aws["s3"].get_object(Bucket=DATA, Key=obj["Key"])["Body"].read()))
     needles = [i.encode() for i in ids[100:150]] + [x[i].tobytes() for i in range(5)] + [b"batch 1"]
     assert scan_for_plaintext(blobs, needles) == []
 
 
-def test_bad_file_loads_nothing_and_result_says_why(aws):
-    c = aws["c"]
+def test_bad_file_loads_nothing_and_result_says_why(moto_aws):
+    c = moto_aws["c"]
     c.service.create_index("default", "docs", IndexConfig(dimension=D), kms_name="default")
     x = clustered(1200, D, seed=2)
     x[777, 0] = np.inf
-    aws["s3"].put_object(
+    moto_aws["s3"].put_object(
         Bucket=LOADS, Key="default/docs/bad.parquet", Body=parquet_bytes([f"b{i}" for i in range(1200)], x)
     )
-    out = ingest.lambda_handler(event(drain(aws), aws["queue_arn"]), Context())
+    out = ingest.lambda_handler(event(drain(moto_aws), moto_aws["queue_arn"]), Context())
     assert out == {"batchItemFailures": []}
-    res = result(aws, "default/docs/bad.parquet")
+    res = result(moto_aws, "default/docs/bad.parquet")
     assert res["status"] == "failed" and res["rows_loaded"] == 0
     assert res["refused"] == [{"row": 777, "reason": "vector has NaN or Inf values"}]
     assert c.service.num_vectors("default", "docs", None) == 0
-    assert not [o for o in aws["s3"].list_objects_v2(Bucket=DATA).get("Contents", []) if "/load/" in o["Key"]]
+    assert not [
+        o for o in moto_aws["s3"].list_objects_v2(Bucket=DATA).get("Contents", []) if "/load/" in o["Key"]
+    ]
 
 
-def test_client_key_index_is_refused_from_the_bucket(aws):
-    c = aws["c"]
+def test_client_key_index_is_refused_from_the_bucket(moto_aws):
+    c = moto_aws["c"]
     c.service.create_index("default", "mine", IndexConfig(dimension=D), kek=bytes(range(32)))
-    aws["s3"].put_object(
+    moto_aws["s3"].put_object(
         Bucket=LOADS, Key="default/mine/a.parquet", Body=parquet_bytes(["a"], clustered(1, D))
     )
-    ingest.lambda_handler(event(drain(aws), aws["queue_arn"]), Context())
-    res = result(aws, "default/mine/a.parquet")
+    ingest.lambda_handler(event(drain(moto_aws), moto_aws["queue_arn"]), Context())
+    res = result(moto_aws, "default/mine/a.parquet")
     assert res["status"] == "failed" and "kms_name" in res["error"]
 
 
-def test_long_load_continues_in_the_next_invocation_and_commits_once(aws, monkeypatch):
+def test_long_load_continues_in_the_next_invocation_and_commits_once(moto_aws, monkeypatch):
     from ciphervec.infra import formats
 
     monkeypatch.setattr(formats, "MAX_CHUNK_ROWS", 1000)
-    c = aws["c"]
+    c = moto_aws["c"]
     c.service.create_index("default", "docs", IndexConfig(dimension=D), kms_name="default")
     x = clustered(3000, D, seed=3)
-    aws["s3"].put_object(
+    moto_aws["s3"].put_object(
         Bucket=LOADS, Key="default/docs/long.parquet", Body=parquet_bytes([f"l{i}" for i in range(3000)], x)
     )
-    msgs = drain(aws)
+    msgs = drain(moto_aws)
     # an invocation with only a little time left: it takes one chunk, checkpoints, re-queues
-    ingest.lambda_handler(event(msgs, aws["queue_arn"]), Context(seconds=ingest.MARGIN_SECONDS - 1))
+    ingest.lambda_handler(event(msgs, moto_aws["queue_arn"]), Context(seconds=ingest.MARGIN_SECONDS - 1))
     with pytest.raises(Exception):
-        aws["s3"].get_object(Bucket=LOADS, Key="default/docs/long.parquet.result.json")
+        moto_aws["s3"].get_object(Bucket=LOADS, Key="default/docs/long.parquet.result.json")
     assert c.service.num_vectors("default", "docs", None) == 0
-    follow = drain(aws)
+    follow = drain(moto_aws)
     assert len(follow) == 1 and json.loads(follow[0]["Body"])["kind"] == "ciphervec-load"
     assert json.loads(follow[0]["Body"])["sealed_key"] is None  # a kms index: no key travels
     # the continuation and a duplicate of it arrive together
-    ingest.lambda_handler(event(follow + follow, aws["queue_arn"]), Context())
-    res = result(aws, "default/docs/long.parquet")
+    ingest.lambda_handler(event(follow + follow, moto_aws["queue_arn"]), Context())
+    res = result(moto_aws, "default/docs/long.parquet")
     assert res["status"] == "succeeded" and res["rows_loaded"] == 3000 and res["invocations"] == 2
     head = c.service.heads.open("default", "docs", None)
     assert sum(s.rows for s in head.body.segments) == 3000
@@ -272,28 +278,28 @@ def api_call(method: str, path: str, body=None, key=ROOT_KEY, headers=None):
     return out["statusCode"], json.loads(out["body"])
 
 
-def test_api_load_of_a_client_key_index_seals_the_key(aws):
-    c = aws["c"]
+def test_api_load_of_a_client_key_index_seals_the_key(moto_aws):
+    c = moto_aws["c"]
     key = bytes(range(32))
     c.service.create_index("default", "mine", IndexConfig(dimension=D), kek=key)
     x = clustered(700, D, seed=4)
-    aws["s3"].put_object(
+    moto_aws["s3"].put_object(
         Bucket=LOADS, Key="default/staging/f.parquet", Body=parquet_bytes([f"m{i}" for i in range(700)], x)
     )
-    drain(aws)  # the bucket's own notification: no index named "staging", handled elsewhere
+    drain(moto_aws)  # the bucket's own notification: no index named "staging", handled elsewhere
     status, body = api_call(
         "POST",
         "/v1/vectors/load",
         {"index_name": "mine", "index_key": key.hex(), "source": f"s3://{LOADS}/default/staging/f.parquet"},
     )
     assert status == 202 and body["status"] == "queued" and len(body["job_id"]) == 32
-    msgs = drain(aws)
+    msgs = drain(moto_aws)
     assert len(msgs) == 1
     raw = msgs[0]["Body"]
     assert key.hex() not in raw and json.loads(raw)["sealed_key"]
     status, body2 = api_call("GET", f"/v1/loads/{body['job_id']}")
     assert status == 200 and body2["status"] == "queued"
-    assert ingest.lambda_handler(event(msgs, aws["queue_arn"]), Context()) == {"batchItemFailures": []}
+    assert ingest.lambda_handler(event(msgs, moto_aws["queue_arn"]), Context()) == {"batchItemFailures": []}
     status, done = api_call("GET", f"/v1/loads/{body['job_id']}")
     assert status == 200 and done["status"] == "succeeded" and done["rows_loaded"] == 700
     assert c.service.num_vectors("default", "mine", key) == 700
@@ -304,11 +310,11 @@ def test_api_load_of_a_client_key_index_seals_the_key(aws):
         {"index_name": "mine", "index_key": key.hex(), "source": f"s3://{LOADS}/default/staging/f.parquet"},
     )
     assert status == 202 and same["job_id"] == body["job_id"] and same["status"] == "succeeded"
-    assert drain(aws) == []
+    assert drain(moto_aws) == []
 
 
-def test_api_load_refusals(aws):
-    c = aws["c"]
+def test_api_load_refusals(moto_aws):
+    c = moto_aws["c"]
     key = bytes(range(32))
     c.service.create_index("default", "mine", IndexConfig(dimension=D), kek=key)
     cases = [
@@ -318,7 +324,9 @@ def test_api_load_refusals(aws):
         ({"source": f"s3://{LOADS}/default/f.csv"}, 400),
         ({"source": f"s3://{LOADS}/default/f.parquet", "index_key": bytes(32).hex()}, 401),
     ]
-    aws["s3"].put_object(Bucket=LOADS, Key="default/f.parquet", Body=parquet_bytes(["a"], clustered(1, D)))
+    moto_aws["s3"].put_object(
+        Bucket=LOADS, Key="default/f.parquet", Body=parquet_bytes(["a"], clustered(1, D))
+    )
     for extra, want in cases:
         body = {"index_name": "mine", "index_key": key.hex(), **extra}
         status, out = api_call("POST", "/v1/vectors/load", body)
@@ -327,7 +335,7 @@ def test_api_load_refusals(aws):
     assert api_call("GET", "/v1/loads/not-a-job")[0] == 404
 
 
-def test_a_message_that_is_not_ours_fails_towards_the_dead_letter_queue(aws):
+def test_a_message_that_is_not_ours_fails_towards_the_dead_letter_queue(moto_aws):
     odd = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": json.dumps({"hello": "world"}), "MD5OfBody": ""}
     fine = {
         "MessageId": "m2",
@@ -335,39 +343,41 @@ def test_a_message_that_is_not_ours_fails_towards_the_dead_letter_queue(aws):
         "Body": json.dumps({"Event": "s3:TestEvent"}),
         "MD5OfBody": "",
     }
-    out = ingest.lambda_handler(event([odd, fine], aws["queue_arn"]), Context())
+    out = ingest.lambda_handler(event([odd, fine], moto_aws["queue_arn"]), Context())
     assert out == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
 
 
-def test_sns_wrapped_notifications_load_too(aws):
-    c = aws["c"]
+def test_sns_wrapped_notifications_load_too(moto_aws):
+    c = moto_aws["c"]
     c.service.create_index("default", "docs", IndexConfig(dimension=D), kms_name="default")
-    aws["s3"].put_object(
+    moto_aws["s3"].put_object(
         Bucket=LOADS, Key="default/docs/sns.parquet", Body=parquet_bytes(["s"], clustered(1, D))
     )
-    s3_msg = drain(aws)[0]
+    s3_msg = drain(moto_aws)[0]
     wrapped = dict(s3_msg, Body=json.dumps({"Type": "Notification", "Message": s3_msg["Body"]}))
-    assert ingest.lambda_handler(event([wrapped], aws["queue_arn"]), Context()) == {"batchItemFailures": []}
-    assert result(aws, "default/docs/sns.parquet")["status"] == "succeeded"
+    assert ingest.lambda_handler(event([wrapped], moto_aws["queue_arn"]), Context()) == {
+        "batchItemFailures": []
+    }
+    assert result(moto_aws, "default/docs/sns.parquet")["status"] == "succeeded"
 
 
-def test_why_rows_were_refused_needs_the_index_key(aws):
-    c = aws["c"]
+def test_why_rows_were_refused_needs_the_index_key(moto_aws):
+    c = moto_aws["c"]
     key = bytes(range(32))
     c.service.create_index("default", "mine", IndexConfig(dimension=D), kek=key)
     x = clustered(10, D, seed=5)
     x[3, 1] = np.nan
-    aws["s3"].put_object(
+    moto_aws["s3"].put_object(
         Bucket=LOADS, Key="default/staging/bad.parquet", Body=parquet_bytes([f"b{i}" for i in range(10)], x)
     )
-    drain(aws)
+    drain(moto_aws)
     status, job = api_call(
         "POST",
         "/v1/vectors/load",
         {"index_name": "mine", "index_key": key.hex(), "source": f"s3://{LOADS}/default/staging/bad.parquet"},
     )
     assert status == 202
-    ingest.lambda_handler(event(drain(aws), aws["queue_arn"]), Context())
+    ingest.lambda_handler(event(drain(moto_aws), moto_aws["queue_arn"]), Context())
     status, plain = api_call("GET", f"/v1/loads/{job['job_id']}")
     assert status == 200 and plain["status"] == "failed" and plain["refused"] == [{"row": 3}]
     status, opened = api_call("GET", f"/v1/loads/{job['job_id']}", headers={"x-index-key": key.hex()})
@@ -376,10 +386,10 @@ def test_why_rows_were_refused_needs_the_index_key(aws):
     assert status == 401
 
 
-def test_a_dropped_file_of_texts_is_embedded_by_the_indexs_model(aws):
+def test_a_dropped_file_of_texts_is_embedded_by_the_indexs_model(moto_aws):
     """id + contents, no vectors, into a kms index with an embedding_model: IngestFunction
     embeds every row as an upsert of contents would (where the model is installed)."""
-    c = aws["c"]
+    c = moto_aws["c"]
     if not c.embedder.available():
         pytest.skip("needs sentence-transformers and the packaged MiniLM weights")
     config = IndexConfig(embedding_model="all-MiniLM-L6-v2", metric="cosine")
@@ -387,10 +397,10 @@ def test_a_dropped_file_of_texts_is_embedded_by_the_indexs_model(aws):
     texts = [f"note {i} on " + ("encrypted search" if i % 2 else "pasta recipes") for i in range(300)]
     buf = io.BytesIO()
     pq.write_table(pa.table({"id": [f"n{i}" for i in range(300)], "contents": texts}), buf)
-    aws["s3"].put_object(Bucket=LOADS, Key="default/notes/texts.parquet", Body=buf.getvalue())
-    out = ingest.lambda_handler(event(drain(aws), aws["queue_arn"]), Context())
+    moto_aws["s3"].put_object(Bucket=LOADS, Key="default/notes/texts.parquet", Body=buf.getvalue())
+    out = ingest.lambda_handler(event(drain(moto_aws), moto_aws["queue_arn"]), Context())
     assert out == {"batchItemFailures": []}
-    res = result(aws, "default/notes/texts.parquet")
+    res = result(moto_aws, "default/notes/texts.parquet")
     assert res["status"] == "succeeded" and res["rows_loaded"] == 300, res
     want = c.embedder.encode("all-MiniLM-L6-v2", [texts[11]])
     hits = c.service.query("default", "notes", None, want, top_k=1, n_probes=0, filters=None, include=[])
