@@ -101,7 +101,7 @@ class Maintenance:
                 f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
                 f"{max(2 * lists, 2)}. Queries stay exact.",
             )
-        rows = snap.snapshot()  # every live row, in row order
+        rows = snap.live_segment()  # every live row, in row order
         assert rows.vectors is not None
         vectors = rows.vectors
         applied, seq = list(snap.applied), snap.applied_seq

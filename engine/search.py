@@ -1,4 +1,4 @@
-"""k-nearest-neighbour search over an ``IndexState``: faiss candidates, exact re-scoring.
+"""k-nearest-neighbour search over a ``state.Snapshot``: faiss candidates, exact re-scoring.
 
 Distances: ``euclidean`` is the true L2 distance, ``squared_euclidean`` its square,
 ``cosine`` is ``1 - cos(q, x)``. Candidates come from faiss (flat or IVF, L2 in the

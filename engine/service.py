@@ -29,8 +29,9 @@ from .errors import (
     Unauthorized,
     ValidationFailed,
 )
+from .handle import OpenIndex, wants_worker
 from .heads import Heads
-from .jobs import Jobs
+from .jobs import Jobs, LoadJob
 from .keys import KeyRing
 from .loads import Loader
 from .maintenance import Maintenance
@@ -330,6 +331,34 @@ class IndexService:
                 continue
             queued.append(kind)
         return queued
+
+    def open(self, tenant: str, name: str, kek: bytes | None) -> OpenIndex:
+        """The index, its key proved once, as a handle for the steps that follow."""
+        return OpenIndex(self, self.heads.open(tenant, name, kek), kek)
+
+    def key_mode(self, tenant: str, name: str) -> str:
+        """``client`` or ``kms``: who holds the index's key, read without proving any key."""
+        return self.heads.envelope(tenant, name).key_mode
+
+    def load_job(self, tenant: str, job_id: str) -> LoadJob:
+        """A load job's public record (its checkpoint stays sealed: ``OpenIndex.read_load``)."""
+        return self.loader.jobs.read(tenant, job_id)
+
+    def load_wants_worker(self, job: LoadJob) -> bool:
+        """Whether a load job wants a worker now (queued, paused, or its worker's lease ran out)."""
+        return wants_worker(job, self.loader.jobs.clock())
+
+    def seal_for_job(self, kek: bytes, context: dict[str, str]) -> str:
+        """A client key sealed for a queued job's payload (KMS, bound to ``context``)."""
+        return self.keys.seal_for_job(kek, context)
+
+    def open_for_job(self, sealed: str, context: dict[str, str]) -> bytes:
+        """What ``seal_for_job`` sealed, opened by the worker that runs the job."""
+        return self.keys.open_for_job(sealed, context)
+
+    def sweep_delay(self, tenant: str, name: str, kek: bytes | None) -> float | None:
+        """Seconds until the objects still under an old data key may be swept (None: none left)."""
+        return self.rekeyer.sweep_delay(tenant, name, kek)
 
     def merge_due(self, tenant: str, name: str) -> bool:
         """The index's write-ahead tail, as of the head this container holds, is long enough

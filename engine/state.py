@@ -179,8 +179,8 @@ class Snapshot:
             lambda: [p.n - int(np.count_nonzero(self.alive[p.start : p.end])) for p in self.parts],
         )
 
-    def snapshot(self) -> Segment:
-        """Every live row as one segment (used by training)."""
+    def live_segment(self) -> Segment:
+        """Every live row as one segment, in row order (what training reads)."""
         live = self.live_rows()
         metadata = [self.metadata[i] for i in live]
         contents = [self.contents[i] for i in live]

@@ -112,8 +112,7 @@ def _dropped_file(c: Container, rec: dict[str, Any], run: Invocation) -> None:
         return
     tenant, name = parts[0], parts[1]
     try:
-        env = c.service.heads.envelope(tenant, name)
-        if env.key_mode != "kms":
+        if c.service.key_mode(tenant, name) != "kms":
             raise CipherVecError(
                 "only indexes with a kms_name load from the bucket; use POST /v1/vectors/load "
                 "with the index_key for this index"

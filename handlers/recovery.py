@@ -18,7 +18,7 @@ def after(status: int) -> None:
     if target is None or status >= 400:
         return
     tenant, name, kek = target
-    c = rq.c()
+    c = rq.app()
     try:
         kinds = c.service.recover(tenant, name, kek)
     except CipherVecError:

@@ -104,7 +104,7 @@ def current() -> Request:
     return _local.request
 
 
-def c() -> Container:
+def app() -> Container:
     """The container (settings, service, authenticator, trainer) serving this request."""
     return getattr(_local, "container", None) or container()
 
@@ -126,7 +126,7 @@ def principal(right: str, index_name: str | None = None) -> Principal:
 
 
 def _principal(right: str, index_name: str | None) -> Principal:
-    container = c()
+    container = app()
     throttle = container.throttle
     address = ("address", current().source_ip)
     if wait := throttle.retry_after(address):
@@ -151,7 +151,7 @@ def failed_attempt() -> None:
     """The request's ``index_key`` did not open its index: count it against the API key."""
     attempt = getattr(_local, "attempt", None)
     if attempt is not None:
-        c().throttle.failed(attempt)
+        app().throttle.failed(attempt)
 
 
 def raw_body() -> str | bytes:
@@ -159,7 +159,7 @@ def raw_body() -> str | bytes:
     raw: str | bytes = event.get("body") or ""
     if event.get("isBase64Encoded"):
         raw = pybase64.b64decode(raw)
-    limit = c().settings.max_body_bytes
+    limit = app().settings.max_body_bytes
     if limit and len(raw) > limit:
         raise PayloadTooLarge(
             f"request body is {len(raw)} bytes; the limit is {limit}. Split the batch into "

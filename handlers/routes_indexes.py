@@ -26,7 +26,7 @@ def health() -> Response:
 @route("GET", "/v1/indexes/list")
 def list_indexes() -> Response:
     principal = rq.principal("admin")
-    names = rq.c().service.list_indexes(principal.tenant)
+    names = rq.app().service.list_indexes(principal.tenant)
     return rq.ok({"indexes": names})
 
 
@@ -51,7 +51,7 @@ def create_index() -> Response:
         if dimension not in (0, spec.dimension):
             raise InvalidRequest(f"{spec.name} makes {spec.dimension}-dimensional vectors, not {dimension}")
         dimension, model = spec.dimension, spec.name
-        if spec not in rq.c().embedder.available():
+        if spec not in rq.app().embedder.available():
             raise ModelUnavailable(
                 f"embedding model {spec.name} is not installed on this server (its ONNX export, made "
                 f"by `make install` and the Lambda build; or {spec.package} with the torch runtime)"
@@ -66,7 +66,7 @@ def create_index() -> Response:
         embedding_model=model,
         text=text,
     )
-    rq.c().service.create_index(
+    rq.app().service.create_index(
         principal.tenant, req.index_name, config, kek=rq.kek(req.index_key), kms_name=req.kms_name
     )
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' created successfully"})
@@ -76,17 +76,17 @@ def create_index() -> Response:
 def describe_index() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
-    return rq.ok(rq.c().service.describe(tenant, req.index_name, kek))
+    return rq.ok(rq.app().service.describe(tenant, req.index_name, kek))
 
 
 @route("POST", "/v1/indexes/delete", schemas.IndexRequest)
 def delete_index() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("admin", req)
-    rq.c().service.delete_index(tenant, req.index_name, kek)
-    for record in rq.c().auth.store.list(tenant):
+    rq.app().service.delete_index(tenant, req.index_name, kek)
+    for record in rq.app().auth.store.list(tenant):
         if record.index_name == req.index_name and record.revoked_at is None:
-            rq.c().auth.revoke(record.key_id)
+            rq.app().auth.revoke(record.key_id)
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' deleted successfully"})
 
 
@@ -96,7 +96,7 @@ def rotate_key() -> Response:
     tenant, kek = rq.index_target("admin", req)
     if (req.new_index_key is None) == (req.new_kms_name is None):
         raise InvalidRequest("give exactly one of new_index_key and new_kms_name")
-    c, new_kek = rq.c(), rq.kek(req.new_index_key)
+    c, new_kek = rq.app(), rq.kek(req.new_index_key)
     mode = c.service.rotate_key(
         tenant,
         req.index_name,
@@ -145,7 +145,7 @@ def train_index() -> Response:
         params["max_iters"] = req.max_iters
     if req.tolerance is not None:
         params["tolerance"] = float(req.tolerance)
-    c = rq.c()
+    c = rq.app()
     c.service.describe(tenant, req.index_name, kek)  # 404/401 now, not from the worker
     result = c.trainer.train(TrainJob(tenant, req.index_name, kek, params), c.settings.train_sync_seconds)
     if result is None:
@@ -163,7 +163,7 @@ def train_index() -> Response:
 @route("GET", "/v1/indexes/training-status")
 def training_status() -> Response:
     principal = rq.principal("admin")
-    c = rq.c()
+    c = rq.app()
     local = c.trainer.status(principal.tenant)
     marked = c.service.training_indexes(principal.tenant)
     queued = list(dict.fromkeys(local["queued_indexes"] + [n for n, s in marked if s == "queued"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..engine.errors import CorruptObject, IndexNotFound
-from ..infra.loading import Target, check_source, resumable, start
+from ..infra.loading import Target, check_source, start
 from . import request as rq
 from . import schemas
 from .request import Response
@@ -14,14 +14,14 @@ from .routing import route
 def load() -> Response:
     req: schemas.LoadRequest = rq.parse(schemas.LoadRequest)
     tenant, kek = rq.index_target("write", req)
-    c = rq.c()
+    c = rq.app()
     check_source(req.source, tenant, c.settings.load_sources, c.settings.load_bucket)
     columns = req.columns.model_dump(exclude_none=True) if req.columns else {}
     target = Target(tenant, req.index_name, kek)
     job, new = start(
         c.service, target, req.source, s3=c.s3, options={"columns": columns} if columns else None
     )
-    if new or resumable(job, c.service.loader.jobs.clock()):
+    if new or c.service.load_wants_worker(job):
         c.loads.enqueue(target, job.job_id)
     return rq.answer(202, {"job_id": job.job_id, **job.status()})
 
@@ -30,17 +30,14 @@ def load() -> Response:
 def load_status(job_id: str) -> Response:
     """The job's status. Why rows were refused is sealed with the index: it is included when
     the server can open it (a kms_name index, or the key in an ``X-Index-Key`` header)."""
-    c = rq.c()
+    c = rq.app()
     who = c.auth.authenticate(rq.header("x-api-key"))
-    jobs = c.service.loader.jobs
-    job = jobs.read(who.tenant, job_id)
+    job = c.service.load_job(who.tenant, job_id)
     who.require("read", job.index_name)
     kek = rq.kek(rq.header("x-index-key"))
     try:
-        env = c.service.heads.envelope(who.tenant, job.index_name)
-        if kek is not None or env.key_mode == "kms":
-            head = c.service.heads.open(who.tenant, job.index_name, kek)
-            job = jobs.read(who.tenant, job_id, head)
+        if kek is not None or c.service.key_mode(who.tenant, job.index_name) == "kms":
+            job = c.service.open(who.tenant, job.index_name, kek).read_load(job_id)
     except (IndexNotFound, CorruptObject):
         pass  # the index is gone (or was replaced): the public part is all there is
     return rq.ok(job.status())

@@ -22,7 +22,7 @@ def _user_index(index_name: str, right: str = "admin") -> tuple[str, str]:
 def create_user(index_name: str) -> Response:
     tenant, name = _user_index(index_name)
     req: schemas.CreateUserRequest = rq.parse(schemas.CreateUserRequest)
-    c = rq.c()
+    c = rq.app()
     c.service.describe(tenant, name, rq.kek(req.index_key))  # the index exists and the key opens it
     api_key, record = c.auth.create_key(tenant, "user", index_name=name, permissions=req.permissions)
     return rq.ok({"user_id": record.key_id, "api_key": api_key})
@@ -31,7 +31,7 @@ def create_user(index_name: str) -> Response:
 @route("GET", "/v1/indexes/<index_name>/users")
 def list_users(index_name: str) -> Response:
     tenant, name = _user_index(index_name)
-    c = rq.c()
+    c = rq.app()
     c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
     users = [
         {"user_id": r.key_id, "permissions": list(r.permissions)}
@@ -44,7 +44,7 @@ def list_users(index_name: str) -> Response:
 @route("DELETE", "/v1/indexes/<index_name>/users/<user_id>")
 def delete_user(index_name: str, user_id: str) -> Response:
     tenant, name = _user_index(index_name)
-    c = rq.c()
+    c = rq.app()
     c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
     record = c.auth.store.get(unquote(user_id))
     if record is None or record.tenant != tenant or record.index_name != name or record.revoked_at:

@@ -18,7 +18,7 @@ from .routing import route
 
 def _embed(tenant: str, name: str, kek: bytes | None, texts: list[Any]) -> np.ndarray:
     """``texts`` as vectors of the index's embedding model (400 if it has none)."""
-    c = rq.c()
+    c = rq.app()
     model = c.service.embedding_model(tenant, name, kek)
     if model is None:
         raise InvalidRequest(
@@ -30,7 +30,7 @@ def _embed(tenant: str, name: str, kek: bytes | None, texts: list[Any]) -> np.nd
 
 
 def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> Response:
-    c = rq.c()
+    c = rq.app()
     result = c.service.upsert(tenant, name, kek, batch)
     body: dict[str, Any] = {"status": "success", "message": f"Upserted {result.upserted} vectors"}
     queued = c.service.queue_due(
@@ -107,7 +107,7 @@ def _check_include(include: list[str]) -> None:
 def _search(
     req: schemas.SearchOptions, queries: np.ndarray | None, tenant: str, kek: bytes | None
 ) -> Response:
-    c = rq.c()
+    c = rq.app()
     top_k = 100 if req.top_k is None else req.top_k
     if not 1 <= top_k <= c.settings.max_top_k:
         raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
@@ -182,14 +182,14 @@ def get_vectors() -> Response:
     tenant, kek = rq.index_target("read", req)
     include = ["vector", "contents", "metadata"] if req.include is None else req.include
     _check_include(include)
-    return rq.ok({"results": rq.c().service.get(tenant, req.index_name, kek, req.ids, include)})
+    return rq.ok({"results": rq.app().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 
 @route("POST", "/v1/vectors/delete", schemas.DeleteRequest)
 def delete_vectors() -> Response:
     req: schemas.DeleteRequest = rq.parse(schemas.DeleteRequest)
     tenant, kek = rq.index_target("write", req)
-    n = rq.c().service.delete_vectors(tenant, req.index_name, kek, req.ids)
+    n = rq.app().service.delete_vectors(tenant, req.index_name, kek, req.ids)
     return rq.ok({"status": "success", "message": f"Deleted {n} vectors"})
 
 
@@ -197,7 +197,7 @@ def delete_vectors() -> Response:
 def list_ids() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
-    ids = rq.c().service.list_ids(tenant, req.index_name, kek)
+    ids = rq.app().service.list_ids(tenant, req.index_name, kek)
     return rq.ok({"ids": ids, "count": len(ids)})
 
 
@@ -205,7 +205,7 @@ def list_ids() -> Response:
 def num_vectors() -> Response:
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
-    return rq.ok({"result": rq.c().service.num_vectors(tenant, req.index_name, kek)})
+    return rq.ok({"result": rq.app().service.num_vectors(tenant, req.index_name, kek)})
 
 
 @route("POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest)
@@ -216,12 +216,12 @@ def query_metadata() -> Response:
     if text is not None:
         if req.order_by:
             raise InvalidRequest("order_by is not supported with text: text results are ranked by score")
-        found = rq.c().service.text_query(
+        found = rq.app().service.text_query(
             tenant,
             req.index_name,
             kek,
             text,
-            top_k=req.top_k or rq.c().settings.max_top_k,
+            top_k=req.top_k or rq.app().settings.max_top_k,
             filters=req.filters,
             policy=True,
         )
@@ -233,7 +233,7 @@ def query_metadata() -> Response:
             raise InvalidRequest("order_by must name exactly one field")
         ((order_by, direction),) = order_by.items()
         ascending = direction >= 0
-    ids = rq.c().service.query_metadata(
+    ids = rq.app().service.query_metadata(
         tenant,
         req.index_name,
         kek,
@@ -250,6 +250,6 @@ def embedding_models() -> Response:
     rq.principal("read")
     models = [
         {"name": m.full_name, "dimension": m.dimension, "max_seq_length": m.max_seq_length}
-        for m in rq.c().embedder.available()
+        for m in rq.app().embedder.available()
     ]
     return rq.ok({"models": models})

@@ -19,7 +19,7 @@ from typing import Any
 from ..engine.chunks import Reader, embedded
 from ..engine.embedding import model_spec
 from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
-from ..engine.jobs import LEASE_SECONDS, LoadJob, job_id, new_owner
+from ..engine.jobs import LoadJob, job_id, new_owner
 from ..engine.service import IndexService
 from . import aws, formats
 from .sources import open_source, split_s3
@@ -55,7 +55,7 @@ def start(
 ) -> tuple[LoadJob, bool]:
     """Record the job that loads ``source`` into the target index (queued), or find the one
     already recorded for the same file; returns it and whether it is new."""
-    head = service.heads.open(target.tenant, target.index_name, target.kek)
+    index = service.open(target.tenant, target.index_name, target.kek)
     src = open_source(source, s3)
     options = {k: v for k, v in (options or {}).items() if v}  # no options and empty ones: one job
     job = LoadJob(
@@ -64,7 +64,7 @@ def start(
         job_id(
             target.tenant,
             target.index_name,
-            f"{head.envelope.uid}:{src.location}:{json.dumps(options or {}, sort_keys=True)}",
+            f"{index.uid}:{src.location}:{json.dumps(options or {}, sort_keys=True)}",
             src.version,
         ),
         target.index_name,
@@ -73,14 +73,7 @@ def start(
         version=src.version,
         options=dict(options or {}),
     )
-    return service.loader.submit(head, job)
-
-
-def resumable(job: LoadJob, now: float) -> bool:
-    """Whether a job wants a worker: queued, paused, or running or committing with its lease
-    run out (its worker is gone)."""
-    stale = now - job.updated >= LEASE_SECONDS
-    return job.state in ("queued", "paused") or (job.state in ("running", "committing") and stale)
+    return index.submit_load(job)
 
 
 def _embedding(read: Reader, embed: Callable[[list[str]], Any]) -> Reader:
@@ -102,33 +95,25 @@ def work(
 ) -> LoadJob:
     """Claim job ``job`` and advance it to its end or until ``should_stop()``; a load that
     commits may queue training through ``trainer``."""
-    head = service.heads.open(target.tenant, target.index_name, target.kek)
-    record = service.loader.claim(head, job, owner or new_owner())
+    index = service.open(target.tenant, target.index_name, target.kek)
+    record = index.claim_load(job, owner or new_owner())
     if record.state in ("succeeded", "failed"):
         return record
     src = open_source(record.source, s3)
     if src.version != record.version:
-        return service.loader.fail(head, record, "the file changed since the load began; load it again")
+        return index.fail_load(record, "the file changed since the load began; load it again")
     columns = formats.Columns(**record.options.get("columns", {}))
     read = formats.reader(src, columns, record.options.get("rows"))
-    model = head.body.config.get("embedding_model")
+    model = index.embedding_model
     if model:  # rows that come with contents and no vector are embedded on the way in
         if embedder is None or model_spec(model).name not in {m.name for m in embedder.available()}:
-            return service.loader.fail(
-                head, record, f"the embedding model {model} is not installed where this load runs"
+            return index.fail_load(
+                record, f"the embedding model {model} is not installed where this load runs"
             )
         read = _embedding(read, lambda texts: embedder.encode(model, texts))
-    done = service.loader.run(head, record, read, should_stop=should_stop, progress=progress)
-    if trainer is not None and done.state == "succeeded":  # as after any upsert
-        service.queue_due(
-            target.tenant,
-            target.index_name,
-            target.kek,
-            trainer,
-            training=done.training_triggered,
-            merge=service.merge_due(target.tenant, target.index_name),
-            rewrite=done.rewrite_triggered,  # an interrupted re-encryption, marked again
-        )
+    done = index.run_load(record, read, should_stop=should_stop, progress=progress)
+    if trainer is not None:  # what its commit made due, as after any upsert
+        index.queue_after_load(done, trainer)
     return done
 
 
@@ -201,7 +186,7 @@ class QueueLoads:
     def message(self, target: Target, job: str, result_to: dict[str, str] | None = None) -> dict[str, Any]:
         sealed = None
         if target.kek is not None:
-            sealed = self.service.keys.seal_for_job(target.kek, self._context(target, job))
+            sealed = self.service.seal_for_job(target.kek, self._context(target, job))
         return {
             "kind": self.MESSAGE,
             "tenant": target.tenant,
@@ -216,7 +201,7 @@ class QueueLoads:
         target = Target(message["tenant"], message["index_name"], None)
         job = str(message["job_id"])
         if message.get("sealed_key"):
-            target.kek = self.service.keys.open_for_job(message["sealed_key"], self._context(target, job))
+            target.kek = self.service.open_for_job(message["sealed_key"], self._context(target, job))
         return target, job
 
     def send(self, message: dict[str, Any]) -> None:

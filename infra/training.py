@@ -100,7 +100,7 @@ class LocalTrainer:
         """After a rewrite: queue it once more when its old objects are past the grace
         period, so that the sweep frees the old data key without waiting for a write."""
         try:
-            delay = self.service.rekeyer.sweep_delay(job.tenant, job.index_name, job.kek)
+            delay = self.service.sweep_delay(job.tenant, job.index_name, job.kek)
         except CipherVecError:
             return
         if delay is not None:
@@ -169,12 +169,12 @@ class LambdaTrainer:
     def seal(self, tenant: str, index_name: str, kek: bytes | None) -> str | None:
         if kek is None:
             return None
-        return self.service.keys.seal_for_job(kek, self._context(tenant, index_name))
+        return self.service.seal_for_job(kek, self._context(tenant, index_name))
 
     def open(self, payload: dict[str, Any]) -> TrainJob:
         sealed = payload.get("sealed_key")
         context = self._context(payload["tenant"], payload["index_name"])
-        kek = self.service.keys.open_for_job(sealed, context) if sealed else None
+        kek = self.service.open_for_job(sealed, context) if sealed else None
         params = payload.get("params") or {}
         return TrainJob(
             payload["tenant"], payload["index_name"], kek, params, kind=payload.get("kind", "train")

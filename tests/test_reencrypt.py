@@ -247,7 +247,7 @@ def test_http_rotation_stands_when_its_rewrite_fails(monkeypatch):
 
     create()
     upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
-    rekeyer = rq.c().service.rekeyer
+    rekeyer = rq.app().service.rekeyer
 
     def broken(*args, **kwargs):
         raise StoreError("injected store fault")

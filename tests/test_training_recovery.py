@@ -191,7 +191,7 @@ def test_a_store_fault_while_taking_up_a_job_leaves_the_answer_as_it_was(monkeyp
 
     create()
     upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
-    service = rq.c().service
+    service = rq.app().service
     kek = bytes.fromhex(KEY)
     service.maintenance.worker = dead_worker()
     service.set_training("default", "idx", kek, "queued")  # what a killed process leaves
