@@ -19,11 +19,28 @@ ERROR = {
     "required": ["status_code", "detail"],
     "properties": {"status_code": {"type": "integer"}, "detail": {}},
 }
+TAGS = [
+    {"name": "indexes", "description": "Create, describe, train, rotate the key of and delete indexes."},
+    {"name": "vectors", "description": "Write, read and search an index's rows (by vector, text or both)."},
+    {"name": "users", "description": "API keys scoped to one index (create, list, revoke)."},
+    {"name": "batch loads", "description": "Load a file from S3 into an index, and follow the job."},
+    {"name": "service", "description": "Health and the embedding models this deployment runs."},
+]
+
+
+def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """A reference to ``model``'s JSON schema, which goes into ``components`` with its parts."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
 @functools.cache
 def document() -> dict[str, Any]:
-    """Paths, request bodies (the pydantic wire models' JSON schemas) and the error shape."""
+    """Paths grouped by tag, each with its summary and description (the route function's
+    docstring), request and answer bodies (the pydantic wire models' JSON schemas) and the
+    error shape."""
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {"Error": ERROR}
     for entry in ROUTES:
@@ -31,16 +48,27 @@ def document() -> dict[str, Any]:
             continue
         method, template, body = entry.method, entry.template, entry.body
         path = re.sub(r"<(\w+)>", r"{\1}", template)
-        operation: dict[str, Any] = {
-            "operationId": f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
-            "responses": {
-                "200": {"description": "success", "content": {"application/json": {"schema": {}}}},
-                "default": {
-                    "description": "an error",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                },
-            },
+        summary, _, description = (entry.fn.__doc__ or "").strip().partition("\n\n")
+        answer = _schema(entry.answer, components) if entry.answer is not None else {}
+        ok = {"description": "success", "content": {"application/json": {"schema": answer}}}
+        code = str(entry.status)
+        if entry.answer is None and method == "DELETE":
+            code, ok = "204", {"description": "deleted (no body)"}
+        responses: dict[str, Any] = {code: ok}
+        if entry.accepted:
+            responses["202"] = {**ok, "description": "accepted: the work goes on in the background"}
+        responses["default"] = {
+            "description": "an error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
+        operation: dict[str, Any] = {
+            "tags": [entry.tag],
+            "summary": " ".join(summary.split()),
+            "operationId": f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
+            "responses": responses,
+        }
+        if description.strip():
+            operation["description"] = " ".join(description.split())
         names = re.findall(r"{(\w+)}", path)
         if names:
             operation["parameters"] = [
@@ -48,10 +76,7 @@ def document() -> dict[str, Any]:
                 for n in names
             ]
         if body is not None:
-            schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(schema.pop("$defs", {}))
-            components[body.__name__] = schema
-            ref = {"$ref": f"#/components/schemas/{body.__name__}"}
+            ref = _schema(body, components)
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
         if template != "/v1/health":
             operation["security"] = [{"apiKey": []}]
@@ -59,6 +84,7 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "ciphervec (CyborgDB REST v1 compatible)", "version": rq.package_version()},
+        "tags": TAGS,
         "paths": paths,
         "components": {
             "schemas": components,

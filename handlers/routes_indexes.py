@@ -11,27 +11,33 @@ from ..engine.model import IndexConfig, check_index_name
 from ..engine.text import TextConfig
 from ..infra.training import TrainJob, worker_pid
 from . import request as rq
-from . import schemas
+from . import responses, schemas
 from .request import Response
 from .routing import route
 
 log = logging.getLogger("ciphervec.api")
 
 
-@route("GET", "/v1/health")
+@route("GET", "/v1/health", answer=responses.Health)
 def health() -> Response:
+    """Whether the service answers, and its version (no key needed)."""
     return rq.ok({"status": "healthy", "api_version": "v1", "version": rq.package_version()})
 
 
-@route("GET", "/v1/indexes/list")
+@route("GET", "/v1/indexes/list", answer=responses.IndexList)
 def list_indexes() -> Response:
+    """The names of the caller's indexes (an admin key)."""
     principal = rq.principal("admin")
     names = rq.app().service.list_indexes(principal.tenant)
     return rq.ok({"indexes": names})
 
 
-@route("POST", "/v1/indexes/create", schemas.CreateIndexRequest)
+@route("POST", "/v1/indexes/create", schemas.CreateIndexRequest, answer=responses.Message)
 def create_index() -> Response:
+    """Create an index under a client key (``index_key``) or a KMS key (``kms_name``).
+
+    Its dimension, metric, storage precision, metadata schema, full-text fields and
+    embedding model are fixed here; an index of that name already there is a 409."""
     req: schemas.CreateIndexRequest = rq.parse(schemas.CreateIndexRequest)
     check_index_name(req.index_name)
     principal = rq.principal("admin", req.index_name)
@@ -72,15 +78,17 @@ def create_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' created successfully"})
 
 
-@route("POST", "/v1/indexes/describe", schemas.IndexRequest)
+@route("POST", "/v1/indexes/describe", schemas.IndexRequest, answer=responses.Description)
 def describe_index() -> Response:
+    """An index's configuration, training and key-rotation state."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     return rq.ok(rq.app().service.describe(tenant, req.index_name, kek))
 
 
-@route("POST", "/v1/indexes/delete", schemas.IndexRequest)
+@route("POST", "/v1/indexes/delete", schemas.IndexRequest, answer=responses.Message)
 def delete_index() -> Response:
+    """Delete an index and every object of it (its key must open it)."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("admin", req)
     rq.app().service.delete_index(tenant, req.index_name, kek)
@@ -90,8 +98,13 @@ def delete_index() -> Response:
     return rq.ok({"status": "success", "message": f"Index '{req.index_name}' deleted successfully"})
 
 
-@route("POST", "/v1/indexes/rotate_key", schemas.RotateKeyRequest)
+@route("POST", "/v1/indexes/rotate_key", schemas.RotateKeyRequest, answer=responses.KeyRotated, accepted=True)
 def rotate_key() -> Response:
+    """Put an index under a new key (a client key or a KMS key, either way round).
+
+    One head commit: the old key stops opening the index at once. With ``reencrypt`` the
+    index also gets a new data key and every object is rewritten under it (202 while that
+    goes on in the background)."""
     req: schemas.RotateKeyRequest = rq.parse(schemas.RotateKeyRequest)
     tenant, kek = rq.index_target("admin", req)
     if (req.new_index_key is None) == (req.new_kms_name is None):
@@ -136,8 +149,12 @@ def rotate_key() -> Response:
     return rq.ok(body)
 
 
-@route("POST", "/v1/indexes/train", schemas.TrainRequest)
+@route("POST", "/v1/indexes/train", schemas.TrainRequest, answer=responses.Message, accepted=True)
 def train_index() -> Response:
+    """Train the index's IVF lists (k-means) and compact its rows into one run.
+
+    Answers when done if it fits the synchronous budget, else 202 while it goes on in the
+    background (see training-status)."""
     req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)
     tenant, kek = rq.index_target("admin", req)
     params: dict[str, Any] = {"n_lists": req.n_lists or None}
@@ -160,8 +177,9 @@ def train_index() -> Response:
     return rq.ok({"status": "success", "message": result.message})
 
 
-@route("GET", "/v1/indexes/training-status")
+@route("GET", "/v1/indexes/training-status", answer=responses.TrainingStatus)
 def training_status() -> Response:
+    """The caller's indexes being trained or queued for training (an admin key)."""
     principal = rq.principal("admin")
     c = rq.app()
     local = c.trainer.status(principal.tenant)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from ..engine.errors import CorruptObject, IndexNotFound
 from ..infra.loading import Target, check_source, start
 from . import request as rq
-from . import schemas
+from . import responses, schemas
 from .request import Response
 from .routing import route
 
 
-@route("POST", "/v1/vectors/load", schemas.LoadRequest)
+@route("POST", "/v1/vectors/load", schemas.LoadRequest, answer=responses.LoadStatus, status=202)
 def load() -> Response:
+    """Load a Parquet, JSON Lines or .npy file from S3 into an index, as a job (our extension).
+
+    All or nothing; the same file again is the same job. Follow it at /v1/loads/{job_id}."""
     req: schemas.LoadRequest = rq.parse(schemas.LoadRequest)
     tenant, kek = rq.index_target("write", req)
     c = rq.app()
@@ -26,10 +29,12 @@ def load() -> Response:
     return rq.answer(202, {"job_id": job.job_id, **job.status()})
 
 
-@route("GET", "/v1/loads/<job_id>")
+@route("GET", "/v1/loads/<job_id>", answer=responses.LoadStatus)
 def load_status(job_id: str) -> Response:
-    """The job's status. Why rows were refused is sealed with the index: it is included when
-    the server can open it (a kms_name index, or the key in an ``X-Index-Key`` header)."""
+    """A batch load's status and progress.
+
+    Why rows were refused is sealed with the index: it is included when the server can open
+    it (a kms_name index, or the key in an ``X-Index-Key`` header)."""
     c = rq.app()
     who = c.auth.authenticate(rq.header("x-api-key"))
     job = c.service.load_job(who.tenant, job_id)

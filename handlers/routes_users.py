@@ -7,7 +7,7 @@ from urllib.parse import unquote
 from ..engine.errors import NotFound
 from ..engine.model import check_index_name
 from . import request as rq
-from . import schemas
+from . import responses, schemas
 from .request import Response
 from .routing import route
 
@@ -18,8 +18,11 @@ def _user_index(index_name: str, right: str = "admin") -> tuple[str, str]:
     return rq.principal(right, name).tenant, name
 
 
-@route("POST", "/v1/indexes/<index_name>/users", schemas.CreateUserRequest)
+@route("POST", "/v1/indexes/<index_name>/users", schemas.CreateUserRequest, answer=responses.UserKey)
 def create_user(index_name: str) -> Response:
+    """Create an API key that may only use this index, with the given permissions.
+
+    The key is shown once, in this answer."""
     tenant, name = _user_index(index_name)
     req: schemas.CreateUserRequest = rq.parse(schemas.CreateUserRequest)
     c = rq.app()
@@ -28,8 +31,9 @@ def create_user(index_name: str) -> Response:
     return rq.ok({"user_id": record.key_id, "api_key": api_key})
 
 
-@route("GET", "/v1/indexes/<index_name>/users")
+@route("GET", "/v1/indexes/<index_name>/users", answer=responses.Users)
 def list_users(index_name: str) -> Response:
+    """The API keys of this index that are not revoked (ids and permissions, never the keys)."""
     tenant, name = _user_index(index_name)
     c = rq.app()
     c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
@@ -43,6 +47,7 @@ def list_users(index_name: str) -> Response:
 
 @route("DELETE", "/v1/indexes/<index_name>/users/<user_id>")
 def delete_user(index_name: str, user_id: str) -> Response:
+    """Revoke one API key of this index (204)."""
     tenant, name = _user_index(index_name)
     c = rq.app()
     c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))

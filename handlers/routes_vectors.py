@@ -11,7 +11,7 @@ from ..engine.errors import InvalidRequest, ValidationFailed
 from ..engine.model import INCLUDABLE, RowBatch
 from ..engine.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
 from . import request as rq
-from . import schemas
+from . import responses, schemas
 from .request import Response
 from .routing import route
 
@@ -50,8 +50,11 @@ def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch)
     return rq.ok(body)
 
 
-@route("POST", "/v1/vectors/upsert", schemas.UpsertRequest)
+@route("POST", "/v1/vectors/upsert", schemas.UpsertRequest, answer=responses.Upserted)
 def upsert() -> Response:
+    """Add or replace rows: id, vector (or contents the index's model embeds), metadata.
+
+    Acknowledged once the rows are committed; may queue the index's training."""
     req: schemas.UpsertRequest = rq.parse(schemas.UpsertRequest)
     tenant, kek = rq.index_target("write", req)
     rows: list[Any] = [item.vector for item in req.items]
@@ -77,8 +80,9 @@ def upsert() -> Response:
     return _upsert_response(tenant, req.index_name, kek, batch)
 
 
-@route("POST", "/v1/vectors/upsert_binary", schemas.UpsertBinaryRequest)
+@route("POST", "/v1/vectors/upsert_binary", schemas.UpsertBinaryRequest, answer=responses.Upserted)
 def upsert_binary() -> Response:
+    """Add or replace rows whose vectors come as one base64 block of little-endian float32."""
     req: schemas.UpsertBinaryRequest = rq.parse(schemas.UpsertBinaryRequest)
     tenant, kek = rq.index_target("write", req)
     b = req.batch
@@ -143,8 +147,11 @@ def _search(
     return rq.ok({"results": results[0] if len(results) == 1 else results})
 
 
-@route("POST", "/v1/vectors/query", schemas.QueryRequest)
+@route("POST", "/v1/vectors/query", schemas.QueryRequest, answer=responses.Found)
 def query() -> Response:
+    """The nearest rows to one or more vectors, to a text (BM25), or to both (hybrid).
+
+    Filters test the decrypted metadata; ``include`` picks the fields returned."""
     req: schemas.QueryRequest = rq.parse(schemas.QueryRequest)
     tenant, kek = rq.index_target("read", req)
     if not req.query_vectors and req.query_contents:
@@ -166,8 +173,9 @@ def query() -> Response:
     return _search(req, queries, tenant, kek)
 
 
-@route("POST", "/v1/vectors/query_binary", schemas.QueryBinaryRequest)
+@route("POST", "/v1/vectors/query_binary", schemas.QueryBinaryRequest, answer=responses.Found)
 def query_binary() -> Response:
+    """A batch of queries whose vectors come as one base64 block of little-endian float32."""
     req: schemas.QueryBinaryRequest = rq.parse(schemas.QueryBinaryRequest)
     tenant, kek = rq.index_target("read", req)
     queries = rq.decode_vectors(req.batch.vectors_b64, None, req.batch.dimension, "batch")
@@ -176,8 +184,9 @@ def query_binary() -> Response:
     return _search(req, queries, tenant, kek)
 
 
-@route("POST", "/v1/vectors/get", schemas.GetRequest)
+@route("POST", "/v1/vectors/get", schemas.GetRequest, answer=responses.Rows)
 def get_vectors() -> Response:
+    """Rows by id, with the fields ``include`` asks for (ids not there are left out)."""
     req: schemas.GetRequest = rq.parse(schemas.GetRequest)
     tenant, kek = rq.index_target("read", req)
     include = ["vector", "contents", "metadata"] if req.include is None else req.include
@@ -185,31 +194,37 @@ def get_vectors() -> Response:
     return rq.ok({"results": rq.app().service.get(tenant, req.index_name, kek, req.ids, include)})
 
 
-@route("POST", "/v1/vectors/delete", schemas.DeleteRequest)
+@route("POST", "/v1/vectors/delete", schemas.DeleteRequest, answer=responses.Message)
 def delete_vectors() -> Response:
+    """Delete rows by id."""
     req: schemas.DeleteRequest = rq.parse(schemas.DeleteRequest)
     tenant, kek = rq.index_target("write", req)
     n = rq.app().service.delete_vectors(tenant, req.index_name, kek, req.ids)
     return rq.ok({"status": "success", "message": f"Deleted {n} vectors"})
 
 
-@route("POST", "/v1/vectors/list_ids", schemas.IndexRequest)
+@route("POST", "/v1/vectors/list_ids", schemas.IndexRequest, answer=responses.Ids)
 def list_ids() -> Response:
+    """Every id of the index."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     ids = rq.app().service.list_ids(tenant, req.index_name, kek)
     return rq.ok({"ids": ids, "count": len(ids)})
 
 
-@route("POST", "/v1/vectors/num_vectors", schemas.IndexRequest)
+@route("POST", "/v1/vectors/num_vectors", schemas.IndexRequest, answer=responses.Count)
 def num_vectors() -> Response:
+    """How many rows the index holds."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
     tenant, kek = rq.index_target("read", req)
     return rq.ok({"result": rq.app().service.num_vectors(tenant, req.index_name, kek)})
 
 
-@route("POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest)
+@route("POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest, answer=responses.MetadataHits)
 def query_metadata() -> Response:
+    """Rows whose metadata matches filters (and text, ranked by BM25), without a vector.
+
+    The index's field policy binds: a filter on a field that is not filterable is a 400."""
     req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
     tenant, kek = rq.index_target("read", req)
     text = _text(req)
@@ -245,8 +260,9 @@ def query_metadata() -> Response:
     return rq.ok({"results": [{"id": i} for i in ids], "ids": ids, "count": len(ids)})
 
 
-@route("GET", "/v1/embedding-models")
+@route("GET", "/v1/embedding-models", answer=responses.EmbeddingModels)
 def embedding_models() -> Response:
+    """The embedding models this deployment runs (what ``embedding_model`` may name)."""
     rq.principal("read")
     models = [
         {"name": m.full_name, "dimension": m.dimension, "max_seq_length": m.max_seq_length}

@@ -30,6 +30,22 @@ class Route:
     fn: Callable[..., Any]
     dynamic: bool
     documented: bool  # part of the OpenAPI document (the document and its page are not)
+    answer: type[BaseModel] | None = None  # the success body (handlers/responses.py)
+    accepted: bool = False  # may also answer 202 (the work goes on in the background)
+    status: int = 200  # the success status
+
+    @property
+    def tag(self) -> str:
+        """The group the documentation page lists it under."""
+        if "/users" in self.template:
+            return "users"
+        if self.template.startswith(("/v1/loads", "/v1/vectors/load")):
+            return "batch loads"
+        if self.template.startswith("/v1/indexes"):
+            return "indexes"
+        if self.template.startswith("/v1/vectors"):
+            return "vectors"
+        return "service"
 
 
 ROUTES: list[Route] = []
@@ -39,15 +55,23 @@ _paths: set[str] = set()  # static paths served by any method (a wrong method is
 
 
 def route(
-    method: str, path: str, body: type[BaseModel] | None = None, *, documented: bool = True
+    method: str,
+    path: str,
+    body: type[BaseModel] | None = None,
+    *,
+    answer: type[BaseModel] | None = None,
+    accepted: bool = False,
+    status: int = 200,
+    documented: bool = True,
 ) -> Callable[[Any], Any]:
     """Register the decorated function as ``method path``; ``<name>`` parts of the path are
-    passed to it as keyword arguments."""
+    passed to it as keyword arguments. ``body``: the request's wire model; ``answer``: the
+    success body's; the function's docstring is the operation's summary and description."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         dynamic = "<" in path
         pattern = re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", path) + "$")
-        entry = Route(method, path, pattern, body, fn, dynamic, documented)
+        entry = Route(method, path, pattern, body, fn, dynamic, documented, answer, accepted, status)
         ROUTES.append(entry)
         if dynamic:
             _dynamic.append(entry)

@@ -185,3 +185,17 @@ def server_factory(tmp_path: Path):
     yield start
     for srv in servers:
         srv.stop()
+
+
+def conforms(method: str, path: str, body: Any) -> str:
+    """Validate an answer body against the answer model the route documents (extra fields
+    refused); returns the route's template."""
+    from ciphervec.handlers import api  # noqa: F401 (registers every route)
+    from ciphervec.handlers.routing import find
+
+    found = find(method, path)
+    assert found is not None, (method, path)
+    entry = found[0]
+    assert entry.answer is not None, f"{method} {entry.template} documents no answer"
+    entry.answer.model_validate(body)
+    return entry.template

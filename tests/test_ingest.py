@@ -21,7 +21,7 @@ from ciphervec.engine.model import IndexConfig
 from ciphervec.handlers import api, ingest
 from ciphervec.infra import wiring
 from ciphervec.infra.settings import Settings
-from tests.conftest import FAKE_AWS, ROOT_KEY, clustered, free_port
+from tests.conftest import FAKE_AWS, ROOT_KEY, clustered, conforms, free_port
 from tests.test_sdk_server import scan_for_plaintext
 
 AWS = FAKE_AWS
@@ -293,6 +293,7 @@ def test_api_load_of_a_client_key_index_seals_the_key(moto_aws):
         {"index_name": "mine", "index_key": key.hex(), "source": f"s3://{LOADS}/default/staging/f.parquet"},
     )
     assert status == 202 and body["status"] == "queued" and len(body["job_id"]) == 32
+    conforms("POST", "/v1/vectors/load", body)  # the answer the OpenAPI document gives
     msgs = drain(moto_aws)
     assert len(msgs) == 1
     raw = msgs[0]["Body"]
@@ -302,6 +303,7 @@ def test_api_load_of_a_client_key_index_seals_the_key(moto_aws):
     assert ingest.lambda_handler(event(msgs, moto_aws["queue_arn"]), Context()) == {"batchItemFailures": []}
     status, done = api_call("GET", f"/v1/loads/{body['job_id']}")
     assert status == 200 and done["status"] == "succeeded" and done["rows_loaded"] == 700
+    conforms("GET", f"/v1/loads/{body['job_id']}", done)
     assert c.service.num_vectors("default", "mine", key) == 700
     # the same file again: the same job, already done, nothing queued
     status, same = api_call(
