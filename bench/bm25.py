@@ -29,10 +29,10 @@ KEK = bytes(range(32))
 
 
 def run(tmp: Path, n: int, n_queries: int) -> dict[str, Any]:
-    from ciphervec.engine.backend import select
+    from ciphervec.engine.arrays.backend import select
+    from ciphervec.engine.arrays.text import TextConfig, TextQuery, analyze
     from ciphervec.engine.model import IndexConfig, RowBatch
     from ciphervec.engine.service import IndexService
-    from ciphervec.engine.text import TextConfig, TextQuery, analyze
     from ciphervec.infra.storage import open_store
 
     texts = sentences(n + n_queries)

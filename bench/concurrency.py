@@ -126,7 +126,7 @@ def in_process(
     base: np.ndarray, queries: np.ndarray, k: int, threads: list[int], seconds: float
 ) -> list[dict[str, Any]]:
     """Threads querying the engine directly vs threads querying bare faiss (same lists, n_probes)."""
-    from ciphervec.engine.backend import select
+    from ciphervec.engine.arrays.backend import select
     from ciphervec.engine.model import IndexConfig, RowBatch
     from ciphervec.engine.service import IndexService
     from ciphervec.infra.storage.memory import MemoryStore

@@ -136,7 +136,7 @@ class Floors:
     taken within seconds of each other on this noisy machine."""
 
     def __init__(self, store: Path, key: bytes, queries: np.ndarray, base: np.ndarray) -> None:
-        from ciphervec.engine.backend import select
+        from ciphervec.engine.arrays.backend import select
         from ciphervec.engine.service import IndexService
         from ciphervec.infra.storage import open_store
 

@@ -38,7 +38,7 @@ def exact(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def measure(n: int, queries: int) -> dict[str, Any]:
-    from ciphervec.engine.backend import select
+    from ciphervec.engine.arrays.backend import select
     from ciphervec.engine.model import IndexConfig, RowBatch
     from ciphervec.engine.service import IndexService
     from ciphervec.infra.storage.memory import MemoryStore

@@ -37,7 +37,7 @@ KEKS = [bytes([i]) * 32 for i in range(1, 12)]
 
 
 def service(root: Path) -> Any:
-    from ciphervec.engine.backend import select
+    from ciphervec.engine.arrays.backend import select
     from ciphervec.engine.service import IndexService
     from ciphervec.infra.kms import LocalKeyWrapper
     from ciphervec.infra.storage.file import FileStore

@@ -62,7 +62,7 @@ def faiss_side(base: np.ndarray, queries: np.ndarray, centroids: np.ndarray, pro
 
 
 def run(tmp: Path, n: int, n_queries: int) -> dict[str, Any]:
-    from ciphervec.engine.backend import select
+    from ciphervec.engine.arrays.backend import select
     from ciphervec.engine.model import IndexConfig, RowBatch
     from ciphervec.engine.service import IndexService
     from ciphervec.infra.storage import open_store

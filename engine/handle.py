@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .chunks import Reader
-from .jobs import LEASE_SECONDS, LoadJob
 from .ports import JobQueue
+from .store.jobs import LEASE_SECONDS, LoadJob
+from .usecases.chunks import Reader
 
 if TYPE_CHECKING:
-    from .heads import Head
     from .service import IndexService
+    from .store.heads import Head
 
 
 class OpenIndex:

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from .arrays.turboquant import MAX_DIMENSION as MAX_TQ_DIMENSION
+from .arrays.turboquant import TIERS
 from .errors import InvalidRequest, ValidationFailed
-from .turboquant import MAX_DIMENSION as MAX_TQ_DIMENSION
-from .turboquant import TIERS
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
 PRECISIONS = ("float32", "float16", *TIERS)  # tq*: TurboQuant codes (``turboquant``)

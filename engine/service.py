@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import crypto
-from . import policy as field_policy
-from .backend import Backend, select
-from .cache import StateCache
+from .arrays.backend import Backend, select
+from .arrays.text import TextConfig
+from .codec import crypto
+from .codec.segment import Segment
 from .errors import (
     CipherVecError,
     IndexBusy,
@@ -30,22 +30,22 @@ from .errors import (
     ValidationFailed,
 )
 from .handle import OpenIndex, wants_worker
-from .heads import Heads
-from .jobs import Jobs, LoadJob
-from .keys import KeyRing
-from .loads import Loader
-from .maintenance import Maintenance
-from .manifest import HeadBody, RetryPolicy, seal_head
+from .memory.cache import StateCache
 from .model import MAX_VALUE, IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name, value_bound
 from .names import unescape
 from .ports import BlobStore, JobQueue, KeyWrapper, StoreConflict
-from .reads import Reader
-from .rekey import Rekeyer
-from .segment import Segment
-from .text import TextConfig
+from .store.heads import Heads
+from .store.jobs import Jobs, LoadJob
+from .store.keys import KeyRing
+from .store.manifest import HeadBody, RetryPolicy, seal_head
+from .store.transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, check_dimension
 from .timing import event, stage
-from .transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, check_dimension
-from .writes import Writer
+from .usecases import policy as field_policy
+from .usecases.loads import Loader
+from .usecases.maintenance import Maintenance
+from .usecases.reads import Reader
+from .usecases.rekey import Rekeyer
+from .usecases.writes import Writer
 
 log = logging.getLogger("ciphervec.service")
 

@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from ..engine.errors import CipherVecError, LoadBusy, LostLease
-from ..engine.jobs import LoadJob
+from ..engine.store.jobs import LoadJob
 from ..infra.loading import QueueLoads, Target, start, work
 from ..infra.metrics import emit_events
 from ..infra.sources import file_format, s3_event_key

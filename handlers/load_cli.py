@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pybase64
 
-from ..engine.chunks import check
 from ..engine.errors import CipherVecError
-from ..engine.jobs import LoadJob
 from ..engine.model import IndexConfig
+from ..engine.store.jobs import LoadJob
+from ..engine.usecases.chunks import check
 from ..infra import formats
 from ..infra.sources import open_source
 
@@ -124,7 +124,7 @@ def _report(status: dict[str, Any]) -> int:
 
 # -- --store: the loader itself ---------------------------------------------------------------
 def _direct(args: argparse.Namespace) -> int:
-    from ..engine import crypto
+    from ..engine.codec import crypto
     from ..engine.errors import IndexExists, IndexNotFound
     from ..infra.loading import Target, start, work
     from ..infra.settings import Settings

@@ -15,7 +15,8 @@ import pybase64
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from ..engine import crypto, timing
+from ..engine import timing
+from ..engine.codec import crypto
 from ..engine.errors import PayloadTooLarge, TooManyFailures, Unauthorized, ValidationFailed
 from ..engine.model import check_index_name
 from ..infra.keystore import Principal

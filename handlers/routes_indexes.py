@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..engine.arrays.text import TextConfig
 from ..engine.embedding import model_spec
 from ..engine.errors import InvalidRequest, ModelUnavailable
 from ..engine.model import IndexConfig, check_index_name
-from ..engine.text import TextConfig
 from ..infra.training import TrainJob, worker_pid
 from . import request as rq
 from . import responses, schemas

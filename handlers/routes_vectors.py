@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from ..engine import timing
+from ..engine.arrays.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
 from ..engine.errors import InvalidRequest, ValidationFailed
 from ..engine.model import INCLUDABLE, RowBatch
-from ..engine.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
 from . import request as rq
 from . import responses, schemas
 from .request import Response

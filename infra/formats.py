@@ -12,8 +12,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..engine.chunks import Chunk, Reader, unreadable
 from ..engine.errors import BadSource
+from ..engine.usecases.chunks import Chunk, Reader, unreadable
 from .sources import SourceFile
 
 CHUNK_BYTES = 24 << 20  # vector bytes per chunk (one staged segment)

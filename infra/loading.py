@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.chunks import Reader, embedded
 from ..engine.embedding import model_spec
 from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
-from ..engine.jobs import LoadJob, job_id, new_owner
 from ..engine.service import IndexService
+from ..engine.store.jobs import LoadJob, job_id, new_owner
+from ..engine.usecases.chunks import Reader, embedded
 from . import aws, formats
 from .sources import open_source, split_s3
 

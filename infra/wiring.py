@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine import ann
-from ..engine.backend import select
+from ..engine.arrays import ann
+from ..engine.arrays.backend import select
 from ..engine.service import IndexService
 from . import aws, memory
 from .embedding import SentenceTransformerModels

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ciphervec.engine.backend import select
-from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent

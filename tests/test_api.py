@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from ciphervec.engine.manifest import RetryPolicy
 from ciphervec.engine.model import RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.handlers.api import lambda_handler
 from ciphervec.infra.settings import Settings
 from ciphervec.infra.wiring import configure

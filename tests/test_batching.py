@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ciphervec.engine.backend import select
-from ciphervec.engine.batching import Batcher
-from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.arrays.backend import select
+from ciphervec.engine.memory.batching import Batcher
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import BACKEND, clustered
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from cyborgdb import Client
 
+from ciphervec.engine.arrays.text import TextConfig, TextQuery, analyze, fuse
 from ciphervec.engine.errors import InvalidRequest, ValidationFailed
 from ciphervec.engine.model import IndexConfig, RowBatch
-from ciphervec.engine.text import TextConfig, TextQuery, analyze, fuse
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import ROOT_KEY
 from tests.test_sdk_server import scan_for_plaintext, store_files

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from ciphervec.engine.backend import select
+from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.errors import Contention
-from ciphervec.engine.manifest import RetryPolicy
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import BACKEND, clustered
 
@@ -172,7 +172,7 @@ def test_cold_lazy_queries_race_writes_and_the_background_fill():
 
 @pytest.mark.parametrize("trained", [False, True])
 def test_parts_merge_in_the_background_and_answers_stay(trained):
-    from ciphervec.engine.parts import next_merge
+    from ciphervec.engine.memory.parts import next_merge
 
     store = MemoryStore()
     svc = service(store)

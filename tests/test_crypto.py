@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from ciphervec.engine import crypto
+from ciphervec.engine.codec import crypto
 from ciphervec.engine.errors import CorruptObject, InvalidRequest, WrongKey
 
 

@@ -9,7 +9,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from ciphervec.engine import run
+from ciphervec.engine.codec import run
 from ciphervec.engine.errors import IndexNotFound
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.ports import StoreError

@@ -1,7 +1,7 @@
 import pytest
 
+from ciphervec.engine.arrays.filters import compile_filter
 from ciphervec.engine.errors import InvalidRequest
-from ciphervec.engine.filters import compile_filter
 
 ITEMS = {
     "a": {"n": 5, "s": "apple pie", "b": True, "tags": ["x", "y"], "loc": {"city": "Paris"}},
@@ -126,8 +126,8 @@ SPECS = [
 def test_vectorised_masks_agree_with_row_predicates(spec, xp):
     import numpy as np
 
-    from ciphervec.engine.filters import lookup
-    from ciphervec.engine.masks import Column, compile_mask
+    from ciphervec.engine.arrays.filters import lookup
+    from ciphervec.engine.arrays.masks import Column, compile_mask
     from tests.conftest import host
 
     row = compile_filter(spec)
@@ -178,7 +178,7 @@ def test_regex_options_multiline_and_dotall():
 
 def test_a_filter_names_at_most_64_distinct_fields():
     """Each distinct field is a column built over every row: the count is bounded (400)."""
-    from ciphervec.engine.filters import MAX_FIELDS
+    from ciphervec.engine.arrays.filters import MAX_FIELDS
 
     wide = {f"f{i}": i for i in range(MAX_FIELDS)}
     assert compile_filter(wide)({f"f{i}": i for i in range(MAX_FIELDS)})

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from ciphervec.engine import backend as backend_mod
-from ciphervec.engine.backend import Backend
-from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.arrays import backend as backend_mod
+from ciphervec.engine.arrays.backend import Backend
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import clustered
 

@@ -4,8 +4,8 @@ checked against plain numpy references on seeded data."""
 import numpy as np
 import pytest
 
-from ciphervec.engine import kernels
-from ciphervec.engine.backend import select
+from ciphervec.engine.arrays import kernels
+from ciphervec.engine.arrays.backend import select
 from tests.conftest import clustered, host
 
 

@@ -5,13 +5,13 @@ import threading
 import numpy as np
 import pytest
 
-from ciphervec.engine import run
-from ciphervec.engine.backend import select
+from ciphervec.engine.arrays.backend import select
+from ciphervec.engine.codec import run
+from ciphervec.engine.codec.segment import Segment
 from ciphervec.engine.errors import Contention, CorruptObject
-from ciphervec.engine.manifest import RetryPolicy
 from ciphervec.engine.model import IndexConfig, RowBatch
-from ciphervec.engine.segment import Segment
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import BACKEND, clustered
 

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from ciphervec.engine import crypto
+from ciphervec.engine.codec import crypto
 from ciphervec.engine.errors import KeyRotated, Unauthorized
-from ciphervec.engine.manifest import parse_envelope
 from ciphervec.engine.model import IndexConfig, RowBatch
-from ciphervec.engine.transactions import SetRewrite
+from ciphervec.engine.store.manifest import parse_envelope
+from ciphervec.engine.store.transactions import SetRewrite
 from ciphervec.infra.kms import LocalKeyWrapper
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.test_api import KEY, app, call, count, create, upsert_b64  # noqa: F401 (app: fixture)
@@ -183,7 +183,7 @@ def test_a_write_prepared_under_the_old_data_key_is_refused(tmp_path):
     head = svc.heads.open("t", "i", OLD)
     fresh(store, key_wrapper=wrapper).rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
     keys = set(store.list("t/i/"))
-    from ciphervec.engine.segment import Segment
+    from ciphervec.engine.codec.segment import Segment
 
     seg = Segment("upsert", ["late"], np.ones((1, DIM), np.float32))
     with pytest.raises(KeyRotated):

@@ -4,8 +4,8 @@ import faiss
 import numpy as np
 import pytest
 
-from ciphervec.engine import kmeans
-from ciphervec.engine.backend import Backend, select
+from ciphervec.engine.arrays import kmeans
+from ciphervec.engine.arrays.backend import Backend, select
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.infra.storage.memory import MemoryStore
@@ -81,7 +81,7 @@ def test_numpy_kmeans_inertia_close_to_faiss():
     x = clustered(3000, 16, clusters=20, seed=2)
     ref = select("numpy").kmeans(x, 20, niter=25, seed=1, spherical=False, tol=0)
     ours = Backend("numpy", np, False)
-    import ciphervec.engine.backend as backend_mod
+    import ciphervec.engine.arrays.backend as backend_mod
 
     saved = backend_mod.HAS_FAISS
     backend_mod.HAS_FAISS = False  # as in a package without faiss

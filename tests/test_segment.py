@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ciphervec.engine import segment
+from ciphervec.engine.codec import segment
+from ciphervec.engine.codec.segment import Segment
 from ciphervec.engine.errors import CorruptObject
-from ciphervec.engine.segment import Segment
 
 
 def sample(n=5, d=3):

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from ciphervec.engine.backend import select
+from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.errors import (
     Contention,
     IndexExists,
@@ -16,9 +16,9 @@ from ciphervec.engine.errors import (
     ValidationFailed,
     WrongKey,
 )
-from ciphervec.engine.manifest import RetryPolicy, SegmentRef
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy, SegmentRef
 from ciphervec.infra.kms import LocalKeyWrapper
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import BACKEND, clustered
@@ -445,7 +445,7 @@ def test_writes_racing_a_merge_survive(kek):
 
 
 def test_merge_runs_are_size_tiered():
-    from ciphervec.engine.maintenance import merge_run as _merge_run
+    from ciphervec.engine.usecases.maintenance import merge_run as _merge_run
 
     def refs(*rows, snapshot=False):
         out = [SegmentRef(f"s{i}", i, "upsert", r) for i, r in enumerate(rows)]

@@ -25,7 +25,10 @@ SNAPSHOT = textwrap.dedent(
 
     os.environ.update(AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="snapshot-key",
                       AWS_SECRET_ACCESS_KEY="snapshot-secret")
-    from ciphervec.engine import ann, crypto, jobs, names
+    from ciphervec.engine.arrays import ann
+    from ciphervec.engine.codec import crypto
+    from ciphervec.engine.store import jobs
+    from ciphervec.engine import names
     from ciphervec.handlers.api import lambda_handler
     from ciphervec.infra import aws
     from ciphervec.infra.settings import Settings

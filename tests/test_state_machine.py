@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ciphervec.engine.backend import select
-from ciphervec.engine.manifest import RetryPolicy
+from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.model import MAX_FLOAT16, MAX_VALUE, IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import BACKEND
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from ciphervec.engine.backend import select
+from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
 from ciphervec.handlers import train as train_handler
@@ -135,7 +135,7 @@ def test_an_upsert_whose_training_cannot_be_queued_is_acknowledged_and_gives_the
     not exist: moto's real error) refuses the job: the upsert still answers 200 with every
     row kept, says no training was triggered, and leaves no ``queued`` mark behind to block
     automatic training for an hour; the next write with a working queue triggers it."""
-    from ciphervec.engine.manifest import parse_envelope
+    from ciphervec.engine.store.manifest import parse_envelope
     from tests.test_api import EVENT_ROOT_KEY, KEY, call, create, upsert_b64
 
     kms, key_id = aws

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from ciphervec.engine import workers
 from ciphervec.engine.errors import Unauthorized
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.service import IndexService
+from ciphervec.engine.store import workers
 from ciphervec.infra.storage import open_store
 from tests.conftest import ROOT_KEY, clustered
 from tests.test_api import app  # noqa: F401 (fixture)

@@ -1,4 +1,4 @@
-"""Typed head transactions (engine/transactions.py): each operation's change and its conflict
+"""Typed head transactions (engine/store/transactions.py): each operation's change and its conflict
 rule, on heads built here, and through a real compare-and-swap that loses a race."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ciphervec.engine import workers
 from ciphervec.engine.errors import Contention, IndexNotFound, ValidationFailed
-from ciphervec.engine.manifest import Centroids, Envelope, HeadBody, SegmentRef
 from ciphervec.engine.model import IndexConfig, RowBatch
-from ciphervec.engine.transactions import (
+from ciphervec.engine.store import workers
+from ciphervec.engine.store.manifest import Centroids, Envelope, HeadBody, SegmentRef
+from ciphervec.engine.store.transactions import (
     Append,
     CommitLoad,
     Compact,

@@ -5,10 +5,11 @@ values)."""
 import numpy as np
 import pytest
 
-from ciphervec.engine import segment, turboquant
+from ciphervec.engine.arrays import turboquant
+from ciphervec.engine.codec import segment
+from ciphervec.engine.codec.segment import Segment
 from ciphervec.engine.errors import CorruptObject, ValidationFailed
 from ciphervec.engine.model import IndexConfig, RowBatch
-from ciphervec.engine.segment import Segment
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.conftest import clustered
 from tests.test_service import fresh

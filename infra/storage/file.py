@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ...engine.errors import StorageFull
 from ...engine.ports import BlobNotFound, StoreConflict
-from ...engine.workers import alive
+from ...engine.store.workers import alive
 from ..locking import exclusive
 
 _TMP = ".tmp-"

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CorruptObject
-from .names import base_name as base_name  # (re-exported: a run's objects)
+from ..errors import CorruptObject
+from ..names import base_name as base_name  # (re-exported: a run's objects)
 from .segment import Segment
 
 VERSION = 1

@@ -11,14 +11,14 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from . import crypto, run
-from .errors import IndexNotFound, Unauthorized
+from ..codec import crypto, run
+from ..errors import IndexNotFound, Unauthorized
+from ..model import check_index_name
+from ..names import index_root, tenant_root
+from ..ports import BlobNotFound, BlobStore
+from ..timing import event, stage
 from .keys import KeyRing
 from .manifest import Envelope, HeadBody, Operation, RetryPolicy, commit, open_body, parse_envelope
-from .model import check_index_name
-from .names import index_root, tenant_root
-from .ports import BlobNotFound, BlobStore
-from .timing import event, stage
 
 Key = tuple[str, str]  # (tenant, index name)
 T = TypeVar("T")

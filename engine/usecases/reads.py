@@ -10,21 +10,21 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays.backend import Backend
+from ..arrays.filters import compile_filter, lookup
+from ..arrays.kernels import all_finite
+from ..arrays.masks import Column, compile_mask
+from ..arrays.text import TextConfig, TextQuery, fuse
+from ..arrays.text import search as text_search
+from ..errors import ValidationFailed
+from ..memory.batching import Batcher
+from ..memory.cache import StateCache
+from ..memory.search import knn, search_space
+from ..memory.state import Snapshot
+from ..model import MAX_VALUE
+from ..store.heads import Heads
+from ..timing import stage
 from . import policy as field_policy
-from .backend import Backend
-from .batching import Batcher
-from .cache import StateCache
-from .errors import ValidationFailed
-from .filters import compile_filter, lookup
-from .heads import Heads
-from .kernels import all_finite
-from .masks import Column, compile_mask
-from .model import MAX_VALUE
-from .search import knn, search_space
-from .state import Snapshot
-from .text import TextConfig, TextQuery, fuse
-from .text import search as text_search
-from .timing import stage
 
 # A filter that leaves at most max(this, 8 x top_k) rows scans every list instead of probing.
 SELECTIVE_ROWS = 4096

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import segment
+from ..codec import segment
+from ..codec.segment import Segment
+from ..errors import BadSource, CipherVecError, LoadBusy
+from ..memory.prefetch import prefetched
+from ..model import value_bound
+from ..names import new_id
+from ..store.heads import Head, Heads
+from ..store.jobs import ABANDON_SECONDS, DONE, LEASE_SECONDS, Jobs, LoadJob
+from ..store.transactions import CommitLoad, JobRules
 from .chunks import Chunk, Reader, checked, guarded
-from .errors import BadSource, CipherVecError, LoadBusy
-from .heads import Head, Heads
-from .jobs import ABANDON_SECONDS, DONE, LEASE_SECONDS, Jobs, LoadJob
-from .model import value_bound
-from .names import new_id
-from .prefetch import prefetched
-from .segment import Segment
-from .transactions import CommitLoad, JobRules
 
 MAX_REASONS = 10
 WRITERS = 2  # staged segments being sealed and written at once

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidRequest, ValidationFailed
+from ..errors import InvalidRequest, ValidationFailed
 from .filters import lookup
 
 ANALYZER = "en-porter2-stop-v1"  # lowercase, split on non-alphanumerics, English stopwords, Porter2

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from . import turboquant
-from .errors import CorruptObject
+from ..arrays import turboquant
+from ..errors import CorruptObject
 
 MAGIC = b"CVS1"
 VERSION = 1

@@ -18,15 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from . import parts, run, segment
-from .backend import Backend
-from .heads import Head, Heads, Key
+from ..arrays.backend import Backend
+from ..codec import run, segment
+from ..codec.segment import Segment
+from ..store.heads import Head, Heads, Key
+from ..store.manifest import SegmentRef
+from ..timing import event, stage
+from . import parts
 from .lazy import FILL_BATCH, FILL_READERS, apply_lists, fetch_lists, read_run
-from .manifest import SegmentRef
 from .parts import Layout, Part
-from .segment import Segment
 from .state import Builder, PartialRun, Snapshot
-from .timing import event, stage
 
 log = logging.getLogger("ciphervec.cache")
 _COMPACT_ROWS = 4096  # states this big drop dead rows from memory once most rows are dead

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from . import run, segment
-from .heads import Head, Heads
-from .segment import Segment
+from ..codec import run, segment
+from ..codec.segment import Segment
+from ..store.heads import Head, Heads
+from ..timing import stage
 from .state import Builder
-from .timing import stage
 
 # Parallel reads of a run's list objects (S3 GETs are latency-bound) when a caller waits;
 # the background fill reads with fewer threads, in small batches, so that the requests it

@@ -26,17 +26,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from . import crypto, run, workers
-from .cache import StateCache
-from .errors import CipherVecError
-from .heads import Head, Heads
-from .jobs import Jobs
-from .keys import KeyRing
-from .lazy import READERS
-from .manifest import Envelope
-from .names import new_id
-from .timing import event
-from .transactions import REWRITE_START_SECONDS, Rekey, SetRewrite, SwapRewritten, rewrite_active
+from ..codec import crypto, run
+from ..errors import CipherVecError
+from ..memory.cache import StateCache
+from ..memory.lazy import READERS
+from ..names import new_id
+from ..store import workers
+from ..store.heads import Head, Heads
+from ..store.jobs import Jobs
+from ..store.keys import KeyRing
+from ..store.manifest import Envelope
+from ..store.transactions import REWRITE_START_SECONDS, Rekey, SetRewrite, SwapRewritten, rewrite_active
+from ..timing import event
 
 
 class Rekeyer:

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .crypto import IndexCipher
-from .errors import CorruptObject, LostLease, NotFound
+from ..codec.crypto import IndexCipher
+from ..errors import CorruptObject, LostLease, NotFound
+from ..names import tenant_root
+from ..ports import BlobNotFound, StoreConflict
 from .heads import Head, Heads
-from .names import tenant_root
-from .ports import BlobNotFound, StoreConflict
 
 ACTIVE = ("queued", "running", "paused", "committing")
 DONE = ("succeeded", "failed")

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import CorruptObject, InvalidRequest, WrongKey
-from .names import base_name
+from ..errors import CorruptObject, InvalidRequest, WrongKey
+from ..names import base_name
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

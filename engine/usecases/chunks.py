@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadSource, CipherVecError
-from .model import MAX_VALUE
-from .segment import Segment
+from ..codec.segment import Segment
+from ..errors import BadSource, CipherVecError
+from ..model import MAX_VALUE
 
 Reader = Callable[[dict[str, Any], int | None], Iterable["Chunk"]]
 

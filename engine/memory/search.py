@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend
-from .kernels import exact_distances, normalize, order_by_distance
+from ..arrays.backend import Backend
+from ..arrays.kernels import exact_distances, normalize, order_by_distance
 from .state import Snapshot
 
 

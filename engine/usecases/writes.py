@@ -7,15 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import run, segment
-from .cache import StateCache
-from .heads import Committed, Head, Heads
-from .kernels import unit_norm
-from .lazy import READERS
-from .names import new_id
-from .segment import Segment
-from .timing import stage
-from .transactions import Append, Due, JobRules
+from ..arrays.kernels import unit_norm
+from ..codec import run, segment
+from ..codec.segment import Segment
+from ..memory.cache import StateCache
+from ..memory.lazy import READERS
+from ..names import new_id
+from ..store.heads import Committed, Head, Heads
+from ..store.transactions import Append, Due, JobRules
+from ..timing import stage
 
 
 class Writer:

@@ -18,7 +18,7 @@ from typing import Any
 
 import re2
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 Predicate = Callable[[dict[str, Any] | None], bool]
 MAX_PATTERN = 1024  # characters of a $regex

@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays.ann import flat_quantizer
+from ..arrays.backend import Backend
+from ..arrays.turboquant import SQ_TIERS
+from ..codec.run import Directory
+from ..codec.segment import Segment
+from ..model import memory_dtype
 from . import parts
-from .ann import flat_quantizer
-from .backend import Backend
-from .model import memory_dtype
 from .parts import Layout, Part
-from .run import Directory
-from .segment import Segment
-from .turboquant import SQ_TIERS
 
 _versions = itertools.count(1)
 

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import kmeans, workers
-from .errors import Contention, ValidationFailed
+from ..arrays import kmeans
+from ..errors import Contention, ValidationFailed
+from . import workers
 from .manifest import Centroids, Envelope, HeadBody, SegmentRef
 
 TRAINING_STALE_SECONDS = 3600.0

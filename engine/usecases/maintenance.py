@@ -9,21 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from . import kmeans, run, segment, turboquant, workers
-from .ann import sq_ranges
-from .cache import StateCache
-from .errors import CipherVecError, InvalidRequest, TrainingFailed
-from .heads import Head, Heads
-from .kernels import normalize
-from .manifest import Centroids, Envelope, SegmentRef
-from .model import TrainResult
-from .names import born, new_id
-from .parts import Layout
-from .segment import Segment
-from .state import Builder
-from .timing import event
-from .transactions import Compact, DropRetired, MergeTail, SetTraining, training_active
-from .turboquant import SQ_TIERS
+from ..arrays import kmeans, turboquant
+from ..arrays.ann import sq_ranges
+from ..arrays.kernels import normalize
+from ..arrays.turboquant import SQ_TIERS
+from ..codec import run, segment
+from ..codec.segment import Segment
+from ..errors import CipherVecError, InvalidRequest, TrainingFailed
+from ..memory.cache import StateCache
+from ..memory.parts import Layout
+from ..memory.state import Builder
+from ..model import TrainResult
+from ..names import born, new_id
+from ..store import workers
+from ..store.heads import Head, Heads
+from ..store.manifest import Centroids, Envelope, SegmentRef
+from ..store.transactions import Compact, DropRetired, MergeTail, SetTraining, training_active
+from ..timing import event
 from .writes import Writer
 
 SMALL_SEGMENT_ROWS = 8192

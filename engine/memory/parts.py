@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .ann import AnnIndex
-from .backend import Backend
-from .kernels import normalize, row_norms, unit_norm
-from .model import memory_dtype
-from .turboquant import TIERS
+from ..arrays.ann import AnnIndex
+from ..arrays.backend import Backend
+from ..arrays.kernels import normalize, row_norms, unit_norm
+from ..arrays.turboquant import TIERS
+from ..model import memory_dtype
 
 
 @dataclass(frozen=True, eq=False)

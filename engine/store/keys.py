@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from . import crypto
-from .errors import CipherVecError, InvalidRequest, Unauthorized
+from ..codec import crypto
+from ..errors import CipherVecError, InvalidRequest, Unauthorized
+from ..names import new_id
+from ..ports import KeyWrapper
 from .manifest import Envelope
-from .names import new_id
-from .ports import KeyWrapper
 
 _PROOFS = 4096  # remembered (wrapped key, key hash) pairs before the table is cleared
 

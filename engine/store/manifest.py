@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from .crypto import IndexCipher
-from .errors import Contention, CorruptObject, IndexNotFound, KeyRotated
-from .ports import BlobNotFound, BlobStore, StoreConflict
-from .timing import stage
+from ..codec.crypto import IndexCipher
+from ..errors import Contention, CorruptObject, IndexNotFound, KeyRotated
+from ..ports import BlobNotFound, BlobStore, StoreConflict
+from ..timing import stage
 
 T = TypeVar("T")
 MAGIC = b"CVH1"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import InvalidRequest
-from .filters import clauses
+from ..arrays.filters import clauses
+from ..errors import InvalidRequest
 
 TEXT_ONLY = {"filterable": False, "pattern": False, "full_text": True}
 PATTERN_OPS = ("$regex", "$contains")

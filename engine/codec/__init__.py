@@ -1,0 +1,1 @@
+"""Byte formats and crypto: AEAD sealing of named objects, segments, runs (IVF list objects)."""
