@@ -159,3 +159,22 @@ def test_rows_outside_the_trained_ranges_are_not_clipped():
         got = np.array(reader.get("t", "e", KEK, ["far"], ["vector"])[0]["vector"])
         assert np.linalg.norm(got - far[0]) < 0.05 * 50  # tq8's error, not a clip to ~1
         assert reader.query("t", "e", KEK, far, top_k=1, n_probes=4)[0][0]["id"] == "far"
+
+
+def test_a_trainings_centroids_object_keeps_the_ranges_apart_from_the_centroids():
+    """One stored object, two things: the IVF centroids, and for a tq tier the quantizer's
+    ranges as the two rows below them; decoding gives each back, exactly."""
+    from ciphervec.engine.codec.centroids import TrainedLists
+
+    rng = np.random.default_rng(1)
+    centroids, ranges = (
+        rng.standard_normal((5, 8)).astype(np.float32),
+        rng.standard_normal((2, 8)).astype(np.float32),
+    )
+    raw = TrainedLists(centroids, ranges).encode()
+    back = TrainedLists.decode(raw, ranges=True)
+    assert np.array_equal(back.centroids, centroids) and np.array_equal(back.ranges, ranges)
+    plain = TrainedLists.decode(TrainedLists(centroids).encode(), ranges=False)
+    assert np.array_equal(plain.centroids, centroids) and plain.ranges is None
+    with pytest.raises(ValueError):
+        TrainedLists.decode(TrainedLists(centroids[:2]).encode(), ranges=True)

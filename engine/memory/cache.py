@@ -218,8 +218,8 @@ class StateCache:
                         applied.append(ref.name)
             cent = head.body.centroids
             if (cent.name if cent else None) != builder.centroids_name:
-                centroids = self.heads.read_centroids(head, cent.name) if cent else None
-                builder.set_centroids(cent.name if cent else None, centroids)
+                trained = self.heads.read_centroids(head, cent) if cent else None
+                builder.set_centroids(cent.name if cent else None, trained)
             loaded_whole = builder.runs is None or not any(r.missing() for r in builder.runs)
             if loaded_whole and builder.n_rows > _COMPACT_ROWS and builder.live < builder.n_rows / 2:
                 builder.compact()  # overwrites and deletes: drop dead rows from memory
@@ -237,7 +237,7 @@ class StateCache:
         builder = Builder(Layout(int(cfg["dimension"]), cfg["metric"], head.precision))
         if cent is None or not refs or refs[0].kind != "run":
             return builder
-        builder.set_centroids(cent.name, self.heads.read_centroids(head, cent.name))
+        builder.set_centroids(cent.name, self.heads.read_centroids(head, cent))
         if not full and self.lazy_rows and sum(r.rows for r in refs if r.kind == "run") >= self.lazy_rows:
             builder.runs = []  # runs below open lazily
         return builder

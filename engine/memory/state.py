@@ -32,7 +32,7 @@ import numpy as np
 
 from ..arrays.ann import flat_quantizer
 from ..arrays.backend import Backend
-from ..arrays.turboquant import SQ_TIERS
+from ..codec.centroids import TrainedLists
 from ..codec.run import Directory
 from ..codec.segment import Segment
 from ..model import memory_dtype
@@ -348,14 +348,13 @@ class Builder:
                 self.shadow.update(dict.fromkeys(rows.ids, current.seq))  # an older run may hold them too
             self.apply(rows, current.seq, ivf_list=k, shadows=False)
 
-    def set_centroids(self, name: str | None, centroids: np.ndarray | None) -> None:
+    def set_centroids(self, name: str | None, trained: TrainedLists | None) -> None:
         """Adopt trained centroids (``None``: back to exact search): every row is indexed anew."""
         # List numbers of other centroids mean nothing here (a new column: earlier snapshots
         # share the old one).
         self.lists = np.full(max(len(self.lists), self.n_rows), -1, dtype=np.int64)
-        ranges = None
-        if centroids is not None and self.layout.precision in SQ_TIERS:
-            centroids, ranges = centroids[:-2], centroids[-2:]  # stored below the centroids
+        centroids = trained.centroids if trained is not None else None
+        ranges = trained.ranges if trained is not None else None
         quantizer = flat_quantizer(centroids) if centroids is not None else None
         self.layout = replace(self.layout, centroids=centroids, quantizer=quantizer, ranges=ranges)
         self.centroids_name = name

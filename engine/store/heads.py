@@ -3,22 +3,21 @@ them by compare-and-swap, and read, write and delete an index's sealed objects."
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import numpy as np
-
+from ..arrays.turboquant import SQ_TIERS
 from ..codec import crypto, run
-from ..errors import IndexNotFound, Unauthorized
+from ..codec.centroids import TrainedLists
+from ..errors import CorruptObject, IndexNotFound, Unauthorized
 from ..model import check_index_name
 from ..names import index_root, tenant_root
 from ..ports import BlobNotFound, BlobStore
 from ..timing import event, stage
 from .keys import KeyRing
-from .manifest import Envelope, HeadBody, Operation, RetryPolicy, commit, open_body, parse_envelope
+from .manifest import Centroids, Envelope, HeadBody, Operation, RetryPolicy, commit, open_body, parse_envelope
 
 Key = tuple[str, str]  # (tenant, index name)
 T = TypeVar("T")
@@ -190,13 +189,15 @@ class Heads:
             self.store.put_if_absent(head.root + name, sealed)
         event("store_bytes_written", len(sealed))
 
-    def read_centroids(self, head: Head, name: str) -> np.ndarray:
-        return np.load(io.BytesIO(self.read(head, name)), allow_pickle=False)
+    def read_centroids(self, head: Head, cent: Centroids) -> TrainedLists:
+        """The centroids object ``cent`` names (and a tq tier's ranges)."""
+        try:
+            return TrainedLists.decode(self.read(head, cent.name), ranges=head.precision in SQ_TIERS)
+        except ValueError as exc:
+            raise CorruptObject(f"centroids of index '{head.name}': {exc}") from None
 
-    def write_centroids(self, head: Head, name: str, centroids: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.save(buf, centroids, allow_pickle=False)
-        self.write(head, name, buf.getvalue())
+    def write_centroids(self, head: Head, name: str, trained: TrainedLists) -> None:
+        self.write(head, name, trained.encode())
 
     def read_directory(self, head: Head, name: str) -> run.Directory:
         return run.Directory.from_json(self.read(head, name), name)

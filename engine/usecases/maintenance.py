@@ -14,6 +14,7 @@ from ..arrays.ann import sq_ranges
 from ..arrays.kernels import normalize
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment
+from ..codec.centroids import TrainedLists
 from ..codec.segment import Segment
 from ..errors import CipherVecError, InvalidRequest, TrainingFailed
 from ..memory.cache import StateCache
@@ -132,11 +133,12 @@ class Maintenance:
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
         # What every reader will hold: the rows as the run's objects decode
         held = vectors if head.precision == "float32" else segment.as_stored(vectors, head.precision)
+        ranges = None
         if layout.precision in SQ_TIERS:  # the codes' ranges, fitted once for every part
             space = normalize(held) if metric == "cosine" else held
             ranges = sq_ranges(space, turboquant.TIERS[layout.precision])
-            centroids = np.concatenate([self.backend.to_host(centroids).astype(np.float32), ranges])
-        self.heads.write_centroids(head, cent_name, centroids)
+        trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
+        self.heads.write_centroids(head, cent_name, trained_lists)
         try:
             self.writer.run(head, snap_name, rows, labels, lists)
         except BaseException:
@@ -155,7 +157,7 @@ class Maintenance:
 
             def trained() -> Builder:  # the run's content, instead of reading it back
                 fresh = Builder(layout)
-                fresh.set_centroids(cent_name, centroids)
+                fresh.set_centroids(cent_name, trained_lists)
                 rows.vectors = held
                 fresh.apply(rows, seq, ivf_list=labels)
                 return fresh
@@ -188,7 +190,7 @@ class Maintenance:
             for obj, seg in merged:
                 if obj.startswith("run/"):
                     assert cent is not None and seg.vectors is not None
-                    arr = self.heads.read_centroids(head, cent.name)[: cent.n_lists]  # not tq ranges
+                    arr = self.heads.read_centroids(head, cent).centroids
                     labels = kmeans.assign_lists(self.backend, seg.vectors, arr, head.metric)
                     self.writer.run(head, obj, seg, labels, cent.n_lists)
                 else:
