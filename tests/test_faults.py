@@ -59,7 +59,8 @@ class FaultyStore(MemoryStore):
 
 
 def service(store, **kw):
-    return fresh(store, key_wrapper=LocalKeyWrapper(store.kms), lazy_rows=0, train_threshold=10**9, **kw)
+    settings = {"key_wrapper": LocalKeyWrapper(store.kms), "lazy_rows": 0, "train_threshold": 10**9}
+    return fresh(store, **(settings | kw))
 
 
 def state(store):
@@ -172,3 +173,56 @@ def test_a_fault_at_any_store_call_leaves_before_or_after(baseline, op, fault):
             service(store, retire_grace_seconds=0).sweep("t", "i", key)
             assert state(store) == got
         assert unnamed(store) == [], f"{op}: fault at call {k} of {total} left objects behind"
+
+
+def answers(svc, x, key=KEK):
+    """What a container answers: every id, and each query's neighbours with distances."""
+    found = svc.query("t", "i", key, x[:20], top_k=5, n_probes=4, include=["distance", "metadata"])
+    ids = sorted(svc.list_ids("t", "i", key))
+    return ids, [[(r["id"], round(r["distance"], 4), str(r.get("metadata"))) for r in q] for q in found]
+
+
+WARM_CASES = {
+    # another container's writes to sync: new segments, overwrites, deletes
+    "sync": lambda other, x: (
+        other.upsert("t", "i", KEK, RowBatch(["r10", "w1", "w2"], x[:3] + 2, [{"n": 7}, None, None])),
+        other.delete_vectors("t", "i", KEK, ["r11", "r320"]),
+    ),
+    # another container's training: the warm one takes up a new run and new centroids
+    "retrain": lambda other, x: other.train("t", "i", KEK, n_lists=3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WARM_CASES) + ["adopt", "lazy lists"])
+def test_a_warm_container_that_fails_part_way_through_reading_answers_as_a_cold_one(baseline, case):
+    """A container holding the index in memory meets a fault at each store call in turn while
+    it brings itself up to the head (another container's writes or training to sync; its own
+    write to adopt; the IVF lists of a lazily opened run): the call fails or succeeds, and
+    the next call, with the store healthy, answers exactly as a cold container does."""
+    store, base, x = baseline
+    k = 1
+    while True:
+        store._data = dict(base)
+        store.fail_at, store.calls = None, 0
+        warm = service(store, lazy_rows=1) if case == "lazy lists" else service(store)
+        if case != "lazy lists":
+            answers(warm, x)  # every row in memory
+        else:  # the run open, one of its four lists read: the query below reads the others
+            warm.query("t", "i", KEK, x[:1], top_k=1, n_probes=1)
+        if case in WARM_CASES:
+            WARM_CASES[case](service(store), x)
+        store.calls, store.fail_at = 0, k
+        try:
+            if case == "adopt":
+                warm.upsert("t", "i", KEK, RowBatch(["r12", "a1"], x[:2] - 1, [None, {"n": 9}]))
+            else:
+                answers(warm, x)
+        except (StoreError, IndexNotFound):
+            pass
+        reached = store.calls >= k
+        store.fail_at = None
+        assert answers(warm, x) == answers(service(store), x), (case, k)
+        if not reached:
+            break  # the operation made fewer than k store calls: every call has had its fault
+        k += 1
+    assert k > 2, k  # the cases do read the store
