@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .ports import JobQueue
 from .store.jobs import LEASE_SECONDS, LoadJob
-from .usecases.chunks import Reader
+from .usecases.chunks import ChunkSource
 
 if TYPE_CHECKING:
     from .service import IndexService
@@ -54,7 +54,7 @@ class OpenIndex:
     def run_load(
         self,
         job: LoadJob,
-        read: Reader,
+        read: ChunkSource,
         *,
         should_stop: Callable[[], bool] = lambda: False,
         progress: Callable[[LoadJob], None] = lambda job: None,

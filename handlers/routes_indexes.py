@@ -9,7 +9,7 @@ from ..engine.arrays.text import TextConfig
 from ..engine.embedding import model_spec
 from ..engine.errors import InvalidRequest, ModelUnavailable
 from ..engine.model import IndexConfig, check_index_name
-from ..infra.training import TrainJob, worker_pid
+from ..infra.training import IndexJob, worker_pid
 from . import request as rq
 from . import responses, schemas
 from .request import Response
@@ -126,7 +126,7 @@ def rotate_key() -> Response:
     }
     if not req.reencrypt:
         return rq.ok(body)
-    job = TrainJob(tenant, req.index_name, new_kek, kind="reencrypt")
+    job = IndexJob(tenant, req.index_name, new_kek, kind="reencrypt")
     try:
         result = c.trainer.train(job, c.settings.train_sync_seconds)
     except Exception as exc:  # the rotation stands: the rewrite is queued again by the next request
@@ -164,7 +164,7 @@ def train_index() -> Response:
         params["tolerance"] = float(req.tolerance)
     c = rq.app()
     c.service.describe(tenant, req.index_name, kek)  # 404/401 now, not from the worker
-    result = c.trainer.train(TrainJob(tenant, req.index_name, kek, params), c.settings.train_sync_seconds)
+    result = c.trainer.train(IndexJob(tenant, req.index_name, kek, params), c.settings.train_sync_seconds)
     if result is None:
         return rq.answer(
             202,

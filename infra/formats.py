@@ -13,7 +13,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..engine.errors import BadSource
-from ..engine.usecases.chunks import Chunk, Reader, unreadable
+from ..engine.usecases.chunks import Chunk, ChunkSource, unreadable
 from .sources import SourceFile
 
 CHUNK_BYTES = 24 << 20  # vector bytes per chunk (one staged segment)
@@ -36,7 +36,7 @@ def chunk_rows(dimension: int | None, rows: int | None = None) -> int:
     return max(256, min(MAX_CHUNK_ROWS, CHUNK_BYTES // (4 * (dimension or 384))))
 
 
-def reader(source: SourceFile, columns: Columns = Columns(), rows: int | None = None) -> Reader:
+def reader(source: SourceFile, columns: Columns = Columns(), rows: int | None = None) -> ChunkSource:
     """``read(position, dimension)`` → chunks of ``source`` from ``position`` on."""
     fmt = source.fmt
     if fmt == "parquet":

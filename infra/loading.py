@@ -20,7 +20,7 @@ from ..engine.embedding import model_spec
 from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
 from ..engine.service import IndexService
 from ..engine.store.jobs import LoadJob, job_id, new_owner
-from ..engine.usecases.chunks import Reader, embedded
+from ..engine.usecases.chunks import ChunkSource, embedded
 from . import aws, formats
 from .sources import open_source, split_s3
 
@@ -76,7 +76,7 @@ def start(
     return index.submit_load(job)
 
 
-def _embedding(read: Reader, embed: Callable[[list[str]], Any]) -> Reader:
+def _embedding(read: ChunkSource, embed: Callable[[list[str]], Any]) -> ChunkSource:
     """``read`` with each chunk's rows that have contents and no vector embedded."""
     return lambda pos, dim: (embedded(chunk, embed) for chunk in read(pos, dim))
 

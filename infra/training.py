@@ -25,7 +25,10 @@ log = logging.getLogger("ciphervec.training")
 
 
 @dataclass
-class TrainJob:
+class IndexJob:
+    """A background job on one index: its training, a merge of its write-ahead tail, or the
+    rewrite of its objects under a new data key (``kind``)."""
+
     tenant: str
     index_name: str
     kek: bytes | None
@@ -40,7 +43,7 @@ class TrainJob:
         return (self.tenant, self.index_name, self.kind)
 
 
-def run_job(service: IndexService, job: TrainJob, until: float | None = None) -> TrainResult:
+def run_job(service: IndexService, job: IndexJob, until: float | None = None) -> TrainResult:
     """Train (marking the index as training, and always clearing the mark), or merge;
     ``until``: the time this worker stops for sure (a Lambda invocation's deadline), after
     which the mark no longer holds auto-training back."""
@@ -66,7 +69,7 @@ class LocalTrainer:
 
     def __init__(self, service: IndexService) -> None:
         self.service = service
-        self._queue: queue.Queue[TrainJob] = queue.Queue()
+        self._queue: queue.Queue[IndexJob] = queue.Queue()
         self._pending: list[tuple[str, str, str]] = []
         self._current: tuple[str, str, str] | None = None
         self._lock = threading.Lock()
@@ -96,7 +99,7 @@ class LocalTrainer:
                 with self._lock:
                     self._current = None
 
-    def _sweep_later(self, job: TrainJob) -> None:
+    def _sweep_later(self, job: IndexJob) -> None:
         """After a rewrite: queue it once more when its old objects are past the grace
         period, so that the sweep frees the old data key without waiting for a write."""
         try:
@@ -110,14 +113,14 @@ class LocalTrainer:
             timer.daemon = True
             timer.start()
 
-    def submit(self, job: TrainJob) -> TrainJob:
+    def submit(self, job: IndexJob) -> IndexJob:
         with self._lock:
             self._pending.append(job.key)
         self._queue.put(job)
         self._ensure_worker()
         return job
 
-    def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:
+    def train(self, job: IndexJob, wait_seconds: float) -> TrainResult | None:
         """Run an explicit train; ``None`` when it is still running after the budget."""
         self.submit(job)
         try:
@@ -126,7 +129,7 @@ class LocalTrainer:
             return None
 
     def enqueue(self, tenant: str, index_name: str, kek: bytes | None, kind: str = "train") -> None:
-        job = TrainJob(tenant, index_name, kek, kind=kind)
+        job = IndexJob(tenant, index_name, kek, kind=kind)
         with self._lock:
             if job.key in self._pending or self._current == job.key:
                 return
@@ -171,16 +174,16 @@ class LambdaTrainer:
             return None
         return self.service.seal_for_job(kek, self._context(tenant, index_name))
 
-    def open(self, payload: dict[str, Any]) -> TrainJob:
+    def open(self, payload: dict[str, Any]) -> IndexJob:
         sealed = payload.get("sealed_key")
         context = self._context(payload["tenant"], payload["index_name"])
         kek = self.service.open_for_job(sealed, context) if sealed else None
         params = payload.get("params") or {}
-        return TrainJob(
+        return IndexJob(
             payload["tenant"], payload["index_name"], kek, params, kind=payload.get("kind", "train")
         )
 
-    def _invoke(self, job: TrainJob) -> None:
+    def _invoke(self, job: IndexJob) -> None:
         payload = {
             "tenant": job.tenant,
             "index_name": job.index_name,
@@ -194,7 +197,7 @@ class LambdaTrainer:
             Payload=json.dumps(payload).encode(),
         )
 
-    def train(self, job: TrainJob, wait_seconds: float) -> TrainResult | None:
+    def train(self, job: IndexJob, wait_seconds: float) -> TrainResult | None:
         if job.kind == "reencrypt":  # always TrainFunction: its size is no guide to its time here
             self._invoke(job)
             return None
@@ -210,7 +213,7 @@ class LambdaTrainer:
         return None
 
     def enqueue(self, tenant: str, index_name: str, kek: bytes | None, kind: str = "train") -> None:
-        self._invoke(TrainJob(tenant, index_name, kek, kind=kind))
+        self._invoke(IndexJob(tenant, index_name, kek, kind=kind))
 
     def status(self, tenant: str) -> dict[str, Any]:
         return {"currently_training": None, "queued_indexes": [], "worker_running": True}

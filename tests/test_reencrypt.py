@@ -347,7 +347,7 @@ def test_the_old_key_is_freed_without_anyone_sweeping_by_hand(tmp_path):
 
 
 def test_the_local_worker_sweeps_when_the_grace_is_over(tmp_path):
-    from ciphervec.infra.training import LocalTrainer, TrainJob
+    from ciphervec.infra.training import IndexJob, LocalTrainer
 
     store, wrapper = MemoryStore(), LocalKeyWrapper(tmp_path)
     svc = fresh(store, key_wrapper=wrapper, retire_grace_seconds=0.5)
@@ -356,7 +356,7 @@ def test_the_local_worker_sweeps_when_the_grace_is_over(tmp_path):
     old_dek = data_key(store, OLD)
     svc.rotate_key("t", "i", OLD, NEW, None, reencrypt=True)
     trainer = LocalTrainer(svc)
-    assert trainer.train(TrainJob("t", "i", NEW, kind="reencrypt"), 10).message.startswith("rewrote")
+    assert trainer.train(IndexJob("t", "i", NEW, kind="reencrypt"), 10).message.startswith("rewrote")
     deadline = time.time() + 10
     while svc.describe("t", "i", NEW)["key_rotation"]["old_keys_held"] and time.time() < deadline:
         time.sleep(0.05)

@@ -16,7 +16,7 @@ from ciphervec.infra import wiring
 from ciphervec.infra.kms import AwsKmsWrapper
 from ciphervec.infra.settings import Settings
 from ciphervec.infra.storage.memory import MemoryStore
-from ciphervec.infra.training import LambdaTrainer, LocalTrainer, TrainJob
+from ciphervec.infra.training import IndexJob, LambdaTrainer, LocalTrainer
 from tests.conftest import BACKEND, FAKE_AWS, clustered
 
 
@@ -94,7 +94,7 @@ def test_small_explicit_train_runs_inline_in_lambda(aws):
     kek = os.urandom(32)
     svc.create_index("t", "small", IndexConfig(), kek=kek)
     svc.upsert("t", "small", kek, RowBatch([str(i) for i in range(300)], clustered(300, 8)))
-    result = trainer.train(TrainJob("t", "small", kek, {"n_lists": 4}), wait_seconds=25)
+    result = trainer.train(IndexJob("t", "small", kek, {"n_lists": 4}), wait_seconds=25)
     assert result is not None and result.trained and recorder.calls == []
     np.testing.assert_equal(svc.describe("t", "small", kek)["n_lists"], 4)
 
@@ -116,7 +116,7 @@ def test_a_big_rewrite_goes_to_train_function_with_the_new_key_sealed(aws, tmp_p
     c.service.create_index("default", "idx", IndexConfig(), kek=old)
     c.service.upsert("default", "idx", old, RowBatch([str(i) for i in range(300)], clustered(300, 8)))
     c.service.rotate_key("default", "idx", old, new, None, reencrypt=True)
-    assert c.trainer.train(TrainJob("default", "idx", new, kind="reencrypt"), wait_seconds=0) is None
+    assert c.trainer.train(IndexJob("default", "idx", new, kind="reencrypt"), wait_seconds=0) is None
     (call,) = recorder.calls
     payload = call["Payload"]
     assert new not in payload and new.hex().encode() not in payload and old.hex().encode() not in payload

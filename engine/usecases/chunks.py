@@ -15,7 +15,7 @@ from ..codec.segment import Segment
 from ..errors import BadSource, CipherVecError
 from ..model import MAX_VALUE
 
-Reader = Callable[[dict[str, Any], int | None], Iterable["Chunk"]]
+ChunkSource = Callable[[dict[str, Any], int | None], Iterable["Chunk"]]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..names import new_id
 from ..store.heads import Head, Heads
 from ..store.jobs import ABANDON_SECONDS, DONE, LEASE_SECONDS, Jobs, LoadJob
 from ..store.transactions import CommitLoad, JobRules
-from .chunks import Chunk, Reader, checked, guarded
+from .chunks import Chunk, ChunkSource, checked, guarded
 
 MAX_REASONS = 10
 WRITERS = 2  # staged segments being sealed and written at once
@@ -68,7 +68,7 @@ class Loader:
         self,
         head: Head,
         job: LoadJob,
-        read: Reader,
+        read: ChunkSource,
         *,
         should_stop: Callable[[], bool] = lambda: False,
         progress: Callable[[LoadJob], None] = lambda job: None,
