@@ -203,7 +203,7 @@ def test_a_warm_container_that_fails_part_way_through_reading_answers_as_a_cold_
     k = 1
     while True:
         store._data = dict(base)
-        store.fail_at, store.calls = None, 0
+        store.fail_at, store.calls, store.fault = None, 0, StoreError
         warm = service(store, lazy_rows=1) if case == "lazy lists" else service(store)
         if case != "lazy lists":
             answers(warm, x)  # every row in memory
