@@ -56,11 +56,13 @@ unit: $(STAMP) $(ONNX_MODEL)
 
 # The same suite on array-api-strict: every line of engine array math must be portable
 # (the path CuPy takes on a GPU host), proven on a CPU-only machine. Left out: the files whose
-# subject no array backend touches (HTTP framing, the OpenAPI fuzz, the template and
-# package, CLI, key stores, throttles, SnapStart, metrics, crypto, sources, the embedding
-# runtimes, LangChain, the README) - the numpy pass runs them.
+# subject no array backend touches (HTTP framing and hardening, the OpenAPI fuzz, the
+# template and package, CLI, key stores, throttles, SnapStart, metrics, crypto, sources, the
+# embedding runtimes, LangChain, the README, the SDK's wire, the handler, kill -9
+# durability, store faults, job dispatch) - the numpy pass runs them.
 STRICT_SKIP = openapi http_server template cli keystore throttle_shared snapstart observability \
-  crypto sources storage embeddings langchain readme load_cli sdk_s3 ingest contract training_recovery
+  crypto sources storage embeddings langchain readme load_cli sdk_s3 ingest contract training_recovery \
+  hardening sdk_server crash training_dispatch api faults
 unit-strict: $(STAMP) $(ONNX_MODEL)
 	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) \
 	  $(foreach f,$(STRICT_SKIP),--ignore=tests/test_$(f).py)
