@@ -76,8 +76,9 @@ docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 # The static checks, the two pytest passes and the deployment check run side by side (the
-# check is mostly downloads and packing); each one's output is printed whole when it ends.
-test: $(STAMP)
+# check is mostly downloads and packing), and so do the two installs they start from (the
+# main venv's and the SAM CLI's); each one's output is printed whole when it ends.
+test:
 	$(MAKE) --no-print-directory -j3 --output-sync=target checks suite deploy-check
 
 checks: lint typecheck cfn-lint docs
