@@ -48,7 +48,11 @@ def document() -> dict[str, Any]:
             continue
         method, template, body = entry.method, entry.template, entry.body
         path = re.sub(r"<(\w+)>", r"{\1}", template)
-        summary, _, description = (entry.fn.__doc__ or "").strip().partition("\n\n")
+        # The docstring's ``literals`` as the page shows them: plain in the one-line summary
+        # (Swagger UI prints it as text), Markdown code in the description.
+        doc = (entry.fn.__doc__ or "").strip()
+        summary, _, description = doc.replace("``", "`").partition("\n\n")
+        summary = summary.replace("`", "")
         answer = _schema(entry.answer, components) if entry.answer is not None else {}
         ok = {"description": "success", "content": {"application/json": {"schema": answer}}}
         code = str(entry.status)
