@@ -73,6 +73,7 @@ class IndexService:
         "reader",
         "rekeyer",
         "rewrite",
+        "search",
         "set_training",
         "store",
         "sweep",
@@ -135,6 +136,7 @@ class IndexService:
         self.query_metadata = self.reader.query_metadata
         self.text_query = self.reader.text_query
         self.hybrid_query = self.reader.hybrid_query
+        self.search = self.reader.search
         # maintenance
         self.set_training = self.maintenance.set_training
         self.train: Callable[..., TrainResult] = self.maintenance.train

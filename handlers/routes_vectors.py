@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import timing
-from ..engine.arrays.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextQuery
+from ..engine.arrays.text import TextQuery
 from ..engine.errors import InvalidRequest, ValidationFailed
 from ..engine.model import INCLUDABLE, RowBatch
 from . import request as rq
@@ -117,33 +117,20 @@ def _search(
         raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
     include = req.include or []
     _check_include(include)
-    text = _text(req)
-    if queries is None:  # text alone: ranked by BM25
-        assert text is not None
-        found = c.service.text_query(
-            tenant, req.index_name, kek, text, top_k=top_k, filters=req.filters, include=include
-        )
-        return rq.ok({"results": found})
-    options: dict[str, Any] = {"top_k": top_k, "n_probes": req.n_probes or None}
-    options.update(filters=req.filters, include=include)
-    if text is not None:
-        if req.window_mult is not None and req.window_mult < 1:
-            raise InvalidRequest("window_mult must be at least 1")
-        if req.rrf_k is not None and req.rrf_k <= 0:
-            raise InvalidRequest("rrf_k must be greater than 0")
-        results = c.service.hybrid_query(
-            tenant,
-            req.index_name,
-            kek,
-            queries,
-            text,
-            alpha=DEFAULT_ALPHA if req.alpha is None else float(req.alpha),
-            rrf_k=DEFAULT_RRF_K if req.rrf_k is None else float(req.rrf_k),
-            window=req.window_mult or DEFAULT_WINDOW,
-            **options,
-        )
-    else:
-        results = c.service.query(tenant, req.index_name, kek, queries, **options)
+    results = c.service.search(
+        tenant,
+        req.index_name,
+        kek,
+        queries,
+        _text(req),
+        top_k=top_k,
+        n_probes=req.n_probes or None,
+        filters=req.filters,
+        include=include,
+        alpha=None if req.alpha is None else float(req.alpha),
+        rrf_k=None if req.rrf_k is None else float(req.rrf_k),
+        window=req.window_mult,
+    )
     return rq.ok({"results": results[0] if len(results) == 1 else results})
 
 

@@ -14,9 +14,9 @@ from ..arrays.backend import Backend
 from ..arrays.filters import compile_filter, lookup
 from ..arrays.kernels import all_finite
 from ..arrays.masks import Column, compile_mask
-from ..arrays.text import TextConfig, TextQuery, fuse
+from ..arrays.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextConfig, TextQuery, fuse
 from ..arrays.text import search as text_search
-from ..errors import ValidationFailed
+from ..errors import InvalidRequest, ValidationFailed
 from ..memory.batching import Batcher
 from ..memory.cache import StateCache
 from ..memory.search import knn, search_space
@@ -160,6 +160,52 @@ class Reader:
         # The other cores serve other requests (one search slot each): no OpenMP team here.
         with self.backend.threads(1):
             return knn(snap, batch, top_k, probes, mask, self.backend)
+
+    def search(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        queries: np.ndarray | None,
+        text: TextQuery | None,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+        alpha: float | None = None,
+        rrf_k: float | None = None,
+        window: int | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """One search, whatever it is given: vectors alone (nearest neighbours), a text alone
+        (BM25), or both (hybrid, fused with ``alpha``, ``rrf_k`` and ``window`` or their
+        defaults). One list of hits per query vector; a text alone is one query."""
+        if queries is None:
+            if text is None:
+                raise InvalidRequest("give query vectors, a text, or both")
+            return [self.text_query(tenant, name, kek, text, top_k=top_k, filters=filters, include=include)]
+        if text is None:
+            return self.query(
+                tenant, name, kek, queries, top_k=top_k, n_probes=n_probes, filters=filters, include=include
+            )
+        if window is not None and window < 1:
+            raise InvalidRequest("window_mult must be at least 1")
+        if rrf_k is not None and rrf_k <= 0:
+            raise InvalidRequest("rrf_k must be greater than 0")
+        return self.hybrid_query(
+            tenant,
+            name,
+            kek,
+            queries,
+            text,
+            top_k=top_k,
+            n_probes=n_probes,
+            filters=filters,
+            include=include,
+            alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            rrf_k=DEFAULT_RRF_K if rrf_k is None else rrf_k,
+            window=window or DEFAULT_WINDOW,
+        )
 
     def text_query(
         self,
