@@ -131,6 +131,26 @@ def test_fields_weights_all_terms_and_filters():
     assert [h["id"] for h in only_fr] == ["c"]  # filters apply to both legs
 
 
+def test_search_runs_the_search_its_inputs_ask_for():
+    """IndexService.search: vectors alone are nearest neighbours, a text alone is BM25 (one
+    list), both are the hybrid with the fusion defaults; bad fusion knobs are refused."""
+    svc, x = build(corpus(300), k1=None, b=None)
+    q, text = x[:2], TextQuery("encryption keys")
+    assert svc.search("t", "i", KEK, q, None, top_k=5) == svc.query("t", "i", KEK, q, top_k=5)
+    assert svc.search("t", "i", KEK, None, text, top_k=5) == [svc.text_query("t", "i", KEK, text, top_k=5)]
+    both = svc.hybrid_query("t", "i", KEK, q, text, top_k=5, alpha=0.5, rrf_k=60.0, window=3)
+    assert svc.search("t", "i", KEK, q, text, top_k=5) == both
+    assert svc.search("t", "i", KEK, q, text, top_k=5, alpha=0.0) != both
+    for knobs, message in (
+        ({"window": 0}, "window_mult must be at least 1"),
+        ({"rrf_k": 0.0}, "rrf_k must be"),
+    ):
+        with pytest.raises(InvalidRequest, match=message):
+            svc.search("t", "i", KEK, q, text, top_k=5, **knobs)
+    with pytest.raises(InvalidRequest):
+        svc.search("t", "i", KEK, None, None)
+
+
 def test_fusion_is_weighted_reciprocal_rank():
     fused = dict(fuse(["a", "b"], ["b", "c"], alpha=0.25, rrf_k=10, top_k=3))
     assert fused == pytest.approx({"b": 0.25 / 12 + 0.75 / 11, "c": 0.75 / 12, "a": 0.25 / 11})
