@@ -1,21 +1,23 @@
-"""BM25 full-text search over an index's ``full_text`` metadata fields (bm25s, Porter2 stems),
-and the weighted reciprocal-rank fusion that makes a query hybrid.
+"""BM25 over an index's ``full_text`` metadata fields: the analyzer (bm25s's tokenizer with
+English stopwords and Porter2 stems), the per-term score exactly as bm25s's Lucene variant
+computes it, an index's text configuration and a query's, and the weighted reciprocal-rank
+fusion that makes a query hybrid.
 
-Nothing of it is stored: each snapshot analyses the live rows' fields (already decrypted in
-memory) the first time a text query needs them, so terms and statistics exist only as the
-sealed rows they come from, and deletes and overwrites change the statistics with the rows.
+Writes analyse their own rows once and store the terms sealed beside them
+(``codec/terms.py``); a snapshot keeps them as postings (``memory/textindex.py``) and
+combines them at query time into statistics over exactly its live rows.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidRequest, ValidationFailed
-from .filters import lookup
 
 ANALYZER = "en-porter2-stop-v1"  # lowercase, split on non-alphanumerics, English stopwords, Porter2
 DEFAULT_K1, DEFAULT_B = 1.2, 0.75
@@ -39,6 +41,20 @@ def analyze(texts: list[str]) -> list[list[str]]:
     return [list(t) for t in out]
 
 
+def analyze_ids(texts: list[str]) -> tuple[list[list[int]], list[str]]:
+    """The terms of each text as ids, and the terms those ids stand for (``analyze``'s
+    terms, numbered)."""
+    import bm25s
+
+    out = bm25s.tokenize(
+        texts, lower=True, stopwords="en", stemmer=_stemmer(), return_ids=True, show_progress=False
+    )
+    vocab = [""] * len(out.vocab)
+    for term, i in out.vocab.items():
+        vocab[i] = term
+    return out.ids, vocab
+
+
 @dataclass(frozen=True)
 class TextConfig:
     """An index's full-text fields and BM25 constants (``None``: no full-text search)."""
@@ -53,6 +69,12 @@ class TextConfig:
         if not text:
             return None
         return TextConfig(tuple(text["fields"]), float(text["k1"]), float(text["b"]))
+
+    @staticmethod
+    def fields_of(config: dict[str, Any]) -> tuple[str, ...]:
+        """The full-text fields of an index's configuration (none: ``()``)."""
+        text = TextConfig.of(config)
+        return text.fields if text is not None else ()
 
     @staticmethod
     def declare(
@@ -112,67 +134,16 @@ class TextQuery:
         return list(zip(fields, weights, strict=True))
 
 
-class FieldIndex:
-    """BM25 over one field of a snapshot's live rows (doc ``i`` is row ``rows[i]``)."""
-
-    def __init__(self, rows: np.ndarray, docs: list[list[str]], k1: float, b: float) -> None:
-        import bm25s
-
-        self.rows = rows
-        self.bm25 = bm25s.BM25(k1=k1, b=b)
-        self.empty = not any(docs)
-        if not self.empty:
-            self.bm25.index(docs, show_progress=False)
-
-    def scores(self, terms: list[str]) -> np.ndarray:
-        if self.empty or not terms:
-            return np.zeros(len(self.rows), dtype=np.float32)
-        return np.asarray(self.bm25.get_scores(terms), dtype=np.float32)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return " ".join(v for v in value if isinstance(v, str))
-    return ""
-
-
-def field_index(snap: Any, field: str, config: TextConfig) -> FieldIndex:
-    """The BM25 index of ``field`` over the snapshot's live rows, built once per snapshot."""
-
-    def build() -> FieldIndex:
-        rows = snap.live_rows()
-        path = field.split(".")
-        docs = analyze([_text(lookup(snap.metadata[r], path)) for r in rows.tolist()])
-        return FieldIndex(rows, docs, config.k1, config.b)
-
-    return snap.cached(("bm25", field, config.k1, config.b), build)
-
-
-def search(
-    snap: Any, config: TextConfig | None, query: TextQuery, mask: np.ndarray | None, limit: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows matching ``query`` (among ``mask``'s), best first, and their BM25 scores."""
-    searched = query.resolve(config)
-    assert config is not None
-    terms = analyze([query.text])[0]
-    indexes = [(field_index(snap, f, config), w) for f, w in searched]
-    rows = indexes[0][0].rows
-    if not terms or not len(rows):
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    total = np.zeros(len(rows), dtype=np.float32)
-    for index, weight in indexes:
-        total += np.float32(weight) * index.scores(terms)
-    keep = total > 0
-    if query.require_all:
-        for term in set(terms):
-            keep &= np.logical_or.reduce([index.scores([term]) > 0 for index, _ in indexes])
-    if mask is not None:
-        keep &= mask[rows]
-    hit = np.flatnonzero(keep)
-    order = hit[np.lexsort((hit, -total[hit]))][:limit]  # best first; ties by row (stable)
-    return rows[order], total[order]
+def term_scores(
+    tf: np.ndarray, lengths: np.ndarray, df: int, n_docs: int, avg_len: float, k1: float, b: float
+) -> np.ndarray:
+    """One term's BM25 score in each document holding it (``tf`` times, ``lengths`` long), of
+    ``n_docs`` documents averaging ``avg_len``, ``df`` of which hold it: bm25s's Lucene
+    variant, operation for operation (float32 idf, float64 term part, float32 result), so
+    the sums a query makes are bit-identical to bm25s's."""
+    idf = np.float32(math.log(1 + (n_docs - df + 0.5) / (df + 0.5)))
+    tfc = tf / (k1 * ((1 - b) + b * lengths / np.float64(avg_len)) + tf.astype(np.float64))
+    return (idf * tfc).astype(np.float32)
 
 
 def fuse(

@@ -4,18 +4,19 @@ A segment is an immutable batch of rows: either upserted rows (ids, vectors, opt
 metadata and contents) or tombstones (ids only). Compaction writes a *snapshot*
 segment holding every live row of an index as of a sequence number.
 
-Layout, format version 1::
+Layout, format version 1, or 2 when the rows carry analysed terms::
 
     0   4   magic b"CVS1"
     4   4   header length H (uint32, little-endian)
-    8   H   header: UTF-8 JSON {"v": 1, "kind": "upsert"|"delete"|"snapshot",
+    8   H   header: UTF-8 JSON {"v": 1|2, "kind": "upsert"|"delete"|"snapshot",
             "n": rows, "d": dimension, "dtype": "float32"|"float16"|"tq12"|"tq8"|"tq6"|"tq4",
-            "sizes": [ids, metadata, contents, vectors]}   (byte sizes of the sections)
+            "sizes": [ids, metadata, contents, vectors(, terms)]}   (byte sizes of the sections)
     ..      ids       JSON array of strings
     ..      metadata  JSON array of objects or null        (empty when absent)
     ..      contents  JSON array of strings or null        (empty when absent)
     ..      vectors   n*d little-endian floats, C order     (empty for tombstones);
                       for the tq tiers, norms and codes (``turboquant``)
+    ..      terms     version 2 only: the full-text fields' terms (``terms.py``)
 
 JSON arrays keep the per-row work inside the C JSON codec; vectors stay raw.
 """
@@ -24,16 +25,19 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..arrays import turboquant
 from ..errors import CorruptObject
+from . import terms as terms_codec
+from .terms import Terms
 
 MAGIC = b"CVS1"
 VERSION = 1
+VERSION_TERMS = 2
 KINDS = ("upsert", "delete", "snapshot")
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
@@ -47,9 +51,21 @@ class Segment:
     vectors: np.ndarray | None = None
     metadata: list[dict[str, Any] | None] | None = None
     contents: list[str | None] | None = None
+    terms: Terms | None = None  # the full-text fields' analysed terms (``terms.py``)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def with_terms(self, fields: tuple[str, ...]) -> Segment:
+        """This segment with the terms of every full-text field in ``fields`` (analysed here
+        for the fields it does not carry yet)."""
+        if self.kind == "delete" or not fields:
+            return self
+        missing = tuple(f for f in fields if self.terms is None or f not in self.terms)
+        if not missing:
+            return self
+        fresh = terms_codec.analyze(self.metadata, len(self.ids), missing)
+        return replace(self, terms={**(self.terms or {}), **fresh})
 
     def take(self, rows: Any) -> Segment:
         """The rows at positions ``rows``, as a segment of the same kind."""
@@ -59,6 +75,7 @@ class Segment:
             None if self.vectors is None else self.vectors[np.asarray(rows, dtype=np.int64)],
             [self.metadata[i] for i in rows] if self.metadata else None,
             [self.contents[i] for i in rows] if self.contents else None,
+            terms_codec.take(self.terms, rows),
         )
 
 
@@ -84,17 +101,20 @@ def encode(segment: Segment, dtype: str = "float32") -> bytes:
     else:  # a view: the join below is the only copy
         vectors = np.ascontiguousarray(segment.vectors, dtype=_DTYPES[dtype]).data.cast("B")
         d = int(segment.vectors.shape[1])
+    sections = [ids, metadata, contents, vectors]
+    if segment.terms and segment.kind != "delete":
+        sections.append(terms_codec.encode(segment.terms))
     header = json.dumps(
         {
-            "v": VERSION,
+            "v": VERSION if len(sections) == 4 else VERSION_TERMS,
             "kind": segment.kind,
             "n": len(segment.ids),
             "d": d,
             "dtype": dtype,
-            "sizes": [len(ids), len(metadata), len(contents), len(vectors)],
+            "sizes": [len(x) for x in sections],
         }
     ).encode()
-    return b"".join([MAGIC, struct.pack("<I", len(header)), header, ids, metadata, contents, vectors])
+    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *sections])
 
 
 def as_stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
@@ -115,10 +135,12 @@ def decode(data: bytes) -> Segment:
             raise ValueError("bad magic")
         (hlen,) = struct.unpack_from("<I", data, 4)
         header = json.loads(data[8 : 8 + hlen])
-        if header["v"] != VERSION or header["kind"] not in KINDS:
+        if header["v"] not in (VERSION, VERSION_TERMS) or header["kind"] not in KINDS:
             raise ValueError("unsupported version or kind")
         n, d = int(header["n"]), int(header["d"])
         sizes = header["sizes"]
+        if len(sizes) != (4 if header["v"] == VERSION else 5):
+            raise ValueError("wrong number of sections")
         offset = 8 + hlen
         parts = []
         for size in sizes:
@@ -137,6 +159,7 @@ def decode(data: bytes) -> Segment:
             vectors = raw.reshape(n, d).astype(np.float32)
         if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):
             raise ValueError("row counts disagree")
+        terms = terms_codec.decode(parts[4], n) if len(sizes) == 5 and sizes[4] else None
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptObject(f"segment is malformed: {exc}") from None
-    return Segment(header["kind"], ids, vectors, metadata, contents)
+    return Segment(header["kind"], ids, vectors, metadata, contents, terms)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..arrays.backend import Backend
+from ..arrays.text import TextConfig
 from ..codec import run, segment
 from ..codec.segment import Segment
 from ..store.heads import Head, Heads, Key
@@ -234,7 +235,8 @@ class StateCache:
         centroids first (rows keep the run's lists) and, unless ``full``, opens its runs
         lazily: only their directories are read, lists come later."""
         cfg, cent, refs = head.body.config, head.body.centroids, head.body.segments
-        builder = Builder(Layout(int(cfg["dimension"]), cfg["metric"], head.precision))
+        layout = Layout(int(cfg["dimension"]), cfg["metric"], head.precision, text=TextConfig.fields_of(cfg))
+        builder = Builder(layout)
         if cent is None or not refs or refs[0].kind != "run":
             return builder
         builder.set_centroids(cent.name, self.heads.read_centroids(head, cent))

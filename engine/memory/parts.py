@@ -36,6 +36,7 @@ class Layout:
     centroids: np.ndarray | None = None
     quantizer: Any = None  # shared flat index over ``centroids``
     ranges: np.ndarray | None = None  # a trained tq8/6/4 index's scalar-quantizer ranges
+    text: tuple[str, ...] = ()  # the full-text fields (``textindex.py`` keeps their postings)
 
     @property
     def bits(self) -> int:

@@ -38,6 +38,7 @@ from ..codec.segment import Segment
 from ..model import memory_dtype
 from . import parts
 from .parts import Layout, Part
+from .textindex import TextBuilder, TextIndex
 
 _versions = itertools.count(1)
 
@@ -93,6 +94,7 @@ class Snapshot:
     centroids_name: str | None
     partial: Partial | None
     applied_seq: int
+    text: TextIndex | None = None  # BM25 postings of the full-text fields (``textindex.py``)
     # the cache's bookkeeping: the index incarnation, the segments applied, the head synced to
     uid: str = ""
     applied: tuple[str, ...] = ()
@@ -148,7 +150,7 @@ class Snapshot:
         return replace(self, **changes, _cache=self._cache)
 
     def nbytes(self) -> int:
-        own = sum(p.nbytes() for p in self.parts)
+        own = sum(p.nbytes() for p in self.parts) + (self.text.nbytes() if self.text is not None else 0)
         return int(own + self.alive.nbytes + self.lists.nbytes + self.prev_ref[0].nbytes + 64 * self.n_rows)
 
     def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
@@ -190,6 +192,7 @@ class Snapshot:
             self.rows(live),
             metadata if any(m is not None for m in metadata) else None,
             contents if any(c is not None for c in contents) else None,
+            self.text.terms_of(live) if self.text is not None else None,
         )
 
     def cached(self, key: Any, compute: Any) -> Any:
@@ -245,6 +248,7 @@ class Builder:
         self._built = n  # rows below this are in ``parts``
         self._pending: list[np.ndarray] = []  # vectors of rows from ``_built`` on
         self._rebuild = False  # every row must go into new parts (new centroids, compaction)
+        self.text = TextBuilder(layout.text, base.text if base is not None else None) if layout.text else None
 
     @property
     def n_rows(self) -> int:
@@ -306,6 +310,8 @@ class Builder:
         self.alive[older] = False
         self.metadata.extend(segment.metadata or [None] * n)
         self.contents.extend(segment.contents or [None] * n)
+        if self.text is not None:
+            self.text.append(start, n, segment.metadata, segment.terms)
 
     def _grow(self, extra: int) -> None:
         """Room for ``extra`` more rows: liveness is this builder's own copy; the list column
@@ -366,6 +372,8 @@ class Builder:
         if len(keep) == self.n_rows:
             return
         vectors = self._all_rows()[keep]
+        if self.text is not None:
+            self.text.keep(keep)
         self.ids = [self.ids[i] for i in keep]
         self.metadata = [self.metadata[i] for i in keep]
         self.contents = [self.contents[i] for i in keep]
@@ -407,6 +415,7 @@ class Builder:
             self.centroids_name,
             partial,
             self.applied_seq,
+            self.text.freeze() if self.text is not None else None,
         )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ..arrays.text import TextConfig
 from ..codec import segment
 from ..codec.segment import Segment
 from ..errors import BadSource, CipherVecError, LoadBusy
@@ -172,6 +173,7 @@ class Loader:
     def _stage(self, head: Head, job_id: str, seg: Segment) -> str:
         """Seal and write one staged segment; returns its name."""
         name = f"load/{job_id}/{new_id()}"
+        seg = seg.with_terms(TextConfig.fields_of(head.body.config))  # analysed once, stored
         self.heads.write(head, name, segment.encode(seg, head.precision))
         return name
 

@@ -12,8 +12,9 @@ import numpy as np
 from ..arrays import kmeans, turboquant
 from ..arrays.ann import sq_ranges
 from ..arrays.kernels import normalize
+from ..arrays.text import TextConfig
 from ..arrays.turboquant import SQ_TIERS
-from ..codec import run, segment
+from ..codec import run, segment, terms
 from ..codec.centroids import TrainedLists
 from ..codec.segment import Segment
 from ..errors import CipherVecError, InvalidRequest, TrainingFailed
@@ -108,7 +109,7 @@ class Maintenance:
         assert rows.vectors is not None
         vectors = rows.vectors
         applied, seq = list(snap.applied), snap.applied_seq
-        layout = Layout(snap.dimension, metric, snap.precision)
+        layout = Layout(snap.dimension, metric, snap.precision, text=snap.layout.text)
         del snap  # the rows live on in ``rows`` until the new snapshot holds them
         try:
             calibration = kmeans.held_out(len(vectors))
@@ -194,6 +195,7 @@ class Maintenance:
                     labels = kmeans.assign_lists(self.backend, seg.vectors, arr, head.metric)
                     self.writer.run(head, obj, seg, labels, cent.n_lists)
                 else:
+                    seg = seg.with_terms(TextConfig.fields_of(head.body.config))
                     self.heads.write(head, obj, segment.encode(seg, head.precision))
         except BaseException:
             self.heads.delete_all(head, [obj for obj, _ in merged])
@@ -239,6 +241,7 @@ class Maintenance:
                 np.vstack(rows),
                 meta if any(m is not None for m in meta) else None,
                 text if any(t is not None for t in text) else None,
+                terms.pick([pick for _, pick in live]),  # carried over: no row analysed again
             )
             merged.append((f"{'run' if trained else 'seg'}/{new_id()}", up))
         return merged

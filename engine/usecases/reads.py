@@ -15,12 +15,12 @@ from ..arrays.filters import compile_filter, lookup
 from ..arrays.kernels import all_finite
 from ..arrays.masks import Column, compile_mask
 from ..arrays.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextConfig, TextQuery, fuse
-from ..arrays.text import search as text_search
 from ..errors import InvalidRequest, ValidationFailed
 from ..memory.batching import Batcher
 from ..memory.cache import StateCache
 from ..memory.search import knn, search_space
 from ..memory.state import Snapshot
+from ..memory.textindex import search as text_search
 from ..model import MAX_VALUE
 from ..store.heads import Heads
 from ..timing import stage

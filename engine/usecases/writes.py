@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..arrays.kernels import unit_norm
+from ..arrays.text import TextConfig
 from ..codec import run, segment
 from ..codec.segment import Segment
 from ..memory.cache import StateCache
@@ -39,6 +40,7 @@ class Writer:
         make due marked); clean up if the commit fails. Returns the commit, once acknowledged."""
         name = f"seg/{new_id()}"
         precision = head.precision
+        seg = seg.with_terms(TextConfig.fields_of(head.body.config))  # analysed once, stored
         self.heads.write(head, name, segment.encode(seg, precision))
         op = Append(name, seg.kind, len(seg), dimension, estimate, rules)
         try:
@@ -48,7 +50,7 @@ class Writer:
             raise
         if precision != "float32" and seg.vectors is not None:  # as a reader would decode it
             stored = segment.as_stored(seg.vectors, precision)
-            seg = Segment(seg.kind, seg.ids, stored, seg.metadata, seg.contents)
+            seg = Segment(seg.kind, seg.ids, stored, seg.metadata, seg.contents, seg.terms)
         self.cache.adopt(done.head, name, seg)
         return done
 
@@ -57,6 +59,7 @@ class Writer:
         the directory. On failure nothing of it is left behind."""
         assert rows.vectors is not None
         precision = head.precision
+        rows = rows.with_terms(TextConfig.fields_of(head.body.config))
         unit = head.metric != "cosine" or unit_norm(rows.vectors)
         members = run.group(rows, labels, n_lists)
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)

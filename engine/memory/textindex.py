@@ -1,0 +1,256 @@
+"""A snapshot's BM25 index: the postings of every full-text field, grown by each write
+with its own rows' terms, and the search that scores them as bm25s does over the live rows.
+
+Each applied segment adds one ``Block`` per field (its rows' lengths and a term-major copy
+of their terms, under index-wide term ids). Blocks never change once built: a snapshot
+holds a tuple of them, and its successor holds the same ones plus its own, so readers
+share them with no lock. Blocks merge like a log-structured tree (the newest merges into
+the one before it while that one is no larger), which keeps a field at O(log n) blocks and
+each posting merged O(log n) times. The term-id map is append-only and shared by every
+snapshot of an index; a failed build may leave ids nobody uses, which is harmless.
+
+A query scores only the postings of its own terms: document frequencies count the
+postings of live rows, the document count is the live rows, the average length that of the
+live rows (computed once per snapshot), so deletes and overwrites change the statistics
+with the rows, and the ranking is bm25s's over the same live rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..arrays.text import TextConfig, TextQuery, analyze, term_scores
+from ..codec.terms import FieldTerms, Terms, field_texts
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """One field over rows ``start .. start + n - 1``: their lengths and their postings,
+    grouped by term (``terms`` ascending; ``rows`` ascending within a term)."""
+
+    start: int
+    n: int
+    lengths: np.ndarray  # int32 (n,)
+    terms: np.ndarray  # int64 (distinct terms,)
+    ptr: np.ndarray  # int64 (distinct terms + 1,)
+    rows: np.ndarray  # int64 (postings,), absolute row numbers
+    tf: np.ndarray  # int32 (postings,)
+
+    @staticmethod
+    def of(start: int, ft: FieldTerms, ids: np.ndarray) -> Block:
+        """Rows ``start ..`` with terms ``ft``, whose local term ``i`` is index term ``ids[i]``."""
+        row = start + np.repeat(np.arange(len(ft), dtype=np.int64), np.diff(ft.indptr))
+        return _grouped(start, len(ft), ft.lengths().astype(np.int32), ids[ft.term], row, ft.tf)
+
+    @staticmethod
+    def merge(blocks: list[Block]) -> Block:
+        """Adjacent blocks as one."""
+        if len(blocks) == 1:
+            return blocks[0]
+        return _grouped(
+            blocks[0].start,
+            sum(b.n for b in blocks),
+            np.concatenate([b.lengths for b in blocks]),
+            np.concatenate([b.expanded() for b in blocks]),
+            np.concatenate([b.rows for b in blocks]),
+            np.concatenate([b.tf for b in blocks]),
+        )
+
+    def expanded(self) -> np.ndarray:
+        """Each posting's term id."""
+        return np.repeat(self.terms, np.diff(self.ptr))
+
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows holding ``term`` and how often."""
+        i = int(np.searchsorted(self.terms, term))
+        if i == len(self.terms) or self.terms[i] != term:
+            return self.rows[:0], self.tf[:0]
+        lo, hi = int(self.ptr[i]), int(self.ptr[i + 1])
+        return self.rows[lo:hi], self.tf[lo:hi]
+
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in (self.lengths, self.terms, self.ptr, self.rows, self.tf))
+
+
+def _grouped(
+    start: int, n: int, lengths: np.ndarray, term: np.ndarray, row: np.ndarray, tf: np.ndarray
+) -> Block:
+    order = np.argsort(term, kind="stable")  # rows stay ascending within a term
+    term, row, tf = term[order], row[order], tf[order]
+    terms, first = np.unique(term, return_index=True)
+    ptr = np.append(first, len(term)).astype(np.int64)
+    return Block(start, n, lengths, terms.astype(np.int64), ptr, row, tf)
+
+
+@dataclass(frozen=True, eq=False)
+class TextIndex:
+    """The BM25 postings of a snapshot's rows: per field, blocks covering every row in order."""
+
+    ids: dict[str, int]  # term -> index term id (append-only, shared)
+    terms: list[str]  # index term id -> term (append-only, shared)
+    fields: dict[str, tuple[Block, ...]] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes() for blocks in self.fields.values() for b in blocks)
+
+    def postings(self, name: str, term: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of field ``name`` holding ``term``, how often, and those rows' lengths."""
+        got = []
+        for block in self.fields.get(name, ()):
+            rows, tf = block.postings(term)
+            if len(rows):
+                got.append((rows, tf, block.lengths[rows - block.start]))
+        if not got:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty.astype(np.int32), empty.astype(np.int32)
+        if len(got) == 1:
+            return got[0]
+        rows_, tf_, lengths_ = zip(*got, strict=True)
+        return np.concatenate(rows_), np.concatenate(tf_), np.concatenate(lengths_)
+
+    def terms_of(self, rows: np.ndarray) -> Terms:
+        """The terms of ``rows`` (ascending), row-major over the index's term ids (what a
+        training or compaction writes beside the rows)."""
+        out = {}
+        vocab = tuple(self.terms)
+        for name, blocks in self.fields.items():
+            if not blocks:
+                continue
+            whole = Block.merge(list(blocks))
+            prow = whole.rows
+            at = np.minimum(np.searchsorted(rows, prow), max(len(rows) - 1, 0))
+            member = rows[at] == prow if len(rows) else np.zeros(len(prow), dtype=bool)
+            pos, term, tf = at[member], whole.expanded()[member], whole.tf[member]
+            order = np.lexsort((term, pos))
+            indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(pos, minlength=len(rows)), out=indptr[1:])
+            out[name] = FieldTerms(vocab, indptr, term[order].astype(np.int32), tf[order])
+        return out
+
+
+class TextBuilder:
+    """The next snapshot's text index in the making (with ``state.Builder``)."""
+
+    def __init__(self, fields: tuple[str, ...], base: TextIndex | None) -> None:
+        self.names = fields
+        self.ids: dict[str, int] = base.ids if base is not None else {}
+        self.terms: list[str] = base.terms if base is not None else []
+        self.blocks: dict[str, list[Block]] = {
+            f: list(base.fields.get(f, ())) if base is not None else [] for f in fields
+        }
+        self._pending: dict[str, list[Block]] = {f: [] for f in fields}
+
+    def _index_ids(self, vocab: tuple[str, ...]) -> np.ndarray:
+        ids, terms = self.ids, self.terms
+        out = np.empty(len(vocab), dtype=np.int64)
+        for i, term in enumerate(vocab):
+            got = ids.get(term)
+            if got is None:
+                got = ids[term] = len(terms)
+                terms.append(term)
+            out[i] = got
+        return out
+
+    def append(self, start: int, n: int, metadata: list[Any] | None, terms: Terms | None) -> None:
+        """Rows ``start .. start + n - 1`` with their stored ``terms`` (analysed here from
+        ``metadata`` for a field written before terms were stored)."""
+        for name in self.names:
+            ft = terms.get(name) if terms is not None else None
+            if ft is None or len(ft) != n:
+                ft = FieldTerms.of(field_texts(metadata, n, name))
+            self._pending[name].append(Block.of(start, ft, self._index_ids(ft.vocab)))
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Only rows ``keep`` (ascending), renumbered from 0 (a compaction)."""
+        self.flush()
+        for name, blocks in self.blocks.items():
+            if not blocks:
+                continue
+            whole = Block.merge(blocks)
+            term, rows = whole.expanded(), whole.rows
+            at = np.minimum(np.searchsorted(keep, rows), max(len(keep) - 1, 0))
+            member = keep[at] == rows if len(keep) else np.zeros(len(rows), dtype=bool)
+            lengths = whole.lengths[keep - whole.start]
+            self.blocks[name] = [_grouped(0, len(keep), lengths, term[member], at[member], whole.tf[member])]
+
+    def flush(self) -> None:
+        """Pending blocks into the tree: one merge of all of them, then the log-structured rule."""
+        for name, pending in self._pending.items():
+            if not pending:
+                continue
+            blocks = self.blocks[name]
+            blocks.append(Block.merge(pending))
+            while len(blocks) > 1 and blocks[-2].n <= blocks[-1].n:
+                last = blocks.pop()
+                blocks[-1] = Block.merge([blocks[-1], last])
+            pending.clear()
+
+    def freeze(self) -> TextIndex:
+        self.flush()
+        return TextIndex(self.ids, self.terms, {f: tuple(b) for f, b in self.blocks.items()})
+
+
+def search(
+    snap: Any, config: TextConfig | None, query: TextQuery, mask: np.ndarray | None, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows matching ``query`` (among ``mask``'s), best first, and their BM25 scores."""
+    searched = query.resolve(config)
+    assert config is not None
+    words = analyze([query.text])[0]
+    index: TextIndex | None = snap.text
+    alive: np.ndarray = snap.alive
+    n_docs = len(snap.live_rows())
+    none = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    if not words or not n_docs or index is None:
+        return none
+    ids = [index.ids.get(w, -1) for w in words]
+    legs = []  # per searched field: {term id: (rows, scores)} of live rows holding it
+    for name, weight in searched:
+        avg = _average_length(snap, index, name)
+        per_term = {}
+        for term in set(ids) - {-1}:
+            rows, tf, lengths = index.postings(name, term)
+            live = alive[rows]
+            rows, tf, lengths = rows[live], tf[live], lengths[live]
+            if len(rows):
+                per_term[term] = (rows, term_scores(tf, lengths, len(rows), n_docs, avg, config.k1, config.b))
+        legs.append((weight, per_term))
+    found = [rows for _, per_term in legs for rows, _ in per_term.values()]
+    if not found:
+        return none
+    candidates = np.unique(np.concatenate(found))
+    total = np.zeros(len(candidates), dtype=np.float32)
+    for weight, per_term in legs:
+        field_sum = np.zeros(len(candidates), dtype=np.float32)
+        for term in ids:  # in query order, repeats included: bm25s's float32 sum
+            if term in per_term:
+                rows, scores = per_term[term]
+                field_sum[np.searchsorted(candidates, rows)] += scores
+        total += np.float32(weight) * field_sum
+    keep = total > 0
+    if query.require_all:
+        for term in set(ids):
+            holds = np.zeros(len(candidates), dtype=bool)
+            for _, per_term in legs:
+                if term in per_term:
+                    holds[np.searchsorted(candidates, per_term[term][0])] = True
+            keep &= holds
+    if mask is not None:
+        keep &= mask[candidates]
+    hit = np.flatnonzero(keep)
+    order = hit[np.lexsort((hit, -total[hit]))][:limit]  # best first; ties by row (stable)
+    return candidates[order], total[order]
+
+
+def _average_length(snap: Any, index: TextIndex, name: str) -> float:
+    """The mean length of field ``name`` over the snapshot's live rows (once per snapshot)."""
+
+    def compute() -> float:
+        alive = snap.alive
+        total = sum(int(b.lengths[alive[b.start : b.start + b.n]].sum()) for b in index.fields.get(name, ()))
+        return total / max(len(snap.live_rows()), 1)
+
+    return float(snap.cached(("bm25-avg", name), compute))
