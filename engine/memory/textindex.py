@@ -221,14 +221,25 @@ def search(
     found = [rows for _, per_term in legs for rows, _ in per_term.values()]
     if not found:
         return none
-    candidates = np.unique(np.concatenate(found))
+    if sum(map(len, found)) * 16 > len(alive):  # many postings: a column over every row
+        candidates = np.arange(len(alive), dtype=np.int64)
+
+        def place(rows: np.ndarray) -> np.ndarray:
+            return rows
+
+    else:  # few: only the rows holding a term
+        candidates = np.unique(np.concatenate(found))
+
+        def place(rows: np.ndarray) -> np.ndarray:
+            return np.searchsorted(candidates, rows)
+
     total = np.zeros(len(candidates), dtype=np.float32)
     for weight, per_term in legs:
         field_sum = np.zeros(len(candidates), dtype=np.float32)
         for term in ids:  # in query order, repeats included: bm25s's float32 sum
             if term in per_term:
                 rows, scores = per_term[term]
-                field_sum[np.searchsorted(candidates, rows)] += scores
+                field_sum[place(rows)] += scores
         total += np.float32(weight) * field_sum
     keep = total > 0
     if query.require_all:
@@ -236,13 +247,18 @@ def search(
             holds = np.zeros(len(candidates), dtype=bool)
             for _, per_term in legs:
                 if term in per_term:
-                    holds[np.searchsorted(candidates, per_term[term][0])] = True
+                    holds[place(per_term[term][0])] = True
             keep &= holds
     if mask is not None:
         keep &= mask[candidates]
     hit = np.flatnonzero(keep)
-    order = hit[np.lexsort((hit, -total[hit]))][:limit]  # best first; ties by row (stable)
-    return candidates[order], total[order]
+    scores = total[hit]
+    if len(hit) > limit:  # the rows scoring at least the limit-th best (ties included)
+        floor = np.partition(scores, len(hit) - limit)[len(hit) - limit]
+        top = scores >= floor
+        hit, scores = hit[top], scores[top]
+    order = np.lexsort((hit, -scores))[:limit]  # best first; ties by row (stable)
+    return candidates[hit[order]], scores[order]
 
 
 def _average_length(snap: Any, index: TextIndex, name: str) -> float:
