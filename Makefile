@@ -64,10 +64,13 @@ unit: $(STAMP) $(ONNX_MODEL)
 # subject no array backend touches (HTTP framing and hardening, the OpenAPI fuzz, the
 # template and package, CLI, key stores, throttles, SnapStart, metrics, crypto, sources, the
 # embedding runtimes, LangChain, the README, the SDK's wire, the handler, kill -9
-# durability, store faults, job dispatch) - the numpy pass runs them.
+# durability, store faults, job dispatch, thread interleavings, key rotation and re-encryption,
+# batch loads, the byte formats, head transactions, and BM25, which scores on the host by
+# design) - the numpy pass runs them.
 STRICT_SKIP = openapi http_server template cli keystore throttle_shared snapstart observability \
   crypto sources storage embeddings langchain readme load_cli sdk_s3 ingest contract training_recovery \
-  hardening sdk_server crash training_dispatch api faults
+  hardening sdk_server crash training_dispatch api faults concurrency key_rotation reencrypt loads \
+  segment transactions bm25 text_index
 unit-strict: $(STAMP) $(ONNX_MODEL)
 	CIPHERVEC_BACKEND=strict $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) \
 	  $(foreach f,$(STRICT_SKIP),--ignore=tests/test_$(f).py)

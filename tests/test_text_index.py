@@ -195,3 +195,22 @@ def test_terms_of_another_analyzer_are_analysed_again(monkeypatch):
     raw = segment.encode(seg)
     monkeypatch.setattr(analysis, "ANALYZER", "en-porter2-stop-v2")
     assert segment.decode(raw).terms is None
+
+
+def test_common_terms_are_scored_once_per_snapshot_within_a_bound(monkeypatch):
+    from ciphervec.engine.memory import textindex
+
+    monkeypatch.setattr(textindex, "CACHE_FROM", 1)  # every term is common
+    monkeypatch.setattr(textindex, "CACHED_POSTINGS", 300)
+    texts = corpus(1000)
+    svc, rng = fresh(MemoryStore(), train_threshold=10**9), np.random.default_rng(4)
+    create(svc)
+    live = {f"d{i}": t for i, t in enumerate(texts)}
+    put(svc, live, rng)
+    same_as_plain(svc, live)
+    snap = svc.cache.snapshot(svc.heads.open("t", "i", KEK))
+    cache = snap.cached("bm25-terms", textindex._TermCache)
+    assert cache.entries and cache.size == sum(len(r) for r, _ in cache.entries.values()) <= 300
+    same_as_plain(svc, live)  # again, partly from the cache
+    svc.delete_vectors("t", "i", KEK, [f"d{i}" for i in range(0, 1000, 2)])  # a new snapshot
+    same_as_plain(svc, {k: v for k, v in live.items() if int(k[1:]) % 2})

@@ -17,6 +17,7 @@ with the rows, and the ranking is bm25s's over the same live rows.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,11 +213,9 @@ def search(
         avg = _average_length(snap, index, name)
         per_term = {}
         for term in set(ids) - {-1}:
-            rows, tf, lengths = index.postings(name, term)
-            live = alive[rows]
-            rows, tf, lengths = rows[live], tf[live], lengths[live]
-            if len(rows):
-                per_term[term] = (rows, term_scores(tf, lengths, len(rows), n_docs, avg, config.k1, config.b))
+            got = _term(snap, index, name, term, (n_docs, avg, config.k1, config.b))
+            if len(got[0]):
+                per_term[term] = got
         legs.append((weight, per_term))
     found = [rows for _, per_term in legs for rows, _ in per_term.values()]
     if not found:
@@ -259,6 +258,54 @@ def search(
         hit, scores = hit[top], scores[top]
     order = np.lexsort((hit, -scores))[:limit]  # best first; ties by row (stable)
     return candidates[hit[order]], scores[order]
+
+
+# A snapshot keeps the scored postings of its most recently queried common terms (a term's
+# scores change only with the rows, i.e. with the snapshot): at most this many postings in all.
+CACHED_POSTINGS = 4_000_000
+CACHE_FROM = 2048  # a term with fewer postings is scored afresh each time (cheap)
+
+
+class _TermCache:
+    """Scored postings of one snapshot's common terms, oldest evicted first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+        self.size = 0
+
+    def get(self, key: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        with self.lock:
+            return self.entries.get(key)
+
+    def put(self, key: Any, value: tuple[np.ndarray, np.ndarray]) -> None:
+        with self.lock:
+            if key in self.entries or len(value[0]) > CACHED_POSTINGS:
+                return
+            while self.entries and self.size + len(value[0]) > CACHED_POSTINGS:
+                self.size -= len(self.entries.pop(next(iter(self.entries)))[0])
+            self.entries[key] = value
+            self.size += len(value[0])
+
+
+def _term(
+    snap: Any, index: TextIndex, name: str, term: int, stats: tuple[int, float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The live rows of field ``name`` holding ``term`` and their scores under ``stats``
+    (documents, average length, k1, b), from the snapshot's cache for a common term."""
+    cache: _TermCache = snap.cached("bm25-terms", _TermCache)
+    key = (name, term)
+    got = cache.get(key)
+    if got is not None:
+        return got
+    rows, tf, lengths = index.postings(name, term)
+    live = snap.alive[rows]
+    rows, tf, lengths = rows[live], tf[live], lengths[live]
+    n_docs, avg, k1, b = stats
+    got = rows, term_scores(tf, lengths, len(rows), n_docs, avg, k1, b)
+    if len(rows) >= CACHE_FROM:
+        cache.put(key, got)
+    return got
 
 
 def _average_length(snap: Any, index: TextIndex, name: str) -> float:
