@@ -178,3 +178,35 @@ def test_a_trainings_centroids_object_keeps_the_ranges_apart_from_the_centroids(
     assert np.array_equal(plain.centroids, centroids) and plain.ranges is None
     with pytest.raises(ValueError):
         TrainedLists.decode(TrainedLists(centroids[:2]).encode(), ranges=True)
+
+
+def test_quantizer_ranges_fitted_in_chunks_equal_one_fit_of_every_row():
+    """Training fits a tier's scalar-quantizer ranges over its rows a chunk at a time: the
+    chunks' extremes fit the very same quantizer as all rows at once."""
+    from ciphervec.engine.arrays.ann import sq_ranges
+
+    x = np.random.default_rng(7).standard_normal((20_000, 48)).astype(np.float32) * np.arange(1, 49)
+    for bits in (8, 6, 4):
+        whole = sq_ranges(x, bits)
+        assert np.array_equal(sq_ranges((x[lo : lo + 3000] for lo in range(0, len(x), 3000)), bits), whole)
+    with pytest.raises(ValueError):
+        sq_ranges(iter([]), 8)
+
+
+@pytest.mark.parametrize("tier", ["float16", "tq8"])
+def test_training_in_small_chunks_stores_and_holds_the_same_as_in_one(monkeypatch, tier):
+    """Training assigns lists and converts rows to their stored form a chunk at a time
+    (bounded memory): with chunks of about a hundred rows it writes the same objects' rows
+    and holds the same values as with chunks bigger than the index."""
+    from ciphervec.engine.arrays import kmeans
+    from ciphervec.engine.usecases import maintenance
+
+    results = []
+    for rows in (10**6, 97):
+        monkeypatch.setattr(kmeans, "ASSIGN_ROWS", rows)
+        monkeypatch.setattr(maintenance, "STORED_ROWS", rows)
+        svc, x = build(tier, MemoryStore())
+        got = svc.get("t", tier, KEK, [f"r{i}" for i in range(0, N, 7)], ["vector"])
+        cold = fresh(svc.store, lazy_rows=0).query("t", tier, KEK, x[:20], top_k=5, n_probes=3)
+        results.append((got, cold, svc.describe("t", tier, KEK)))
+    assert results[0] == results[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -240,13 +241,23 @@ def sq_type(bits: int) -> Any:
     return {8: sq.QT_8bit, 6: sq.QT_6bit, 4: sq.QT_4bit}[bits]
 
 
-def sq_ranges(vectors: np.ndarray, bits: int) -> np.ndarray:
+def sq_ranges(vectors: np.ndarray | Iterable[np.ndarray], bits: int) -> np.ndarray:
     """Per-dimension ranges of a ``bits``-bit faiss scalar quantizer fitted to ``vectors``
-    (search space), widened by 2 % each way for rows written later: ``(2, d)`` float32."""
-    sq = faiss.ScalarQuantizer(vectors.shape[1], sq_type(bits))
+    (search space; an array, or its rows in chunks), widened by 2 % each way for rows
+    written later: ``(2, d)`` float32. The fit reads only each dimension's minimum and
+    maximum, so the chunks' extremes, as two rows, fit the same quantizer (tested)."""
+    low = high = None
+    for chunk in [vectors] if isinstance(vectors, np.ndarray) else vectors:
+        if len(chunk):
+            c_low, c_high = chunk.min(0), chunk.max(0)
+            low = c_low if low is None else np.minimum(low, c_low)
+            high = c_high if high is None else np.maximum(high, c_high)
+    if low is None or high is None:
+        raise ValueError("no rows to fit the quantizer to")
+    sq = faiss.ScalarQuantizer(len(low), sq_type(bits))
     sq.rangestat = faiss.ScalarQuantizer.RS_minmax
     sq.rangestat_arg = 0.02
-    sq.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    sq.train(np.ascontiguousarray(np.stack([low, high]), dtype=np.float32))
     return faiss.vector_to_array(sq.trained).astype(np.float32).reshape(2, -1)
 
 

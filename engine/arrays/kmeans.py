@@ -79,10 +79,18 @@ def train_centroids(
     return backend.to_host(normalize(backend.asarray(cent))).astype(np.float32) if cosine else cent
 
 
+ASSIGN_ROWS = 32768  # rows assigned at a time: the search-space copy stays this small
+
+
 def assign_lists(backend: Backend, vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
-    """The IVF list of each row: its nearest centroid in the search space."""
-    space = backend.to_host(normalize(backend.asarray(vectors))) if metric == "cosine" else vectors
-    return backend.nearest(space, centroids, 1)[:, 0]
+    """The IVF list of each row: its nearest centroid in the search space (a chunk of rows
+    at a time)."""
+    out = np.empty(len(vectors), dtype=np.int64)
+    for lo in range(0, len(vectors), ASSIGN_ROWS):
+        chunk = vectors[lo : lo + ASSIGN_ROWS]
+        space = backend.to_host(normalize(backend.asarray(chunk))) if metric == "cosine" else chunk
+        out[lo : lo + len(chunk)] = backend.nearest(space, centroids, 1)[:, 0]
+    return out
 
 
 def choose_n_probes(

@@ -4,7 +4,7 @@ the write-ahead tail, sweeps of retired objects, and the training marks kept in 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -132,11 +132,9 @@ class Maintenance:
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
-        # What every reader will hold: the rows as the run's objects decode
-        held = vectors if head.precision == "float32" else segment.as_stored(vectors, head.precision)
         ranges = None
         if layout.precision in SQ_TIERS:  # the codes' ranges, fitted once for every part
-            space = normalize(held) if metric == "cosine" else held
+            space = (normalize(c) if metric == "cosine" else c for c in _stored(vectors, head.precision))
             ranges = sq_ranges(space, turboquant.TIERS[layout.precision])
         trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
         self.heads.write_centroids(head, cent_name, trained_lists)
@@ -145,6 +143,14 @@ class Maintenance:
         except BaseException:
             self.heads.delete_all(head, [cent_name])
             raise
+        # What every reader will hold: the rows as the run's objects decode (in place, a chunk
+        # at a time: the run is written, nothing needs the rows as given any more)
+        if head.precision != "float32":
+            for lo, chunk in zip(
+                range(0, len(vectors), STORED_ROWS), _stored(vectors, head.precision), strict=True
+            ):
+                vectors[lo : lo + len(chunk)] = chunk
+        held = vectors
         written = [cent_name, snap_name]
         now = self.clock()
         cent = Centroids(cent_name, lists, probes, len(rows), now, round(recall, 4))
@@ -293,3 +299,13 @@ def merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
         stretch.insert(0, ref)
         total += ref.rows
     return stretch
+
+
+STORED_ROWS = 65536  # rows converted to their stored form at a time during a training
+
+
+def _stored(vectors: np.ndarray, precision: str) -> Iterator[np.ndarray]:
+    """``vectors`` as readers decode them after storing at ``precision``, a chunk at a time."""
+    for lo in range(0, len(vectors), STORED_ROWS):
+        chunk = vectors[lo : lo + STORED_ROWS]
+        yield chunk if precision == "float32" else segment.as_stored(chunk, precision)
