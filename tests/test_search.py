@@ -236,3 +236,20 @@ def test_queries_for_more_than_ten_neighbours_probe_as_recall_at_100_needs():
     from dataclasses import replace
 
     assert replace(cent, auto_n_probes_100=None).probes_for(100) == cent.auto_n_probes
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_calibration_truth_searched_in_chunks_equals_one_search(monkeypatch, cosine):
+    """Training measures n_probes against the exact neighbours of its calibration rows,
+    searched a chunk of rows at a time (no normalised copy of every row): the same
+    neighbours and distances as one search over all of them."""
+    be = select(BACKEND)
+    x = np.random.default_rng(11).standard_normal((3000, 16)).astype(np.float32) * 3
+    q = x[:50] + 0.01
+    space = x / np.linalg.norm(x, axis=1, keepdims=True) if cosine else x
+    queries = q / np.linalg.norm(q, axis=1, keepdims=True) if cosine else q
+    want_d, want_i = be.knn_with_distances(queries, space, 18)
+    monkeypatch.setattr(kmeans, "ASSIGN_ROWS", 97)
+    got_d, got_i = kmeans._exact_neighbours(be, queries, x, 18, cosine)
+    assert np.array_equal(got_i, want_i)
+    assert np.allclose(got_d, want_d, rtol=1e-5, atol=1e-6)

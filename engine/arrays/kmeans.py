@@ -93,6 +93,32 @@ def assign_lists(backend: Backend, vectors: np.ndarray, centroids: np.ndarray, m
     return out
 
 
+def _space(backend: Backend, rows: np.ndarray, cosine: bool) -> np.ndarray:
+    """``rows`` in the search space (unit length for cosine), on the host."""
+    return backend.to_host(normalize(backend.asarray(rows))) if cosine else rows
+
+
+def _exact_neighbours(
+    backend: Backend, queries: np.ndarray, vectors: np.ndarray, k: int, cosine: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(squared distances, rows)`` of the exact ``k`` nearest rows of ``vectors`` (in the
+    search space) for each query, searched a chunk of rows at a time: no copy of every row."""
+    best_d: np.ndarray | None = None
+    best_i: np.ndarray | None = None
+    for lo in range(0, len(vectors), ASSIGN_ROWS):
+        chunk = _space(backend, vectors[lo : lo + ASSIGN_ROWS], cosine)
+        dist, rows = backend.knn_with_distances(queries, chunk, min(k, len(chunk)))
+        rows = np.where(rows >= 0, rows + lo, -1)
+        if best_d is None or best_i is None:
+            best_d, best_i = dist, rows
+            continue
+        dist, rows = np.concatenate([best_d, dist], axis=1), np.concatenate([best_i, rows], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # ties: the earlier row
+        best_d, best_i = np.take_along_axis(dist, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    assert best_d is not None and best_i is not None
+    return best_d, best_i
+
+
 def choose_n_probes(
     backend: Backend,
     vectors: np.ndarray,
@@ -116,11 +142,12 @@ def choose_n_probes(
     out = {k: (1, 1.0) for k in aims}
     if n_lists == 1 or not ks or not len(picks):
         return out
-    space = backend.to_host(normalize(backend.asarray(vectors))) if metric == "cosine" else vectors
-    ranking = inverse_permutation(backend.asarray(backend.nearest(space[picks], centroids, k=n_lists)))
+    cosine = metric == "cosine"
+    queries = _space(backend, vectors[picks], cosine)
+    ranking = inverse_permutation(backend.asarray(backend.nearest(queries, centroids, k=n_lists)))
     # A sampled row finds itself and any exact duplicates at distance 0, all in its own
     # list; counting them would flatter small n_probes. Fetch extra, drop them, keep k.
-    dist, neighbours = backend.knn_with_distances(space[picks], space, min(ks[-1] + 8, len(vectors)))
+    dist, neighbours = _exact_neighbours(backend, queries, vectors, min(ks[-1] + 8, len(vectors)), cosine)
     xp, to = backend.xp, backend.asarray
     found = to(neighbours)
     duplicate = (to(dist) <= 1e-9) | (found == to(picks)[:, None]) | (found < 0)
