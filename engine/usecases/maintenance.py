@@ -132,24 +132,27 @@ class Maintenance:
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
-        ranges = None
-        if layout.precision in SQ_TIERS:  # the codes' ranges, fitted once for every part
-            space = (normalize(c) if metric == "cosine" else c for c in _stored(vectors, head.precision))
-            ranges = sq_ranges(space, turboquant.TIERS[layout.precision])
-        trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
-        self.heads.write_centroids(head, cent_name, trained_lists)
+        self.writer.run(head, snap_name, rows, labels, lists)
+        # What every reader will hold: the rows as the run's objects decode, turned so in place
+        # a chunk at a time (the run is written: nothing needs the rows as given any more),
+        # and in the same pass a tier's quantizer ranges, fitted once for every part
+        sq_tier = layout.precision in SQ_TIERS
         try:
-            self.writer.run(head, snap_name, rows, labels, lists)
-        except BaseException:
-            self.heads.delete_all(head, [cent_name])
-            raise
-        # What every reader will hold: the rows as the run's objects decode (in place, a chunk
-        # at a time: the run is written, nothing needs the rows as given any more)
-        if head.precision != "float32":
+            extremes = []
             for lo, chunk in zip(
                 range(0, len(vectors), STORED_ROWS), _stored(vectors, head.precision), strict=True
             ):
-                vectors[lo : lo + len(chunk)] = chunk
+                if head.precision != "float32":
+                    vectors[lo : lo + len(chunk)] = chunk
+                if sq_tier:
+                    space = normalize(chunk) if metric == "cosine" else chunk
+                    extremes.append(np.stack([space.min(0), space.max(0)]))
+            ranges = sq_ranges(extremes, turboquant.TIERS[layout.precision]) if sq_tier else None
+            trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
+            self.heads.write_centroids(head, cent_name, trained_lists)
+        except BaseException:
+            self.heads.delete_all(head, [snap_name, cent_name])
+            raise
         held = vectors
         written = [cent_name, snap_name]
         now = self.clock()
