@@ -38,7 +38,7 @@ from .store.heads import Heads
 from .store.jobs import Jobs, LoadJob
 from .store.keys import KeyRing
 from .store.manifest import HeadBody, RetryPolicy, seal_head
-from .store.transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, check_dimension
+from .store.transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, TrainingStage, check_dimension
 from .timing import event, stage
 from .usecases import policy as field_policy
 from .usecases.loads import Loader
@@ -369,7 +369,12 @@ class IndexService:
 
     def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
         """``(name, state)`` of this tenant's indexes queued or running training."""
-        out = []
+        return [(name, str(mark["state"])) for name, mark in self.training_progress(tenant).items()]
+
+    def training_progress(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """This tenant's indexes queued or running training, each with its state, since when,
+        and for a running one the stage it has reached (``transactions.TrainingStage``)."""
+        out = {}
         for name in self.list_indexes(tenant):
             try:
                 env = self.heads.envelope(tenant, name)
@@ -377,7 +382,13 @@ class IndexService:
                 continue
             if self.maintenance.training_active(env):
                 assert env.training is not None
-                out.append((name, str(env.training.get("state"))))
+                mark = env.training
+                shown = {"state": str(mark.get("state")), "since": mark.get("since")}
+                if "stage" in mark:
+                    steps = len(TrainingStage.STAGES)
+                    shown |= {"stage": mark["stage"], "step": mark.get("step"), "steps": steps}
+                    shown["stage_since"] = mark.get("stage_at")
+                out[name] = shown
         return out
 
     # -- writes ----------------------------------------------------------------------

@@ -195,6 +195,6 @@ def training_status() -> Response:
             "retrain_threshold": c.settings.train_threshold,
             "worker_running": bool(local["worker_running"]),
             "worker_pid": worker_pid(),
-            "global_training": {},
+            "global_training": c.service.training_progress(principal.tenant),
         }
     )

@@ -454,3 +454,32 @@ def test_merge_runs_are_size_tiered():
     assert len(_merge_run(refs(1000, 10, 1000, 3, snapshot=True))) == 4  # ordinary writes always join
     assert len(_merge_run(refs(64000, *[1000] * 10))) == 10  # a big merge output waits ...
     assert len(_merge_run(refs(64000, *[1000] * 64))) == 65  # ... until newer rows reach its size
+
+
+def test_a_running_training_shows_each_stage_it_reaches(store, kek, monkeypatch):
+    from ciphervec.engine.store.transactions import TrainingStage
+
+    svc = fresh(store, train_threshold=10**9)
+    svc.create_index("t", "i", IndexConfig(), kek=kek)
+    svc.upsert("t", "i", kek, batch([str(i) for i in range(400)]))
+    seen, real = [], svc.heads.commit
+
+    def commit(head, op):  # what training-status shows after each commit of a stage
+        done = real(head, op)
+        if isinstance(op, TrainingStage):
+            seen.append(svc.training_progress("t")["i"])
+        return done
+
+    monkeypatch.setattr(svc.heads, "commit", commit)
+    assert svc.train("t", "i", kek, n_lists=4).trained
+    assert seen == []  # no running mark, nothing to show: no extra commit
+    svc.set_training("t", "i", kek, "running")
+    assert svc.training_progress("t")["i"]["state"] == "running"
+    assert "stage" not in svc.training_progress("t")["i"]
+    assert svc.train("t", "i", kek, n_lists=4).trained
+    assert [s["stage"] for s in seen] == list(TrainingStage.STAGES)
+    assert [s["step"] for s in seen] == list(range(1, len(TrainingStage.STAGES) + 1))
+    assert all(s["state"] == "running" and s["steps"] == len(TrainingStage.STAGES) for s in seen)
+    head = svc.heads.open("t", "i", kek)
+    with pytest.raises(ValueError):
+        TrainingStage("guessing", 0.0).apply(head.envelope, head.body)

@@ -241,6 +241,35 @@ class SetTraining:
 
 
 @dataclass(frozen=True)
+class TrainingStage:
+    """How far a running training has come: its ``stage`` (one of ``STAGES``) since ``at``,
+    written into the running mark (``training-status`` shows it). No conflict: without a
+    running mark (a training started without one, or the mark taken by a newer one) it
+    changes nothing and returns False."""
+
+    stage: str
+    at: float
+
+    STAGES = (
+        "sampling rows",
+        "k-means",
+        "assigning lists",
+        "measuring n_probes",
+        "writing the run",
+        "committing",
+    )
+
+    def apply(self, env: Envelope, body: HeadBody) -> bool:
+        if self.stage not in self.STAGES:
+            raise ValueError(f"unknown training stage {self.stage!r}")
+        if not env.training or env.training.get("state") != "running":
+            return False
+        done = self.STAGES.index(self.stage)
+        env.training = {**env.training, "stage": self.stage, "stage_at": self.at, "step": done + 1}
+        return True
+
+
+@dataclass(frozen=True)
 class SetRewrite:
     """The re-encryption mark (a rewrite claimed) or its end (None: given back)."""
 

@@ -3,6 +3,7 @@ the write-ahead tail, sweeps of retired objects, and the training marks kept in 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,9 +27,11 @@ from ..names import born, new_id
 from ..store import workers
 from ..store.heads import Head, Heads
 from ..store.manifest import Centroids, Envelope, SegmentRef
-from ..store.transactions import Compact, DropRetired, MergeTail, SetTraining, training_active
+from ..store.transactions import Compact, DropRetired, MergeTail, SetTraining, TrainingStage, training_active
 from ..timing import event
 from .writes import Writer
+
+log = logging.getLogger("ciphervec.maintenance")
 
 SMALL_SEGMENT_ROWS = 8192
 
@@ -91,6 +94,7 @@ class Maintenance:
     ) -> TrainResult:
         """Train (or retrain) IVF centroids and compact all segments into one run."""
         head = self.heads.open(tenant, name, kek)
+        head = self._stage(head, "sampling rows")
         snap = self.cache.snapshot(head)
         metric = head.metric
         count = snap.live
@@ -111,6 +115,7 @@ class Maintenance:
         applied, seq = list(snap.applied), snap.applied_seq
         layout = Layout(snap.dimension, metric, snap.precision, text=snap.layout.text)
         del snap  # the rows live on in ``rows`` until the new snapshot holds them
+        head = self._stage(head, "k-means")
         try:
             calibration = kmeans.held_out(len(vectors))
             centroids = kmeans.train_centroids(
@@ -122,7 +127,9 @@ class Maintenance:
                 tolerance=tolerance,
                 exclude=calibration,
             )
+            head = self._stage(head, "assigning lists")
             labels = kmeans.assign_lists(self.backend, vectors, centroids, metric)
+            head = self._stage(head, "measuring n_probes")
             chosen = kmeans.choose_n_probes(
                 self.backend, vectors, labels, centroids, metric, calibration, kmeans.AIMS
             )
@@ -132,6 +139,7 @@ class Maintenance:
         except Exception as exc:
             raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
+        head = self._stage(head, "writing the run")
         self.writer.run(head, snap_name, rows, labels, lists)
         # What every reader will hold: the rows as the run's objects decode, turned so in place
         # a chunk at a time (the run is written: nothing needs the rows as given any more),
@@ -155,6 +163,7 @@ class Maintenance:
             raise
         held = vectors
         written = [cent_name, snap_name]
+        head = self._stage(head, "committing")
         now = self.clock()
         cent = Centroids(cent_name, lists, probes, len(rows), now, round(recall, 4))
         cent.auto_n_probes_100 = max(probes, probes_100)
@@ -176,6 +185,19 @@ class Maintenance:
         self.sweep(tenant, name, kek)
         event("trainings")
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
+
+    def _stage(self, head: Head, stage: str) -> Head:
+        """Show ``stage`` in the running training's mark, and return the head after it. Only
+        for a training started with a running mark; best effort: a failed write hides the
+        progress, never stops the training."""
+        mark = head.envelope.training
+        if not mark or mark.get("state") != "running":
+            return head
+        try:
+            return self.heads.commit(head, TrainingStage(stage, self.clock())).head
+        except CipherVecError as exc:
+            log.warning("could not record training stage %r: %s", stage, type(exc).__name__)
+            return head
 
     # -- merges and sweeps --------------------------------------------------------------------
     def merge_tail(self, tenant: str, name: str, kek: bytes | None) -> int:
