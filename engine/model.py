@@ -128,6 +128,16 @@ class UpsertResult:
     rewrite_due: bool = False  # an interrupted re-encryption (``rekey``) is to be queued again
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What a key rotation did: the new key mode, and the rewrite of every object under a
+    new data key — ``none`` (not asked for), ``done``, ``running`` (in the background) or
+    ``retry`` (could not start; the next request on the index takes it up again)."""
+
+    key_mode: str
+    rewrite: str = "none"
+
+
 @dataclass
 class TrainResult:
     trained: bool

@@ -6,7 +6,10 @@ Adapters live in ``ciphervec.infra``; the memory store is the fake at every test
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .model import TrainResult
 
 
 class StoreError(Exception):
@@ -56,6 +59,22 @@ class JobQueue(Protocol):
     ``kind`` is ``train``, ``merge`` or ``reencrypt``."""
 
     def enqueue(self, tenant: str, index_name: str, kek: bytes | None, kind: str = "train") -> None: ...
+
+
+class JobRunner(JobQueue, Protocol):
+    """A job queue that can also run a job while its caller waits (an explicit train, the
+    rewrite after a rotation): the result when it ends within ``wait_seconds``, else
+    ``None`` while it goes on in the background."""
+
+    def run(
+        self,
+        tenant: str,
+        index_name: str,
+        kek: bytes | None,
+        kind: str = "train",
+        params: dict[str, Any] | None = None,
+        wait_seconds: float = 0.0,
+    ) -> TrainResult | None: ...
 
 
 class KeyWrapper(Protocol):

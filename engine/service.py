@@ -31,9 +31,18 @@ from .errors import (
 )
 from .handle import OpenIndex, wants_worker
 from .memory.cache import StateCache
-from .model import MAX_VALUE, IndexConfig, RowBatch, TrainResult, UpsertResult, check_index_name, value_bound
+from .model import (
+    MAX_VALUE,
+    IndexConfig,
+    Rotation,
+    RowBatch,
+    TrainResult,
+    UpsertResult,
+    check_index_name,
+    value_bound,
+)
 from .names import unescape
-from .ports import BlobStore, JobQueue, KeyWrapper, StoreConflict
+from .ports import BlobStore, JobQueue, JobRunner, KeyWrapper, StoreConflict
 from .store.heads import Heads
 from .store.jobs import Jobs, LoadJob
 from .store.keys import KeyRing
@@ -222,6 +231,50 @@ class IndexService:
         fresh = self.keys.envelope(tenant, name, head.dek, new_kek, new_kms_name)
         self.heads.commit(head, Rewrap(fresh.key_mode, fresh.wrapped_dek, fresh.kms_name))
         return fresh.key_mode
+
+    def rotate(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        new_kek: bytes | None,
+        new_kms_name: str | None,
+        runner: JobRunner,
+        *,
+        kms_name: str | None = None,
+        reencrypt: bool = False,
+        wait_seconds: float = 0.0,
+    ) -> Rotation:
+        """``rotate_key``, and with ``reencrypt`` the rewrite under the new data key run by
+        ``runner`` while the caller waits up to ``wait_seconds``. The rotation stands whatever
+        the rewrite does: a runner that cannot start it gives the mark back, so the next
+        request on the index queues it again."""
+        mode = self.rotate_key(tenant, name, kek, new_kek, new_kms_name, kms_name, reencrypt)
+        if not reencrypt:
+            return Rotation(mode)
+        try:
+            result = runner.run(tenant, name, new_kek, kind="reencrypt", wait_seconds=wait_seconds)
+        except Exception as exc:
+            log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
+            event("jobs_not_queued")
+            self.release(tenant, name, new_kek, "reencrypt")
+            return Rotation(mode, "retry")
+        return Rotation(mode, "running" if result is None else "done")
+
+    def train_now(
+        self,
+        tenant: str,
+        name: str,
+        kek: bytes | None,
+        runner: JobRunner,
+        params: dict[str, Any],
+        wait_seconds: float,
+    ) -> TrainResult | None:
+        """An explicit training, run by ``runner`` while the caller waits up to
+        ``wait_seconds`` (``None``: it goes on in the background). The key is proved and the
+        index found first, so those errors come from here, not from the worker."""
+        self.describe(tenant, name, kek)
+        return runner.run(tenant, name, kek, kind="train", params=params, wait_seconds=wait_seconds)
 
     def embedding_model(self, tenant: str, name: str, kek: bytes | None) -> str | None:
         """The model that embeds this index's contents and text queries, if it has one."""

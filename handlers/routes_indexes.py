@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ..engine.arrays.text import TextConfig
 from ..engine.embedding import model_spec
 from ..engine.errors import InvalidRequest, ModelUnavailable
 from ..engine.model import IndexConfig, check_index_name
-from ..infra.training import IndexJob, worker_pid
+from ..infra.training import worker_pid
 from . import request as rq
 from . import responses, schemas
 from .request import Response
 from .routing import route
-
-log = logging.getLogger("ciphervec.api")
 
 
 @route("GET", "/v1/health", answer=responses.Health)
@@ -110,43 +107,36 @@ def rotate_key() -> Response:
     if (req.new_index_key is None) == (req.new_kms_name is None):
         raise InvalidRequest("give exactly one of new_index_key and new_kms_name")
     c, new_kek = rq.app(), rq.kek(req.new_index_key)
-    mode = c.service.rotate_key(
+    done = c.service.rotate(
         tenant,
         req.index_name,
         kek,
         new_kek,
         req.new_kms_name,
+        c.trainer,
         kms_name=req.kms_name,
         reencrypt=bool(req.reencrypt),
+        wait_seconds=c.settings.train_sync_seconds,
     )
     body: dict[str, Any] = {
         "status": "success",
-        "message": f"The key of index '{req.index_name}' was rotated; the old key no longer opens it",
-        "key_mode": mode,
+        "message": f"The key of index '{req.index_name}' was rotated; the old key no longer opens it"
+        + _REWRITE[done.rewrite],
+        "key_mode": done.key_mode,
     }
-    if not req.reencrypt:
-        return rq.ok(body)
-    job = IndexJob(tenant, req.index_name, new_kek, kind="reencrypt")
-    try:
-        result = c.trainer.train(job, c.settings.train_sync_seconds)
-    except Exception as exc:  # the rotation stands: the rewrite is queued again by the next request
-        log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
-        c.service.release(tenant, req.index_name, new_kek, "reencrypt")
-        body["status"] = "rewriting"
-        body["message"] += (
-            "; rewriting its objects under the new data key failed for now and is taken up "
-            "again by the next request on the index (see key_rotation in /v1/indexes/describe)"
-        )
-        return rq.answer(202, body)
-    if result is None:
-        body["status"] = "rewriting"
-        body["message"] += (
-            "; its objects are being rewritten under the new data key in the background "
-            "(see key_rotation in /v1/indexes/describe)"
-        )
-        return rq.answer(202, body)
-    body["message"] += "; every object was rewritten under a new data key"
+    if done.rewrite in ("running", "retry"):
+        return rq.answer(202, body | {"status": "rewriting"})
     return rq.ok(body)
+
+
+_REWRITE = {  # what the answer to a rotation says of its rewrite (``model.Rotation``)
+    "none": "",
+    "done": "; every object was rewritten under a new data key",
+    "running": "; its objects are being rewritten under the new data key in the background "
+    "(see key_rotation in /v1/indexes/describe)",
+    "retry": "; rewriting its objects under the new data key failed for now and is taken up "
+    "again by the next request on the index (see key_rotation in /v1/indexes/describe)",
+}
 
 
 @route("POST", "/v1/indexes/train", schemas.TrainRequest, answer=responses.Message, accepted=True)
@@ -163,8 +153,9 @@ def train_index() -> Response:
     if req.tolerance is not None:
         params["tolerance"] = float(req.tolerance)
     c = rq.app()
-    c.service.describe(tenant, req.index_name, kek)  # 404/401 now, not from the worker
-    result = c.trainer.train(IndexJob(tenant, req.index_name, kek, params), c.settings.train_sync_seconds)
+    result = c.service.train_now(
+        tenant, req.index_name, kek, c.trainer, params, c.settings.train_sync_seconds
+    )
     if result is None:
         return rq.answer(
             202,

@@ -6,6 +6,7 @@ queue an automatic one, and what is training now.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -64,7 +65,27 @@ def run_job(service: IndexService, job: IndexJob, until: float | None = None) ->
         raise
 
 
-class LocalTrainer:
+class _Runner(abc.ABC):
+    """``ports.JobRunner``'s ``run`` over a trainer's ``train(job, wait_seconds)``."""
+
+    @abc.abstractmethod
+    def train(self, job: IndexJob, wait_seconds: float) -> TrainResult | None:
+        """Run ``job``; ``None`` when it is still running after ``wait_seconds``."""
+
+    def run(
+        self,
+        tenant: str,
+        index_name: str,
+        kek: bytes | None,
+        kind: str = "train",
+        params: dict[str, Any] | None = None,
+        wait_seconds: float = 0.0,
+    ) -> TrainResult | None:
+        """``ports.JobRunner``: the job, waited for up to ``wait_seconds``."""
+        return self.train(IndexJob(tenant, index_name, kek, dict(params or {}), kind=kind), wait_seconds)
+
+
+class LocalTrainer(_Runner):
     """One background thread trains queued indexes one at a time."""
 
     def __init__(self, service: IndexService) -> None:
@@ -147,7 +168,7 @@ class LocalTrainer:
         }
 
 
-class LambdaTrainer:
+class LambdaTrainer(_Runner):
     """Explicit trains run inline when they fit the budget; the rest go to TrainFunction.
 
     The async payload never carries a plaintext key: a client ``index_key`` is sealed
