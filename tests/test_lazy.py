@@ -1,6 +1,7 @@
 """Runs grouped by IVF list, and cold containers that read only the lists a query probes."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -292,3 +293,44 @@ def test_a_failed_merge_leaves_no_run_objects(trained):
         svc.merge_tail("t", "i", KEK)
     store.put_if_match = real
     assert set(store.list("t/i/run/")) == before
+
+
+class SlowStore(CountingStore):
+    """Run list objects take a while to read, so that two readers overlap."""
+
+    def get(self, key, if_none_match=None):
+        if "/run/" in key and "-" in key.rsplit("/", 1)[-1]:
+            time.sleep(0.003)
+        return super().get(key, if_none_match)
+
+
+def test_a_list_being_read_is_not_read_again_by_a_second_caller(trained):
+    """A query racing the background fill of a cold index: both want the same lists; each
+    list object is read once, and both callers get every list."""
+    store, _ = trained
+    slow = SlowStore()
+    slow._data = store._data  # the same objects, read slowly and counted
+    svc = service(slow)
+    head = svc.heads.open("t", "i", KEK)
+    name = head.body.segments[0].name
+    lists = [(name, k) for k in svc.heads.read_directory(head, name).lists()]
+    list_bytes = sum(len(MemoryStore.get(slow, f"t/i/{run.list_name(name, k)}")[0]) for _, k in lists)
+    slow.run_bytes, start, got = 0, threading.Barrier(2), {}
+
+    def reader(who, order):
+        start.wait()
+        got[who] = svc.cache.inflight.fetch(svc.heads, head, order, readers=4)
+
+    threads = [
+        threading.Thread(target=reader, args=("a", lists)),
+        threading.Thread(target=reader, args=("b", lists[::-1])),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert slow.run_bytes == list_bytes  # every list object read exactly once
+    for who in ("a", "b"):
+        assert sorted((n, k) for n, k, _ in got[who]) == sorted(lists)
+    rows_a = {k: seg.ids for _, k, seg in got["a"]}
+    assert rows_a == {k: seg.ids for _, k, seg in got["b"]}

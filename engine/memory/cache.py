@@ -26,7 +26,7 @@ from ..store.heads import Head, Heads, Key
 from ..store.manifest import SegmentRef
 from ..timing import event, stage
 from . import parts
-from .lazy import FILL_BATCH, FILL_READERS, apply_lists, fetch_lists, read_run
+from .lazy import FILL_BATCH, FILL_READERS, InFlight, apply_lists, read_run
 from .parts import Layout, Part
 from .state import Builder, PartialRun, Snapshot
 
@@ -49,6 +49,7 @@ class StateCache:
         self._fillers: dict[Key, threading.Thread] = {}
         self._mergers: dict[Key, threading.Thread] = {}
         self._guard = threading.Lock()  # the dicts above; held for O(1) steps only
+        self.inflight = InFlight()  # list objects being read (a query and the fill share reads)
 
     # -- lookups -----------------------------------------------------------------------
     def writer(self, key: Key) -> threading.RLock:
@@ -156,7 +157,7 @@ class StateCache:
         """``snap`` with lists ``todo`` loaded: read with no lock held, then published."""
         if not todo:
             return snap
-        got = fetch_lists(self.heads, head, [(r.name, k) for r, k in todo])
+        got = self.inflight.fetch(self.heads, head, [(r.name, k) for r, k in todo])
         event("lists_loaded", len(got))
         with self.writer(head.key):
             current = self._snaps.get(head.key)
@@ -260,7 +261,7 @@ class StateCache:
                     break
                 todo = [(r.name, k) for r, k in snap.partial.missing()[:FILL_BATCH]]
             try:
-                got = fetch_lists(self.heads, head, todo, FILL_READERS)
+                got = self.inflight.fetch(self.heads, head, todo, FILL_READERS)
             except Exception as exc:  # the next full read reports it to its caller
                 log.warning("background load of index lists stopped: %s", type(exc).__name__)
                 return

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..codec import run, segment
 from ..codec.segment import Segment
@@ -31,6 +32,52 @@ def fetch_lists(heads: Heads, head: Head, lists: list[tuple[str, int]], readers:
         return [fetch(item) for item in lists]
     with stage("io"), ThreadPoolExecutor(max_workers=min(readers, len(lists))) as pool:
         return list(pool.map(fetch, lists))
+
+
+class InFlight:
+    """The list objects being read right now, by any caller in this container: a caller that
+    wants a list another is reading (a query racing the background fill of a cold index)
+    waits for that read instead of reading the object again, and reads it itself only if
+    that read fails."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads: dict[tuple[object, ...], Future[tuple[str, int, Segment]]] = {}
+
+    def fetch(
+        self, heads: Heads, head: Head, lists: list[tuple[str, int]], readers: int = READERS
+    ) -> Fetched:
+        """``fetch_lists``, sharing reads in flight."""
+        mine: list[tuple[tuple[str, int], tuple[object, ...], Future[tuple[str, int, Segment]]]] = []
+        theirs: list[tuple[tuple[str, int], Future[tuple[str, int, Segment]]]] = []
+        with self._lock:
+            for item in lists:
+                key: tuple[object, ...] = (head.key, head.envelope.uid, *item)
+                read = self._reads.get(key)
+                if read is None:
+                    read = self._reads[key] = Future()
+                    mine.append((item, key, read))
+                else:
+                    theirs.append((item, read))
+        try:
+            got = fetch_lists(heads, head, [item for item, _, _ in mine], readers)
+        except BaseException as exc:
+            for _, _, read in mine:
+                read.set_exception(exc)
+            raise
+        else:
+            for (_, _, read), result in zip(mine, got, strict=True):
+                read.set_result(result)
+        finally:
+            with self._lock:
+                for _, key, _ in mine:
+                    self._reads.pop(key, None)
+        for item, read in theirs:
+            try:
+                got.append(read.result())
+            except Exception:  # their read failed: try it once more here
+                got += fetch_lists(heads, head, [item], readers)
+        return got
 
 
 def read_run(heads: Heads, head: Head, name: str) -> list[tuple[int, Segment]]:
