@@ -38,7 +38,7 @@ class Block:
     lengths: np.ndarray  # int32 (n,)
     terms: np.ndarray  # int64 (distinct terms,)
     ptr: np.ndarray  # int64 (distinct terms + 1,)
-    rows: np.ndarray  # int64 (postings,), absolute row numbers
+    rows: np.ndarray  # int32 (postings,), absolute row numbers (a snapshot holds < 2**31 rows)
     tf: np.ndarray  # int32 (postings,)
 
     @staticmethod
@@ -84,7 +84,7 @@ def _grouped(
     term, row, tf = term[order], row[order], tf[order]
     first = np.flatnonzero(np.diff(term, prepend=-1)) if len(term) else np.empty(0, dtype=np.int64)
     ptr = np.append(first, len(term)).astype(np.int64)
-    return Block(start, n, lengths, term[first].astype(np.int64), ptr, row, tf)
+    return Block(start, n, lengths, term[first].astype(np.int64), ptr, row.astype(np.int32), tf)
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -119,8 +119,8 @@ class TextIndex:
             if len(rows):
                 got.append((rows, tf, block.lengths[rows - block.start]))
         if not got:
-            empty = np.empty(0, dtype=np.int64)
-            return empty, empty.astype(np.int32), empty.astype(np.int32)
+            empty = np.empty(0, dtype=np.int32)
+            return empty, empty, empty
         if len(got) == 1:
             return got[0]
         rows_, tf_, lengths_ = zip(*got, strict=True)
