@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reencrypt", action="store_true", help="skip the key rotation / re-encryption run")
     ap.add_argument("--no-cost", action="store_true", help="skip the request-cost report")
     ap.add_argument(
+        "--training-n", type=int, default=1_000_000, help="rows of the training-memory run (0 = skip)"
+    )
+    ap.add_argument(
         "--recall-sizes", default="10000,20000,50000,100000,1000000", help="recall at defaults ('' = skip)"
     )
     ap.add_argument("--concurrency-n", type=int, default=50_000, help="rows of the concurrent-clients run")
@@ -376,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\n== BM25 full-text and hybrid search on real sentences (bench/bm25.py) ==")
             (tmp / "bm25").mkdir()
             report["bm25"] = bm25.run(tmp / "bm25", args.n, 200)
+        if args.training_n and "minilm" in args.datasets:
+            import training
+
+            print("\n== training: wall time and peak memory, tq8 (bench/training.py) ==")
+            (tmp / "training").mkdir()
+            report["training"] = training.run(tmp / "training", args.training_n, "tq8", args.cost_base)
         if args.embed_texts:
             import embedding
 

@@ -76,21 +76,12 @@ def subject(tmp: Path, n: int, precision: str) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--precision", default="tq8")
-    ap.add_argument("--base", help="also measure this git revision, in the same run")
-    ap.add_argument("--subject", help=argparse.SUPPRESS)  # internal: run one subject here
-    args = ap.parse_args(argv)
-    if args.subject:
-        print(json.dumps(subject(Path(args.subject), args.n, args.precision)))
-        return 0
-    tmp = Path(tempfile.mkdtemp(prefix="cv-train-"))
-    subjects = [("now", None)] + ([(args.base, source_of(args.base, tmp))] if args.base else [])
-    print(f"== training: {args.n:,} x 384 rows, {args.precision}, defaults ==")
+def run(tmp: Path, n: int, precision: str = "tq8", base: str | None = None) -> dict[str, Any]:
+    """Each subject in its own process, one after the other; the table and the report."""
+    subjects = [("now", None)] + ([(base, source_of(base, tmp))] if base else [])
+    print(f"== training: {n:,} x 384 rows, {precision}, defaults ==")
     print(f"  {'subject':<10} {'lists':>6} {'train':>8} {'raw':>9} {'before':>9} {'peak':>9} {'peak/raw':>9}")
-    report: dict[str, Any] = {"n": args.n, "precision": args.precision, "subjects": {}}
+    report: dict[str, Any] = {"n": n, "precision": precision, "subjects": {}}
     for name, path in subjects:
         env = dict(os.environ)
         if path is not None:
@@ -98,16 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         work = tmp / f"run-{name}"
         work.mkdir()
         out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--n",
-                str(args.n),
-                "--precision",
-                args.precision,
-                "--subject",
-                str(work),
-            ],
+            [sys.executable, __file__, "--n", str(n), "--precision", precision, "--subject", str(work)],
             env=env,
             check=True,
             capture_output=True,
@@ -119,6 +101,20 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name:<10} {got['n_lists']:>6} {got['train_s']:>7.1f}s {got['raw_mb']:>7.0f}MB"
             f" {got['rss_before_mb']:>7.0f}MB {got['peak_mb']:>7.0f}MB {got['peak_mb'] / got['raw_mb']:>8.2f}x"
         )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--precision", default="tq8")
+    ap.add_argument("--base", help="also measure this git revision, in the same run")
+    ap.add_argument("--subject", help=argparse.SUPPRESS)  # internal: run one subject here
+    args = ap.parse_args(argv)
+    if args.subject:
+        print(json.dumps(subject(Path(args.subject), args.n, args.precision)))
+        return 0
+    report = run(Path(tempfile.mkdtemp(prefix="cv-train-")), args.n, args.precision, args.base)
     save(report, "training")
     return 0
 

@@ -21,9 +21,9 @@ def test_normalize_gives_unit_rows_and_keeps_zero_rows(xp):
 def test_unit_norm_tells_unit_rows_apart(xp):
     x = clustered(100, 16, seed=2)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    assert kernels.unit_norm(xp.asarray(unit))
-    unit[3] *= 1.01
-    assert not kernels.unit_norm(xp.asarray(unit))
+    assert kernels.unit_norm(xp.asarray(unit)) and kernels.unit_norm(xp.asarray(unit), chunk=7)
+    unit[93] *= 1.01  # in the last chunk of 7, a short one
+    assert not kernels.unit_norm(xp.asarray(unit)) and not kernels.unit_norm(xp.asarray(unit), chunk=7)
     if hasattr(xp, "float16"):  # not in the standard: float16 rows live on the host (numpy, CuPy)
         assert kernels.unit_norm(xp.asarray(unit[:3].astype(np.float16)))
 

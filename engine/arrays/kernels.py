@@ -46,12 +46,18 @@ def normalize(x: Array) -> Array:
     return x / xp.maximum(row_norms(x), 1e-30)[..., None]
 
 
-def unit_norm(x: Array, tolerance: float = 1e-3) -> bool:
-    """Every row has L2 norm 1 within ``tolerance`` (cosine rows faiss can hold as given)."""
+def unit_norm(x: Array, tolerance: float = 1e-3, chunk: int = 65536) -> bool:
+    """Every row has L2 norm 1 within ``tolerance`` (cosine rows faiss can hold as given);
+    ``chunk`` rows at a time, so the squares never take a second copy of a big array."""
     xp = namespace(x)
-    if x.dtype not in (xp.float32, xp.float64):
-        x = xp.astype(x, xp.float32)
-    return bool(xp.all(xp.abs(xp.astype(row_norms(x), xp.float64) - 1.0) <= tolerance))
+    n = x.shape[0]
+    for lo in range(0, n, chunk):
+        part = x[lo : min(lo + chunk, n), ...]
+        if part.dtype not in (xp.float32, xp.float64):
+            part = xp.astype(part, xp.float32)
+        if not bool(xp.all(xp.abs(xp.astype(row_norms(part), xp.float64) - 1.0) <= tolerance)):
+            return False
+    return True
 
 
 def exact_distances(metric: str, q: Array, rows: Array) -> Array:

@@ -326,7 +326,7 @@ def merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
     return stretch
 
 
-STORED_ROWS = 65536  # rows converted to their stored form at a time during a training
+STORED_ROWS = 16384  # rows turned into their stored form at a time (TurboQuant works in float64)
 
 
 def _stored(vectors: np.ndarray, precision: str) -> Iterator[np.ndarray]:
