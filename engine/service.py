@@ -8,7 +8,6 @@ over the ``cache`` of decrypted states; ``maintenance`` trains, merges and sweep
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from .arrays.text import TextConfig
 from .codec import crypto
 from .codec.segment import Segment
 from .errors import (
-    CipherVecError,
     IndexBusy,
     IndexExists,
     IndexNotFound,
@@ -42,14 +40,15 @@ from .model import (
     value_bound,
 )
 from .names import unescape
-from .ports import BlobStore, JobQueue, JobRunner, KeyWrapper, StoreConflict
+from .ports import BlobStore, JobRunner, KeyWrapper, StoreConflict
 from .store.heads import Heads
 from .store.jobs import Jobs, LoadJob
 from .store.keys import KeyRing
 from .store.manifest import HeadBody, RetryPolicy, seal_head
-from .store.transactions import JobRules, MarkDeleting, Rewrap, TakeOrphans, TrainingStage, check_dimension
+from .store.transactions import JobRules, MarkDeleting, Rewrap, check_dimension
 from .timing import event, stage
 from .usecases import policy as field_policy
+from .usecases.dispatch import Dispatch
 from .usecases.loads import Loader
 from .usecases.maintenance import Maintenance
 from .usecases.reads import Reader
@@ -67,6 +66,7 @@ class IndexService:
     __slots__ = (
         "backend",
         "cache",
+        "dispatch",
         "get",
         "heads",
         "keys",
@@ -75,8 +75,12 @@ class IndexService:
         "maintenance",
         "merge_tail",
         "num_vectors",
+        "orphaned_jobs",
         "query",
         "query_metadata",
+        "queue_due",
+        "recover",
+        "release",
         "text_query",
         "hybrid_query",
         "reader",
@@ -88,6 +92,8 @@ class IndexService:
         "sweep",
         "train",
         "train_threshold",
+        "training_indexes",
+        "training_progress",
         "writer",
     )
 
@@ -152,6 +158,16 @@ class IndexService:
         self.merge_tail = self.maintenance.merge_tail
         self.sweep = self.maintenance.sweep
         self.rewrite = self.rekeyer.rewrite
+        # background jobs
+        self.dispatch = Dispatch(
+            self.store, self.heads, self.maintenance, self.rekeyer, self.rules, self.list_indexes
+        )
+        self.orphaned_jobs = self.dispatch.orphaned_jobs
+        self.recover = self.dispatch.recover
+        self.release = self.dispatch.release
+        self.queue_due = self.dispatch.queue_due
+        self.training_indexes = self.dispatch.training_indexes
+        self.training_progress = self.dispatch.training_progress
 
     # -- index lifecycle -------------------------------------------------------------
     def create_index(
@@ -310,82 +326,10 @@ class IndexService:
         except IndexNotFound:
             return True  # deleted since it was listed
 
-    def orphaned_jobs(self) -> list[tuple[str, str, str, str]]:
-        """``(tenant, name, key_mode, kind)`` of every index whose head marks a training or a
-        re-encryption (kind ``train`` / ``reencrypt``) nobody is doing any more (its process
-        died, or the mark went stale): to be queued again."""
-        out: list[tuple[str, str, str, str]] = []
-        rules = self.rules()
-        for key in self.store.list(self.heads.prefix):
-            parts = key[len(self.heads.prefix) :].split("/")
-            if len(parts) != 3 or parts[2] != "head":
-                continue
-            tenant, name = unescape(parts[0]), unescape(parts[1])
-            try:
-                env = self.heads.envelope(tenant, name)
-            except CipherVecError:
-                continue
-            out.extend((tenant, name, env.key_mode, kind) for kind in rules.orphans(env))
-        return out
-
     def rules(self) -> JobRules:
         """What makes a training or a re-encryption due, as of now, and who marks it."""
         m, r = self.maintenance, self.rekeyer
         return JobRules(m.clock(), m.worker, r.worker, m.train_threshold, r.retire_grace)
-
-    def recover(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
-        """Take up the jobs of this index that a process which died had marked: each is
-        marked again as this worker's and returned (``train``, ``reencrypt``) for the caller
-        to queue. Any request that proves the key calls it, so a client-key index whose
-        writes are done still gets its training. Free when the held head marks nothing."""
-        held = self.heads.held((tenant, name))
-        rules = self.rules()
-        if held is None or not rules.orphans(held.envelope, held.body):
-            return []
-        head = self.heads.open(tenant, name, kek)  # proves the key, whatever the caller did
-        taken = self.heads.commit(head, TakeOrphans(rules)).outcome
-        if taken:
-            event("jobs_recovered", len(taken))
-        return taken
-
-    def release(self, tenant: str, name: str, kek: bytes | None, kind: str) -> None:
-        """Give back the mark of a job (``train``, ``reencrypt``) that could not be queued,
-        so the next write or request queues it again."""
-        if kind == "train":
-            with contextlib.suppress(CipherVecError):
-                self.set_training(tenant, name, kek, None)
-        elif kind == "reencrypt":
-            self.rekeyer.unmark(tenant, name, kek)  # quiet by itself
-
-    def queue_due(
-        self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
-        queue: JobQueue,
-        *,
-        training: bool = False,
-        merge: bool = False,
-        rewrite: bool = False,
-    ) -> list[str]:
-        """Queue what a commit made due (a training, else a merge; a re-encryption) and return
-        the kinds queued. A job the queue refuses gives its mark back, so the next write or
-        request queues it again; the write that made it due stays acknowledged either way."""
-        kinds = (["train"] if training else ["merge"] if merge else []) + (["reencrypt"] if rewrite else [])
-        queued = []
-        for kind in kinds:
-            try:
-                queue.enqueue(tenant, name, kek, kind=kind)
-            except Exception as exc:  # an async invoke, say: the port's failure is not the write's
-                log.warning("could not queue the %s job of an index: %s", kind, type(exc).__name__)
-                event("jobs_not_queued")
-                try:
-                    self.release(tenant, name, kek, kind)
-                except Exception as again:  # a store fault: the mark goes stale in its time
-                    log.warning("could not give back the %s mark: %s", kind, type(again).__name__)
-                continue
-            queued.append(kind)
-        return queued
 
     def open(self, tenant: str, name: str, kek: bytes | None) -> OpenIndex:
         """The index, its key proved once, as a handle for the steps that follow."""
@@ -419,30 +363,6 @@ class IndexService:
         """The index's write-ahead tail, as of the head this container holds, is long enough
         to merge in the background."""
         return self.maintenance.merge_due(self.heads.held((tenant, name)))
-
-    def training_indexes(self, tenant: str) -> list[tuple[str, str]]:
-        """``(name, state)`` of this tenant's indexes queued or running training."""
-        return [(name, str(mark["state"])) for name, mark in self.training_progress(tenant).items()]
-
-    def training_progress(self, tenant: str) -> dict[str, dict[str, Any]]:
-        """This tenant's indexes queued or running training, each with its state, since when,
-        and for a running one the stage it has reached (``transactions.TrainingStage``)."""
-        out = {}
-        for name in self.list_indexes(tenant):
-            try:
-                env = self.heads.envelope(tenant, name)
-            except CipherVecError:
-                continue
-            if self.maintenance.training_active(env):
-                assert env.training is not None
-                mark = env.training
-                shown = {"state": str(mark.get("state")), "since": mark.get("since")}
-                if "stage" in mark:
-                    steps = len(TrainingStage.STAGES)
-                    shown |= {"stage": mark["stage"], "step": mark.get("step"), "steps": steps}
-                    shown["stage_since"] = mark.get("stage_at")
-                out[name] = shown
-        return out
 
     # -- writes ----------------------------------------------------------------------
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
