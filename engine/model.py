@@ -129,6 +129,16 @@ class UpsertResult:
 
 
 @dataclass(frozen=True)
+class JobResult:
+    """What a background job did (``kind``: ``train``, ``merge`` or ``reencrypt``): its
+    message, and for a training what was trained."""
+
+    kind: str
+    message: str
+    training: TrainResult | None = None
+
+
+@dataclass(frozen=True)
 class Rotation:
     """What a key rotation did: the new key mode, and the rewrite of every object under a
     new data key — ``none`` (not asked for), ``done``, ``running`` (in the background) or

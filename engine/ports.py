@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .model import TrainResult
+    from .model import JobResult
 
 
 class StoreError(Exception):
@@ -74,7 +74,7 @@ class JobRunner(JobQueue, Protocol):
         kind: str = "train",
         params: dict[str, Any] | None = None,
         wait_seconds: float = 0.0,
-    ) -> TrainResult | None: ...
+    ) -> JobResult | None: ...
 
 
 class KeyWrapper(Protocol):

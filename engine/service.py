@@ -32,6 +32,7 @@ from .memory.cache import StateCache
 from .model import (
     MAX_VALUE,
     IndexConfig,
+    JobResult,
     Rotation,
     RowBatch,
     TrainResult,
@@ -285,7 +286,7 @@ class IndexService:
         runner: JobRunner,
         params: dict[str, Any],
         wait_seconds: float,
-    ) -> TrainResult | None:
+    ) -> JobResult | None:
         """An explicit training, run by ``runner`` while the caller waits up to
         ``wait_seconds`` (``None``: it goes on in the background). The key is proved and the
         index found first, so those errors come from here, not from the worker."""

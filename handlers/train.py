@@ -43,10 +43,11 @@ def _handle(event: dict[str, Any], deadline: float | None) -> dict[str, Any]:
             "job failed", extra={"tenant": job.tenant, "kind": job.kind, "error": type(exc).__name__}
         )
         return {"status": "error", "error": type(exc).__name__}
-    if job.kind != "train":  # a merge, or a rewrite under a new data key
+    trained = result.training
+    if trained is None:  # a merge, or a rewrite under a new data key
         return {"status": "success", "message": result.message}
     logger.info(
         "training finished",
-        extra={"tenant": job.tenant, "n_lists": result.n_lists, "n_probes": result.n_probes},
+        extra={"tenant": job.tenant, "n_lists": trained.n_lists, "n_probes": trained.n_probes},
     )
-    return {"status": "success" if result.trained else "skipped", "n_lists": result.n_lists}
+    return {"status": "success" if trained.trained else "skipped", "n_lists": trained.n_lists}

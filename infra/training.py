@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.errors import CipherVecError, IndexNotFound
-from ..engine.model import TrainResult
+from ..engine.model import JobResult
 from ..engine.service import IndexService
 from . import aws, memory
 
@@ -34,7 +34,7 @@ class IndexJob:
     index_name: str
     kek: bytes | None
     params: dict[str, Any] = field(default_factory=dict)
-    future: Future[TrainResult] = field(default_factory=Future)
+    future: Future[JobResult] = field(default_factory=Future)
     # or "merge": fold the write-ahead tail into two segments; or "reencrypt": rewrite the
     # objects still sealed under an older data key (after ``rotate_key`` with ``reencrypt``)
     kind: str = "train"
@@ -44,21 +44,21 @@ class IndexJob:
         return (self.tenant, self.index_name, self.kind)
 
 
-def run_job(service: IndexService, job: IndexJob, until: float | None = None) -> TrainResult:
+def run_job(service: IndexService, job: IndexJob, until: float | None = None) -> JobResult:
     """Train (marking the index as training, and always clearing the mark), or merge;
     ``until``: the time this worker stops for sure (a Lambda invocation's deadline), after
     which the mark no longer holds auto-training back."""
     if job.kind == "merge":
         merged = service.merge_tail(job.tenant, job.index_name, job.kek)
-        return TrainResult(False, f"merged {merged} write-ahead segments")
+        return JobResult("merge", f"merged {merged} write-ahead segments")
     if job.kind == "reencrypt":
         rewritten = service.rewrite(job.tenant, job.index_name, job.kek, until)
-        return TrainResult(False, f"rewrote {rewritten} objects under the new data key")
+        return JobResult("reencrypt", f"rewrote {rewritten} objects under the new data key")
     try:
         service.set_training(job.tenant, job.index_name, job.kek, "running", until)
         result = service.train(job.tenant, job.index_name, job.kek, **job.params)
         memory.release()  # training's temporaries are large; give them back
-        return result
+        return JobResult("train", result.message, result)
     except BaseException:
         with contextlib.suppress(CipherVecError):
             service.set_training(job.tenant, job.index_name, job.kek, None)
@@ -69,7 +69,7 @@ class _Runner(abc.ABC):
     """``ports.JobRunner``'s ``run`` over a trainer's ``train(job, wait_seconds)``."""
 
     @abc.abstractmethod
-    def train(self, job: IndexJob, wait_seconds: float) -> TrainResult | None:
+    def train(self, job: IndexJob, wait_seconds: float) -> JobResult | None:
         """Run ``job``; ``None`` when it is still running after ``wait_seconds``."""
 
     def run(
@@ -80,7 +80,7 @@ class _Runner(abc.ABC):
         kind: str = "train",
         params: dict[str, Any] | None = None,
         wait_seconds: float = 0.0,
-    ) -> TrainResult | None:
+    ) -> JobResult | None:
         """``ports.JobRunner``: the job, waited for up to ``wait_seconds``."""
         return self.train(IndexJob(tenant, index_name, kek, dict(params or {}), kind=kind), wait_seconds)
 
@@ -141,7 +141,7 @@ class LocalTrainer(_Runner):
         self._ensure_worker()
         return job
 
-    def train(self, job: IndexJob, wait_seconds: float) -> TrainResult | None:
+    def train(self, job: IndexJob, wait_seconds: float) -> JobResult | None:
         """Run an explicit train; ``None`` when it is still running after the budget."""
         self.submit(job)
         try:
@@ -218,7 +218,7 @@ class LambdaTrainer(_Runner):
             Payload=json.dumps(payload).encode(),
         )
 
-    def train(self, job: IndexJob, wait_seconds: float) -> TrainResult | None:
+    def train(self, job: IndexJob, wait_seconds: float) -> JobResult | None:
         if job.kind == "reencrypt":  # always TrainFunction: its size is no guide to its time here
             self._invoke(job)
             return None

@@ -95,7 +95,8 @@ def test_small_explicit_train_runs_inline_in_lambda(aws):
     svc.create_index("t", "small", IndexConfig(), kek=kek)
     svc.upsert("t", "small", kek, RowBatch([str(i) for i in range(300)], clustered(300, 8)))
     result = trainer.train(IndexJob("t", "small", kek, {"n_lists": 4}), wait_seconds=25)
-    assert result is not None and result.trained and recorder.calls == []
+    assert result is not None and result.training is not None and result.training.trained
+    assert recorder.calls == [] and result.kind == "train"
     np.testing.assert_equal(svc.describe("t", "small", kek)["n_lists"], 4)
 
 
