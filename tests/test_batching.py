@@ -171,3 +171,39 @@ def test_a_batch_runs_on_the_newest_snapshot_its_queries_were_given():
         t.join(timeout=30)
     assert results["late"][0]["id"] == "new" and results["early"][0]["id"] == "new"
     assert results["leader"][0]["id"] == "1" and svc.reader.batcher.batches == 1
+
+
+def test_a_batch_runs_on_the_snapshot_with_the_newest_writes_not_the_newest_made():
+    """A snapshot synced from an older head (a reader that opened it just before a merge
+    renamed the segments) is made later than a writer's snapshot that already holds its
+    newest write: the batch runs on the one with the higher last sequence number applied,
+    whatever the order they were made in."""
+    batcher = Batcher(slots=1)
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow(vectors):
+        entered.set()
+        gate.wait()
+        return ["leader"] * len(vectors)
+
+    def on(name):
+        return lambda vectors: [name] * len(vectors)
+
+    results: dict[str, object] = {}
+
+    def call(name, run, version):
+        results[name] = batcher.search("k", name, run, version)
+
+    leader = threading.Thread(target=call, args=("leader", slow, (1, 1)))
+    leader.start()
+    entered.wait()
+    writer = threading.Thread(target=call, args=("writer", on("has the write"), (7, 10)))
+    stale = threading.Thread(target=call, args=("stale", on("lacks the write"), (6, 11)))
+    for t in (writer, stale):
+        t.start()
+        while sum(len(q) for q in batcher._queues.values()) < (1 if t is writer else 2):
+            threading.Event().wait(0.01)
+    gate.set()
+    for t in (leader, writer, stale):
+        t.join(timeout=10)
+    assert results == {"leader": "leader", "writer": "has the write", "stale": "has the write"}

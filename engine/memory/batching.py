@@ -8,8 +8,11 @@ and a batch is what feeds a GPU — then hands each its own rows.
 
 The queue waiting longest is served first (serving the longest queue first starved queries
 of a snapshot that writes had since replaced: p99 of 5 s under a mixed load). A batch runs
-on the newest snapshot any of its queries was given (``version``): every write a query
-must see is in it, and writes acknowledged while it waited may be too.
+on the newest snapshot any of its queries was given (``version``: the last sequence number
+applied, then the order of creation): every write a query must see is in it, and writes
+acknowledged while it waited may be too. Creation order alone is not enough: a reader that
+opened an older head just before a merge renamed the segments syncs a fresh snapshot from
+that head, later in creation than a writer's snapshot that already holds its newest write.
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ class Batcher:
         self._lock = threading.Lock()
         self._running = 0
         self._queues: dict[Hashable, list[_Waiting]] = {}  # in the order they began waiting
-        self._searches: dict[Hashable, tuple[int, Search]] = {}  # the newest version's search
+        self._searches: dict[Hashable, tuple[Any, Search]] = {}  # the newest version's search
         self.batches = 0  # searches that served more than one query (for tests and metrics)
 
-    def search(self, key: Hashable, vector: Any, run: Search, version: int = 0, scan: bool = False) -> Any:
+    def search(self, key: Hashable, vector: Any, run: Search, version: Any = 0, scan: bool = False) -> Any:
         """The hits of ``vector`` (one query, shape (1, d)); ``run`` searches a list of them
         over a snapshot of ``version``. Queries with equal ``key`` may be answered by one
         call of the ``run`` of the newest version among them. A ``scan`` (an exact search

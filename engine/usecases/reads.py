@@ -148,7 +148,8 @@ class Reader:
                 def search(vs: list[Any], snap: Snapshot = snap) -> list[Any]:
                     return [(snap, *hit) for hit in self._knn(snap, vs, top_k, probes, mask)]
 
-                hits = [self.batcher.search(key, q, search, snap.version, scan=cent is None)]
+                newest = (snap.applied_seq, snap.version)  # content first (see batching.py)
+                hits = [self.batcher.search(key, q, search, newest, scan=cent is None)]
             else:
                 hits = [(snap, *hit) for hit in knn(snap, q, top_k, probes, mask, self.backend)]
         # row numbers are those of the snapshot the search ran on
