@@ -224,3 +224,16 @@ def test_postings_are_grouped_by_a_radix_sort_as_stable_as_numpys():
         keys = rng.integers(0, high, 50_000).astype(np.int64)
         assert np.array_equal(_stable_order(keys), np.argsort(keys, kind="stable")), high
     assert len(_stable_order(np.empty(0, dtype=np.int64))) == 0
+
+
+def test_rows_analysed_in_many_threads_get_the_terms_they_get_alone():
+    """Writes analyse their rows in request threads and in a run's parallel list writers;
+    each thread has its own stemmer (a PyStemmer instance is not thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = corpus(800)
+    chunks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
+    alone = [analyze(c) for c in chunks]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(analyze, chunks * 3))
+    assert together == alone * 3

@@ -10,8 +10,8 @@ combines them at query time into statistics over exactly its live rows.
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,18 @@ DEFAULT_K1, DEFAULT_B = 1.2, 0.75
 DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW = 0.5, 60.0, 3
 
 
-@functools.cache
-def _stemmer() -> Any:
-    import Stemmer
+_local = threading.local()
 
-    return Stemmer.Stemmer("english")
+
+def _stemmer() -> Any:
+    """This thread's Snowball English stemmer (a PyStemmer instance is not thread-safe, and
+    writes analyse their rows in request threads and in a run's parallel list writers)."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _local.stemmer = Stemmer.Stemmer("english")
+    return stemmer
 
 
 def analyze(texts: list[str]) -> list[list[str]]:
