@@ -88,8 +88,9 @@ def assign_lists(backend: Backend, vectors: np.ndarray, centroids: np.ndarray, m
     out = np.empty(len(vectors), dtype=np.int64)
     for lo in range(0, len(vectors), ASSIGN_ROWS):
         chunk = vectors[lo : lo + ASSIGN_ROWS]
-        space = backend.to_host(normalize(backend.asarray(chunk))) if metric == "cosine" else chunk
-        out[lo : lo + len(chunk)] = backend.nearest(space, centroids, 1)[:, 0]
+        out[lo : lo + len(chunk)] = backend.nearest(_space(backend, chunk, metric == "cosine"), centroids, 1)[
+            :, 0
+        ]
     return out
 
 

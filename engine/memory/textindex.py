@@ -42,12 +42,6 @@ class Block:
     tf: np.ndarray  # int32 (postings,)
 
     @staticmethod
-    def of(start: int, ft: FieldTerms, ids: np.ndarray) -> Block:
-        """Rows ``start ..`` with terms ``ft``, whose local term ``i`` is index term ``ids[i]``."""
-        row = start + np.repeat(np.arange(len(ft), dtype=np.int64), np.diff(ft.indptr))
-        return _grouped(start, len(ft), ft.lengths().astype(np.int32), ids[ft.term], row, ft.tf)
-
-    @staticmethod
     def merge(blocks: list[Block]) -> Block:
         """Adjacent blocks as one."""
         if len(blocks) == 1:
@@ -85,6 +79,14 @@ def _grouped(
     first = np.flatnonzero(np.diff(term, prepend=-1)) if len(term) else np.empty(0, dtype=np.int64)
     ptr = np.append(first, len(term)).astype(np.int64)
     return Block(start, n, lengths, term[first].astype(np.int64), ptr, row.astype(np.int32), tf)
+
+
+def _positions(sorted_rows: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``rows`` sits in ``sorted_rows`` (ascending), and whether it is there."""
+    if not len(sorted_rows):
+        return np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+    return at, sorted_rows[at] == rows
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -135,9 +137,7 @@ class TextIndex:
             if not blocks:
                 continue
             whole = Block.merge(list(blocks))
-            prow = whole.rows
-            at = np.minimum(np.searchsorted(rows, prow), max(len(rows) - 1, 0))
-            member = rows[at] == prow if len(rows) else np.zeros(len(prow), dtype=bool)
+            at, member = _positions(rows, whole.rows)
             pos, term, tf = at[member], whole.expanded()[member], whole.tf[member]
             order = np.lexsort((term, pos))
             indptr = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -193,9 +193,8 @@ class TextBuilder:
             if not blocks:
                 continue
             whole = Block.merge(blocks)
-            term, rows = whole.expanded(), whole.rows
-            at = np.minimum(np.searchsorted(keep, rows), max(len(keep) - 1, 0))
-            member = keep[at] == rows if len(keep) else np.zeros(len(rows), dtype=bool)
+            term = whole.expanded()
+            at, member = _positions(keep, whole.rows)
             lengths = whole.lengths[keep - whole.start]
             self.blocks[name] = [_grouped(0, len(keep), lengths, term[member], at[member], whole.tf[member])]
 

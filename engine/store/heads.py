@@ -8,9 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ..arrays.text import TextConfig
 from ..arrays.turboquant import SQ_TIERS
-from ..codec import crypto, run
+from ..codec import crypto, run, segment
 from ..codec.centroids import TrainedLists
+from ..codec.segment import Segment
 from ..errors import CorruptObject, IndexNotFound, Unauthorized
 from ..model import check_index_name
 from ..names import index_root, tenant_root
@@ -181,6 +183,14 @@ class Heads:
         event("store_bytes_read", len(got[0]))
         with stage("crypto"):
             return head.cipher.decrypt(name, got[0])
+
+    def write_rows(self, head: Head, name: str, seg: Segment) -> Segment:
+        """Write the rows ``seg`` as object ``name`` at the index's precision, with the terms
+        of its full-text fields (analysed here for rows that carry none: once per row, ever);
+        returns the segment as written, terms included."""
+        seg = seg.with_terms(TextConfig.fields_of(head.body.config))
+        self.write(head, name, segment.encode(seg, head.precision))
+        return seg
 
     def write(self, head: Head, name: str, plaintext: bytes) -> None:
         with stage("crypto"):

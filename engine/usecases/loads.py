@@ -12,8 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..arrays.text import TextConfig
-from ..codec import segment
 from ..codec.segment import Segment
 from ..errors import BadSource, CipherVecError, LoadBusy
 from ..memory.prefetch import prefetched
@@ -173,8 +171,7 @@ class Loader:
     def _stage(self, head: Head, job_id: str, seg: Segment) -> str:
         """Seal and write one staged segment; returns its name."""
         name = f"load/{job_id}/{new_id()}"
-        seg = seg.with_terms(TextConfig.fields_of(head.body.config))  # analysed once, stored
-        self.heads.write(head, name, segment.encode(seg, head.precision))
+        self.heads.write_rows(head, name, seg)
         return name
 
     def fail(self, head: Head, job: LoadJob, error: str) -> LoadJob:

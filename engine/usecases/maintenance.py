@@ -13,7 +13,6 @@ import numpy as np
 from ..arrays import kmeans, turboquant
 from ..arrays.ann import sq_ranges
 from ..arrays.kernels import normalize
-from ..arrays.text import TextConfig
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment, terms
 from ..codec.centroids import TrainedLists
@@ -226,8 +225,7 @@ class Maintenance:
                     labels = kmeans.assign_lists(self.backend, seg.vectors, arr, head.metric)
                     self.writer.run(head, obj, seg, labels, cent.n_lists)
                 else:
-                    seg = seg.with_terms(TextConfig.fields_of(head.body.config))
-                    self.heads.write(head, obj, segment.encode(seg, head.precision))
+                    self.heads.write_rows(head, obj, seg)
         except BaseException:
             self.heads.delete_all(head, [obj for obj, _ in merged])
             raise

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..arrays.kernels import unit_norm
-from ..arrays.text import TextConfig
 from ..codec import run, segment
 from ..codec.segment import Segment
 from ..memory.cache import StateCache
@@ -40,8 +39,7 @@ class Writer:
         make due marked); clean up if the commit fails. Returns the commit, once acknowledged."""
         name = f"seg/{new_id()}"
         precision = head.precision
-        seg = seg.with_terms(TextConfig.fields_of(head.body.config))  # analysed once, stored
-        self.heads.write(head, name, segment.encode(seg, precision))
+        seg = self.heads.write_rows(head, name, seg)
         op = Append(name, seg.kind, len(seg), dimension, estimate, rules)
         try:
             done = self.heads.commit(head, op)
@@ -59,14 +57,12 @@ class Writer:
         the directory. On failure nothing of it is left behind."""
         assert rows.vectors is not None
         precision = head.precision
-        rows = rows.with_terms(TextConfig.fields_of(head.body.config))
         unit = head.metric != "cosine" or unit_norm(rows.vectors)
         members = run.group(rows, labels, n_lists)
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
 
         def put(k: int) -> None:
-            part = rows.take(members[k])
-            self.heads.write(head, run.list_name(name, k), segment.encode(part, precision))
+            self.heads.write_rows(head, run.list_name(name, k), rows.take(members[k]))
 
         try:
             with stage("io"), ThreadPoolExecutor(max_workers=READERS) as pool:
