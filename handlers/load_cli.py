@@ -54,6 +54,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--metric", default="euclidean", help="with --create (euclidean, cosine, squared_euclidean)"
     )
+    p.add_argument(
+        "--precision",
+        default="float32",
+        help="with --create: storage precision (float32, float16, tq12, tq8, tq6, tq4)",
+    )
     p.add_argument("--columns", help="Parquet column names, e.g. id=doc_id,vector=embedding")
     p.add_argument("--parallel", type=int, default=4, help="with --url: batches in flight (default 4)")
     p.add_argument(
@@ -134,7 +139,13 @@ def _direct(args: argparse.Namespace) -> int:
     kek = crypto.parse_index_key(args.index_key) if args.index_key else None
     target = Target(args.tenant, args.index, kek)
     if args.create:
-        config = IndexConfig(dimension=args.dimension or 0, metric=args.metric)
+        try:
+            config = IndexConfig(
+                dimension=args.dimension or 0, metric=args.metric, storage_precision=args.precision
+            )
+        except CipherVecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         try:
             kms = None if kek else (args.kms_name or "default")
             c.service.create_index(args.tenant, args.index, config, kek=kek, kms_name=kms)
@@ -222,6 +233,8 @@ def _ensure_index(api: Api, args: argparse.Namespace) -> int:
     status, out = api.call("POST", "/v1/indexes/describe", body)
     if status == 404 and args.create:
         create = {**body, "dimension": args.dimension, "metric": args.metric}
+        if args.precision != "float32":
+            create["storage_precision"] = args.precision
         if not args.index_key:
             create["kms_name"] = args.kms_name or "default"
         api.ok("POST", "/v1/indexes/create", create)

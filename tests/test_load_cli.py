@@ -171,3 +171,17 @@ def test_url_load_of_an_s3_source_is_done_by_the_server(
     idx = Client(srv.url, ROOT_KEY).load_index("s", KEY)
     hits = idx.query(query_vectors=x[7:8], top_k=1)
     assert hits[0]["id"] == "s7"
+
+
+def test_store_load_creates_at_the_given_precision(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    x = clustered(300, D, seed=3)
+    path = write_parquet(tmp_path / "p.parquet", [f"p{i}" for i in range(300)], x)
+    store = f"file://{tmp_path}/d"
+    base = ["load", str(path), "--index", "q", "--store", store, "--index-key", KEY.hex(), "--create"]
+    assert main([*base, "--dimension", str(D), "--precision", "tq9"]) == 2
+    assert "storage_precision" in capsys.readouterr().err
+    assert main([*base, "--dimension", str(D), "--precision", "tq8"]) == 0
+    service = IndexService(open_store(store))
+    assert service.heads.open("default", "q", KEY).precision == "tq8"
+    assert service.num_vectors("default", "q", KEY) == 300
