@@ -45,7 +45,7 @@ def held_out(n: int, seed: int = 4321) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
 
 
-def _sample(n: int, limit: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+def sample_rows(n: int, limit: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """Sorted row numbers of at most ``limit`` rows not in ``exclude`` (None: every row)."""
     if not len(exclude) and n <= limit:
         return None
@@ -70,7 +70,7 @@ def train_centroids(
     the rows ``exclude`` (``held_out``)."""
     rng = np.random.default_rng(seed)
     limit = n_lists * MAX_TRAINING_SAMPLE_PER_LIST
-    rows = _sample(len(vectors), limit, np.empty(0, np.int64) if exclude is None else exclude, rng)
+    rows = sample_rows(len(vectors), limit, np.empty(0, np.int64) if exclude is None else exclude, rng)
     sample = vectors if rows is None else vectors[rows]
     cosine = metric == "cosine"
     if cosine:
@@ -99,25 +99,53 @@ def _space(backend: Backend, rows: np.ndarray, cosine: bool) -> np.ndarray:
     return backend.to_host(normalize(backend.asarray(rows))) if cosine else rows
 
 
+class Nearest:
+    """The exact ``k`` nearest rows of fixed queries (in the search space), gathered over
+    chunks of rows: no copy of every row. Ties go to the earlier row."""
+
+    def __init__(self, backend: Backend, queries: np.ndarray, k: int) -> None:
+        self.backend, self.queries, self.k = backend, queries, k
+        self.dist: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
+
+    def add(self, chunk: np.ndarray, rows: np.ndarray) -> None:
+        """Rows ``chunk`` (in the search space), numbered ``rows`` (ascending)."""
+        if not len(chunk):
+            return
+        dist, found = self.backend.knn_with_distances(self.queries, chunk, min(self.k, len(chunk)))
+        found = np.where(found >= 0, np.asarray(rows, dtype=np.int64)[np.maximum(found, 0)], -1)
+        if self.dist is None or self.rows is None:
+            self.dist, self.rows = dist, found
+            return
+        dist, found = np.concatenate([self.dist, dist], axis=1), np.concatenate([self.rows, found], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, : self.k]
+        self.dist, self.rows = (
+            np.take_along_axis(dist, order, axis=1),
+            np.take_along_axis(found, order, axis=1),
+        )
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(squared distances, rows)``."""
+        assert self.dist is not None and self.rows is not None
+        return self.dist, self.rows
+
+
 def _exact_neighbours(
     backend: Backend, queries: np.ndarray, vectors: np.ndarray, k: int, cosine: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(squared distances, rows)`` of the exact ``k`` nearest rows of ``vectors`` (in the
-    search space) for each query, searched a chunk of rows at a time: no copy of every row."""
-    best_d: np.ndarray | None = None
-    best_i: np.ndarray | None = None
+    search space) for each query, searched a chunk of rows at a time."""
+    nearest = Nearest(backend, queries, k)
     for lo in range(0, len(vectors), ASSIGN_ROWS):
         chunk = _space(backend, vectors[lo : lo + ASSIGN_ROWS], cosine)
-        dist, rows = backend.knn_with_distances(queries, chunk, min(k, len(chunk)))
-        rows = np.where(rows >= 0, rows + lo, -1)
-        if best_d is None or best_i is None:
-            best_d, best_i = dist, rows
-            continue
-        dist, rows = np.concatenate([best_d, dist], axis=1), np.concatenate([best_i, rows], axis=1)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # ties: the earlier row
-        best_d, best_i = np.take_along_axis(dist, order, axis=1), np.take_along_axis(rows, order, axis=1)
-    assert best_d is not None and best_i is not None
-    return best_d, best_i
+        nearest.add(chunk, np.arange(lo, lo + len(chunk)))
+    return nearest.result()
+
+
+def calibration_k(n: int, aims: dict[int, float]) -> int:
+    """How many exact neighbours ``probes_for`` needs per calibration query (0: none)."""
+    ks = [k for k in sorted(aims) if n > k + 1]
+    return min(ks[-1] + 8, n) if ks else 0
 
 
 def choose_n_probes(
@@ -138,17 +166,35 @@ def choose_n_probes(
     nearest centroids, so one ranking of centroids gives recall for every ``p``.
     """
     aims = aims or {10: RECALL_AIM}
+    k = calibration_k(len(vectors), aims)
+    if len(centroids) == 1 or not k or not len(picks):
+        return {a: (1, 1.0) for a in aims}
+    queries = _space(backend, vectors[picks], metric == "cosine")
+    nearest = _exact_neighbours(backend, queries, vectors, k, metric == "cosine")
+    return probes_for(backend, queries, nearest, picks, labels, centroids, len(vectors), aims)
+
+
+def probes_for(
+    backend: Backend,
+    queries: np.ndarray,
+    nearest: tuple[np.ndarray, np.ndarray],
+    picks: np.ndarray,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    n: int,
+    aims: dict[int, float],
+) -> dict[int, tuple[int, float]]:
+    """``choose_n_probes`` from the calibration ``queries`` (rows ``picks`` of ``n``, in the
+    search space) and their exact ``nearest`` rows (``Nearest``, ``calibration_k`` of them)."""
     n_lists = len(centroids)
-    ks = [k for k in sorted(aims) if len(vectors) > k + 1]
+    ks = [k for k in sorted(aims) if n > k + 1]
     out = {k: (1, 1.0) for k in aims}
     if n_lists == 1 or not ks or not len(picks):
         return out
-    cosine = metric == "cosine"
-    queries = _space(backend, vectors[picks], cosine)
     ranking = inverse_permutation(backend.asarray(backend.nearest(queries, centroids, k=n_lists)))
     # A sampled row finds itself and any exact duplicates at distance 0, all in its own
     # list; counting them would flatter small n_probes. Fetch extra, drop them, keep k.
-    dist, neighbours = _exact_neighbours(backend, queries, vectors, min(ks[-1] + 8, len(vectors)), cosine)
+    dist, neighbours = nearest
     xp, to = backend.xp, backend.asarray
     found = to(neighbours)
     duplicate = (to(dist) <= 1e-9) | (found == to(picks)[:, None]) | (found < 0)

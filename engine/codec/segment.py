@@ -85,15 +85,20 @@ def _dump(values: list[Any] | None) -> bytes:
     return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def encode(segment: Segment, dtype: str = "float32") -> bytes:
-    """Serialise a segment. ``dtype`` is the storage precision of the vectors."""
+def encode(segment: Segment, dtype: str = "float32", coded: Coded | None = None) -> bytes:
+    """Serialise a segment. ``dtype`` is the storage precision of the vectors; ``coded``:
+    the rows' vectors as stored already (``segment.vectors`` is then ``None``)."""
     if segment.kind not in KINDS:
         raise ValueError(f"unknown segment kind {segment.kind!r}")
     ids = json.dumps(segment.ids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     metadata = _dump(segment.metadata)
     contents = _dump(segment.contents)
     vectors: bytes | memoryview
-    if segment.vectors is None:
+    if coded is not None:
+        if coded.dtype != dtype or len(coded) != len(segment.ids):
+            raise ValueError("coded rows do not match the segment")
+        vectors, d = coded.section(), coded.d
+    elif segment.vectors is None:
         vectors, d = b"", 0
     elif dtype in turboquant.TIERS:
         d = int(segment.vectors.shape[1])
@@ -117,6 +122,16 @@ def encode(segment: Segment, dtype: str = "float32") -> bytes:
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *sections])
 
 
+def coded(vectors: np.ndarray, dtype: str) -> Coded:
+    """``vectors`` (float32 ``(n, d)``) encoded at ``dtype``, as a segment stores them."""
+    n, d = vectors.shape
+    if dtype in turboquant.TIERS:
+        raw = turboquant.encode(vectors, turboquant.TIERS[dtype])
+    else:
+        raw = np.ascontiguousarray(vectors, dtype=_DTYPES[dtype]).tobytes()
+    return Coded.parse(raw, n, d, dtype)
+
+
 def as_stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
     """``vectors`` as a reader decodes them after ``encode`` at ``dtype`` (a writer's own
     copy must hold what every other reader will)."""
@@ -128,38 +143,150 @@ def as_stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
     return vectors
 
 
+def _sections(data: bytes | memoryview) -> tuple[dict[str, Any], list[memoryview]]:
+    """The header and the sections of a segment's bytes (checked for size only)."""
+    if bytes(data[:4]) != MAGIC:
+        raise ValueError("bad magic")
+    (hlen,) = struct.unpack_from("<I", data, 4)
+    header = json.loads(bytes(data[8 : 8 + hlen]))
+    if header["v"] not in (VERSION, VERSION_TERMS) or header["kind"] not in KINDS:
+        raise ValueError("unsupported version or kind")
+    sizes = header["sizes"]
+    if len(sizes) != (4 if header["v"] == VERSION else 5):
+        raise ValueError("wrong number of sections")
+    offset = 8 + hlen
+    parts = []
+    for size in sizes:
+        parts.append(memoryview(data)[offset : offset + int(size)])
+        offset += int(size)
+    if offset != len(data):
+        raise ValueError("section sizes do not add up")
+    return header, parts
+
+
+def _rows(header: dict[str, Any], parts: list[memoryview]) -> Segment:
+    """Every section but the vectors, parsed."""
+    n = int(header["n"])
+    ids = json.loads(bytes(parts[0]))
+    metadata = json.loads(bytes(parts[1])) if len(parts[1]) else None
+    contents = json.loads(bytes(parts[2])) if len(parts[2]) else None
+    if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):
+        raise ValueError("row counts disagree")
+    terms = terms_codec.decode(parts[4], n) if len(parts) == 5 and len(parts[4]) else None
+    return Segment(header["kind"], ids, None, metadata, contents, terms)
+
+
 def decode(data: bytes) -> Segment:
     """Parse bytes written by ``encode``; anything malformed raises ``CorruptObject``."""
     try:
-        if data[:4] != MAGIC:
-            raise ValueError("bad magic")
-        (hlen,) = struct.unpack_from("<I", data, 4)
-        header = json.loads(data[8 : 8 + hlen])
-        if header["v"] not in (VERSION, VERSION_TERMS) or header["kind"] not in KINDS:
-            raise ValueError("unsupported version or kind")
-        n, d = int(header["n"]), int(header["d"])
-        sizes = header["sizes"]
-        if len(sizes) != (4 if header["v"] == VERSION else 5):
-            raise ValueError("wrong number of sections")
-        offset = 8 + hlen
-        parts = []
-        for size in sizes:
-            parts.append(memoryview(data)[offset : offset + size])
-            offset += size
-        if offset != len(data):
-            raise ValueError("section sizes do not add up")
-        ids = json.loads(bytes(parts[0]))
-        metadata = json.loads(bytes(parts[1])) if sizes[1] else None
-        contents = json.loads(bytes(parts[2])) if sizes[2] else None
-        vectors = None
-        if sizes[3] and header["dtype"] in turboquant.TIERS:
-            vectors = turboquant.decode(parts[3], n, d, turboquant.TIERS[header["dtype"]])
-        elif sizes[3]:
-            raw = np.frombuffer(parts[3], dtype=_DTYPES[header["dtype"]])
-            vectors = raw.reshape(n, d).astype(np.float32)
-        if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):
-            raise ValueError("row counts disagree")
-        terms = terms_codec.decode(parts[4], n) if len(sizes) == 5 and sizes[4] else None
+        header, parts = _sections(data)
+        seg = _rows(header, parts)
+        if len(parts[3]):
+            seg.vectors = _vectors(parts[3], len(seg), int(header["d"]), header["dtype"])
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptObject(f"segment is malformed: {exc}") from None
-    return Segment(header["kind"], ids, vectors, metadata, contents, terms)
+    return seg
+
+
+def _vectors(raw: memoryview, n: int, d: int, dtype: str) -> np.ndarray:
+    """A vector section as float32 ``(n, d)``, decoded straight from the object's bytes."""
+    if dtype in turboquant.TIERS:
+        return turboquant.decode(raw, n, d, turboquant.TIERS[dtype])
+    return np.frombuffer(raw, dtype=_DTYPES[dtype]).reshape(n, d).astype(np.float32)
+
+
+def decode_coded(data: bytes) -> tuple[Segment, Coded | None]:
+    """Parse bytes written by ``encode`` but leave the vectors as stored (``Coded``): what a
+    rewrite that keeps every row's codes needs, without decoding a value."""
+    try:
+        header, parts = _sections(data)
+        seg = _rows(header, parts)
+        coded = Coded.parse(parts[3], len(seg), int(header["d"]), header["dtype"]) if len(parts[3]) else None
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptObject(f"segment is malformed: {exc}") from None
+    return seg, coded
+
+
+def decode_ids(data: bytes) -> tuple[str, list[str]]:
+    """Only the kind and ids of a segment's bytes (nothing else parsed)."""
+    try:
+        header, parts = _sections(data)
+        ids = json.loads(bytes(parts[0]))
+        if not isinstance(ids, list) or len(ids) != int(header["n"]):
+            raise ValueError("row counts disagree")
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptObject(f"segment is malformed: {exc}") from None
+    return header["kind"], ids
+
+
+def concat(parts: list[Segment]) -> Segment:
+    """Rows of ``parts`` (of one kind, vectors as ``None`` or all present) as one segment."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    n = [len(p) for p in parts]
+    vectors = [p.vectors for p in parts if p.vectors is not None]
+    return Segment(
+        first.kind,
+        [i for p in parts for i in p.ids],
+        np.concatenate(vectors) if len(vectors) == len(parts) else None,
+        _joined([p.metadata for p in parts], n),
+        _joined([p.contents for p in parts], n),
+        terms_codec.concat([p.terms or {} for p in parts]) if any(p.terms for p in parts) else None,
+    )
+
+
+def _joined(columns: list[list[Any] | None], n: list[int]) -> list[Any] | None:
+    if all(c is None for c in columns):
+        return None
+    return [v for c, m in zip(columns, n, strict=True) for v in (c if c is not None else [None] * m)]
+
+
+@dataclass
+class Coded:
+    """Rows' vectors exactly as stored: raw float bytes, or a tq tier's norms and codes, one
+    row of ``rows`` per vector. Taken and joined without decoding, so rows rewritten this way
+    keep every bit of their codes."""
+
+    dtype: str
+    d: int
+    norms: np.ndarray | None  # (n,) float32: the tq tiers only
+    rows: np.ndarray  # (n, bytes per row) uint8
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def parse(cls, raw: bytes | memoryview, n: int, d: int, dtype: str) -> Coded:
+        if dtype in turboquant.TIERS:
+            width = turboquant.row_bytes(d, turboquant.TIERS[dtype])
+            if len(raw) != n * (4 + width):
+                raise ValueError(f"{len(raw)} bytes of {dtype} codes, expected {n * (4 + width)}")
+            norms = np.frombuffer(raw, dtype="<f4", count=n)
+            return cls(dtype, d, norms, np.frombuffer(raw, dtype=np.uint8, offset=4 * n).reshape(n, width))
+        width = d * _DTYPES[dtype].itemsize
+        if len(raw) != n * width:
+            raise ValueError(f"{len(raw)} bytes of {dtype} vectors, expected {n * width}")
+        return cls(dtype, d, None, np.frombuffer(raw, dtype=np.uint8).reshape(n, width))
+
+    def take(self, rows: Any) -> Coded:
+        """The rows at positions ``rows`` (copied)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Coded(self.dtype, self.d, None if self.norms is None else self.norms[rows], self.rows[rows])
+
+    @staticmethod
+    def concat(parts: list[Coded]) -> Coded:
+        first = parts[0]
+        norms = (
+            None if first.norms is None else np.concatenate([p.norms for p in parts if p.norms is not None])
+        )
+        return Coded(first.dtype, first.d, norms, np.concatenate([p.rows for p in parts]))
+
+    def section(self) -> bytes:
+        """The vector section of a segment holding these rows."""
+        body = np.ascontiguousarray(self.rows).tobytes()
+        return body if self.norms is None else np.ascontiguousarray(self.norms, dtype="<f4").tobytes() + body
+
+    def decode(self) -> np.ndarray:
+        """The rows as float32 ``(n, d)``: what every reader of them holds."""
+        return _vectors(memoryview(self.section()), len(self.rows), self.d, self.dtype)

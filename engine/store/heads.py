@@ -184,12 +184,13 @@ class Heads:
         with stage("crypto"):
             return head.cipher.decrypt(name, got[0])
 
-    def write_rows(self, head: Head, name: str, seg: Segment) -> Segment:
+    def write_rows(self, head: Head, name: str, seg: Segment, coded: segment.Coded | None = None) -> Segment:
         """Write the rows ``seg`` as object ``name`` at the index's precision, with the terms
         of its full-text fields (analysed here for rows that carry none: once per row, ever);
-        returns the segment as written, terms included."""
+        returns the segment as written, terms included. ``coded``: the rows' vectors as
+        stored already (kept bit for bit; ``seg.vectors`` is then ``None``)."""
         seg = seg.with_terms(TextConfig.fields_of(head.body.config))
-        self.write(head, name, segment.encode(seg, head.precision))
+        self.write(head, name, segment.encode(seg, head.precision, coded))
         return seg
 
     def write(self, head: Head, name: str, plaintext: bytes) -> None:

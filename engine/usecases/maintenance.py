@@ -16,7 +16,7 @@ from ..arrays.kernels import normalize
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment, terms
 from ..codec.centroids import TrainedLists
-from ..codec.segment import Segment
+from ..codec.segment import Coded, Segment
 from ..errors import CipherVecError, InvalidRequest, TrainingFailed
 from ..memory.cache import StateCache
 from ..memory.parts import Layout
@@ -28,11 +28,13 @@ from ..store.heads import Head, Heads
 from ..store.manifest import Centroids, Envelope, SegmentRef
 from ..store.transactions import Compact, DropRetired, MergeTail, SetTraining, TrainingStage, training_active
 from ..timing import event
+from . import outofcore
 from .writes import Writer
 
 log = logging.getLogger("ciphervec.maintenance")
 
 SMALL_SEGMENT_ROWS = 8192
+IN_MEMORY_BYTES = 2 << 30
 
 
 class Maintenance:
@@ -62,6 +64,9 @@ class Maintenance:
         self.worker = workers.this_worker()
         # Whether a batch load's staged segments must outlive the grace period (``jobs.Jobs.keeps``).
         self.keeps_staged: Callable[[str, str, float], bool] = lambda tenant, job, now: False
+        # Rows that would take more than this as float32 train out of core (``outofcore``):
+        # the in-memory path peaks near 3.3x it, inside a 10 GB TrainFunction.
+        self.in_memory_bytes = IN_MEMORY_BYTES
 
     # -- training marks --------------------------------------------------------------------
     def training_active(self, env: Envelope) -> bool:
@@ -94,20 +99,14 @@ class Maintenance:
         """Train (or retrain) IVF centroids and compact all segments into one run."""
         head = self.heads.open(tenant, name, kek)
         head = self._stage(head, "sampling rows")
+        if self.out_of_core(head):
+            return self._train_out_of_core(head, kek, n_lists, max_iters, tolerance)
         snap = self.cache.snapshot(head)
         metric = head.metric
         count = snap.live
-        hint = (head.body.config.get("index_config") or {}).get("n_lists")
-        lists = int(n_lists or hint or kmeans.auto_n_lists(count))
-        if lists < 1:
-            raise InvalidRequest("n_lists must be at least 1")
+        lists = self._lists(head, count, n_lists)
         if count < max(2 * lists, 2):
-            self.set_training(tenant, name, kek, None)
-            return TrainResult(
-                False,
-                f"Index '{name}' has {count} vectors; training {lists} lists needs at least "
-                f"{max(2 * lists, 2)}. Queries stay exact.",
-            )
+            return self._too_few(head, kek, count, lists)
         rows = snap.live_segment()  # every live row, in row order
         assert rows.vectors is not None
         vectors = rows.vectors
@@ -184,6 +183,97 @@ class Maintenance:
         self.sweep(tenant, name, kek)
         event("trainings")
         return TrainResult(True, f"Index '{name}' trained successfully", lists, probes, recall)
+
+    def _lists(self, head: Head, count: int, n_lists: int | None) -> int:
+        """The list count to train: asked for, set at creation, or the rule's for ``count``."""
+        hint = (head.body.config.get("index_config") or {}).get("n_lists")
+        lists = int(n_lists or hint or kmeans.auto_n_lists(count))
+        if lists < 1:
+            raise InvalidRequest("n_lists must be at least 1")
+        return lists
+
+    def _too_few(self, head: Head, kek: bytes | None, count: int, lists: int) -> TrainResult:
+        self.set_training(head.tenant, head.name, kek, None)
+        return TrainResult(
+            False,
+            f"Index '{head.name}' has {count} vectors; training {lists} lists needs at least "
+            f"{max(2 * lists, 2)}. Queries stay exact.",
+        )
+
+    def out_of_core(self, head: Head) -> bool:
+        """Train from the stored objects in passes (``outofcore``) rather than from a
+        snapshot in memory: the rows as float32 would take more than ``in_memory_bytes``."""
+        rows = sum(r.rows for r in head.body.segments if r.kind != "delete")
+        return rows * max(int(head.body.config.get("dimension") or 0), 1) * 4 > self.in_memory_bytes
+
+    def _train_out_of_core(
+        self, head: Head, kek: bytes | None, n_lists: int | None, max_iters: int, tolerance: float
+    ) -> TrainResult:
+        """``train`` for an index too big to hold decoded: see ``outofcore``."""
+        found = outofcore.survey(self.heads, head)
+        live = found.live
+        count = len(live)
+        lists = self._lists(head, count, n_lists)
+        if count < max(2 * lists, 2):
+            return self._too_few(head, kek, count, lists)
+        applied = tuple(r.name for r in head.body.segments)
+        seq = max((r.seq for r in head.body.segments), default=0)
+        calibration = kmeans.held_out(count)
+        rng = np.random.default_rng(1234)
+        picked = kmeans.sample_rows(count, lists * kmeans.MAX_TRAINING_SAMPLE_PER_LIST, calibration, rng)
+        sample_at = np.arange(count) if picked is None else picked
+        chosen = np.union1d(sample_at, calibration)
+        values = outofcore.gather(self.heads, head, found, live[chosen])
+        sample = values[np.searchsorted(chosen, sample_at)]
+        queries = values[np.searchsorted(chosen, calibration)]
+        del values
+        cosine = head.metric == "cosine"
+        head = self._stage(head, "k-means")
+        try:
+            centroids = kmeans.train_centroids(
+                self.backend, sample, lists, head.metric, max_iters=max_iters, tolerance=tolerance
+            )
+            del sample
+            head = self._stage(head, "assigning lists")
+            space = self.backend.to_host(normalize(self.backend.asarray(queries))) if cosine else queries
+            k = kmeans.calibration_k(count, kmeans.AIMS)
+            got = outofcore.assign(self.heads, head, self.backend, found, centroids, space, k)
+            head = self._stage(head, "measuring n_probes")
+            chosen_probes = kmeans.probes_for(
+                self.backend, space, got.nearest, calibration, got.labels, centroids, count, kmeans.AIMS
+            )
+            (probes, recall), (probes_100, _) = chosen_probes[10], chosen_probes[100]
+        except CipherVecError:
+            raise
+        except Exception as exc:
+            raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
+        cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
+        head = self._stage(head, "writing the run")
+        written = [snap_name, cent_name]
+        at = head
+
+        def write_rows(obj: str, rows: Segment, coded: Coded) -> None:
+            self.heads.write_rows(at, obj, rows, coded)
+
+        try:
+            outofcore.write(self.heads, head, found, got, snap_name, lists, write_rows)
+            trained = TrainedLists(self.backend.to_host(centroids).astype(np.float32), got.ranges)
+            self.heads.write_centroids(head, cent_name, trained)
+        except BaseException:
+            self.heads.delete_all(head, written)
+            raise
+        head = self._stage(head, "committing")
+        cent = Centroids(cent_name, lists, probes, count, self.clock(), round(recall, 4))
+        cent.auto_n_probes_100 = max(probes, probes_100)
+        try:
+            self.heads.commit(head, Compact(applied, seq, snap_name, count, cent))
+        except BaseException:
+            self.heads.delete_all(head, written)
+            raise
+        self.cache.drop(head.key)  # the next reader opens the run (its probed lists first)
+        self.sweep(head.tenant, head.name, kek)
+        event("trainings")
+        return TrainResult(True, f"Index '{head.name}' trained successfully", lists, probes, recall)
 
     def _stage(self, head: Head, stage: str) -> Head:
         """Show ``stage`` in the running training's mark, and return the head after it. Only
