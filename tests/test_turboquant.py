@@ -210,3 +210,21 @@ def test_training_in_small_chunks_stores_and_holds_the_same_as_in_one(monkeypatc
         cold = fresh(svc.store, lazy_rows=0).query("t", tier, KEK, x[:20], top_k=5, n_probes=3)
         results.append((got, cold, svc.describe("t", tier, KEK)))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8, 12])
+def test_quantize_is_exactly_a_binary_search_over_the_edges(bits):
+    """The lookup-table quantizer gives every value the code ``np.searchsorted`` would: on
+    the edges themselves, a float32 step either side of them, far out and in between."""
+    _, edges = turboquant.codebook(bits)
+    rng = np.random.default_rng(bits)
+    z = np.concatenate(
+        [
+            rng.standard_normal(200_000).astype(np.float32) * 3,
+            edges,
+            np.nextafter(edges, np.float32(-9)),
+            np.nextafter(edges, np.float32(9)),
+            np.float32([-1e30, 1e30, -8, 8, 7.99999, -8.00001, 0, -0.0]),
+        ]
+    ).astype(np.float32)
+    assert np.array_equal(turboquant.quantize(z, bits), np.searchsorted(edges, z))

@@ -66,6 +66,35 @@ def codebook(bits: int) -> tuple[np.ndarray, np.ndarray]:
     return levels.astype(np.float32), ((levels[1:] + levels[:-1]) / 2).astype(np.float32)
 
 
+_GRID = 1 << 16  # bins of the lookup table over [-8, 8): finer than the closest two edges
+
+
+@functools.lru_cache(maxsize=8)
+def _table(bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each bin of a uniform grid over [-8, 8), the number of edges below its left end;
+    and the edges with +inf appended."""
+    _, edges = codebook(bits)
+    width = 16.0 / _GRID
+    if np.min(np.diff(edges)) <= 2 * width:
+        raise AssertionError("grid too coarse for the codebook")
+    left = -8.0 + width * np.arange(_GRID, dtype=np.float64)
+    table = np.searchsorted(edges.astype(np.float64), left).astype(np.int32)
+    return table, np.append(edges, np.float32(np.inf)).astype(np.float32)
+
+
+def quantize(z: np.ndarray, bits: int) -> np.ndarray:
+    """The code of each value of ``z``: how many of the codebook's edges lie below it, exactly
+    ``np.searchsorted(edges, z)``, through a lookup table and one correction each way (a
+    binary search per value was two thirds of an encode)."""
+    table, edges = _table(bits)
+    at = np.clip((z + np.float32(8.0)) * np.float32(_GRID / 16.0), 0, _GRID - 1).astype(np.int32)
+    codes = table[at]
+    codes += edges[codes] < z  # an edge inside the value's bin, below it
+    low = np.maximum(codes - 1, 0)
+    codes -= (codes > 0) & (edges[low] >= z)  # rounding put the value one bin too high
+    return codes.astype(np.uint16)
+
+
 def row_bytes(d: int, bits: int) -> int:
     """Bytes of one row's codes (without its norm)."""
     g = _GROUP[bits]
@@ -74,6 +103,8 @@ def row_bytes(d: int, bits: int) -> int:
 
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     n, d = codes.shape
+    if bits == 8:  # one value per byte: the codes are the bytes
+        return codes.astype(np.uint8)
     g = _GROUP[bits]
     pad = -d % g
     if pad:
@@ -91,6 +122,8 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def _unpack(packed: np.ndarray, d: int, bits: int) -> np.ndarray:
     n = packed.shape[0]
+    if bits == 8:
+        return packed[:, :d].astype(np.uint16)
     g = _GROUP[bits]
     nbytes = g * bits // 8
     chunks = packed.reshape(n, -1, nbytes).astype(np.uint64)
@@ -115,8 +148,7 @@ def encode(vectors: np.ndarray, bits: int) -> bytes:
     norms = length.astype(np.float32)
     unit = x64 / np.where(length > 0, length, 1)[:, None]
     z = ((unit @ _rotation64(d).T) * np.sqrt(d)).astype(np.float32)
-    _, edges = codebook(bits)
-    codes = np.searchsorted(edges, z).astype(np.uint16)
+    codes = quantize(z, bits)
     return norms.astype("<f4").tobytes() + _pack(codes, bits).tobytes()
 
 
