@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--concurrency-n", type=int, default=50_000, help="rows of the concurrent-clients run")
     ap.add_argument(
+        "--scale-10m",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rows of the issue #20 scale run, bench/scale10m.py (0 = skip; hours at 10,000,000)",
+    )
+    ap.add_argument(
         "--cost-base", help="a git revision the request-cost report measures beside this checkout"
     )
     args = ap.parse_args(argv)
@@ -397,6 +404,14 @@ def main(argv: list[str] | None = None) -> int:
             print("\n== batch loads: one Parquet file of 384-d embeddings, end to end (bench/load.py) ==")
             (tmp / "load").mkdir()
             report["loads"] = load_run.run(tmp / "load", [int(n) for n in args.load_sizes.split(",")])
+        if args.scale_10m:
+            import scale10m
+
+            print(
+                f"\n== {args.scale_10m:,} vectors in one Lambda-sized container, tq8 (bench/scale10m.py;"
+                " data and work dir cached under bench/.cache) =="
+            )
+            report["scale10m"] = scale10m.run(args.scale_10m)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save(report, "bench", latest=True)

@@ -25,6 +25,9 @@ CALIBRATION_QUERIES = 200
 RECALL_AIM_100 = 0.965
 AIMS = {10: RECALL_AIM, 100: RECALL_AIM_100}
 MAX_TRAINING_SAMPLE_PER_LIST = 256
+# ... and at most this many in all: k-means costs rows x lists per iteration, so past 1,024
+# lists (a million rows) each list gets fewer, down to 64 at 4,096 (faiss warns below 39).
+MAX_TRAINING_SAMPLE = 1 << 18
 # k-means for IVF lists settles within ~20 iterations (faiss uses 25); more only costs time.
 # An explicit max_iters from the client is honoured as given.
 DEFAULT_ITERATIONS = 25
@@ -35,6 +38,11 @@ def auto_n_lists(count: int) -> int:
     if count < 1:
         return 1
     return int(min(MAX_LISTS, 2 ** round(math.log2(math.sqrt(count)))))
+
+
+def sample_limit(n_lists: int) -> int:
+    """Rows k-means trains ``n_lists`` centroids on, at most."""
+    return min(n_lists * MAX_TRAINING_SAMPLE_PER_LIST, max(MAX_TRAINING_SAMPLE, 39 * n_lists))
 
 
 def held_out(n: int, seed: int = 4321) -> np.ndarray:
@@ -66,10 +74,10 @@ def train_centroids(
     seed: int = 1234,
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
-    """k-means on a sample of at most 256 rows per list (as faiss recommends), leaving out
-    the rows ``exclude`` (``held_out``)."""
+    """k-means on a sample (``sample_limit``: up to 256 rows per list, as faiss recommends),
+    leaving out the rows ``exclude`` (``held_out``)."""
     rng = np.random.default_rng(seed)
-    limit = n_lists * MAX_TRAINING_SAMPLE_PER_LIST
+    limit = sample_limit(n_lists)
     rows = sample_rows(len(vectors), limit, np.empty(0, np.int64) if exclude is None else exclude, rng)
     sample = vectors if rows is None else vectors[rows]
     cosine = metric == "cosine"

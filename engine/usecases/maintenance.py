@@ -220,7 +220,7 @@ class Maintenance:
         seq = max((r.seq for r in head.body.segments), default=0)
         calibration = kmeans.held_out(count)
         rng = np.random.default_rng(1234)
-        picked = kmeans.sample_rows(count, lists * kmeans.MAX_TRAINING_SAMPLE_PER_LIST, calibration, rng)
+        picked = kmeans.sample_rows(count, kmeans.sample_limit(lists), calibration, rng)
         sample_at = np.arange(count) if picked is None else picked
         chosen = np.union1d(sample_at, calibration)
         values = outofcore.gather(self.heads, head, found, live[chosen])
