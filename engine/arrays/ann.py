@@ -96,6 +96,7 @@ class AnnIndex:
             self.index.set_direct_map_type(faiss.DirectMap.Array)
         self.ivf = centroids is not None
         self.half = half
+        self.bits = bits if centroids is not None else 0
         # faiss's single-query flat scan is ~2x slower here than a BLAS mat-vec over the
         # same memory; for a few queries the flat index is read through a numpy view.
         self._flat_view = centroids is None and not half
@@ -139,6 +140,32 @@ class AnnIndex:
             self._sqnorms = np.concatenate([self._sqnorms, other._sqnorms])
         self.ntotal += other.ntotal
         self.device = None
+
+    def join_codes(self, others: list[AnnIndex]) -> None:
+        """Append the rows of IVF indexes ``others`` (the same kind of codes over the same
+        centroids, in row order) by copying their codes list by list: nothing decoded or
+        encoded again, so a merge of parts of codes holds exactly the codes they held, and
+        never their rows as float32 (15 GB at 10M x 384 where the codes take 3.8 GB)."""
+        dst = self.index.invlists
+        self.index.set_direct_map_type(faiss.DirectMap.NoMap)
+        try:
+            for other in others:
+                src = other.index.invlists
+                for k in range(other.index.nlist):
+                    n = src.list_size(k)
+                    if n:
+                        ids = faiss.rev_swig_ptr(src.get_ids(k), n).astype(np.int64) + self.ntotal
+                        dst.add_entries(k, n, faiss.swig_ptr(ids), src.get_codes(k))
+                self.ntotal += other.ntotal
+                self.index.ntotal = self.ntotal
+        finally:
+            self.index.set_direct_map_type(faiss.DirectMap.Array)  # ids are the rows 0 .. ntotal-1
+        self.device = None
+
+    @property
+    def kind(self) -> tuple[bool, bool, int]:
+        """What the codes are: rows of two indexes of one kind can be joined (``join_codes``)."""
+        return self.ivf, self.half, self.bits
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of ``rows`` (float32)."""

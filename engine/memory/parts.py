@@ -149,6 +149,28 @@ def merged(backend: Backend, layout: Layout, parts: list[Part], lists: np.ndarra
         for p in parts:
             ann.extend(p.ann, lists[p.start : p.end])
         return Part(start, end - start, ann, None)
+    first = parts[0]
+    if (
+        first.ann.ivf
+        and (first.ann.half or first.ann.bits)
+        and all(p.stored is None and p.ann.kind == first.ann.kind for p in parts)
+        and len({p.norms is None for p in parts}) == 1
+    ):
+        # IVF codes of one kind (a trained tq or float16 index): the merged index is their
+        # codes copied list by list, and their norms joined; no row is decoded
+        ann = backend.ann_index(
+            max(layout.dimension, 1),
+            layout.centroids,
+            half=first.ann.half,
+            quantizer=layout.quantizer,
+            bits=first.ann.bits,
+            ranges=layout.ranges,
+        )
+        ann.join_codes([p.ann for p in parts])
+        norms = (
+            None if first.norms is None else np.concatenate([p.norms for p in parts if p.norms is not None])
+        )
+        return Part(start, end - start, ann, None, norms)
     vectors = np.concatenate([p.all_rows() for p in parts]) if len(parts) > 1 else parts[0].all_rows()
     return build(backend, layout, start, vectors, lists[start:end])
 
