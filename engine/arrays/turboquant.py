@@ -19,6 +19,9 @@ Layout of a segment's vector section for ``tq<b>``::
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,8 +34,32 @@ _GROUP = {4: 2, 6: 4, 8: 1, 12: 2}  # values per packed group (a whole number of
 MAX_DIMENSION = 4096  # the rotation is a dense d x d matrix (64 MB at 4096)
 _SEED = 0x7475_7262_6F71  # "turboq"
 
+F = TypeVar("F", bound=Callable[..., Any])
+_computing = threading.RLock()
 
-@functools.lru_cache(maxsize=8)
+
+def _once(fn: F) -> F:
+    """A memo of ``fn`` (up to 8 arguments), computed by one thread only: a cold container's
+    first query decodes lists in 16 threads, which otherwise all computed the rotation's QR
+    and the codebook at once (2.5 s of its first query at 300k rows)."""
+    memo: dict[tuple[Any, ...], Any] = {}
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        got = memo.get(args)
+        if got is None:
+            with _computing:
+                got = memo.get(args)
+                if got is None:
+                    if len(memo) >= 8:
+                        memo.clear()
+                    got = memo[args] = fn(*args)
+        return got
+
+    return call  # type: ignore[return-value]
+
+
+@_once
 def rotation(d: int) -> np.ndarray:
     """The fixed random orthogonal ``d x d`` rotation (QR of a seeded Gaussian matrix)."""
     g = np.random.default_rng([_SEED, d]).standard_normal((d, d))
@@ -41,7 +68,7 @@ def rotation(d: int) -> np.ndarray:
     return np.ascontiguousarray(q, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=8)
+@_once
 def _rotation64(d: int) -> np.ndarray:
     """``rotation(d)`` in float64: rows are rotated in float64 and rounded once, so a row
     gets the same values alone or in a batch (float32 BLAS sums round differently per
@@ -49,7 +76,7 @@ def _rotation64(d: int) -> np.ndarray:
     return rotation(d).astype(np.float64)
 
 
-@functools.lru_cache(maxsize=8)
+@_once
 def codebook(bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd-Max levels for N(0, 1) at ``bits`` bits, and the decision thresholds between them."""
     k = 1 << bits
@@ -69,7 +96,7 @@ def codebook(bits: int) -> tuple[np.ndarray, np.ndarray]:
 _GRID = 1 << 16  # bins of the lookup table over [-8, 8): finer than the closest two edges
 
 
-@functools.lru_cache(maxsize=8)
+@_once
 def _table(bits: int) -> tuple[np.ndarray, np.ndarray]:
     """For each bin of a uniform grid over [-8, 8), the number of edges below its left end;
     and the edges with +inf appended."""
