@@ -31,6 +31,7 @@ from .parts import Layout, Part
 from .state import Builder, PartialRun, Snapshot
 
 log = logging.getLogger("ciphervec.cache")
+FLUSH_ROWS = 1 << 19  # rows a load holds as float32 before it indexes them into a part
 _COMPACT_ROWS = 4096  # states this big drop dead rows from memory once most rows are dead
 
 
@@ -216,7 +217,7 @@ class StateCache:
                     for ref in todo:
                         with stage("io"):
                             got = next(fetched)
-                        _apply(builder, ref, got)
+                        _apply(builder, ref, got, self.backend)
                         applied.append(ref.name)
             cent = head.body.centroids
             if (cent.name if cent else None) != builder.centroids_name:
@@ -326,18 +327,22 @@ class StateCache:
                 self.install(key, current.with_bookkeeping(applied=applied))
 
 
-def _apply(builder: Builder, ref: SegmentRef, got: Any) -> None:
+def _apply(builder: Builder, ref: SegmentRef, got: Any, backend: Any) -> None:
     """Apply what was read for ``ref``: a segment's bytes, a lazy run's directory, or a run's
-    lists."""
+    lists (indexed into a part every ``FLUSH_ROWS`` rows)."""
     if isinstance(got, bytes):
         with stage("decode"):
             rows = segment.decode(got)
         builder.apply(rows, ref.seq)
+        if builder.pending_rows >= FLUSH_ROWS:
+            builder.flush(backend)
     elif isinstance(got, run.Directory):
         builder.open_run(ref.name, ref.seq, got)
     else:
         for k, rows in got:
             builder.apply(rows, ref.seq, ivf_list=k)
+            if builder.pending_rows >= FLUSH_ROWS:
+                builder.flush(backend)
 
 
 def _renamed(snap: Snapshot, names: dict[str, str]) -> Snapshot:

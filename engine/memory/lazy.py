@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..codec import run, segment
@@ -16,6 +17,7 @@ from .state import Builder
 # shares the cores with stay fast.
 READERS = 16
 FILL_READERS = 2
+RUN_BATCH = 256  # lists of a run read at once when it loads whole
 FILL_BATCH = 4
 
 Fetched = list[tuple[str, int, Segment]]  # (run name, list number, rows)
@@ -80,10 +82,13 @@ class InFlight:
         return got
 
 
-def read_run(heads: Heads, head: Head, name: str) -> list[tuple[int, Segment]]:
-    """Every non-empty list of a run, as ``(list number, rows)``."""
-    lists = fetch_lists(heads, head, [(name, k) for k in heads.read_directory(head, name).lists()])
-    return [(k, rows) for _, k, rows in lists]
+def read_run(heads: Heads, head: Head, name: str, batch: int = RUN_BATCH) -> Iterator[tuple[int, Segment]]:
+    """Every non-empty list of a run, as ``(list number, rows)``, read ``batch`` lists at a
+    time as the caller takes them (a whole run at once would be every row decoded)."""
+    lists = heads.read_directory(head, name).lists()
+    for lo in range(0, len(lists), batch):
+        for _, k, rows in fetch_lists(heads, head, [(name, k) for k in lists[lo : lo + batch]]):
+            yield k, rows
 
 
 def apply_lists(builder: Builder, got: Fetched) -> None:

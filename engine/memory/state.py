@@ -364,7 +364,7 @@ class Builder:
         quantizer = flat_quantizer(centroids) if centroids is not None else None
         self.layout = replace(self.layout, centroids=centroids, quantizer=quantizer, ranges=ranges)
         self.centroids_name = name
-        self._rebuild = True
+        self._rebuild = self.n_rows > 0
 
     def compact(self) -> None:
         """Drop dead rows (row numbers change; every row is indexed anew)."""
@@ -385,6 +385,21 @@ class Builder:
     def _all_rows(self) -> np.ndarray:
         chunks = [p.all_rows() for p in self.parts] + [np.asarray(c, dtype=np.float32) for c in self._pending]
         return np.concatenate(chunks) if chunks else np.empty((0, max(self.layout.dimension, 1)), np.float32)
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows applied and not yet in a part (held as float32 until then)."""
+        return self.n_rows - self._built
+
+    def flush(self, backend: Backend) -> None:
+        """Index the pending rows into a part now (a big load then never holds every row
+        as float32 at once; the tiered merges join the parts later). Not while every row
+        must be indexed anew."""
+        if self._pending and not self._rebuild:
+            vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+            rows = self.lists[self._built : self.n_rows]
+            self.parts.append(parts.build(backend, self.layout, self._built, vectors, rows))
+            self._pending, self._built = [], self.n_rows
 
     # -- the next snapshot ----------------------------------------------------------------
     def freeze(self, backend: Backend | None) -> Snapshot:
