@@ -50,8 +50,9 @@ def test_merged_codes_are_the_parts_codes(precision):
 
 @pytest.mark.parametrize("precision", ["tq8", "float32"])
 def test_a_whole_load_indexes_as_it_goes_and_answers_the_same(precision, monkeypatch):
-    """A cold container loading a run whole indexes every ``FLUSH_ROWS`` rows into a part
-    (never every row as float32 at once) and answers as one that held them all first."""
+    """A cold container loading a run whole indexes every ``FLUSH_ROWS`` rows into the part
+    it grows (never every row as float32 at once, nor parts to merge later) and answers as
+    one that held them all first."""
     from ciphervec.engine.memory import cache, state
     from ciphervec.engine.model import IndexConfig, RowBatch
     from ciphervec.infra.storage.memory import MemoryStore
@@ -79,6 +80,7 @@ def test_a_whole_load_indexes_as_it_goes_and_answers_the_same(precision, monkeyp
         cold = fresh(store, lazy_rows=0)
         got = cold.query("t", "i", kek, q, top_k=10, n_probes=4)
         assert (len(flushed) >= 5 and max(flushed) < 1000) if flush == 300 else not flushed, flushed
+        assert len(cold.cache.current(("t", "i")).parts) == 1  # one part grown, nothing to merge
         vectors = cold.get("t", "i", kek, [f"r{i}" for i in range(0, 4000, 7)], ["vector"])
         answers.append((got, vectors))
     assert answers[0][1] == answers[1][1]  # the same values held

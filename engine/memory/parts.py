@@ -137,6 +137,25 @@ def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lis
     return Part(start, len(vectors), ann, np.asarray(vectors, dtype=memory_dtype(layout.precision)))
 
 
+def extended(
+    backend: Backend, layout: Layout, part: Part, vectors: np.ndarray, lists: np.ndarray
+) -> Part | None:
+    """``part`` with ``vectors`` appended to its own faiss index (only for a part no
+    snapshot holds yet: a load growing one part instead of many to merge later), or
+    ``None`` when they need another kind of part than it is."""
+    if part.stored is not None:
+        return None
+    exact = part.norms is None  # as given; else normalised, with each row's norm beside
+    if exact and layout.metric == "cosine" and not unit_norm(vectors):
+        return None
+    if part.ann.bits and not all(within(chunk, layout.ranges) for _, chunk in _space(vectors, exact)):
+        return None
+    for lo, chunk in _space(vectors, exact):
+        part.ann.add(chunk, lists[lo : lo + STEP])
+    norms = None if exact else np.concatenate([part.norms, _norms(vectors)])
+    return Part(part.start, part.n + len(vectors), part.ann, None, norms)
+
+
 def merged(backend: Backend, layout: Layout, parts: list[Part], lists: np.ndarray) -> Part:
     """One part holding the rows of consecutive ``parts`` (``lists``: every row's IVF list,
     indexed by row number)."""

@@ -248,6 +248,7 @@ class Builder:
         self._built = n  # rows below this are in ``parts``
         self._pending: list[np.ndarray] = []  # vectors of rows from ``_built`` on
         self._rebuild = False  # every row must go into new parts (new centroids, compaction)
+        self._growing: Part | None = None  # the last part, made by this builder: it may grow
         self.text = TextBuilder(layout.text, base.text if base is not None else None) if layout.text else None
 
     @property
@@ -381,6 +382,7 @@ class Builder:
         self.alive = np.ones(len(keep), dtype=bool)
         self.latest, self.prev_ref = _newest_rows(self.ids), [np.full(len(keep), -1, dtype=np.int64)]
         self.parts, self._built, self._pending, self._base_rows = [], 0, [vectors], len(keep)
+        self._growing = None
 
     def _all_rows(self) -> np.ndarray:
         chunks = [p.all_rows() for p in self.parts] + [np.asarray(c, dtype=np.float32) for c in self._pending]
@@ -396,22 +398,34 @@ class Builder:
         as float32 at once; the tiered merges join the parts later). Not while every row
         must be indexed anew."""
         if self._pending and not self._rebuild:
-            vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-            rows = self.lists[self._built : self.n_rows]
-            self.parts.append(parts.build(backend, self.layout, self._built, vectors, rows))
-            self._pending, self._built = [], self.n_rows
+            self._index_pending(backend)
+
+    def _index_pending(self, backend: Backend) -> None:
+        """The pending rows into the part this builder is growing, or else a new part."""
+        vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        rows = self.lists[self._built : self.n_rows]
+        last = self.parts[-1] if self.parts else None
+        grown = None
+        if last is not None and last is self._growing:
+            grown = parts.extended(backend, self.layout, last, vectors, rows)
+        if grown is not None:
+            self.parts[-1] = grown
+        else:
+            grown = parts.build(backend, self.layout, self._built, vectors, rows)
+            self.parts.append(grown)
+        self._growing = grown
+        self._pending, self._built = [], self.n_rows
 
     # -- the next snapshot ----------------------------------------------------------------
     def freeze(self, backend: Backend | None) -> Snapshot:
         """The snapshot of everything applied; new rows go into a new part."""
         if self._rebuild and (self.parts or self._pending):
-            self._pending, self.parts, self._built = [self._all_rows()], [], 0
+            self._pending, self.parts, self._built, self._growing = [self._all_rows()], [], 0, None
         if self._pending:
             assert backend is not None
-            vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-            rows = self.lists[self._built : self.n_rows]
-            self.parts.append(parts.build(backend, self.layout, self._built, vectors, rows))
+            self._index_pending(backend)
         self._pending, self._built, self._rebuild = [], self.n_rows, False
+        self._growing = None  # published: its parts never change again
         partial = None
         if self.runs is not None and any(r.missing() for r in self.runs):
             partial = Partial(tuple(self.runs), self.shadow)
