@@ -9,13 +9,16 @@ lazily; snapshots are evicted least-recently-used within a byte budget.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..arrays.backend import Backend
@@ -26,7 +29,7 @@ from ..store.heads import Head, Heads, Key
 from ..store.manifest import SegmentRef
 from ..timing import event, stage
 from . import parts
-from .lazy import FILL_BATCH, FILL_READERS, InFlight, apply_lists, read_run
+from .lazy import FILL_BATCH, FILL_READERS, RUN_BATCH, InFlight, apply_lists, read_run
 from .parts import Layout, Part
 from .state import Builder, PartialRun, Snapshot
 
@@ -41,6 +44,7 @@ class StateCache:
     def __init__(
         self, heads: Heads, backend: Backend, *, cache_bytes: int = 8 << 30, lazy_rows: int = 50_000
     ) -> None:
+        release_memory()  # (sets the allocator up, once per process)
         self.heads = heads
         self.backend = backend
         self.cache_bytes = cache_bytes
@@ -104,6 +108,7 @@ class StateCache:
             snap = self._snaps.get(key)
             due = parts.next_merge(snap.parts) if snap is not None else None
             if snap is None or due is None or self._merge_group(key, snap, *due) is None:
+                release_memory()
                 return  # (a group changed meanwhile is planned again from the new snapshot)
 
     def _merge_group(self, key: Key, snap: Snapshot, start: int, end: int) -> bool | None:
@@ -151,7 +156,9 @@ class StateCache:
             with self.writer(head.key):
                 snap = self._at(head) or self._sync(head, full)
         if full and snap.partial is not None:
-            snap = self.load_lists(head, snap, snap.partial.missing())
+            todo = snap.partial.missing()
+            for lo in range(0, len(todo), RUN_BATCH):  # a few hundred lists decoded at a time
+                snap = self.load_lists(head, snap, todo[lo : lo + RUN_BATCH])
         return snap
 
     def load_lists(self, head: Head, snap: Snapshot, todo: list[tuple[PartialRun, int]]) -> Snapshot:
@@ -287,6 +294,7 @@ class StateCache:
         snap = self._snaps.get(key)
         if snap is not None and snap.partial is None and len(snap.parts) > 1:
             self._merge_group(key, snap, 0, len(snap.parts))  # written meanwhile: tiers carry on
+        release_memory()
 
     # -- this container's own writes ------------------------------------------------------
     def adopt(self, committed: Head, name: str, seg: Segment) -> None:
@@ -325,6 +333,27 @@ class StateCache:
             if current is not None and list(current.applied[: len(base) + len(old)]) == base + old:
                 applied = (*base, *new, *current.applied[len(base) + len(old) :])
                 self.install(key, current.with_bookkeeping(applied=applied))
+
+
+def release_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing), after merges: merged parts free many mid-sized faiss buffers, which the
+    allocator otherwise keeps for the process's life."""
+    with suppress(OSError, AttributeError):
+        _libc().malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # Allocations of 128 KiB and more (a list's codes, a decoded list) mapped on their own
+    # and unmapped when freed, as glibc does until its first such free raises the bar
+    with suppress(AttributeError):
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 17)
+    return libc
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def _apply(builder: Builder, ref: SegmentRef, got: Any, backend: Any) -> None:
