@@ -199,6 +199,8 @@ class StateCache:
         """The next snapshot at ``head``: new segments applied to the current one, or a
         fresh one (lazy for a big trained index unless ``full``)."""
         key, uid = head.key, head.envelope.uid
+        if sum(r.rows for r in head.body.segments) >= BIG_ROWS:
+            big_heap()  # before its buffers are allocated
         current = self._snaps.get(key)
         if current is not None and head.body.renamed and current.partial is None:
             current = _renamed(current, head.body.renamed)  # re-encrypted: the same rows
@@ -366,7 +368,8 @@ def big_heap() -> None:
     and more (a list's codes, a decoded list) are mapped on their own and unmapped when
     freed, as glibc does until its first such free raises the bar to 32 MiB. Merges of big
     parts free gigabytes of such buffers that the heap would otherwise keep (a 10M-row tq8
-    fill ended at 10-11.7 GB RSS, 5.9 GB with this). Not for small indexes: each request's
+    fill ended at 10-11.7 GB RSS, 5.9 GB with this; and a list's spare capacity after its
+    appends is never touched, so never resident). Not for small indexes: each request's
     buffers then cost a map and unmap (a third more server CPU per upsert at 50k rows)."""
     with suppress(OSError, AttributeError):
         _libc().mallopt(_M_MMAP_THRESHOLD, 1 << 17)

@@ -249,7 +249,6 @@ class Builder:
         self._pending: list[np.ndarray] = []  # vectors of rows from ``_built`` on
         self._rebuild = False  # every row must go into new parts (new centroids, compaction)
         self._growing: Part | None = None  # the last part, made by this builder: it may grow
-        self._grew = False  # ... and it has grown
         self.text = TextBuilder(layout.text, base.text if base is not None else None) if layout.text else None
 
     @property
@@ -411,11 +410,9 @@ class Builder:
             grown = parts.extended(backend, self.layout, last, vectors, rows)
         if grown is not None:
             self.parts[-1] = grown
-            self._grew = True
         else:
             grown = parts.build(backend, self.layout, self._built, vectors, rows)
             self.parts.append(grown)
-            self._grew = False
         self._growing = grown
         self._pending, self._built = [], self.n_rows
 
@@ -427,10 +424,6 @@ class Builder:
         if self._pending:
             assert backend is not None
             self._index_pending(backend)
-            grown = self._growing
-            if grown is not None and self._grew and grown.ann.ivf and (grown.ann.half or grown.ann.bits):
-                # a part grown by many appends: its codes copied once into lists of exact size
-                self.parts[-1] = parts.merged(backend, self.layout, [grown], self.lists)
         self._pending, self._built, self._rebuild = [], self.n_rows, False
         self._growing = None  # published: its parts never change again
         partial = None
