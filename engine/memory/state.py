@@ -394,27 +394,23 @@ class Builder:
         return self.n_rows - self._built
 
     def flush(self, backend: Backend) -> None:
-        """Index the pending rows into a part now (a big load then never holds every row
-        as float32 at once; the tiered merges join the parts later). Not while every row
-        must be indexed anew."""
+        """Index the pending rows now, into the part this builder grows (a big load never
+        holds every row as float32, nor parts to merge later); not while every row must be
+        indexed anew."""
         if self._pending and not self._rebuild:
             self._index_pending(backend)
 
     def _index_pending(self, backend: Backend) -> None:
-        """The pending rows into the part this builder is growing, or else a new part."""
         vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         rows = self.lists[self._built : self.n_rows]
-        last = self.parts[-1] if self.parts else None
-        grown = None
-        if last is not None and last is self._growing:
-            grown = parts.extended(backend, self.layout, last, vectors, rows)
-        if grown is not None:
-            self.parts[-1] = grown
-        else:
+        last = self.parts[-1] if self.parts and self.parts[-1] is self._growing else None
+        grown = parts.extended(backend, self.layout, last, vectors, rows) if last is not None else None
+        if grown is None:
             grown = parts.build(backend, self.layout, self._built, vectors, rows)
             self.parts.append(grown)
-        self._growing = grown
-        self._pending, self._built = [], self.n_rows
+        else:
+            self.parts[-1] = grown
+        self._growing, self._pending, self._built = grown, [], self.n_rows
 
     # -- the next snapshot ----------------------------------------------------------------
     def freeze(self, backend: Backend | None) -> Snapshot:

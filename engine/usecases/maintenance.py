@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,7 @@ class Maintenance:
         layout = Layout(snap.dimension, metric, snap.precision, text=snap.layout.text)
         del snap  # the rows live on in ``rows`` until the new snapshot holds them
         head = self._stage(head, "k-means")
-        try:
+        with _fitting():
             calibration = kmeans.held_out(len(vectors))
             centroids = kmeans.train_centroids(
                 self.backend,
@@ -132,10 +133,6 @@ class Maintenance:
                 self.backend, vectors, labels, centroids, metric, calibration, kmeans.AIMS
             )
             (probes, recall), (probes_100, _) = chosen[10], chosen[100]
-        except CipherVecError:
-            raise
-        except Exception as exc:
-            raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
         head = self._stage(head, "writing the run")
         self.writer.run(head, snap_name, rows, labels, lists)
@@ -229,7 +226,7 @@ class Maintenance:
         del values
         cosine = head.metric == "cosine"
         head = self._stage(head, "k-means")
-        try:
+        with _fitting():
             centroids = kmeans.train_centroids(
                 self.backend, sample, lists, head.metric, max_iters=max_iters, tolerance=tolerance
             )
@@ -243,10 +240,6 @@ class Maintenance:
                 self.backend, space, got.nearest, calibration, got.labels, centroids, count, kmeans.AIMS
             )
             (probes, recall), (probes_100, _) = chosen_probes[10], chosen_probes[100]
-        except CipherVecError:
-            raise
-        except Exception as exc:
-            raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
         head = self._stage(head, "writing the run")
         written = [snap_name, cent_name]
@@ -397,6 +390,17 @@ class Maintenance:
             self.heads.commit(head, DropRetired(frozenset(due)))
         self.heads.delete_all(head, due + orphans)
         return len(due) + len(orphans)
+
+
+@contextmanager
+def _fitting() -> Iterator[None]:
+    """k-means, assignment and calibration: an error of their own is a failed training."""
+    try:
+        yield
+    except CipherVecError:
+        raise
+    except Exception as exc:
+        raise TrainingFailed(f"training failed: {type(exc).__name__}") from exc
 
 
 def merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
