@@ -49,3 +49,16 @@ def test_header_pins_version():
 def test_malformed_is_corrupt(mutate):
     with pytest.raises(CorruptObject):
         segment.decode(mutate(segment.encode(sample())))
+
+
+@pytest.mark.parametrize("dtype", ["tq8", "tq6", "tq4", "tq12", "float16", "float32"])
+def test_codes_of_rows_are_their_rows_codes(dtype):
+    # A run's lists are sliced from one encode of all its rows: each row's codes must be
+    # exactly what encoding that row alone (or among other rows) gives.
+    x = np.random.default_rng(5).normal(size=(300, 40)).astype(np.float32)
+    whole = segment.coded(x, dtype)
+    picks = np.array([7, 0, 299, 150, 151])
+    alone = segment.coded(x[picks], dtype)
+    taken = whole.take(picks)
+    assert taken.section() == alone.section()
+    assert np.array_equal(taken.decode(), alone.decode())

@@ -4,6 +4,7 @@ head by compare-and-swap, and adopted by this container's cache without a read-b
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -39,16 +40,20 @@ class Writer:
         make due marked); clean up if the commit fails. Returns the commit, once acknowledged."""
         name = f"seg/{new_id()}"
         precision = head.precision
-        seg = self.heads.write_rows(head, name, seg)
+        # Encoded once: the object's codes, and decoded from them the rows as every reader
+        # holds them (this container's cache must hold the same values).
+        coded = None
+        if seg.vectors is not None and precision != "float32":
+            coded = segment.coded(seg.vectors, precision)
+        bare = seg if coded is None else replace(seg, vectors=None)
+        written = self.heads.write_rows(head, name, bare, coded)
         op = Append(name, seg.kind, len(seg), dimension, estimate, rules)
         try:
             done = self.heads.commit(head, op)
         except BaseException:
             self.heads.store.delete(head.root + name)
             raise
-        if precision != "float32" and seg.vectors is not None:  # as a reader would decode it
-            stored = segment.as_stored(seg.vectors, precision)
-            seg = Segment(seg.kind, seg.ids, stored, seg.metadata, seg.contents, seg.terms)
+        seg = written if coded is None else replace(written, vectors=coded.decode())
         self.cache.adopt(done.head, name, seg)
         return done
 
@@ -60,9 +65,13 @@ class Writer:
         unit = head.metric != "cosine" or unit_norm(rows.vectors)
         members = run.group(rows, labels, n_lists)
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
+        # Every row encoded in one call, then sliced per list: an encode per list object
+        # (thousands at 10M rows) spent most of a tail merge waiting on BLAS's lock.
+        coded = segment.coded(rows.vectors, precision)
+        bare = replace(rows, vectors=None)
 
         def put(k: int) -> None:
-            self.heads.write_rows(head, run.list_name(name, k), rows.take(members[k]))
+            self.heads.write_rows(head, run.list_name(name, k), bare.take(members[k]), coded.take(members[k]))
 
         try:
             with stage("io"), ThreadPoolExecutor(max_workers=READERS) as pool:
