@@ -35,6 +35,11 @@ def test_merged_codes_are_the_parts_codes(precision):
     ]
     joined = parts.merged(backend, layout, pieces, lists)
     whole = parts.build(backend, layout, 0, x, lists)
+    # list sizes come from the direct map, in one pass: exactly what faiss holds per list
+    for got in (joined, whole, *pieces):
+        sizes = [got.ann.index.invlists.list_size(k) for k in range(16)]
+        assert got.ann.list_sizes().tolist() == sizes and sum(sizes) == got.n
+    assert joined.ann.list_sizes().tolist() == np.bincount(lists, minlength=16).tolist()
     assert joined.ann.kind == whole.ann.kind and joined.stored is None and joined.n == 3000
     assert np.array_equal(joined.all_rows(), np.concatenate([p.all_rows() for p in pieces]))
     assert np.array_equal(joined.all_rows(), whole.all_rows())
