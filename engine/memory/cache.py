@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from ..arrays.backend import Backend
@@ -36,6 +36,7 @@ from .state import Builder, PartialRun, Snapshot
 log = logging.getLogger("ciphervec.cache")
 BIG_ROWS = 1 << 20  # indexes this big merge parts of gigabytes: see ``big_heap``
 FLUSH_ROWS = 1 << 19  # rows a load holds as float32 before it indexes them into a part
+_OWN_THREAD_ROWS = 1 << 16  # a write this small is indexed on its request's thread alone
 _COMPACT_ROWS = 4096  # states this big drop dead rows from memory once most rows are dead
 
 
@@ -328,7 +329,10 @@ class StateCache:
             if len(refs) != len(current.applied) + 1 or [r.name for r in refs[:-1]] != list(current.applied):
                 return
             builder = Builder(current.layout, current)
-            with _undone_on_failure(builder):
+            # A request's own rows: the other core serves other requests (as a search does),
+            # and an idle OpenMP team spinning after each small add costs more than it saves.
+            one = len(seg) <= _OWN_THREAD_ROWS
+            with _undone_on_failure(builder), self.backend.threads(1) if one else nullcontext():
                 builder.apply(seg, refs[-1].seq)
                 new = builder.freeze(self.backend).with_bookkeeping(
                     uid=current.uid, applied=(*current.applied, name), synced_etag=committed.etag
