@@ -102,6 +102,7 @@ from scale10m_data import DIM, SEED, Data, blends, chunk_rows, make_data, pool_a
 INDEX, FRESH, TENANT = "big", "fresh100k", "default"
 KEK = bytes(range(32))
 BATCH, INGEST_BATCHES, FRESH_N = 1000, 50, 100_000
+PROBE_SWEEP = (8, 16, 32, 64)  # the serve stage's recall@10 against n_probes
 STAGES = ("data", "load", "train", "serve", "ingest", "cold")
 # A stage run again makes the figures of the stages that measured its output stale.
 STALE = {"load": ("train", "serve", "ingest", "cold"), "train": ("serve", "ingest", "cold")}
@@ -287,6 +288,14 @@ def stage_serve(srv: Server, data: Data) -> dict[str, Any]:
         res = index.query(q, top_k=K)
         times.append(time.perf_counter() - t)
         found.append(found_ids(res))
+    # Recall against n_probes, in batches of 100 queries (the lever a user has per query).
+    sweep = {}
+    for probes in PROBE_SWEEP:
+        got: list[list[int]] = []
+        for lo in range(0, len(queries), 100):
+            batch = index.query(queries[lo : lo + 100], top_k=K, n_probes=probes)
+            got += [found_ids(res) for res in batch]
+        sweep[probes] = recall(got, gt)
     out = {
         "load_s": load_s,
         "rss_mb": loaded,
@@ -297,12 +306,14 @@ def stage_serve(srv: Server, data: Data) -> dict[str, Any]:
         "query_p99_ms": p(times, 99) * 1e3,
         "recall": recall(found, gt),
         "n_lists": int(index.n_lists),
+        "recall_by_n_probes": sweep,
     }
     print(
         f"  serve: whole index in memory after {load_s:.1f} s, RSS {loaded:,.0f} MB"
         f" ({out['rss_after_queries_mb']:,.0f} MB after the queries, peak {out['peak_rss_mb']:,.0f} MB);"
         f" {len(queries)} single queries p50 {out['query_p50_ms']:.2f} ms p99 {out['query_p99_ms']:.2f} ms,"
-        f" recall@10 {out['recall']:.4f} ({out['n_lists']} lists)"
+        f" recall@10 {out['recall']:.4f} ({out['n_lists']} lists); with n_probes "
+        + ", ".join(f"{k}: {v:.4f}" for k, v in sweep.items())
     )
     return out
 
