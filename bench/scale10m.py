@@ -76,33 +76,27 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    API_KEY,
-    K,
-    Server,
-    free_port,
-    p,
-    recall,
     rss_mb,
     save,
-    settle,
-    wait_port,
 )
-from scale import serve  # noqa: E402
-from scale10m_data import DIM, SEED, Data, blends, chunk_rows, make_data, pool_and_queries  # noqa: E402
+from scale10m_cold import stage_cold  # noqa: E402
+from scale10m_data import (  # noqa: E402
+    DIM,
+    INDEX,
+    KEK,
+    TENANT,
+    Data,
+    hwm_mb,
+    make_data,
+)
+from scale10m_serve import Live, stage_ingest, stage_serve  # noqa: E402
 
-INDEX, FRESH, TENANT = "big", "fresh100k", "default"
-KEK = bytes(range(32))
-BATCH, INGEST_BATCHES, FRESH_N = 1000, 50, 100_000
-PROBE_SWEEP = (8, 16, 32, 64)  # the serve stage's recall@10 against n_probes
 STAGES = ("data", "load", "train", "serve", "ingest", "cold")
 # A stage run again makes the figures of the stages that measured its output stale.
 STALE = {"load": ("train", "serve", "ingest", "cold"), "train": ("serve", "ingest", "cold")}
@@ -123,14 +117,6 @@ with open(os.environ["CV_PEAK_FILE"], "w") as out:
     out.write(str(kib))
 sys.exit(code)
 """
-
-
-def hwm_mb(pid: int | str = "self") -> float:
-    """A process's peak RSS so far (VmHWM), MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def dir_mb(path: Path) -> float:
@@ -233,239 +219,6 @@ def stage_train(work: Path) -> dict[str, Any]:
         f" n_probes {out['n_probes']}, estimated recall {out['recall_estimate']},"
         f" RSS {out['rss_before_mb']:,.0f} MB before, peak {out['peak_rss_mb']:,.0f} MB"
         + ("" if out["trained"] else f"  NOT TRAINED: {out['message']}")
-    )
-    return out
-
-
-# -- serve and ingest ------------------------------------------------------------------------
-class Live:
-    """One ``ciphervec serve`` for the serve and ingest stages, loading the index whole on
-    first touch, on a hard-linked copy of the store (WORK/live, removed at the end): the
-    ingest stage's writes never reach WORK/store, so every serve run queries the rows the
-    load wrote. Links are a safe copy: the file store never changes a file in place, it
-    writes a new one and links or renames it over the name."""
-
-    def __init__(self, work: Path) -> None:
-        self.work, self.copy = work, work / "live"
-        self.srv: Server | None = None
-
-    def server(self) -> Server:
-        if self.srv is None:
-            shutil.rmtree(self.copy, ignore_errors=True)
-            skip = shutil.ignore_patterns("*.lock", ".tmp-*")
-            shutil.copytree(self.work / "store", self.copy, copy_function=os.link, ignore=skip)
-            self.srv = serve(self.work, f"file://{self.copy}", {"CIPHERVEC_LAZY_ROWS": "0"}, "serve")
-        return self.srv
-
-    def close(self) -> None:
-        if self.srv is not None:
-            self.srv.stop()
-            self.srv = None
-        shutil.rmtree(self.copy, ignore_errors=True)
-
-
-def found_ids(res: list[dict[str, Any]]) -> list[int]:
-    return [int(r["id"]) if str(r["id"]).isdigit() else -1 for r in res]
-
-
-def stage_serve(srv: Server, data: Data) -> dict[str, Any]:
-    from cyborgdb import Client
-
-    index = Client(srv.url, API_KEY).load_index(INDEX, KEK)
-    if not index.is_trained():
-        raise SystemExit("serve: the index is not trained (run the train stage first)")
-    t0 = time.perf_counter()
-    index.get(["0"], include=[])  # needs every row in memory
-    load_s = time.perf_counter() - t0
-    settle(srv.proc.pid)
-    loaded = rss_mb(srv.proc.pid)
-    queries, gt = data.held_out()
-    for q in queries[:20]:
-        index.query(q, top_k=K)
-    times, found = [], []
-    for q in queries:
-        t = time.perf_counter()
-        res = index.query(q, top_k=K)
-        times.append(time.perf_counter() - t)
-        found.append(found_ids(res))
-    # Recall against n_probes, in batches of 100 queries (the lever a user has per query).
-    sweep = {}
-    for probes in PROBE_SWEEP:
-        got: list[list[int]] = []
-        for lo in range(0, len(queries), 100):
-            batch = index.query(queries[lo : lo + 100], top_k=K, n_probes=probes)
-            got += [found_ids(res) for res in batch]
-        sweep[probes] = recall(got, gt)
-    out = {
-        "load_s": load_s,
-        "rss_mb": loaded,
-        "rss_after_queries_mb": rss_mb(srv.proc.pid),
-        "peak_rss_mb": hwm_mb(srv.proc.pid),
-        "queries": len(queries),
-        "query_p50_ms": p(times, 50) * 1e3,
-        "query_p99_ms": p(times, 99) * 1e3,
-        "recall": recall(found, gt),
-        "n_lists": int(index.n_lists),
-        "recall_by_n_probes": sweep,
-    }
-    print(
-        f"  serve: whole index in memory after {load_s:.1f} s, RSS {loaded:,.0f} MB"
-        f" ({out['rss_after_queries_mb']:,.0f} MB after the queries, peak {out['peak_rss_mb']:,.0f} MB);"
-        f" {len(queries)} single queries p50 {out['query_p50_ms']:.2f} ms p99 {out['query_p99_ms']:.2f} ms,"
-        f" recall@10 {out['recall']:.4f} ({out['n_lists']} lists); with n_probes "
-        + ", ".join(f"{k}: {v:.4f}" for k, v in sweep.items())
-    )
-    return out
-
-
-def _timed_upserts(index: Any, ids: list[str], rows: np.ndarray) -> float:
-    t0 = time.perf_counter()
-    for lo in range(0, len(rows), BATCH):
-        index.upsert(ids[lo : lo + BATCH], rows[lo : lo + BATCH])
-    return len(rows) / (time.perf_counter() - t0)
-
-
-def stage_ingest(srv: Server, n: int, precision: str, queries: int) -> dict[str, Any]:
-    from cyborgdb import Client
-
-    client = Client(srv.url, API_KEY)
-    pool, _ = pool_and_queries(queries)
-    rows = blends(pool, INGEST_BATCHES * BATCH, np.random.default_rng([SEED + 1, n]))
-    ids = [str(n + i) for i in range(len(rows))]
-    big = client.load_index(INDEX, KEK)
-    big.get(["0"], include=[])  # the whole index in memory before the clock starts
-    settle(srv.proc.pid)
-    big_vps = _timed_upserts(big, ids, rows)
-    fresh = client.create_index(FRESH, KEK, dimension=DIM, metric="cosine", storage_precision=precision)
-    base = chunk_rows(pool, 0, FRESH_N)
-    fill_vps = _timed_upserts(fresh, [str(i) for i in range(len(base))], base)
-    t = time.perf_counter()
-    fresh.train()  # answers 202 when training outlasts the request budget: wait for it
-    while not fresh.is_trained() and time.perf_counter() - t < 1800:
-        time.sleep(0.5)
-    settle(srv.proc.pid)  # the training's compaction and any merge are over
-    fresh_vps = _timed_upserts(fresh, ids, rows)
-    out = {
-        "batches": INGEST_BATCHES,
-        "batch": BATCH,
-        "big_vps": big_vps,
-        "fresh_vps": fresh_vps,
-        "fresh_fill_vps": fill_vps,
-        "ratio": big_vps / fresh_vps,
-        "rss_mb": rss_mb(srv.proc.pid),
-    }
-    print(
-        f"  ingest: {INGEST_BATCHES} upserts of {BATCH:,} rows: {big_vps:,.0f} v/s into the {n:,}-row index,"
-        f" {fresh_vps:,.0f} v/s into a fresh trained {FRESH_N:,}-row one ({out['ratio']:.2f}x);"
-        f" filling the fresh one {fill_vps:,.0f} v/s"
-    )
-    return out
-
-
-# -- cold ------------------------------------------------------------------------------------
-def cold_run(
-    work: Path, store: str, env: dict[str, str], queries: np.ndarray, lazy: bool
-) -> dict[str, float]:
-    """A fresh server on ``store``: first query, queries while the rest loads, the time until
-    every row is in memory, warm queries (as scale._cold_run)."""
-    from cyborgdb import Client
-
-    env = {**env} if lazy else {**env, "CIPHERVEC_LAZY_ROWS": "0"}
-    t_start = time.perf_counter()
-    srv = serve(work, store, env, "cold-lazy" if lazy else "cold-whole")
-    try:
-        up = time.perf_counter() - t_start
-        index = Client(srv.url, API_KEY).load_index(INDEX, KEK)
-        t0 = time.perf_counter()
-        first_ids = [r["id"] for r in index.query(queries[0], top_k=K)]
-        first = time.perf_counter() - t0
-        during = []
-        for q in queries[1:21]:
-            t = time.perf_counter()
-            index.query(q, top_k=K)
-            during.append(time.perf_counter() - t)
-        index.get(["0"], include=[])
-        full = time.perf_counter() - t0
-        warm = []
-        for q in queries[21:71]:
-            t = time.perf_counter()
-            index.query(q, top_k=K)
-            warm.append(time.perf_counter() - t)
-        again = [r["id"] for r in index.query(queries[0], top_k=K)]
-        settle(srv.proc.pid)
-        rss = rss_mb(srv.proc.pid)
-        peak = hwm_mb(srv.proc.pid)
-    finally:
-        srv.stop()
-    return {
-        "start_s": up,
-        "first_s": first,
-        "full_s": full,
-        "during_p50_ms": p(during, 50) * 1e3,
-        "warm_p50_ms": p(warm, 50) * 1e3,
-        "same_answer_warm": float(first_ids == again),
-        "rss_mb": rss,
-        "peak_rss_mb": peak,
-    }
-
-
-@contextmanager
-def s3_copy(store: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """The file store copied into a moto S3 server (a child process): (store URI, env)."""
-    import boto3
-
-    port = free_port()
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, moto)
-        env = {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-        s3.create_bucket(Bucket="cv-scale")
-        t = time.perf_counter()
-        for f in store.rglob("*"):
-            if f.is_file() and not f.name.endswith(".lock") and not f.name.startswith(".tmp-"):
-                s3.upload_file(str(f), "cv-scale", "store/" + f.relative_to(store).as_posix())
-        print(f"  cold: store copied into moto S3 in {time.perf_counter() - t:.0f} s")
-        yield "s3://cv-scale/store", env
-    finally:
-        moto.terminate()
-        moto.wait(20)
-
-
-def stage_cold(work: Path, data: Data, s3: bool) -> dict[str, Any]:
-    queries, _ = data.held_out()
-    out: dict[str, Any] = {"where": "s3 (moto)" if s3 else "file store"}
-    if s3:
-        with s3_copy(work / "store") as (store, env):
-            lazy = cold_run(work, store, env, queries, lazy=True)
-            whole = cold_run(work, store, env, queries, lazy=False)
-    else:
-        store = f"file://{work / 'store'}"
-        lazy = cold_run(work, store, {}, queries, lazy=True)
-        whole = cold_run(work, store, {}, queries, lazy=False)
-    out.update({f"lazy_{k}": v for k, v in lazy.items()})
-    out.update({f"whole_{k}": v for k, v in whole.items()})
-    print(
-        f"  cold ({out['where']}): first query {lazy['first_s']:.2f} s lazy (p50 {lazy['during_p50_ms']:.1f} ms"
-        f" while the rest loads, every row in memory after {lazy['full_s']:.1f} s, warm p50"
-        f" {lazy['warm_p50_ms']:.2f} ms, RSS {lazy['rss_mb']:,.0f} MB); loading whole: first query"
-        f" {whole['first_s']:.1f} s, RSS {whole['rss_mb']:,.0f} MB; servers up in"
-        f" {lazy['start_s']:.1f} / {whole['start_s']:.1f} s"
     )
     return out
 

@@ -20,6 +20,8 @@ DIM = 384
 CHUNK = 262_144  # rows per generated chunk and per Parquet row group
 SEED = 7  # scale.vectors' seed: the same held-out split of the real embeddings
 RECIPE = 1  # bump when the data recipe changes: cached data dirs are then made again
+INDEX, TENANT = "big", "default"  # the run's index, in the store WORK/store
+KEK = bytes(range(32))  # its fixed index key
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,11 @@ def make_data(data: Data) -> dict[str, Any]:
         f" (exact truth {truth_s:.0f} s of it), Parquet {mb:,.0f} MB in {data.dir}"
     )
     return {"cached": False, "dir": str(data.dir), "seconds": seconds, "truth_s": truth_s, "parquet_mb": mb}
+
+
+def hwm_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS so far (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
