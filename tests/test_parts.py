@@ -4,6 +4,8 @@ answers exactly as one part built from all their rows at once."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,18 @@ def test_a_whole_load_indexes_as_it_goes_and_answers_the_same(precision, monkeyp
         cold = fresh(store, lazy_rows=0)
         got = cold.query("t", "i", kek, q, top_k=10, n_probes=4)
         assert (len(flushed) >= 5 and max(flushed) < 1000) if flush == 300 else not flushed, flushed
-        assert len(cold.cache.current(("t", "i")).parts) == 1  # one part grown, nothing to merge
+        key = ("t", "i")
+        if precision == "float32":
+            # rows kept as stored beside faiss (cosine rows not of unit length) are not grown
+            # in place: a part per flush, which the cache's merger joins in the background
+            deadline = time.monotonic() + 60
+            while len(cold.cache.current(key).parts) > 1 and time.monotonic() < deadline:
+                merging = cold.cache.merger(key)
+                if merging is not None:
+                    merging.join(0.1)
+                else:
+                    time.sleep(0.01)
+        assert len(cold.cache.current(key).parts) == 1  # tq codes: one part grown, nothing to merge
         vectors = cold.get("t", "i", kek, [f"r{i}" for i in range(0, 4000, 7)], ["vector"])
         answers.append((got, vectors))
     assert answers[0][1] == answers[1][1]  # the same values held
