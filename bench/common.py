@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ REPO = HERE.parent
 CACHE = HERE / ".cache"
 K = 10
 API_KEY = "bench-root-key-0123456789abcdef"
+# Credentials of the moto S3 servers the benchmarks start (``moto_s3``).
+AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -89,6 +93,36 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 120) ->
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("server did not start")
+
+
+@contextmanager
+def moto_s3(*buckets: str) -> Iterator[tuple[dict[str, str], Any]]:
+    """A moto S3 server in a child process, with ``buckets`` made: (the environment a
+    client of it needs, a boto3 client of it). Stopped on the way out."""
+    import boto3
+
+    port = free_port()
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, moto)
+        env = {**AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=AWS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"],
+        )
+        for bucket in buckets:
+            s3.create_bucket(Bucket=bucket)
+        yield env, s3
+    finally:
+        moto.terminate()
+        moto.wait(20)
 
 
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, free_port, save, start_ciphervec, wait_port  # noqa: E402
+from common import API_KEY, moto_s3, save, start_ciphervec  # noqa: E402
 
-AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 KEY = bytes(range(32))
 ROADS = ("plain", "direct", "local", "cli_url", "cli_url_32", "sdk")
 
@@ -145,56 +144,37 @@ def _cli_url(url: str, path: Path, name: str, tmp: Path, batch_mb: float = 5) ->
 
 
 def run(tmp: Path, sizes: list[int], sdk: bool = True) -> list[dict[str, Any]]:
-    import boto3
     from scale import vectors
 
-    port = free_port()
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(port, moto)
-    env = {**AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
-    s3.create_bucket(Bucket="cv-loads")
-    s3.create_bucket(Bucket="cv-data")
     rows: list[dict[str, Any]] = []
-    server = start_ciphervec(tmp)  # a file store; training held back past these sizes
-    try:
-        for n in sizes:
-            base, _, kind = vectors(n, 0)
-            path = tmp / f"emb-{n}.parquet"
-            write_parquet(path, base)
-            mb = path.stat().st_size / 1e6
-            s3.upload_file(str(path), "cv-loads", f"bench/emb-{n}.parquet")
-            del base
-            row: dict[str, Any] = {"n": n, "data": kind, "file_mb": round(mb, 1)}
-            row["plain"] = _run(["plain", str(path)])
-            row["direct"] = _run(
-                ["direct", f"s3://cv-loads/bench/emb-{n}.parquet", f"s3://cv-data/i{n}", f"d{n}"], env
-            )
-            row["local"] = _run(["direct", str(path), f"file://{tmp}/local-{n}", f"l{n}"])
-            row["cli_url"] = _cli_url(server.url, path, f"u{n}", tmp)
-            row["cli_url_32"] = _cli_url(server.url, path, f"w{n}", tmp, 32)
-            if sdk:
-                row["sdk"] = _run(["sdk", server.url, str(path), f"s{n}"])
-            for key in ROADS:
-                if key in row:
-                    row[key]["vps"] = round(row[key]["rows"] / row[key]["seconds"])
-            rows.append(row)
-            print_row(row)
-            path.unlink()
-    finally:
-        server.stop()
-        moto.terminate()
-        moto.wait(10)
+    with moto_s3("cv-loads", "cv-data") as (env, s3):
+        server = start_ciphervec(tmp)  # a file store; training held back past these sizes
+        try:
+            for n in sizes:
+                base, _, kind = vectors(n, 0)
+                path = tmp / f"emb-{n}.parquet"
+                write_parquet(path, base)
+                mb = path.stat().st_size / 1e6
+                s3.upload_file(str(path), "cv-loads", f"bench/emb-{n}.parquet")
+                del base
+                row: dict[str, Any] = {"n": n, "data": kind, "file_mb": round(mb, 1)}
+                row["plain"] = _run(["plain", str(path)])
+                row["direct"] = _run(
+                    ["direct", f"s3://cv-loads/bench/emb-{n}.parquet", f"s3://cv-data/i{n}", f"d{n}"], env
+                )
+                row["local"] = _run(["direct", str(path), f"file://{tmp}/local-{n}", f"l{n}"])
+                row["cli_url"] = _cli_url(server.url, path, f"u{n}", tmp)
+                row["cli_url_32"] = _cli_url(server.url, path, f"w{n}", tmp, 32)
+                if sdk:
+                    row["sdk"] = _run(["sdk", server.url, str(path), f"s{n}"])
+                for key in ROADS:
+                    if key in row:
+                        row[key]["vps"] = round(row[key]["rows"] / row[key]["seconds"])
+                rows.append(row)
+                print_row(row)
+                path.unlink()
+        finally:
+            server.stop()
     return rows
 
 

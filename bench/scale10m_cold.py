@@ -3,7 +3,6 @@ store, from the file store or from a moto S3 server holding a copy of it, lazy a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, K, free_port, p, rss_mb, settle, wait_port  # noqa: E402
+from common import API_KEY, K, moto_s3, p, rss_mb, settle  # noqa: E402
 from scale import serve  # noqa: E402
 from scale10m_data import INDEX, KEK, Data, hwm_mb  # noqa: E402
 
@@ -35,18 +34,10 @@ def cold_run(
         t0 = time.perf_counter()
         first_ids = [r["id"] for r in index.query(queries[0], top_k=K)]
         first = time.perf_counter() - t0
-        during = []
-        for q in queries[1:21]:
-            t = time.perf_counter()
-            index.query(q, top_k=K)
-            during.append(time.perf_counter() - t)
+        during = _timed_queries(index, queries[1:21])
         index.get(["0"], include=[])
         full = time.perf_counter() - t0
-        warm = []
-        for q in queries[21:71]:
-            t = time.perf_counter()
-            index.query(q, top_k=K)
-            warm.append(time.perf_counter() - t)
+        warm = _timed_queries(index, queries[21:71])
         again = [r["id"] for r in index.query(queries[0], top_k=K)]
         settle(srv.proc.pid)
         rss = rss_mb(srv.proc.pid)
@@ -65,42 +56,26 @@ def cold_run(
     }
 
 
+def _timed_queries(index: Any, queries: np.ndarray) -> list[float]:
+    """Seconds each of ``queries`` took, asked one at a time."""
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        index.query(q, top_k=K)
+        times.append(time.perf_counter() - t)
+    return times
+
+
 @contextmanager
 def s3_copy(store: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """The file store copied into a moto S3 server (a child process): (store URI, env)."""
-    import boto3
-
-    port = free_port()
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, moto)
-        env = {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-        s3.create_bucket(Bucket="cv-scale")
+    with moto_s3("cv-scale") as (env, s3):
         t = time.perf_counter()
         for f in store.rglob("*"):
             if f.is_file() and not f.name.endswith(".lock") and not f.name.startswith(".tmp-"):
                 s3.upload_file(str(f), "cv-scale", "store/" + f.relative_to(store).as_posix())
         print(f"  cold: store copied into moto S3 in {time.perf_counter() - t:.0f} s")
         yield "s3://cv-scale/store", env
-    finally:
-        moto.terminate()
-        moto.wait(20)
 
 
 def stage_cold(work: Path, data: Data, s3: bool) -> dict[str, Any]:
