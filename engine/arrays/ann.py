@@ -172,11 +172,9 @@ class AnnIndex:
     def list_sizes(self) -> np.ndarray:
         """Rows in each IVF list, counted from the direct map (a list and offset per row)
         in one pass, not asked of faiss list by list (thousands of calls at 10M rows)."""
-        nlist = self.index.nlist
-        rows = faiss.vector_to_array(self.index.direct_map.array) if self.ntotal else np.empty(0, np.int64)
-        if len(rows) != self.ntotal:  # no direct map: ask each list
-            return np.array([self.index.invlists.list_size(k) for k in range(nlist)], dtype=np.int64)
-        return np.bincount(rows >> 32, minlength=nlist).astype(np.int64)
+        rows = faiss.vector_to_array(self.index.direct_map.array).astype(np.int64)
+        assert len(rows) == self.ntotal  # every IVF index here keeps an array direct map
+        return np.bincount(rows >> 32, minlength=self.index.nlist).astype(np.int64)
 
     @property
     def kind(self) -> tuple[bool, bool, int]:
