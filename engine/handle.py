@@ -1,19 +1,32 @@
-"""OpenIndex: one index opened with its key proved once, and what a holder of it may do (the
-batch-load steps so far; LanceDB's table handle is the model), so callers outside the engine
-never hold a head or reach into the service's parts."""
+"""OpenIndex: one index opened with its key proved once per request, and everything a holder
+of it may do — read, search, write, queue what a write made due, batch-load (LanceDB's table
+handle is the model) — so callers outside the engine never hold a head, never repeat
+``(tenant, name, key)``, and never reach into the service's parts."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .ports import JobQueue
+import numpy as np
+
+from .arrays.text import TextConfig, TextQuery
+from .codec.segment import Segment
+from .errors import IndexBusy, Unauthorized, ValidationFailed
+from .model import MAX_VALUE, JobResult, Rotation, RowBatch, UpsertResult, value_bound
+from .ports import JobQueue, JobRunner
 from .store.jobs import LEASE_SECONDS, LoadJob
+from .store.transactions import Rewrap, check_dimension
+from .timing import event
+from .usecases import policy as field_policy
 from .usecases.chunks import ChunkSource
 
 if TYPE_CHECKING:
     from .service import IndexService
     from .store.heads import Head
+
+log = logging.getLogger("ciphervec.service")
 
 
 class OpenIndex:
@@ -39,8 +52,179 @@ class OpenIndex:
 
     @property
     def embedding_model(self) -> str | None:
+        """The model that embeds this index's contents and text queries, if it has one."""
         model = self._head.body.config.get("embedding_model")
         return str(model) if model else None
+
+    def describe(self) -> dict[str, Any]:
+        """The index's configuration, training and key-rotation state (``/indexes/describe``)."""
+        head, service = self._head, self._service
+        cfg, cent = head.body.config, head.body.centroids
+        n_lists = cent.n_lists if cent else 1
+        legacy = dict(cfg.get("index_config") or {})
+        kind = cfg.get("index_type", "ivfflat")
+        legacy.update({"type": kind, "index_type": kind, "dimension": cfg["dimension"]})
+        legacy.update({"n_lists": n_lists, "metric": cfg["metric"]})
+        return {
+            "index_name": self.name,
+            "is_trained": cent is not None,
+            "dimension": int(cfg["dimension"]),
+            "metric": cfg["metric"],
+            "n_lists": n_lists,
+            "n_probes": cent.auto_n_probes if cent else 1,
+            "storage_precision": head.precision,
+            "metadata_schema": field_policy.of(cfg),
+            "bm25": text.describe() if (text := TextConfig.of(cfg)) else None,
+            "index_type": kind,
+            "embedding_model": cfg.get("embedding_model"),
+            "index_config": legacy,
+            "key_rotation": {
+                "objects_under_old_keys": head.body.stale_objects(),
+                "old_keys_held": len(head.body.old_keys),
+                "rewriting": service.rekeyer.active(head.envelope),
+            },
+        }
+
+    # -- reads (``usecases.reads``) ------------------------------------------------------
+    def num_vectors(self) -> int:
+        return self._service.reader.num_vectors(self._head)
+
+    def list_ids(self) -> list[str]:
+        return self._service.reader.list_ids(self._head)
+
+    def get(self, ids: list[str], include: list[str]) -> list[dict[str, Any]]:
+        return self._service.reader.get(self._head, ids, include)
+
+    def query(self, queries: np.ndarray, **options: Any) -> list[list[dict[str, Any]]]:
+        """Nearest neighbours of each query vector (``Reader.query``'s options)."""
+        return self._service.reader.query(self._head, queries, **options)
+
+    def text_query(self, text: TextQuery, **options: Any) -> list[dict[str, Any]]:
+        """Rows ranked by BM25 (``Reader.text_query``'s options)."""
+        return self._service.reader.text_query(self._head, text, **options)
+
+    def hybrid_query(
+        self, queries: np.ndarray, text: TextQuery, **options: Any
+    ) -> list[list[dict[str, Any]]]:
+        """Vector and BM25 legs fused by reciprocal rank (``Reader.hybrid_query``'s options)."""
+        return self._service.reader.hybrid_query(self._head, queries, text, **options)
+
+    def search(
+        self, queries: np.ndarray | None, text: TextQuery | None, **options: Any
+    ) -> list[list[dict[str, Any]]]:
+        """Whichever search the request asks for (``Reader.search``)."""
+        return self._service.reader.search(self._head, queries, text, **options)
+
+    def query_metadata(self, filters: Any, **options: Any) -> list[str]:
+        """Ids of the live rows matching ``filters`` (``Reader.query_metadata``)."""
+        return self._service.reader.query_metadata(self._head, filters, **options)
+
+    # -- writes (``usecases.writes``) -----------------------------------------------------
+    def upsert(self, batch: RowBatch) -> UpsertResult:
+        """Commit ``batch`` (acknowledged once the head CAS succeeds) and say what it made due."""
+        head, service = self._head, self._service
+        snap = service.cache.snapshot(head, full=False)
+        check_dimension(int(head.body.config["dimension"]), batch.dimension)
+        bound = value_bound(head.precision)
+        if bound < MAX_VALUE and float(np.abs(batch.vectors).max(initial=0)) > bound:
+            raise ValidationFailed(
+                f"a {head.precision} index stores values within ±{bound:g}", ("body", "vectors")
+            )
+        fresh = snap.count_new(batch.ids)
+        # A partial state counts its unloaded lists whole (an estimate either way).
+        estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
+        seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
+        rules = service.rules()
+        done = service.writer.segment(head, seg, dimension=batch.dimension, estimate=estimate, rules=rules)
+        event("rows_written", len(batch.ids))
+        due = done.outcome  # (a training to queue, an interrupted re-encryption to queue again)
+        merge_due = service.maintenance.merge_due(done.head)
+        n, threshold = len(batch.ids), service.train_threshold
+        return UpsertResult(n, estimate, due.training, threshold, merge_due, due.rewrite)
+
+    def delete(self, ids: list[str]) -> int:
+        """Delete ``ids`` (those not in the index count too, as in CyborgDB); returns how many."""
+        if any(not isinstance(i, str) for i in ids):
+            raise ValidationFailed("ids must be strings", ("body", "ids"))
+        if ids:
+            self._service.writer.segment(self._head, Segment("delete", list(ids)))
+            event("rows_deleted", len(ids))
+        return len(ids)
+
+    # -- keys and training -----------------------------------------------------------------
+    def rotate_key(
+        self,
+        new_kek: bytes | None,
+        new_kms_name: str | None,
+        kms_name: str | None = None,
+        reencrypt: bool = False,
+    ) -> str:
+        """Wrap the index's data key under a new key — a client key or a KMS key name, either
+        way round — in one head compare-and-swap: nothing else is rewritten, and the old key
+        stops opening the index as soon as it commits. With ``reencrypt`` the index gets a
+        new data key instead and its objects are then rewritten under it (``rewrite``, run
+        as a job: see ``rekey``). Returns the new key mode."""
+        head, service = self._head, self._service
+        if kms_name is not None and kms_name != head.envelope.kms_name:
+            raise Unauthorized("kms_name does not open this index")
+        if reencrypt:
+            if service.loader.jobs.staging(head, service.maintenance.clock()):
+                raise IndexBusy(
+                    "a batch load into this index is in progress: its staged rows are sealed under "
+                    "the current data key; rotate with reencrypt once it has ended"
+                )
+            return service.rekeyer.rotate(head, new_kek, new_kms_name)
+        fresh = service.keys.envelope(self.tenant, self.name, head.dek, new_kek, new_kms_name)
+        service.heads.commit(head, Rewrap(fresh.key_mode, fresh.wrapped_dek, fresh.kms_name))
+        return fresh.key_mode
+
+    def rotate(
+        self,
+        new_kek: bytes | None,
+        new_kms_name: str | None,
+        runner: JobRunner,
+        *,
+        kms_name: str | None = None,
+        reencrypt: bool = False,
+        wait_seconds: float = 0.0,
+    ) -> Rotation:
+        """``rotate_key``, and with ``reencrypt`` the rewrite under the new data key run by
+        ``runner`` while the caller waits up to ``wait_seconds``. The rotation stands whatever
+        the rewrite does: a runner that cannot start it gives the mark back, so the next
+        request on the index queues it again."""
+        mode = self.rotate_key(new_kek, new_kms_name, kms_name, reencrypt)
+        if not reencrypt:
+            return Rotation(mode)
+        try:
+            result = runner.run(self.tenant, self.name, new_kek, kind="reencrypt", wait_seconds=wait_seconds)
+        except Exception as exc:
+            log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
+            event("jobs_not_queued")
+            self._service.release(self.tenant, self.name, new_kek, "reencrypt")
+            return Rotation(mode, "retry")
+        return Rotation(mode, "running" if result is None else "done")
+
+    def train(self, runner: JobRunner, params: dict[str, Any], wait_seconds: float) -> JobResult | None:
+        """An explicit training, run by ``runner`` while the caller waits up to
+        ``wait_seconds`` (``None``: it goes on in the background). The key was proved and the
+        index found when it was opened, so those errors never come from the worker."""
+        return runner.run(
+            self.tenant, self.name, self._kek, kind="train", params=params, wait_seconds=wait_seconds
+        )
+
+    # -- jobs ---------------------------------------------------------------------------
+    def queue_after_upsert(self, result: UpsertResult, queue: JobQueue) -> list[str]:
+        """Queue what an upsert made due (a training, else a merge; a re-encryption); a job
+        the queue refuses gives its mark back and the write stays acknowledged."""
+        return self._service.dispatch.queue_due(
+            self.tenant,
+            self.name,
+            self._kek,
+            queue,
+            training=result.training_triggered,
+            merge=result.merge_due,
+            rewrite=result.rewrite_due,
+        )
 
     # -- batch loads ---------------------------------------------------------------------
     def submit_load(self, job: LoadJob) -> tuple[LoadJob, bool]:
@@ -74,7 +258,7 @@ class OpenIndex:
         """Queue what a load's commit made due, as after any upsert (``IndexService.queue_due``)."""
         if job.state != "succeeded":
             return []
-        return self._service.queue_due(
+        return self._service.dispatch.queue_due(
             self.tenant,
             self.name,
             self._kek,

@@ -14,41 +14,29 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-
 from .arrays.backend import Backend, select
-from .arrays.text import TextConfig
 from .codec import crypto
-from .codec.segment import Segment
 from .errors import (
-    IndexBusy,
     IndexExists,
     IndexNotFound,
-    Unauthorized,
-    ValidationFailed,
 )
 from .handle import OpenIndex, wants_worker
 from .memory.cache import StateCache
 from .model import (
-    MAX_VALUE,
     IndexConfig,
-    JobResult,
-    Rotation,
     RowBatch,
     TrainResult,
     UpsertResult,
     check_index_name,
-    value_bound,
 )
 from .names import unescape
-from .ports import BlobStore, JobRunner, KeyWrapper, StoreConflict
+from .ports import BlobStore, JobQueue, KeyWrapper, StoreConflict
 from .store.heads import Heads
 from .store.jobs import Jobs, LoadJob
 from .store.keys import KeyRing
 from .store.manifest import HeadBody, RetryPolicy, seal_head
-from .store.transactions import JobRules, MarkDeleting, Rewrap, check_dimension
-from .timing import event, stage
-from .usecases import policy as field_policy
+from .store.transactions import JobRules, MarkDeleting
+from .timing import stage
 from .usecases.dispatch import Dispatch
 from .usecases.loads import Loader
 from .usecases.maintenance import Maintenance
@@ -68,26 +56,17 @@ class IndexService:
         "backend",
         "cache",
         "dispatch",
-        "get",
         "heads",
         "keys",
-        "list_ids",
         "loader",
         "maintenance",
         "merge_tail",
-        "num_vectors",
         "orphaned_jobs",
-        "query",
-        "query_metadata",
-        "queue_due",
         "recover",
         "release",
-        "text_query",
-        "hybrid_query",
         "reader",
         "rekeyer",
         "rewrite",
-        "search",
         "set_training",
         "store",
         "sweep",
@@ -122,7 +101,7 @@ class IndexService:
         self.cache = StateCache(self.heads, self.backend, cache_bytes=cache_bytes, lazy_rows=lazy_rows)
         self.heads.on_forget = self.cache.drop
         self.writer = Writer(self.heads, self.cache)
-        self.reader = Reader(self.heads, self.cache, self.backend, max_filter_scan=max_filter_scan)
+        self.reader = Reader(self.cache, self.backend, max_filter_scan=max_filter_scan)
         self.maintenance = Maintenance(
             self.heads,
             self.cache,
@@ -144,15 +123,6 @@ class IndexService:
             retire_grace_seconds,
             clock,
         )
-        # reads
-        self.num_vectors = self.reader.num_vectors
-        self.list_ids = self.reader.list_ids
-        self.get = self.reader.get
-        self.query = self.reader.query
-        self.query_metadata = self.reader.query_metadata
-        self.text_query = self.reader.text_query
-        self.hybrid_query = self.reader.hybrid_query
-        self.search = self.reader.search
         # maintenance
         self.set_training = self.maintenance.set_training
         self.train: Callable[..., TrainResult] = self.maintenance.train
@@ -166,7 +136,6 @@ class IndexService:
         self.orphaned_jobs = self.dispatch.orphaned_jobs
         self.recover = self.dispatch.recover
         self.release = self.dispatch.release
-        self.queue_due = self.dispatch.queue_due
         self.training_indexes = self.dispatch.training_indexes
         self.training_progress = self.dispatch.training_progress
 
@@ -193,32 +162,7 @@ class IndexService:
         self.heads.forget((tenant, name))
 
     def describe(self, tenant: str, name: str, kek: bytes | None) -> dict[str, Any]:
-        head = self.heads.open(tenant, name, kek)
-        cfg, cent = head.body.config, head.body.centroids
-        n_lists = cent.n_lists if cent else 1
-        legacy = dict(cfg.get("index_config") or {})
-        kind = cfg.get("index_type", "ivfflat")
-        legacy.update({"type": kind, "index_type": kind, "dimension": cfg["dimension"]})
-        legacy.update({"n_lists": n_lists, "metric": cfg["metric"]})
-        return {
-            "index_name": name,
-            "is_trained": cent is not None,
-            "dimension": int(cfg["dimension"]),
-            "metric": cfg["metric"],
-            "n_lists": n_lists,
-            "n_probes": cent.auto_n_probes if cent else 1,
-            "storage_precision": head.precision,
-            "metadata_schema": field_policy.of(cfg),
-            "bm25": text.describe() if (text := TextConfig.of(cfg)) else None,
-            "index_type": kind,
-            "embedding_model": cfg.get("embedding_model"),
-            "index_config": legacy,
-            "key_rotation": {
-                "objects_under_old_keys": head.body.stale_objects(),
-                "old_keys_held": len(head.body.old_keys),
-                "rewriting": self.rekeyer.active(head.envelope),
-            },
-        }
+        return self.open(tenant, name, kek).describe()
 
     def rotate_key(
         self,
@@ -230,72 +174,8 @@ class IndexService:
         kms_name: str | None = None,
         reencrypt: bool = False,
     ) -> str:
-        """Wrap the index's data key under a new key — a client key or a KMS key name, either
-        way round — in one head compare-and-swap: nothing else is rewritten, and the old key
-        stops opening the index as soon as it commits. With ``reencrypt`` the index gets a
-        new data key instead and its objects are then rewritten under it (``rewrite``, run
-        as a job: see ``rekey``). Returns the new key mode."""
-        head = self.heads.open(tenant, name, kek)  # proves the current key
-        if kms_name is not None and kms_name != head.envelope.kms_name:
-            raise Unauthorized("kms_name does not open this index")
-        if reencrypt:
-            if self.loader.jobs.staging(head, self.maintenance.clock()):
-                raise IndexBusy(
-                    "a batch load into this index is in progress: its staged rows are sealed under "
-                    "the current data key; rotate with reencrypt once it has ended"
-                )
-            return self.rekeyer.rotate(head, new_kek, new_kms_name)
-        fresh = self.keys.envelope(tenant, name, head.dek, new_kek, new_kms_name)
-        self.heads.commit(head, Rewrap(fresh.key_mode, fresh.wrapped_dek, fresh.kms_name))
-        return fresh.key_mode
-
-    def rotate(
-        self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
-        new_kek: bytes | None,
-        new_kms_name: str | None,
-        runner: JobRunner,
-        *,
-        kms_name: str | None = None,
-        reencrypt: bool = False,
-        wait_seconds: float = 0.0,
-    ) -> Rotation:
-        """``rotate_key``, and with ``reencrypt`` the rewrite under the new data key run by
-        ``runner`` while the caller waits up to ``wait_seconds``. The rotation stands whatever
-        the rewrite does: a runner that cannot start it gives the mark back, so the next
-        request on the index queues it again."""
-        mode = self.rotate_key(tenant, name, kek, new_kek, new_kms_name, kms_name, reencrypt)
-        if not reencrypt:
-            return Rotation(mode)
-        try:
-            result = runner.run(tenant, name, new_kek, kind="reencrypt", wait_seconds=wait_seconds)
-        except Exception as exc:
-            log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
-            event("jobs_not_queued")
-            self.release(tenant, name, new_kek, "reencrypt")
-            return Rotation(mode, "retry")
-        return Rotation(mode, "running" if result is None else "done")
-
-    def train_now(
-        self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
-        runner: JobRunner,
-        params: dict[str, Any],
-        wait_seconds: float,
-    ) -> JobResult | None:
-        """An explicit training, run by ``runner`` while the caller waits up to
-        ``wait_seconds`` (``None``: it goes on in the background). The key is proved and the
-        index found first, so those errors come from here, not from the worker."""
-        self.describe(tenant, name, kek)
-        return runner.run(tenant, name, kek, kind="train", params=params, wait_seconds=wait_seconds)
-
-    def embedding_model(self, tenant: str, name: str, kek: bytes | None) -> str | None:
-        """The model that embeds this index's contents and text queries, if it has one."""
-        return self.heads.open(tenant, name, kek).body.config.get("embedding_model")
+        """``OpenIndex.rotate_key``."""
+        return self.open(tenant, name, kek).rotate_key(new_kek, new_kms_name, kms_name, reencrypt)
 
     def delete_index(self, tenant: str, name: str, kek: bytes | None) -> None:
         """Mark the head as being deleted (404 for readers, writers refused), delete every
@@ -336,6 +216,15 @@ class IndexService:
         """The index, its key proved once, as a handle for the steps that follow."""
         return OpenIndex(self, self.heads.open(tenant, name, kek), kek)
 
+    def take_up(self, tenant: str, name: str, kek: bytes | None, queue: JobQueue) -> list[str]:
+        """Take up and queue the jobs a dead process left marked on this index (free when the
+        held head marks none; ``Dispatch.recover``); returns the kinds queued."""
+        kinds = self.recover(tenant, name, kek)
+        if not kinds:
+            return []
+        training, rewrite = "train" in kinds, "reencrypt" in kinds
+        return self.dispatch.queue_due(tenant, name, kek, queue, training=training, rewrite=rewrite)
+
     def key_mode(self, tenant: str, name: str) -> str:
         """``client`` or ``kms``: who holds the index's key, read without proving any key."""
         return self.heads.envelope(tenant, name).key_mode
@@ -365,33 +254,40 @@ class IndexService:
         to merge in the background."""
         return self.maintenance.merge_due(self.heads.held((tenant, name)))
 
-    # -- writes ----------------------------------------------------------------------
+    # -- one call per request, for callers that hold no handle (the CLI, tests) ------------
+    # Each opens the index (its key proved) and does one thing: ``OpenIndex`` has the rest.
     def upsert(self, tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> UpsertResult:
-        head = self.heads.open(tenant, name, kek)
-        snap = self.cache.snapshot(head, full=False)
-        check_dimension(int(head.body.config["dimension"]), batch.dimension)
-        bound = value_bound(head.precision)
-        if bound < MAX_VALUE and float(np.abs(batch.vectors).max(initial=0)) > bound:
-            raise ValidationFailed(
-                f"a {head.precision} index stores values within ±{bound:g}", ("body", "vectors")
-            )
-        fresh = snap.count_new(batch.ids)
-        # A partial state counts its unloaded lists whole (an estimate either way).
-        estimate = snap.live + fresh + (snap.partial.unloaded_rows() if snap.partial else 0)
-        seg = Segment("upsert", batch.ids, batch.vectors, batch.metadata, batch.contents)
-        rules = self.rules()
-        done = self.writer.segment(head, seg, dimension=batch.dimension, estimate=estimate, rules=rules)
-        event("rows_written", len(batch.ids))
-        due = done.outcome  # (a training to queue, an interrupted re-encryption to queue again)
-        merge_due = self.maintenance.merge_due(done.head)
-        n = len(batch.ids)
-        return UpsertResult(n, estimate, due.training, self.train_threshold, merge_due, due.rewrite)
+        return self.open(tenant, name, kek).upsert(batch)
 
     def delete_vectors(self, tenant: str, name: str, kek: bytes | None, ids: list[str]) -> int:
-        if any(not isinstance(i, str) for i in ids):
-            raise ValidationFailed("ids must be strings", ("body", "ids"))
-        head = self.heads.open(tenant, name, kek)
-        if ids:
-            self.writer.segment(head, Segment("delete", list(ids)))
-            event("rows_deleted", len(ids))
-        return len(ids)
+        return self.open(tenant, name, kek).delete(ids)
+
+    def num_vectors(self, tenant: str, name: str, kek: bytes | None) -> int:
+        return self.open(tenant, name, kek).num_vectors()
+
+    def list_ids(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
+        return self.open(tenant, name, kek).list_ids()
+
+    def get(self, tenant: str, name: str, kek: bytes | None, ids: list[str], include: list[str]) -> list[Any]:
+        return self.open(tenant, name, kek).get(ids, include)
+
+    def query(self, tenant: str, name: str, kek: bytes | None, queries: Any, **options: Any) -> list[Any]:
+        return self.open(tenant, name, kek).query(queries, **options)
+
+    def text_query(self, tenant: str, name: str, kek: bytes | None, text: Any, **options: Any) -> list[Any]:
+        return self.open(tenant, name, kek).text_query(text, **options)
+
+    def hybrid_query(
+        self, tenant: str, name: str, kek: bytes | None, queries: Any, text: Any, **options: Any
+    ) -> list[Any]:
+        return self.open(tenant, name, kek).hybrid_query(queries, text, **options)
+
+    def search(
+        self, tenant: str, name: str, kek: bytes | None, queries: Any, text: Any, **options: Any
+    ) -> list[Any]:
+        return self.open(tenant, name, kek).search(queries, text, **options)
+
+    def query_metadata(
+        self, tenant: str, name: str, kek: bytes | None, filters: Any, **options: Any
+    ) -> list[str]:
+        return self.open(tenant, name, kek).query_metadata(filters, **options)

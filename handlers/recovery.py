@@ -20,13 +20,8 @@ def after(status: int) -> None:
     tenant, name, kek = target
     c = rq.app()
     try:
-        kinds = c.service.recover(tenant, name, kek)
+        c.service.take_up(tenant, name, kek, c.trainer)  # a job the queue refuses gives its mark back
     except CipherVecError:
         return  # the next request tries again
     except Exception as exc:  # a store fault, say: this request's answer stands all the same
         log.warning("could not take up the jobs of an index: %s", type(exc).__name__)
-        return
-    if kinds:  # a job the queue refuses gives its mark back
-        c.service.queue_due(
-            tenant, name, kek, c.trainer, training="train" in kinds, rewrite="reencrypt" in kinds
-        )

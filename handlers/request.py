@@ -18,6 +18,7 @@ from pydantic_core import to_json
 from ..engine import timing
 from ..engine.codec import crypto
 from ..engine.errors import PayloadTooLarge, TooManyFailures, Unauthorized, ValidationFailed
+from ..engine.handle import OpenIndex
 from ..engine.model import check_index_name
 from ..infra.keystore import Principal
 from ..infra.wiring import Container, container
@@ -92,12 +93,14 @@ def begin(request: Request, container: Container) -> None:
     _local.attempt = None
     _local.container = container
     _local.target = None
+    _local.index = None
 
 
 def end() -> None:
     _local.request = None
     _local.container = None
     _local.target = None
+    _local.index = None
 
 
 def current() -> Request:
@@ -196,8 +199,20 @@ def index_target(right: str, req: schemas.IndexRequest) -> tuple[str, bytes | No
     """The tenant and index key of a request on one index (remembered: ``target``)."""
     check_index_name(req.index_name)
     tenant, key = principal(right, req.index_name).tenant, kek(req.index_key)
-    _local.target = (tenant, req.index_name, key)
+    _local.target, _local.index = (tenant, req.index_name, key), None
     return tenant, key
+
+
+def index() -> OpenIndex:
+    """The index this request named (``index_target`` first), opened with its key the first
+    time it is asked for: one head read and one key proof per request (404 and 401 come from
+    here, after the request's own validation)."""
+    opened = getattr(_local, "index", None)
+    if opened is None:
+        named = target()
+        assert named is not None, "index_target names the index first"
+        opened = _local.index = app().service.open(*named)
+    return opened
 
 
 def target() -> tuple[str, str, bytes | None] | None:

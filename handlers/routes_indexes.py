@@ -79,8 +79,8 @@ def create_index() -> Response:
 def describe_index() -> Response:
     """An index's configuration, training and key-rotation state."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
-    tenant, kek = rq.index_target("read", req)
-    return rq.ok(rq.app().service.describe(tenant, req.index_name, kek))
+    rq.index_target("read", req)
+    return rq.ok(rq.index().describe())
 
 
 @route("POST", "/v1/indexes/delete", schemas.IndexRequest, answer=responses.Message)
@@ -103,14 +103,11 @@ def rotate_key() -> Response:
     index also gets a new data key and every object is rewritten under it (202 while that
     goes on in the background)."""
     req: schemas.RotateKeyRequest = rq.parse(schemas.RotateKeyRequest)
-    tenant, kek = rq.index_target("admin", req)
+    rq.index_target("admin", req)
     if (req.new_index_key is None) == (req.new_kms_name is None):
         raise InvalidRequest("give exactly one of new_index_key and new_kms_name")
     c, new_kek = rq.app(), rq.kek(req.new_index_key)
-    done = c.service.rotate(
-        tenant,
-        req.index_name,
-        kek,
+    done = rq.index().rotate(
         new_kek,
         req.new_kms_name,
         c.trainer,
@@ -146,16 +143,14 @@ def train_index() -> Response:
     Answers when done if it fits the synchronous budget, else 202 while it goes on in the
     background (see training-status)."""
     req: schemas.TrainRequest = rq.parse(schemas.TrainRequest)
-    tenant, kek = rq.index_target("admin", req)
+    rq.index_target("admin", req)
     params: dict[str, Any] = {"n_lists": req.n_lists or None}
     if req.max_iters:
         params["max_iters"] = req.max_iters
     if req.tolerance is not None:
         params["tolerance"] = float(req.tolerance)
     c = rq.app()
-    result = c.service.train_now(
-        tenant, req.index_name, kek, c.trainer, params, c.settings.train_sync_seconds
-    )
+    result = rq.index().train(c.trainer, params, c.settings.train_sync_seconds)
     if result is None:
         return rq.answer(
             202,

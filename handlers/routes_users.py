@@ -26,7 +26,7 @@ def create_user(index_name: str) -> Response:
     tenant, name = _user_index(index_name)
     req: schemas.CreateUserRequest = rq.parse(schemas.CreateUserRequest)
     c = rq.app()
-    c.service.describe(tenant, name, rq.kek(req.index_key))  # the index exists and the key opens it
+    c.service.open(tenant, name, rq.kek(req.index_key))  # the index exists and the key opens it
     api_key, record = c.auth.create_key(tenant, "user", index_name=name, permissions=req.permissions)
     return rq.ok({"user_id": record.key_id, "api_key": api_key})
 
@@ -36,7 +36,7 @@ def list_users(index_name: str) -> Response:
     """The API keys of this index that are not revoked (ids and permissions, never the keys)."""
     tenant, name = _user_index(index_name)
     c = rq.app()
-    c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
+    c.service.open(tenant, name, rq.kek(rq.header("x-index-key")))  # the key opens it
     users = [
         {"user_id": r.key_id, "permissions": list(r.permissions)}
         for r in c.auth.store.list(tenant)
@@ -50,7 +50,7 @@ def delete_user(index_name: str, user_id: str) -> Response:
     """Revoke one API key of this index (204)."""
     tenant, name = _user_index(index_name)
     c = rq.app()
-    c.service.describe(tenant, name, rq.kek(rq.header("x-index-key")))
+    c.service.open(tenant, name, rq.kek(rq.header("x-index-key")))  # the key opens it
     record = c.auth.store.get(unquote(user_id))
     if record is None or record.tenant != tenant or record.index_name != name or record.revoked_at:
         raise NotFound(f"no such user on index '{name}'")

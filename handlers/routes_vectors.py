@@ -16,32 +16,23 @@ from .request import Response
 from .routing import route
 
 
-def _embed(tenant: str, name: str, kek: bytes | None, texts: list[Any]) -> np.ndarray:
+def _embed(texts: list[Any]) -> np.ndarray:
     """``texts`` as vectors of the index's embedding model (400 if it has none)."""
-    c = rq.app()
-    model = c.service.embedding_model(tenant, name, kek)
+    model = rq.index().embedding_model
     if model is None:
         raise InvalidRequest(
             "this index has no embedding_model: give every item a 'vector' (or query by vector), "
             "or create the index with embedding_model to embed contents on the server"
         )
     with timing.stage("embed"):
-        return c.embedder.encode(model, texts)
+        return rq.app().embedder.encode(model, texts)
 
 
-def _upsert_response(tenant: str, name: str, kek: bytes | None, batch: RowBatch) -> Response:
-    c = rq.app()
-    result = c.service.upsert(tenant, name, kek, batch)
+def _upsert_response(batch: RowBatch) -> Response:
+    index = rq.index()
+    result = index.upsert(batch)
     body: dict[str, Any] = {"status": "success", "message": f"Upserted {result.upserted} vectors"}
-    queued = c.service.queue_due(
-        tenant,
-        name,
-        kek,
-        c.trainer,
-        training=result.training_triggered,
-        merge=result.merge_due,
-        rewrite=result.rewrite_due,
-    )
+    queued = index.queue_after_upsert(result, rq.app().trainer)
     if "train" in queued:
         body["training_triggered"] = True
         body["training_message"] = (
@@ -56,14 +47,14 @@ def upsert() -> Response:
 
     Acknowledged once the rows are committed; may queue the index's training."""
     req: schemas.UpsertRequest = rq.parse(schemas.UpsertRequest)
-    tenant, kek = rq.index_target("write", req)
+    rq.index_target("write", req)
     rows: list[Any] = [item.vector for item in req.items]
     missing = [i for i, row in enumerate(rows) if row is None]
     if missing:
         texts = [req.items[i].contents for i in missing]
         if any(not t for t in texts):
             raise ValidationFailed("an item without 'vector' needs 'contents' to embed", ("body", "items"))
-        for i, vector in zip(missing, _embed(tenant, req.index_name, kek, texts), strict=True):
+        for i, vector in zip(missing, _embed(texts), strict=True):
             rows[i] = vector
     try:
         vectors = np.array(rows, dtype=np.float32)
@@ -77,17 +68,17 @@ def upsert() -> Response:
         [item.metadata for item in req.items],
         [item.contents for item in req.items],
     )
-    return _upsert_response(tenant, req.index_name, kek, batch)
+    return _upsert_response(batch)
 
 
 @route("POST", "/v1/vectors/upsert_binary", schemas.UpsertBinaryRequest, answer=responses.Upserted)
 def upsert_binary() -> Response:
     """Add or replace rows whose vectors come as one base64 block of little-endian float32."""
     req: schemas.UpsertBinaryRequest = rq.parse(schemas.UpsertBinaryRequest)
-    tenant, kek = rq.index_target("write", req)
+    rq.index_target("write", req)
     b = req.batch
     vectors = rq.decode_vectors(b.vectors_b64, len(b.ids), b.dimension, "batch")
-    return _upsert_response(tenant, req.index_name, kek, RowBatch(b.ids, vectors, b.metadata, b.contents))
+    return _upsert_response(RowBatch(b.ids, vectors, b.metadata, b.contents))
 
 
 def _text(req: schemas.SearchOptions | schemas.QueryMetadataRequest) -> TextQuery | None:
@@ -108,19 +99,14 @@ def _check_include(include: list[str]) -> None:
         )
 
 
-def _search(
-    req: schemas.SearchOptions, queries: np.ndarray | None, tenant: str, kek: bytes | None
-) -> Response:
+def _search(req: schemas.SearchOptions, queries: np.ndarray | None) -> Response:
     c = rq.app()
     top_k = 100 if req.top_k is None else req.top_k
     if not 1 <= top_k <= c.settings.max_top_k:
         raise ValidationFailed(f"top_k must be between 1 and {c.settings.max_top_k}", ("body", "top_k"))
     include = req.include or []
     _check_include(include)
-    results = c.service.search(
-        tenant,
-        req.index_name,
-        kek,
+    results = rq.index().search(
         queries,
         _text(req),
         top_k=top_k,
@@ -140,11 +126,11 @@ def query() -> Response:
 
     Filters test the decrypted metadata; ``include`` picks the fields returned."""
     req: schemas.QueryRequest = rq.parse(schemas.QueryRequest)
-    tenant, kek = rq.index_target("read", req)
+    rq.index_target("read", req)
     if not req.query_vectors and req.query_contents:
-        return _search(req, _embed(tenant, req.index_name, kek, [req.query_contents]), tenant, kek)
+        return _search(req, _embed([req.query_contents]))
     if not req.query_vectors and req.text:
-        return _search(req, None, tenant, kek)
+        return _search(req, None)
     if not req.query_vectors:
         raise ValidationFailed("query_vectors, query_contents or text is required", ("body", "query_vectors"))
     first = req.query_vectors[0]
@@ -157,36 +143,36 @@ def query() -> Response:
         ) from None
     if queries.ndim != 2 or queries.shape[1] == 0:
         raise ValidationFailed("all query vectors must have one dimension", ("body", "query_vectors"))
-    return _search(req, queries, tenant, kek)
+    return _search(req, queries)
 
 
 @route("POST", "/v1/vectors/query_binary", schemas.QueryBinaryRequest, answer=responses.Found)
 def query_binary() -> Response:
     """A batch of queries whose vectors come as one base64 block of little-endian float32."""
     req: schemas.QueryBinaryRequest = rq.parse(schemas.QueryBinaryRequest)
-    tenant, kek = rq.index_target("read", req)
+    rq.index_target("read", req)
     queries = rq.decode_vectors(req.batch.vectors_b64, None, req.batch.dimension, "batch")
     if len(queries) == 0:
         raise ValidationFailed("at least one query vector is required", ("body", "batch"))
-    return _search(req, queries, tenant, kek)
+    return _search(req, queries)
 
 
 @route("POST", "/v1/vectors/get", schemas.GetRequest, answer=responses.Rows)
 def get_vectors() -> Response:
     """Rows by id, with the fields ``include`` asks for (ids not there are left out)."""
     req: schemas.GetRequest = rq.parse(schemas.GetRequest)
-    tenant, kek = rq.index_target("read", req)
+    rq.index_target("read", req)
     include = ["vector", "contents", "metadata"] if req.include is None else req.include
     _check_include(include)
-    return rq.ok({"results": rq.app().service.get(tenant, req.index_name, kek, req.ids, include)})
+    return rq.ok({"results": rq.index().get(req.ids, include)})
 
 
 @route("POST", "/v1/vectors/delete", schemas.DeleteRequest, answer=responses.Message)
 def delete_vectors() -> Response:
     """Delete rows by id."""
     req: schemas.DeleteRequest = rq.parse(schemas.DeleteRequest)
-    tenant, kek = rq.index_target("write", req)
-    n = rq.app().service.delete_vectors(tenant, req.index_name, kek, req.ids)
+    rq.index_target("write", req)
+    n = rq.index().delete(req.ids)
     return rq.ok({"status": "success", "message": f"Deleted {n} vectors"})
 
 
@@ -194,8 +180,8 @@ def delete_vectors() -> Response:
 def list_ids() -> Response:
     """Every id of the index."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
-    tenant, kek = rq.index_target("read", req)
-    ids = rq.app().service.list_ids(tenant, req.index_name, kek)
+    rq.index_target("read", req)
+    ids = rq.index().list_ids()
     return rq.ok({"ids": ids, "count": len(ids)})
 
 
@@ -203,8 +189,8 @@ def list_ids() -> Response:
 def num_vectors() -> Response:
     """How many rows the index holds."""
     req: schemas.IndexRequest = rq.parse(schemas.IndexRequest)
-    tenant, kek = rq.index_target("read", req)
-    return rq.ok({"result": rq.app().service.num_vectors(tenant, req.index_name, kek)})
+    rq.index_target("read", req)
+    return rq.ok({"result": rq.index().num_vectors()})
 
 
 @route("POST", "/v1/vectors/query_metadata", schemas.QueryMetadataRequest, answer=responses.MetadataHits)
@@ -213,15 +199,12 @@ def query_metadata() -> Response:
 
     The index's field policy binds: a filter on a field that is not filterable is a 400."""
     req: schemas.QueryMetadataRequest = rq.parse(schemas.QueryMetadataRequest)
-    tenant, kek = rq.index_target("read", req)
+    rq.index_target("read", req)
     text = _text(req)
     if text is not None:
         if req.order_by:
             raise InvalidRequest("order_by is not supported with text: text results are ranked by score")
-        found = rq.app().service.text_query(
-            tenant,
-            req.index_name,
-            kek,
+        found = rq.index().text_query(
             text,
             top_k=req.top_k or rq.app().settings.max_top_k,
             filters=req.filters,
@@ -235,10 +218,7 @@ def query_metadata() -> Response:
             raise InvalidRequest("order_by must name exactly one field")
         ((order_by, direction),) = order_by.items()
         ascending = direction >= 0
-    ids = rq.app().service.query_metadata(
-        tenant,
-        req.index_name,
-        kek,
+    ids = rq.index().query_metadata(
         req.filters or {},
         top_k=req.top_k,
         order_by=order_by,

@@ -360,7 +360,7 @@ def test_training_failure_is_500_and_unexpected_errors_hide_details(app, monkeyp
         "POST", "/v1/indexes/train", {"index_name": "idx", "index_key": KEY, "n_lists": 4}
     )
     assert status == 500 and KEY not in json.dumps(payload)
-    monkeypatch.setattr(app.service, "num_vectors", broken)
+    monkeypatch.setattr(app.service.reader, "num_vectors", broken)
     status, payload, headers = call(
         "POST", "/v1/vectors/num_vectors", {"index_name": "idx", "index_key": KEY}
     )
@@ -536,3 +536,35 @@ def test_body_limit_defaults_256_mib_locally_and_6_mib_in_lambda(monkeypatch):
     assert Settings.from_env().max_body_bytes == 256 << 20
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "api")
     assert Settings.from_env().max_body_bytes == 6 << 20
+
+
+def test_a_request_reads_its_index_head_once(app, monkeypatch):
+    """A request opens its index once (``rq.index``): the hybrid query's two legs, an upsert
+    and what it queues, a training's checks all share the head read when the request began."""
+    create(dimension=4, metric="cosine", text_fields=["title"])
+    x = np.eye(4, dtype=np.float32)
+    titles = [{"title": t} for t in ("zebra crossing", "vector search", "zebra stripes", "pasta")]
+    assert upsert_b64("idx", ["a", "b", "c", "d"], x, metadata=titles)[0] == 200
+    store, reads = app.service.store, []
+    real_get = store.get
+
+    def get(key, *a, **k):
+        reads.append(key.rsplit("/", 1)[-1])
+        return real_get(key, *a, **k)
+
+    monkeypatch.setattr(store, "get", get)
+    requests = [
+        ("/v1/vectors/query", {"query_vectors": x[3].tolist(), "text": "zebra stripes", "top_k": 2}),
+        ("/v1/vectors/query", {"text": "zebra", "top_k": 2}),
+        ("/v1/vectors/get", {"ids": ["a"]}),
+        ("/v1/indexes/describe", {}),
+        ("/v1/vectors/delete", {"ids": ["d"]}),
+    ]
+    for path, body in requests:
+        reads.clear()
+        status, payload, _ = call("POST", path, {"index_name": "idx", "index_key": KEY, **body})
+        assert status == 200, payload
+        assert reads.count("head") == 1, (path, reads)
+    reads.clear()
+    assert upsert_b64("idx", ["e"], x[:1], metadata=[{"title": "zebra"}])[0] == 200
+    assert reads.count("head") == 1, reads

@@ -1,6 +1,6 @@
 """Read use cases: count, list ids, get by id, vector query (probing only the lists it needs
-on a cold index), and metadata query with ordering. Each reads one immutable snapshot and
-holds no lock."""
+on a cold index), text and hybrid search, and metadata query with ordering. Each takes the
+head its caller opened, reads one immutable snapshot, and holds no lock."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..memory.search import knn, search_space
 from ..memory.state import Snapshot
 from ..memory.textindex import search as text_search
 from ..model import MAX_VALUE
-from ..store.heads import Heads
+from ..store.heads import Head
 from ..timing import stage
 from . import policy as field_policy
 
@@ -31,37 +31,31 @@ SELECTIVE_ROWS = 4096
 
 
 class Reader:
-    """The read use cases over the head and read caches."""
+    """The read use cases of an index whose head the caller opened (its key proved), over
+    the cache of decrypted snapshots."""
 
     def __init__(
         self,
-        heads: Heads,
         cache: StateCache,
         backend: Backend,
         batcher: Batcher | None = None,
         max_filter_scan: int | None = None,
     ) -> None:
-        self.heads = heads
         self.cache = cache
         self.backend = backend
         self.batcher = batcher or Batcher()
         # row-by-row filter tests ($regex, $contains, lists) one request may run; None: any
         self.max_filter_scan = max_filter_scan
 
-    def _snapshot(self, tenant: str, name: str, kek: bytes | None) -> Snapshot:
-        return self.cache.snapshot(self.heads.open(tenant, name, kek))
+    def num_vectors(self, head: Head) -> int:
+        return self.cache.snapshot(head).live
 
-    def num_vectors(self, tenant: str, name: str, kek: bytes | None) -> int:
-        return self._snapshot(tenant, name, kek).live
-
-    def list_ids(self, tenant: str, name: str, kek: bytes | None) -> list[str]:
-        snap = self._snapshot(tenant, name, kek)
+    def list_ids(self, head: Head) -> list[str]:
+        snap = self.cache.snapshot(head)
         return [snap.ids[r] for r in snap.live_rows().tolist()]
 
-    def get(
-        self, tenant: str, name: str, kek: bytes | None, ids: list[str], include: list[str]
-    ) -> list[dict[str, Any]]:
-        snap = self._snapshot(tenant, name, kek)
+    def get(self, head: Head, ids: list[str], include: list[str]) -> list[dict[str, Any]]:
+        snap = self.cache.snapshot(head)
         found = [(i, row) for i, row in ((i, snap.row_of(i)) for i in ids) if row is not None]
         vectors = snap.rows([r for _, r in found]).tolist() if "vector" in include else []
         out = []
@@ -93,9 +87,7 @@ class Reader:
 
     def query(
         self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
+        head: Head,
         queries: np.ndarray,
         *,
         top_k: int = 100,
@@ -113,7 +105,6 @@ class Reader:
                 ("body", "query_vectors"),
             )
         include = include or []
-        head = self.heads.open(tenant, name, kek)
         # Without filters a query needs only the lists it probes: a cold state stays partial.
         snap = self.cache.snapshot(head, full=bool(filters))
         dim = int(head.body.config["dimension"])
@@ -164,9 +155,7 @@ class Reader:
 
     def search(
         self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
+        head: Head,
         queries: np.ndarray | None,
         text: TextQuery | None,
         *,
@@ -184,19 +173,15 @@ class Reader:
         if queries is None:
             if text is None:
                 raise InvalidRequest("give query vectors, a text, or both")
-            return [self.text_query(tenant, name, kek, text, top_k=top_k, filters=filters, include=include)]
+            return [self.text_query(head, text, top_k=top_k, filters=filters, include=include)]
         if text is None:
-            return self.query(
-                tenant, name, kek, queries, top_k=top_k, n_probes=n_probes, filters=filters, include=include
-            )
+            return self.query(head, queries, top_k=top_k, n_probes=n_probes, filters=filters, include=include)
         if window is not None and window < 1:
             raise InvalidRequest("window_mult must be at least 1")
         if rrf_k is not None and rrf_k <= 0:
             raise InvalidRequest("rrf_k must be greater than 0")
         return self.hybrid_query(
-            tenant,
-            name,
-            kek,
+            head,
             queries,
             text,
             top_k=top_k,
@@ -210,9 +195,7 @@ class Reader:
 
     def text_query(
         self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
+        head: Head,
         text: TextQuery,
         *,
         top_k: int = 100,
@@ -224,7 +207,6 @@ class Reader:
         the filters obey the index's field policy (``query_metadata``)."""
         if filters:
             compile_filter(filters)
-        head = self.heads.open(tenant, name, kek)
         if policy and filters:
             field_policy.check(head.body.config, filters)
         config = TextConfig.of(head.body.config)
@@ -236,9 +218,7 @@ class Reader:
 
     def hybrid_query(
         self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
+        head: Head,
         queries: np.ndarray,
         text: TextQuery,
         *,
@@ -252,12 +232,11 @@ class Reader:
     ) -> list[list[dict[str, Any]]]:
         """Each query vector's neighbours and the text's BM25 matches — each leg ``window x
         top_k`` deep, filters applied to both — fused by weighted reciprocal rank."""
-        head = self.heads.open(tenant, name, kek)
         config = TextConfig.of(head.body.config)
         text.resolve(config)
         depth = top_k * max(1, window)
-        vector = self.query(tenant, name, kek, queries, top_k=depth, n_probes=n_probes, filters=filters)
-        snap = self.cache.snapshot(head)  # the head already opened: no second revalidation
+        vector = self.query(head, queries, top_k=depth, n_probes=n_probes, filters=filters)
+        snap = self.cache.snapshot(head)  # the same head: read once per request
         with stage("search"):
             rows, _ = text_search(snap, config, text, self._filter_mask(snap, filters), depth)
         text_ids = [snap.ids[r] for r in rows.tolist()]
@@ -270,9 +249,7 @@ class Reader:
 
     def query_metadata(
         self,
-        tenant: str,
-        name: str,
-        kek: bytes | None,
+        head: Head,
         filters: Any,
         *,
         top_k: int | None = None,
@@ -281,7 +258,6 @@ class Reader:
     ) -> list[str]:
         """Ids of the live rows matching ``filters``, which obey the index's field policy."""
         compile_filter(filters)
-        head = self.heads.open(tenant, name, kek)
         field_policy.check(head.body.config, filters)
         snap = self.cache.snapshot(head)
         rows = snap.live_rows()
