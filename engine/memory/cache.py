@@ -16,9 +16,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from ..arrays.backend import Backend
@@ -180,8 +180,9 @@ class StateCache:
             if base.partial is None:
                 return base
             builder = Builder(base.layout, base)
-            apply_lists(builder, got)
-            new = self._publish(head.key, builder, base, current)
+            with _undone_on_failure(builder):
+                apply_lists(builder, got)
+                new = self._publish(head.key, builder, base, current)
         return new
 
     def _publish(self, key: Key, builder: Builder, base: Snapshot, current: Snapshot | None) -> Snapshot:
@@ -213,34 +214,39 @@ class StateCache:
             builder, applied = Builder(current.layout, current), list(current.applied)
         else:
             builder, applied = self._fresh(head, full), []
-        todo = head.body.segments[len(applied) :]
-        lazy = builder.runs is not None  # runs open by their directory; lists come later
+        with _undone_on_failure(builder):
+            todo = head.body.segments[len(applied) :]
+            lazy = builder.runs is not None  # runs open by their directory; lists come later
 
-        def read(ref: SegmentRef) -> Any:
-            if ref.kind != "run":
-                return self.heads.read(head, ref.name)
-            return self.heads.read_directory(head, ref.name) if lazy else read_run(self.heads, head, ref.name)
+            def read(ref: SegmentRef) -> Any:
+                if ref.kind != "run":
+                    return self.heads.read(head, ref.name)
+                return (
+                    self.heads.read_directory(head, ref.name)
+                    if lazy
+                    else read_run(self.heads, head, ref.name)
+                )
 
-        if todo:
-            with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-                fetched = pool.map(read, todo)  # each released once applied
-                for ref in todo:
-                    with stage("io"):
-                        got = next(fetched)
-                    _apply(builder, ref, got, self.backend)
-                    applied.append(ref.name)
-        cent = head.body.centroids
-        if (cent.name if cent else None) != builder.centroids_name:
-            trained = self.heads.read_centroids(head, cent) if cent else None
-            builder.set_centroids(cent.name if cent else None, trained)
-        loaded_whole = builder.runs is None or not any(r.missing() for r in builder.runs)
-        if loaded_whole and builder.n_rows > _COMPACT_ROWS and builder.live < builder.n_rows / 2:
-            builder.compact()  # overwrites and deletes: drop dead rows from memory
-        snap = builder.freeze(self.backend).with_bookkeeping(
-            uid=uid, applied=tuple(applied), synced_etag=head.etag
-        )
-        self.install(key, snap)
-        return snap
+            if todo:
+                with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+                    fetched = pool.map(read, todo)  # each released once applied
+                    for ref in todo:
+                        with stage("io"):
+                            got = next(fetched)
+                        _apply(builder, ref, got, self.backend)
+                        applied.append(ref.name)
+            cent = head.body.centroids
+            if (cent.name if cent else None) != builder.centroids_name:
+                trained = self.heads.read_centroids(head, cent) if cent else None
+                builder.set_centroids(cent.name if cent else None, trained)
+            loaded_whole = builder.runs is None or not any(r.missing() for r in builder.runs)
+            if loaded_whole and builder.n_rows > _COMPACT_ROWS and builder.live < builder.n_rows / 2:
+                builder.compact()  # overwrites and deletes: drop dead rows from memory
+            snap = builder.freeze(self.backend).with_bookkeeping(
+                uid=uid, applied=tuple(applied), synced_etag=head.etag
+            )
+            self.install(key, snap)
+            return snap
 
     def _fresh(self, head: Head, full: bool) -> Builder:
         """An empty builder for ``head``; a trained index whose base is a run gets its
@@ -287,8 +293,9 @@ class StateCache:
                 if current is None or current.uid != uid or current.partial is None:
                     return True
                 builder = Builder(current.layout, current)
-                apply_lists(builder, got)
-                self._publish(key, builder, current, current)
+                with _undone_on_failure(builder):
+                    apply_lists(builder, got)
+                    self._publish(key, builder, current, current)
 
     def _consolidate(self, key: Key) -> None:
         """Merge every part of a whole snapshot into one. A fill publishes a part per few
@@ -325,7 +332,7 @@ class StateCache:
             # A request's own rows: the other core serves other requests (as a search does),
             # and an idle OpenMP team spinning after each small add costs more than it saves.
             one = len(seg) <= _OWN_THREAD_ROWS
-            with self.backend.threads(1) if one else nullcontext():
+            with _undone_on_failure(builder), self.backend.threads(1) if one else nullcontext():
                 builder.apply(seg, refs[-1].seq)
                 new = builder.freeze(self.backend).with_bookkeeping(
                     uid=current.uid, applied=(*current.applied, name), synced_etag=committed.etag
@@ -413,3 +420,13 @@ def _holds(snap: Snapshot, at: int, group: tuple[Part, ...]) -> bool:
     """``snap`` still has exactly the parts ``group`` from position ``at`` on."""
     here = snap.parts[at : at + len(group)]
     return len(here) == len(group) and all(a is b for a, b in zip(here, group, strict=True))
+
+
+@contextmanager
+def _undone_on_failure(builder: Builder) -> Iterator[Builder]:
+    """A build that fails takes back its changes to the id map its base shares."""
+    try:
+        yield builder
+    except BaseException:
+        builder.undo()
+        raise

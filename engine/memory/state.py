@@ -5,21 +5,14 @@ with no lock held. A ``Builder`` (one writer at a time per index) starts from a 
 applies segments, IVF lists or new centroids, and ``freeze`` gives the next snapshot,
 which the cache publishes with one pointer swap (read-copy-update).
 
-What readers share is either never written again or append-only, so reading it is safe
-with no lock and without the GIL:
-
-* the id, metadata and contents lists and the IVF-list column grow past a snapshot's
-  ``n_rows`` (appends by later builders; a column outgrown is copied, never shrunk) and a
-  snapshot never reads past its rows;
-* the id map (``idmap.py``) is levels of dicts that no one writes once published: a
-  builder writes a dict of its own and ``freeze`` merges it into new ones;
-* liveness (one bool per row) is each builder's own copy, and parts (``parts.py``:
-  immutable faiss indexes over row ranges) are a tuple;
-* the BM25 blocks never change, and the term-id map only gains entries (``textindex.py``);
-* ``Partial.shadow`` is read and written only by builders, under the writer lock.
-
-Segments are applied strictly in sequence order, so every container that has applied the
-same sequence prefix holds the same rows.
+What a snapshot shares with its successors is append-only: the id, metadata and contents
+lists and the IVF-list column grow past its ``n_rows`` and it never reads past them. The
+id map is shared too: ``latest`` maps each id to its newest row and ``prev`` (a column)
+each row to the row that id had before, so a snapshot finds an id's row by walking back
+past rows newer than itself. What changes is copied: liveness (one bool per row) and the
+tuple of parts (``parts.py``: immutable faiss indexes over row ranges). Segments are
+applied strictly in sequence order, so every container that has applied the same
+sequence prefix holds the same rows.
 
 A snapshot can be *partial*: opened from runs (run.py) with only some IVF lists loaded,
 the rest read on demand (``Partial``). Lists may load in any order, so every id remembers
@@ -44,7 +37,6 @@ from ..codec.run import Directory
 from ..codec.segment import Segment
 from ..model import memory_dtype
 from . import parts
-from .idmap import IdMap, IdMapBuilder
 from .parts import Layout, Part
 from .textindex import TextBuilder, TextIndex
 
@@ -73,8 +65,7 @@ class Partial:
 
     runs: tuple[PartialRun, ...] = ()
     # id -> sequence number of its newest write or delete applied so far; read and grown
-    # only by builders (one at a time, under the writer lock; readers never read it), so
-    # successive snapshots share it
+    # only by writers (one at a time), so successive snapshots share it
     shadow: dict[str, int] = field(default_factory=dict)
 
     def missing(self, lists: Any = None) -> list[tuple[PartialRun, int]]:
@@ -97,7 +88,8 @@ class Snapshot:
     contents: list[str | None]
     alive: np.ndarray
     lists: np.ndarray
-    latest: IdMap  # id -> its newest row here (``idmap.py``)
+    latest: dict[str, int]
+    prev_ref: list[np.ndarray]  # one column in a holder: a grown copy replaces it for all
     parts: tuple[Part, ...]
     centroids_name: str | None
     partial: Partial | None
@@ -134,12 +126,18 @@ class Snapshot:
     def row_of(self, key: str) -> int | None:
         """The live row of id ``key`` in this snapshot, if any."""
         row = self.latest.get(key, -1)
+        while row >= self.n_rows:  # written after this snapshot: the row it had before
+            row = int(self.prev_ref[0][row])
         return row if row >= 0 and self.alive[row] else None
 
     def count_new(self, keys: list[str]) -> int:
         """How many distinct ids of ``keys`` have no live row here."""
-        unique = list(set(keys))
-        rows = self.latest.rows(unique)
+        unique = set(keys)
+        rows = np.fromiter(
+            map(self.latest.get, unique, itertools.repeat(-1)), dtype=np.int64, count=len(unique)
+        )
+        if (rows >= self.n_rows).any():  # written after this snapshot: ask row by row
+            return sum(1 for k in unique if self.row_of(k) is None)
         known = rows[rows >= 0]
         return len(unique) - int(np.count_nonzero(self.alive[known]))
 
@@ -153,7 +151,7 @@ class Snapshot:
 
     def nbytes(self) -> int:
         own = sum(p.nbytes() for p in self.parts) + (self.text.nbytes() if self.text is not None else 0)
-        return int(own + self.alive.nbytes + self.lists.nbytes + 64 * self.n_rows)
+        return int(own + self.alive.nbytes + self.lists.nbytes + self.prev_ref[0].nbytes + 64 * self.n_rows)
 
     def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """Stored vectors of ``rows`` as float32 (in the given order)."""
@@ -217,7 +215,8 @@ class Builder:
             self.contents: list[str | None] = []
             self.alive = np.empty(0, dtype=bool)
             self.lists = np.empty(0, dtype=np.int64)
-            self.latest = IdMapBuilder()
+            self.latest: dict[str, int] = {}
+            self.prev_ref = [np.empty(0, dtype=np.int64)]
             self.parts: list[Part] = []
             self.live = 0
             self.applied_seq = 0
@@ -234,7 +233,8 @@ class Builder:
             self.metadata = base.metadata if tip else base.metadata[:n]
             self.contents = base.contents if tip else base.contents[:n]
             self.lists = base.lists if tip else base.lists[:n].copy()
-            self.latest = IdMapBuilder(base.latest)  # writes go to a dict of its own
+            self.prev_ref = base.prev_ref if tip else [base.prev_ref[0][:n].copy()]
+            self.latest = base.latest if tip else _newest_rows(self.ids)
             # Liveness is this builder's own copy, with room to append (one copy per write).
             self.alive = np.zeros(n + max(1024, n // 2), dtype=bool)
             self.alive[:n] = base.alive
@@ -255,6 +255,17 @@ class Builder:
     def n_rows(self) -> int:
         return len(self.ids)
 
+    def undo(self) -> None:
+        """Take back what this builder did to the id map its base shares (a failed build);
+        rows it appended are dropped by the next builder."""
+        prev = self.prev_ref[0]
+        for row in range(self.n_rows - 1, self._base_rows - 1, -1):
+            before = int(prev[row])
+            if before >= 0:
+                self.latest[self.ids[row]] = before
+            else:
+                self.latest.pop(self.ids[row], None)
+
     # -- changes -----------------------------------------------------------------------
     def apply(
         self, segment: Segment, seq: int, ivf_list: int | np.ndarray = -1, *, shadows: bool = True
@@ -267,7 +278,8 @@ class Builder:
         if self.runs is not None and shadows:
             self.shadow.update(dict.fromkeys(segment.ids, seq))
         if segment.kind == "delete":
-            rows = self.latest.rows(list(set(segment.ids)))
+            latest = self.latest
+            rows = np.fromiter((latest.get(i, -1) for i in set(segment.ids)), dtype=np.int64)
             dead = rows[rows >= 0]
             dead = dead[self.alive[dead]]
             self.alive[dead] = False
@@ -279,19 +291,21 @@ class Builder:
             self.layout = replace(self.layout, dimension=int(segment.vectors.shape[1]))
         start = self.n_rows
         self._grow(n)
-        latest, ids = self.latest, segment.ids
-        if len(set(ids)) == n:  # each id once: the rows these ids had before this write
-            older = latest.rows(ids)
+        latest, prev, ids = self.latest, self.prev_ref[0], segment.ids
+        if len(set(ids)) == n:  # each id once: every row's prev is the id's row before this write
+            prev[start : start + n] = np.fromiter(
+                map(latest.get, ids, itertools.repeat(-1)), dtype=np.int64, count=n
+            )
             latest.update(zip(ids, range(start, start + n), strict=True))
         else:
-            older = np.empty(n, dtype=np.int64)
-            for row, key in enumerate(ids, start):  # a duplicate id's earlier row is overwritten too
-                older[row - start] = latest.get(key, -1)
-                latest.set(key, row)
+            for row, key in enumerate(ids, start):  # a duplicate id's earlier row is its prev
+                prev[row] = latest.get(key, -1)
+                latest[key] = row
         self.ids.extend(segment.ids)
         self.lists[start : start + n] = ivf_list
         self._pending.append(segment.vectors.astype(memory_dtype(self.layout.precision), copy=False))
         self.alive[start : start + n] = True
+        older = prev[start : start + n]
         older = older[older >= 0]  # the rows these ids had: overwritten, the last write wins
         self.live += n - int(np.count_nonzero(self.alive[older]))
         self.alive[older] = False
@@ -312,6 +326,11 @@ class Builder:
             lists = np.full(max(need, int(len(self.lists) * 1.5) + 1024), -1, dtype=np.int64)
             lists[: self.n_rows] = self.lists[: self.n_rows]
             self.lists = lists
+        old = self.prev_ref[0]
+        if need > len(old):  # copy, then swap: readers of any snapshot see every row's prev
+            prev = np.full(max(need, int(len(old) * 1.5) + 1024), -1, dtype=np.int64)
+            prev[: self.n_rows] = old[: self.n_rows]
+            self.prev_ref[0] = prev
 
     def open_run(self, name: str, seq: int, directory: Directory) -> None:
         """Add a run whose lists load later (``apply_list``)."""
@@ -361,7 +380,7 @@ class Builder:
         self.contents = [self.contents[i] for i in keep]
         self.lists = self.lists[keep].copy()
         self.alive = np.ones(len(keep), dtype=bool)
-        self.latest = IdMapBuilder(IdMap.of(self.ids))
+        self.latest, self.prev_ref = _newest_rows(self.ids), [np.full(len(keep), -1, dtype=np.int64)]
         self.parts, self._built, self._pending, self._base_rows = [], 0, [vectors], len(keep)
         self._growing = None
 
@@ -415,10 +434,16 @@ class Builder:
             self.contents,
             self.alive[: self.n_rows],
             self.lists,
-            self.latest.freeze(),
+            self.latest,
+            self.prev_ref,
             tuple(self.parts),
             self.centroids_name,
             partial,
             self.applied_seq,
             self.text.freeze() if self.text is not None else None,
         )
+
+
+def _newest_rows(ids: list[str]) -> dict[str, int]:
+    """id → its newest row, for a new lineage of rows."""
+    return {key: row for row, key in enumerate(ids)}
