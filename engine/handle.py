@@ -200,7 +200,10 @@ class OpenIndex:
         except Exception as exc:
             log.warning("rewrite after a key rotation failed: %s", type(exc).__name__)
             event("jobs_not_queued")
-            self._service.release(self.tenant, self.name, new_kek, "reencrypt")
+            try:
+                self._service.release(self.tenant, self.name, new_kek, "reencrypt")
+            except Exception as again:  # a store fault: the mark goes stale in its time
+                log.warning("could not give back the reencrypt mark: %s", type(again).__name__)
             return Rotation(mode, "retry")
         return Rotation(mode, "running" if result is None else "done")
 

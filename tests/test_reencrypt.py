@@ -271,6 +271,30 @@ def test_http_rotation_stands_when_its_rewrite_fails(monkeypatch):
     assert described["key_rotation"]["objects_under_old_keys"] == 0 and count(key=new) == 2
 
 
+@pytest.mark.usefixtures("app")
+def test_http_rotation_stands_when_neither_its_rewrite_nor_giving_back_its_mark_works(monkeypatch):
+    """A store fault in the rewrite and another while giving its mark back: the rotation has
+    committed, so the answer is still 202 under the new key, never a 500."""
+    from ciphervec.engine.ports import StoreError
+    from ciphervec.handlers import request as rq
+
+    create()
+    upsert_b64("idx", ["a", "b"], [[1, 0, 0, 0], [0, 1, 0, 0]])
+    service = rq.app().service
+
+    def broken(*args, **kwargs):
+        raise StoreError("injected store fault")
+
+    monkeypatch.setattr(service.rekeyer, "_copy", broken)
+    monkeypatch.setattr(service.rekeyer, "unmark", broken)
+    new = NEW.hex()
+    body = {"index_name": "idx", "index_key": KEY, "new_index_key": new, "reencrypt": True}
+    status, out, _ = call("POST", "/v1/indexes/rotate_key", body)
+    assert status == 202 and out["status"] == "rewriting" and new not in str(out)
+    assert call("POST", "/v1/indexes/describe", {"index_name": "idx", "index_key": KEY})[0] == 401
+    assert count(key=new) == 2
+
+
 def test_a_warm_container_renames_instead_of_reloading(tmp_path):
     """Another container that holds the index whole follows the rewrite by renaming (the
     head lists what was rewritten as what): it reads the head again, not the rows."""
