@@ -34,7 +34,7 @@ from .ports import BlobStore, JobQueue, KeyWrapper, StoreConflict
 from .store.heads import Heads
 from .store.jobs import Jobs, LoadJob
 from .store.keys import KeyRing
-from .store.manifest import HeadBody, RetryPolicy, seal_head
+from .store.manifest import Envelope, HeadBody, RetryPolicy, seal_head
 from .store.transactions import JobRules, MarkDeleting
 from .timing import stage
 from .usecases.dispatch import Dispatch
@@ -131,7 +131,7 @@ class IndexService:
         self.rewrite = self.rekeyer.rewrite
         # background jobs
         self.dispatch = Dispatch(
-            self.store, self.heads, self.maintenance, self.rekeyer, self.rules, self.list_indexes
+            self.store, self.heads, self.maintenance, self.rekeyer, self.rules, self.envelopes
         )
         self.orphaned_jobs = self.dispatch.orphaned_jobs
         self.recover = self.dispatch.recover
@@ -193,19 +193,25 @@ class IndexService:
 
     def list_indexes(self, tenant: str) -> list[str]:
         """The tenant's index names, without those being deleted (their heads say so)."""
+        return sorted(self.envelopes(tenant))
+
+    def envelopes(self, tenant: str) -> dict[str, Envelope]:
+        """Each of the tenant's indexes (not being deleted) with its plaintext envelope: one
+        listing and one head read per index, no key proved."""
         root = self.heads.tenant_root(tenant)
-        names = []
+        out = {}
         for key in self.store.list(root):
             part, _, leaf = key[len(root) :].partition("/")
-            if leaf == "head":
-                names.append(unescape(part))
-        return sorted(n for n in names if not self._being_deleted(tenant, n))
-
-    def _being_deleted(self, tenant: str, name: str) -> bool:
-        try:
-            return self.heads.envelope(tenant, name).deleting
-        except IndexNotFound:
-            return True  # deleted since it was listed
+            if leaf != "head":
+                continue
+            name = unescape(part)
+            try:
+                env = self.heads.envelope(tenant, name)
+            except IndexNotFound:
+                continue  # deleted since it was listed
+            if not env.deleting:
+                out[name] = env
+        return out
 
     def rules(self) -> JobRules:
         """What makes a training or a re-encryption due, as of now, and who marks it."""

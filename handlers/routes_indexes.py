@@ -169,7 +169,8 @@ def training_status() -> Response:
     principal = rq.principal("admin")
     c = rq.app()
     local = c.trainer.status(principal.tenant)
-    marked = c.service.training_indexes(principal.tenant)
+    progress = c.service.training_progress(principal.tenant)  # each head read once
+    marked = [(name, str(mark["state"])) for name, mark in progress.items()]
     queued = list(dict.fromkeys(local["queued_indexes"] + [n for n, s in marked if s == "queued"]))
     current = local["currently_training"] or next((n for n, s in marked if s == "running"), None)
     training = list(dict.fromkeys(([current] if current else []) + queued + [n for n, _ in marked]))
@@ -181,6 +182,6 @@ def training_status() -> Response:
             "retrain_threshold": c.settings.train_threshold,
             "worker_running": bool(local["worker_running"]),
             "worker_pid": worker_pid(),
-            "global_training": c.service.training_progress(principal.tenant),
+            "global_training": progress,
         }
     )

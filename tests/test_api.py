@@ -568,3 +568,20 @@ def test_a_request_reads_its_index_head_once(app, monkeypatch):
     reads.clear()
     assert upsert_b64("idx", ["e"], x[:1], metadata=[{"title": "zebra"}])[0] == 200
     assert reads.count("head") == 1, reads
+
+
+def test_training_status_reads_each_index_head_once(app, monkeypatch):
+    for name in ("a", "b", "c"):
+        create(name)
+    store, reads = app.service.store, []
+    real_get = store.get
+
+    def get(key, *a, **k):
+        reads.append(key)
+        return real_get(key, *a, **k)
+
+    monkeypatch.setattr(store, "get", get)
+    status, body, _ = call("GET", "/v1/indexes/training-status")
+    assert status == 200 and body["training_indexes"] == []
+    heads = [k for k in reads if k.endswith("/head")]
+    assert len(heads) == 3 and len(set(heads)) == 3, reads

@@ -13,6 +13,7 @@ from ..errors import CipherVecError
 from ..names import unescape
 from ..ports import BlobStore, JobQueue
 from ..store.heads import Heads
+from ..store.manifest import Envelope
 from ..store.transactions import JobRules, TakeOrphans, TrainingStage
 from ..timing import event
 from .maintenance import Maintenance
@@ -31,14 +32,14 @@ class Dispatch:
         maintenance: Maintenance,
         rekeyer: Rekeyer,
         rules: Callable[[], JobRules],
-        list_indexes: Callable[[str], list[str]],
+        envelopes: Callable[[str], dict[str, Envelope]],
     ) -> None:
         self.store = store
         self.heads = heads
         self.maintenance = maintenance
         self.rekeyer = rekeyer
         self.rules = rules
-        self.list_indexes = list_indexes
+        self.envelopes = envelopes
 
     def orphaned_jobs(self) -> list[tuple[str, str, str, str]]:
         """``(tenant, name, key_mode, kind)`` of every index whose head marks a training or a
@@ -120,11 +121,7 @@ class Dispatch:
         """This tenant's indexes queued or running training, each with its state, since when,
         and for a running one the stage it has reached (``transactions.TrainingStage``)."""
         out = {}
-        for name in self.list_indexes(tenant):
-            try:
-                env = self.heads.envelope(tenant, name)
-            except CipherVecError:
-                continue
+        for name, env in self.envelopes(tenant).items():  # each head read once
             if self.maintenance.training_active(env):
                 assert env.training is not None
                 mark = env.training
