@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ciphervec.engine.arrays import kmeans
+from ciphervec.engine.arrays import ann, kmeans
 from ciphervec.engine.arrays.ann import flat_quantizer, sq_ranges
 from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.arrays.kernels import normalize
@@ -21,8 +21,12 @@ from tests.conftest import BACKEND, clustered
 D = 24
 
 
+@pytest.mark.parametrize("small_join", [1 << 16, 0], ids=["in-faiss", "sized"])
 @pytest.mark.parametrize("precision", ["tq8", "tq4", "float16", "tq12"])
-def test_merged_codes_are_the_parts_codes(precision):
+def test_merged_codes_are_the_parts_codes(precision, small_join, monkeypatch):
+    """Both ways of joining codes (faiss's loop over copies for small parts, lists sized
+    from Python for big ones) hold exactly the parts' codes and leave the parts as they were."""
+    monkeypatch.setattr(ann, "SMALL_JOIN", small_join)
     backend = select(BACKEND)
     space = normalize(clustered(3000, D, seed=2))
     # tq parts keep each row's norm beside its codes; float16 parts of unit rows are codes alone
@@ -35,7 +39,11 @@ def test_merged_codes_are_the_parts_codes(precision):
     pieces = [
         parts.build(backend, layout, a, x[a:b], lists[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)
     ]
+    before = [(p.all_rows(), p.ann.list_sizes()) for p in pieces]
     joined = parts.merged(backend, layout, pieces, lists)
+    for p, (rows, sizes) in zip(pieces, before, strict=True):  # the parts are shared: untouched
+        assert np.array_equal(p.all_rows(), rows) and np.array_equal(p.ann.list_sizes(), sizes)
+        assert p.ann.ntotal == p.n == p.ann.index.ntotal
     whole = parts.build(backend, layout, 0, x, lists)
     # list sizes come from the direct map, in one pass: exactly what faiss holds per list
     for got in (joined, whole, *pieces):
