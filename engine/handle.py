@@ -17,7 +17,7 @@ from .errors import IndexBusy, Unauthorized, ValidationFailed
 from .model import MAX_VALUE, JobResult, Rotation, RowBatch, UpsertResult, value_bound
 from .ports import JobQueue, JobRunner
 from .store.jobs import LEASE_SECONDS, LoadJob
-from .store.transactions import Rewrap, check_dimension
+from .store.transactions import Rewrap, check_dimension, estimate
 from .timing import event
 from .usecases import policy as field_policy
 from .usecases.chunks import ChunkSource
@@ -55,6 +55,16 @@ class OpenIndex:
         """The model that embeds this index's contents and text queries, if it has one."""
         model = self._head.body.config.get("embedding_model")
         return str(model) if model else None
+
+    @property
+    def dimension(self) -> int:
+        return int(self._head.body.config["dimension"])
+
+    @property
+    def estimated_rows(self) -> int:
+        """Rows the index holds, read from its head without loading a row (an upper bound:
+        overwrites and deletes since the last merge or training are not taken off)."""
+        return estimate(self._head.body)
 
     def describe(self) -> dict[str, Any]:
         """The index's configuration, training and key-rotation state (``/indexes/describe``)."""

@@ -222,8 +222,9 @@ class LambdaTrainer(_Runner):
         if job.kind == "reencrypt":  # always TrainFunction: its size is no guide to its time here
             self._invoke(job)
             return None
-        rows = self.service.num_vectors(job.tenant, job.index_name, job.kek)
-        dim = self.service.describe(job.tenant, job.index_name, job.kek)["dimension"]
+        # sized from the head: this container need not load the index to hand it on
+        index = self.service.open(job.tenant, job.index_name, job.kek)
+        rows, dim = index.estimated_rows, index.dimension
         lists = job.params.get("n_lists") or max(1, int(rows**0.5))
         sample = min(rows, 256 * lists)
         seconds = sample * dim * lists * min(job.params.get("max_iters", 25), 25) / self.FLOPS

@@ -100,6 +100,27 @@ def test_small_explicit_train_runs_inline_in_lambda(aws):
     np.testing.assert_equal(svc.describe("t", "small", kek)["n_lists"], 4)
 
 
+def test_sizing_a_training_in_lambda_loads_no_row(aws, monkeypatch):
+    """The API container decides inline or TrainFunction from the head alone: a cold one
+    handing a training on never loads the index (minutes and gigabytes at 10M rows)."""
+    kms, key_id = aws
+    store, kek = MemoryStore(), os.urandom(32)
+    svc = IndexService(store, AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select(BACKEND))
+    svc.create_index("t", "big", IndexConfig(), kek=kek)
+    svc.upsert("t", "big", kek, RowBatch([str(i) for i in range(300)], clustered(300, 8)))
+    cold = IndexService(store, AwsKmsWrapper({"jobs": key_id}, client=kms), backend=select(BACKEND))
+
+    def loads(*args, **kwargs):
+        raise AssertionError("the index was loaded to size its training")
+
+    monkeypatch.setattr(cold.cache, "snapshot", loads)
+    recorder = RecordingLambda()
+    assert LambdaTrainer(cold, "fn", client=recorder).train(IndexJob("t", "big", kek), wait_seconds=0) is None
+    (call,) = recorder.calls
+    assert json.loads(call["Payload"])["kind"] == "train"
+    assert cold.open("t", "big", kek).estimated_rows == 300
+
+
 def test_a_big_rewrite_goes_to_train_function_with_the_new_key_sealed(aws, tmp_path):
     """rotate_key with reencrypt in Lambda: past the inline budget the rewrite is invoked
     asynchronously, the new client key sealed by KMS; TrainFunction rewrites every object."""
