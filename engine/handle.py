@@ -105,29 +105,95 @@ class OpenIndex:
     def get(self, ids: list[str], include: list[str]) -> list[dict[str, Any]]:
         return self._service.reader.get(self._head, ids, include)
 
-    def query(self, queries: np.ndarray, **options: Any) -> list[list[dict[str, Any]]]:
-        """Nearest neighbours of each query vector (``Reader.query``'s options)."""
-        return self._service.reader.query(self._head, queries, **options)
+    def query(
+        self,
+        queries: np.ndarray,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Nearest neighbours of each query vector (``Reader.query``)."""
+        return self._service.reader.query(
+            self._head, queries, top_k=top_k, n_probes=n_probes, filters=filters, include=include
+        )
 
-    def text_query(self, text: TextQuery, **options: Any) -> list[dict[str, Any]]:
-        """Rows ranked by BM25 (``Reader.text_query``'s options)."""
-        return self._service.reader.text_query(self._head, text, **options)
+    def text_query(
+        self,
+        text: TextQuery,
+        *,
+        top_k: int = 100,
+        filters: Any = None,
+        include: list[str] | None = None,
+        policy: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Rows ranked by BM25 (``Reader.text_query``)."""
+        return self._service.reader.text_query(
+            self._head, text, top_k=top_k, filters=filters, include=include, policy=policy
+        )
 
     def hybrid_query(
-        self, queries: np.ndarray, text: TextQuery, **options: Any
+        self,
+        queries: np.ndarray,
+        text: TextQuery,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+        alpha: float = 0.5,
+        rrf_k: float = 60.0,
+        window: int = 3,
     ) -> list[list[dict[str, Any]]]:
-        """Vector and BM25 legs fused by reciprocal rank (``Reader.hybrid_query``'s options)."""
-        return self._service.reader.hybrid_query(self._head, queries, text, **options)
+        """Vector and BM25 legs fused by reciprocal rank (``Reader.hybrid_query``)."""
+        return self._service.reader.hybrid_query(
+            self._head,
+            queries,
+            text,
+            top_k=top_k,
+            n_probes=n_probes,
+            filters=filters,
+            include=include,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            window=window,
+        )
 
     def search(
-        self, queries: np.ndarray | None, text: TextQuery | None, **options: Any
+        self,
+        queries: np.ndarray | None,
+        text: TextQuery | None,
+        *,
+        top_k: int = 100,
+        n_probes: int | None = None,
+        filters: Any = None,
+        include: list[str] | None = None,
+        alpha: float | None = None,
+        rrf_k: float | None = None,
+        window: int | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """Whichever search the request asks for (``Reader.search``)."""
-        return self._service.reader.search(self._head, queries, text, **options)
+        """Whichever search the request asks for: vectors, a text, or both (``Reader.search``)."""
+        return self._service.reader.search(
+            self._head,
+            queries,
+            text,
+            top_k=top_k,
+            n_probes=n_probes,
+            filters=filters,
+            include=include,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            window=window,
+        )
 
-    def query_metadata(self, filters: Any, **options: Any) -> list[str]:
+    def query_metadata(
+        self, filters: Any, *, top_k: int | None = None, order_by: str | None = None, ascending: bool = True
+    ) -> list[str]:
         """Ids of the live rows matching ``filters`` (``Reader.query_metadata``)."""
-        return self._service.reader.query_metadata(self._head, filters, **options)
+        return self._service.reader.query_metadata(
+            self._head, filters, top_k=top_k, order_by=order_by, ascending=ascending
+        )
 
     # -- writes (``usecases.writes``) -----------------------------------------------------
     def upsert(self, batch: RowBatch) -> UpsertResult:
