@@ -5,13 +5,14 @@ handle is the model) — so callers outside the engine never hold a head, never 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from .arrays.text import TextConfig, TextQuery
+from .arrays.text import TextConfig
 from .codec.segment import Segment
 from .errors import IndexBusy, Unauthorized, ValidationFailed
 from .model import MAX_VALUE, JobResult, Rotation, RowBatch, UpsertResult, value_bound
@@ -21,12 +22,31 @@ from .store.transactions import Rewrap, check_dimension, estimate
 from .timing import event
 from .usecases import policy as field_policy
 from .usecases.chunks import ChunkSource
+from .usecases.reads import Reader
 
 if TYPE_CHECKING:
     from .service import IndexService
     from .store.heads import Head
 
 log = logging.getLogger("ciphervec.service")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _on_head(method: Callable[Concatenate[Reader, Head, P], R]) -> Callable[Concatenate[OpenIndex, P], R]:
+    """A read use case as a method of the handle: the reader called with the head it holds
+    (the same parameters after that, checked by mypy)."""
+
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: OpenIndex, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        bound: Callable[Concatenate[Head, P], R] = getattr(self._service.reader, name)
+        return bound(self._head, *args, **kwargs)
+
+    return call
 
 
 class OpenIndex:
@@ -95,105 +115,15 @@ class OpenIndex:
             },
         }
 
-    # -- reads (``usecases.reads``) ------------------------------------------------------
-    def num_vectors(self) -> int:
-        return self._service.reader.num_vectors(self._head)
-
-    def list_ids(self) -> list[str]:
-        return self._service.reader.list_ids(self._head)
-
-    def get(self, ids: list[str], include: list[str]) -> list[dict[str, Any]]:
-        return self._service.reader.get(self._head, ids, include)
-
-    def query(
-        self,
-        queries: np.ndarray,
-        *,
-        top_k: int = 100,
-        n_probes: int | None = None,
-        filters: Any = None,
-        include: list[str] | None = None,
-    ) -> list[list[dict[str, Any]]]:
-        """Nearest neighbours of each query vector (``Reader.query``)."""
-        return self._service.reader.query(
-            self._head, queries, top_k=top_k, n_probes=n_probes, filters=filters, include=include
-        )
-
-    def text_query(
-        self,
-        text: TextQuery,
-        *,
-        top_k: int = 100,
-        filters: Any = None,
-        include: list[str] | None = None,
-        policy: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Rows ranked by BM25 (``Reader.text_query``)."""
-        return self._service.reader.text_query(
-            self._head, text, top_k=top_k, filters=filters, include=include, policy=policy
-        )
-
-    def hybrid_query(
-        self,
-        queries: np.ndarray,
-        text: TextQuery,
-        *,
-        top_k: int = 100,
-        n_probes: int | None = None,
-        filters: Any = None,
-        include: list[str] | None = None,
-        alpha: float = 0.5,
-        rrf_k: float = 60.0,
-        window: int = 3,
-    ) -> list[list[dict[str, Any]]]:
-        """Vector and BM25 legs fused by reciprocal rank (``Reader.hybrid_query``)."""
-        return self._service.reader.hybrid_query(
-            self._head,
-            queries,
-            text,
-            top_k=top_k,
-            n_probes=n_probes,
-            filters=filters,
-            include=include,
-            alpha=alpha,
-            rrf_k=rrf_k,
-            window=window,
-        )
-
-    def search(
-        self,
-        queries: np.ndarray | None,
-        text: TextQuery | None,
-        *,
-        top_k: int = 100,
-        n_probes: int | None = None,
-        filters: Any = None,
-        include: list[str] | None = None,
-        alpha: float | None = None,
-        rrf_k: float | None = None,
-        window: int | None = None,
-    ) -> list[list[dict[str, Any]]]:
-        """Whichever search the request asks for: vectors, a text, or both (``Reader.search``)."""
-        return self._service.reader.search(
-            self._head,
-            queries,
-            text,
-            top_k=top_k,
-            n_probes=n_probes,
-            filters=filters,
-            include=include,
-            alpha=alpha,
-            rrf_k=rrf_k,
-            window=window,
-        )
-
-    def query_metadata(
-        self, filters: Any, *, top_k: int | None = None, order_by: str | None = None, ascending: bool = True
-    ) -> list[str]:
-        """Ids of the live rows matching ``filters`` (``Reader.query_metadata``)."""
-        return self._service.reader.query_metadata(
-            self._head, filters, top_k=top_k, order_by=order_by, ascending=ascending
-        )
+    # -- reads (``usecases.reads``: each bound to this handle's head) --------------------
+    num_vectors = _on_head(Reader.num_vectors)
+    list_ids = _on_head(Reader.list_ids)
+    get = _on_head(Reader.get)
+    query = _on_head(Reader.query)
+    text_query = _on_head(Reader.text_query)
+    hybrid_query = _on_head(Reader.hybrid_query)
+    search = _on_head(Reader.search)
+    query_metadata = _on_head(Reader.query_metadata)
 
     # -- writes (``usecases.writes``) -----------------------------------------------------
     def upsert(self, batch: RowBatch) -> UpsertResult:

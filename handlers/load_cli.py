@@ -343,6 +343,7 @@ def _stream(args: argparse.Namespace) -> int:
                             "error": "stopped at a bad row; the rows before it are loaded",
                         }
                     )
+                assert seg.vectors is not None  # a chunk of rows always has vectors
                 dim = dim or seg.vectors.shape[1]
                 futures = [
                     pool.submit(api.ok, "POST", "/v1/vectors/upsert_binary", request)
