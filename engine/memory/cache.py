@@ -30,8 +30,9 @@ from ..store.manifest import SegmentRef
 from ..timing import event, stage
 from . import parts
 from .lazy import FILL_BATCH, FILL_READERS, RUN_BATCH, InFlight, apply_lists, read_run
+from .partial import PartialRun
 from .parts import Layout, Part
-from .state import Builder, PartialRun, Snapshot
+from .state import Builder, Snapshot
 
 log = logging.getLogger("ciphervec.cache")
 BIG_ROWS = 1 << 20  # indexes this big merge parts of gigabytes: see ``big_heap``

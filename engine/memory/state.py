@@ -23,14 +23,12 @@ the same for as long as anyone holds it (``tests/test_snapshots.py``):
 
 Each of these is one dict, list or array operation at a time, which CPython keeps atomic
 with or without the GIL (per-object locks in the free-threaded build); no reader relies on
-two of them happening together. Copy-on-write id maps (levels of dicts merged
-log-structured) were measured and not kept: a 10M-row lazy fill took 2.5x as long in its
-id map, and a 1,000-row upsert 6 % more server CPU. Segments are applied strictly in
-sequence order, so every container that has applied the same sequence prefix holds the
-same rows.
+two of them happening together (copy-on-write id maps cost a 10M-row lazy fill 2.5x the
+time: see 0fd8a87). Segments are applied strictly in sequence order, so every container
+that has applied the same sequence prefix holds the same rows.
 
 A snapshot can be *partial*: opened from runs (run.py) with only some IVF lists loaded,
-the rest read on demand (``Partial``). Lists may load in any order, so every id remembers
+the rest read on demand (``partial.py``). Lists may load in any order, so every id remembers
 the sequence number of its newest write or delete applied so far; a run's row loads only
 where its run is newer, and a list loaded late never resurrects an overwritten or deleted
 row. Each row remembers its IVF list (-1 where faiss assigns the nearest centroid), so the
@@ -52,43 +50,11 @@ from ..codec.run import Directory
 from ..codec.segment import Segment
 from ..model import memory_dtype
 from . import parts
+from .partial import Partial, PartialRun
 from .parts import Layout, Part
 from .textindex import TextBuilder, TextIndex
 
 _versions = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class PartialRun:
-    """One run of a partial state: which of its lists are loaded."""
-
-    name: str
-    seq: int
-    directory: Directory
-    loaded: frozenset[int] = frozenset()
-
-    def missing(self, lists: Any = None) -> list[int]:
-        """Non-empty lists (of ``lists``, default all) not loaded yet, ascending."""
-        pick = range(self.directory.n_lists) if lists is None else sorted({int(k) for k in lists})
-        rows = self.directory.rows
-        return [k for k in pick if k < len(rows) and rows[k] and k not in self.loaded]
-
-
-@dataclass(frozen=True, eq=False)
-class Partial:
-    """The runs of a state whose lists load on demand, and what shadows their rows."""
-
-    runs: tuple[PartialRun, ...] = ()
-    # id -> sequence number of its newest write or delete applied so far; read and grown
-    # only by writers (one at a time), so successive snapshots share it
-    shadow: dict[str, int] = field(default_factory=dict)
-
-    def missing(self, lists: Any = None) -> list[tuple[PartialRun, int]]:
-        """``(run, list)`` pairs not loaded yet (of ``lists``, default all)."""
-        return [(r, k) for r in self.runs for k in r.missing(lists)]
-
-    def unloaded_rows(self) -> int:
-        return sum(r.directory.rows[k] for r, k in self.missing())
 
 
 @dataclass(frozen=True, eq=False)
