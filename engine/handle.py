@@ -98,7 +98,7 @@ class OpenIndex:
         return {
             "index_name": self.name,
             "is_trained": cent is not None,
-            "dimension": int(cfg["dimension"]),
+            "dimension": self.dimension,
             "metric": cfg["metric"],
             "n_lists": n_lists,
             "n_probes": cent.auto_n_probes if cent else 1,
@@ -130,7 +130,7 @@ class OpenIndex:
         """Commit ``batch`` (acknowledged once the head CAS succeeds) and say what it made due."""
         head, service = self._head, self._service
         snap = service.cache.snapshot(head, full=False)
-        check_dimension(int(head.body.config["dimension"]), batch.dimension)
+        check_dimension(self.dimension, batch.dimension)
         bound = value_bound(head.precision)
         if bound < MAX_VALUE and float(np.abs(batch.vectors).max(initial=0)) > bound:
             raise ValidationFailed(
@@ -225,14 +225,13 @@ class OpenIndex:
     def queue_after_upsert(self, result: UpsertResult, queue: JobQueue) -> list[str]:
         """Queue what an upsert made due (a training, else a merge; a re-encryption); a job
         the queue refuses gives its mark back and the write stays acknowledged."""
-        return self._service.dispatch.queue_due(
-            self.tenant,
-            self.name,
-            self._kek,
-            queue,
-            training=result.training_triggered,
-            merge=result.merge_due,
-            rewrite=result.rewrite_due,
+        return self._queue(queue, result.training_triggered, result.merge_due, result.rewrite_due)
+
+    def _queue(self, queue: JobQueue, training: bool, merge: bool, rewrite: bool) -> list[str]:
+        """``Dispatch.queue_due`` for this index, under the key that opened it."""
+        dispatch = self._service.dispatch
+        return dispatch.queue_due(
+            self.tenant, self.name, self._kek, queue, training=training, merge=merge, rewrite=rewrite
         )
 
     # -- batch loads ---------------------------------------------------------------------
@@ -264,18 +263,11 @@ class OpenIndex:
         return self._service.loader.jobs.read(self.tenant, job_id, self._head)
 
     def queue_after_load(self, job: LoadJob, queue: JobQueue) -> list[str]:
-        """Queue what a load's commit made due, as after any upsert (``IndexService.queue_due``)."""
+        """Queue what a load's commit made due, as after any upsert (``queue_after_upsert``)."""
         if job.state != "succeeded":
             return []
-        return self._service.dispatch.queue_due(
-            self.tenant,
-            self.name,
-            self._kek,
-            queue,
-            training=job.training_triggered,
-            merge=self._service.merge_due(self.tenant, self.name),
-            rewrite=job.rewrite_triggered,
-        )
+        merge = self._service.merge_due(self.tenant, self.name)
+        return self._queue(queue, job.training_triggered, merge, job.rewrite_triggered)
 
 
 def wants_worker(job: LoadJob, now: float) -> bool:
