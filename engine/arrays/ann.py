@@ -4,6 +4,7 @@ this is the faiss boundary."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 from collections.abc import Iterable
@@ -124,6 +125,20 @@ class AnnIndex:
             self._sqnorms = np.concatenate([self._sqnorms, np.einsum("ij,ij->i", x, x)])
         self.ntotal += len(x)
         self.device = None  # re-mirrored on the next device search
+
+    def add_codes(self, codes: np.ndarray, lists: np.ndarray) -> None:
+        """Append rows ``ntotal ..`` given as this index's own codes (``sq_codes`` of the
+        same bits and ranges), each into its list (``lists``, all >= 0): what ``add`` of
+        the rows they encode would hold, bit for bit, without decoding or encoding a row."""
+        assert self.ivf and self.bits
+        n = len(codes)
+        if not n:
+            return
+        coarse = self.index.coarse_code_size()
+        prefix = np.ascontiguousarray(lists, dtype="<u8").view(np.uint8).reshape(n, 8)[:, :coarse]
+        self.index.add_sa_codes(np.ascontiguousarray(np.hstack([prefix, codes])))
+        self.ntotal += n
+        self.device = None
 
     @property
     def plain(self) -> bool:
@@ -329,6 +344,34 @@ def sq_ranges(vectors: np.ndarray | Iterable[np.ndarray], bits: int) -> np.ndarr
     sq.rangestat_arg = 0.02
     sq.train(np.ascontiguousarray(np.stack([low, high]), dtype=np.float32))
     return faiss.vector_to_array(sq.trained).astype(np.float32).reshape(2, -1)
+
+
+def _scalar_quantizer(d: int, bits: int, ranges: np.ndarray) -> Any:
+    sq = faiss.ScalarQuantizer(d, sq_type(bits))
+    faiss.copy_array_to_vector(np.ascontiguousarray(ranges, dtype=np.float32).ravel(), sq.trained)
+    return sq
+
+
+def sq_codes(values: np.ndarray, bits: int, ranges: np.ndarray) -> np.ndarray:
+    """The ``bits``-bit codes within ``ranges`` that an IVF index of those (``AnnIndex``)
+    holds for rows ``values`` (search space, float32): ``(n, code bytes)`` uint8."""
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    return np.asarray(_scalar_quantizer(x.shape[1], bits, ranges).compute_codes(x), dtype=np.uint8)
+
+
+def sq_decode(codes: np.ndarray, d: int, bits: int, ranges: np.ndarray) -> np.ndarray:
+    """The rows (float32 ``(n, d)``) that ``sq_codes`` encoded, as the index reconstructs them."""
+    if not len(codes):
+        return np.empty((0, d), dtype=np.float32)
+    sq = _scalar_quantizer(d, bits, ranges)
+    return np.asarray(sq.decode(np.ascontiguousarray(codes, dtype=np.uint8)), dtype=np.float32)
+
+
+def ranges_key(ranges: np.ndarray) -> str:
+    """A short name of a quantizer's ranges: codes stored beside rows (``segment.Held``) are
+    used only by an index whose ranges have the same name."""
+    data = np.ascontiguousarray(ranges, dtype="<f4").tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def flat_quantizer(centroids: np.ndarray) -> Any:

@@ -4,19 +4,23 @@ A segment is an immutable batch of rows: either upserted rows (ids, vectors, opt
 metadata and contents) or tombstones (ids only). Compaction writes a *snapshot*
 segment holding every live row of an index as of a sequence number.
 
-Layout, format version 1, or 2 when the rows carry analysed terms::
+Layout, format version 1, 2 when the rows carry analysed terms, 3 when they also carry
+the codes a trained index holds in memory::
 
     0   4   magic b"CVS1"
     4   4   header length H (uint32, little-endian)
-    8   H   header: UTF-8 JSON {"v": 1|2, "kind": "upsert"|"delete"|"snapshot",
+    8   H   header: UTF-8 JSON {"v": 1|2|3, "kind": "upsert"|"delete"|"snapshot",
             "n": rows, "d": dimension, "dtype": "float32"|"float16"|"tq12"|"tq8"|"tq6"|"tq4",
-            "sizes": [ids, metadata, contents, vectors(, terms)]}   (byte sizes of the sections)
+            "sizes": [ids, metadata, contents, vectors(, terms(, held))]}   (section bytes)
+            version 3 adds "held": {"bits": 8|6|4, "key": the ranges' name}
     ..      ids       JSON array of strings
     ..      metadata  JSON array of objects or null        (empty when absent)
     ..      contents  JSON array of strings or null        (empty when absent)
     ..      vectors   n*d little-endian floats, C order     (empty for tombstones);
                       for the tq tiers, norms and codes (``turboquant``)
-    ..      terms     version 2 only: the full-text fields' terms (``terms.py``)
+    ..      terms     versions 2 and 3: the full-text fields' terms (``terms.py``; may be empty)
+    ..      held      version 3 only: n rows of the faiss scalar-quantizer codes a trained
+                      tq8/tq6/tq4 index holds for these rows (``Held``)
 
 JSON arrays keep the per-row work inside the C JSON codec; vectors stay raw.
 """
@@ -38,8 +42,37 @@ from .terms import Terms
 MAGIC = b"CVS1"
 VERSION = 1
 VERSION_TERMS = 2
+VERSION_HELD = 3
+_SECTIONS = {VERSION: 4, VERSION_TERMS: 5, VERSION_HELD: 6}
 KINDS = ("upsert", "delete", "snapshot")
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+@dataclass(frozen=True, eq=False)
+class Held:
+    """The codes a trained tq8/tq6/tq4 index holds in memory for a segment's rows: faiss
+    scalar-quantizer codes of the rows as decoded, within the ranges named ``key``
+    (``ann.ranges_key``). A training writes them beside its run's rows, so a cold load
+    copies them into its lists instead of decoding every row (a float64 rotation) and
+    encoding it again; an index whose ranges have another name ignores them."""
+
+    bits: int
+    key: str
+    codes: np.ndarray  # (n, code bytes) uint8
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def take(self, rows: Any) -> Held:
+        return Held(self.bits, self.key, self.codes[np.asarray(rows, dtype=np.int64)])
+
+    @staticmethod
+    def concat(parts: list[Held | None]) -> Held | None:
+        """The parts' codes joined, if every part has codes of the same ranges; else None."""
+        first = parts[0]
+        if first is None or any(p is None or (p.bits, p.key) != (first.bits, first.key) for p in parts):
+            return None
+        return Held(first.bits, first.key, np.concatenate([p.codes for p in parts if p is not None]))
 
 
 @dataclass
@@ -52,6 +85,7 @@ class Segment:
     metadata: list[dict[str, Any] | None] | None = None
     contents: list[str | None] | None = None
     terms: Terms | None = None  # the full-text fields' analysed terms (``terms.py``)
+    held: Held | None = None  # the rows' codes in a trained index's memory (``Held``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,6 +110,7 @@ class Segment:
             [self.metadata[i] for i in rows] if self.metadata else None,
             [self.contents[i] for i in rows] if self.contents else None,
             terms_codec.take(self.terms, rows),
+            None if self.held is None else self.held.take(rows),
         )
 
 
@@ -106,17 +141,26 @@ def encode(segment: Segment, dtype: str = "float32", coded: Coded | None = None)
     else:  # a view: the join below is the only copy
         vectors = np.ascontiguousarray(segment.vectors, dtype=_DTYPES[dtype]).data.cast("B")
         d = int(segment.vectors.shape[1])
-    sections = [ids, metadata, contents, vectors]
-    if segment.terms and segment.kind != "delete":
-        sections.append(terms_codec.encode(segment.terms))
+    sections: list[bytes | memoryview] = [ids, metadata, contents, vectors]
+    held = segment.held if segment.kind != "delete" else None
+    if (segment.terms and segment.kind != "delete") or held is not None:
+        sections.append(terms_codec.encode(segment.terms) if segment.terms else b"")
+    fields: dict[str, Any] = {}
+    if held is not None:
+        if len(held) != len(segment.ids):
+            raise ValueError("held codes do not match the segment")
+        sections.append(np.ascontiguousarray(held.codes, dtype=np.uint8).data.cast("B"))
+        fields["held"] = {"bits": held.bits, "key": held.key}
+    version = {4: VERSION, 5: VERSION_TERMS, 6: VERSION_HELD}[len(sections)]
     header = json.dumps(
         {
-            "v": VERSION if len(sections) == 4 else VERSION_TERMS,
+            "v": version,
             "kind": segment.kind,
             "n": len(segment.ids),
             "d": d,
             "dtype": dtype,
             "sizes": [len(x) for x in sections],
+            **fields,
         }
     ).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *sections])
@@ -149,10 +193,10 @@ def _sections(data: bytes | memoryview) -> tuple[dict[str, Any], list[memoryview
         raise ValueError("bad magic")
     (hlen,) = struct.unpack_from("<I", data, 4)
     header = json.loads(bytes(data[8 : 8 + hlen]))
-    if header["v"] not in (VERSION, VERSION_TERMS) or header["kind"] not in KINDS:
+    if header["v"] not in _SECTIONS or header["kind"] not in KINDS:
         raise ValueError("unsupported version or kind")
     sizes = header["sizes"]
-    if len(sizes) != (4 if header["v"] == VERSION else 5):
+    if len(sizes) != _SECTIONS[header["v"]]:
         raise ValueError("wrong number of sections")
     offset = 8 + hlen
     parts = []
@@ -172,16 +216,36 @@ def _rows(header: dict[str, Any], parts: list[memoryview]) -> Segment:
     contents = json.loads(bytes(parts[2])) if len(parts[2]) else None
     if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):
         raise ValueError("row counts disagree")
-    terms = terms_codec.decode(parts[4], n) if len(parts) == 5 and len(parts[4]) else None
-    return Segment(header["kind"], ids, None, metadata, contents, terms)
+    terms = terms_codec.decode(parts[4], n) if len(parts) >= 5 and len(parts[4]) else None
+    return Segment(header["kind"], ids, None, metadata, contents, terms, _held(header, parts, n))
 
 
-def decode(data: bytes) -> Segment:
-    """Parse bytes written by ``encode``; anything malformed raises ``CorruptObject``."""
+def _held(header: dict[str, Any], parts: list[memoryview], n: int) -> Held | None:
+    """The held codes section (version 3), copied out of the object's bytes."""
+    if len(parts) < 6:
+        return None
+    spec = header["held"]
+    bits, key = int(spec["bits"]), str(spec["key"])
+    raw = parts[5]
+    if bits not in (8, 6, 4) or (n and len(raw) % n) or (not n and len(raw)):
+        raise ValueError("held codes do not fit the rows")
+    width = len(raw) // n if n else 0
+    if width != -(-int(header["d"]) * bits // 8):
+        raise ValueError("held codes have the wrong width")
+    return Held(bits, key, np.frombuffer(raw, dtype=np.uint8).reshape(n, width).copy())
+
+
+def decode(data: bytes, held: str | None = None) -> Segment:
+    """Parse bytes written by ``encode``; anything malformed raises ``CorruptObject``.
+    ``held``: the ranges' name of the index reading the rows; when the segment holds codes
+    of those ranges, its vectors are left undecoded (``vectors`` is None: the codes stand
+    for them)."""
     try:
         header, parts = _sections(data)
         seg = _rows(header, parts)
-        if len(parts[3]):
+        if seg.held is not None and (held is None or seg.held.key != held):
+            seg.held = None  # codes of other ranges: of no use to this reader
+        if len(parts[3]) and seg.held is None:
             seg.vectors = _vectors(parts[3], len(seg), int(header["d"]), header["dtype"])
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptObject(f"segment is malformed: {exc}") from None
@@ -233,6 +297,7 @@ def concat(parts: list[Segment]) -> Segment:
         _joined([p.metadata for p in parts], n),
         _joined([p.contents for p in parts], n),
         terms_codec.concat([p.terms or {} for p in parts]) if any(p.terms for p in parts) else None,
+        Held.concat([p.held for p in parts]),
     )
 
 

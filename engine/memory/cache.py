@@ -173,7 +173,7 @@ class StateCache:
         """``snap`` with lists ``todo`` loaded: read with no lock held, then published."""
         if not todo:
             return snap
-        got = self.inflight.fetch(self.heads, head, [(r.name, k) for r, k in todo])
+        got = self.inflight.fetch(self.heads, head, [(r.name, k) for r, k in todo], held=snap.layout.held)
         event("lists_loaded", len(got))
         with self.writer(head.key):
             current = self._snaps.get(head.key)
@@ -225,7 +225,7 @@ class StateCache:
                 return (
                     self.heads.read_directory(head, ref.name)
                     if lazy
-                    else read_run(self.heads, head, ref.name)
+                    else read_run(self.heads, head, ref.name, held=builder.layout.held)
                 )
 
             if todo:
@@ -284,8 +284,9 @@ class StateCache:
                 if snap is None or snap.uid != uid or snap.partial is None:
                     return True
                 todo = [(r.name, k) for r, k in snap.partial.missing()[:FILL_BATCH]]
+                held = snap.layout.held
             try:
-                got = self.inflight.fetch(self.heads, head, todo, FILL_READERS)
+                got = self.inflight.fetch(self.heads, head, todo, FILL_READERS, held)
             except Exception as exc:  # the next full read reports it to its caller
                 log.warning("background load of index lists stopped: %s", type(exc).__name__)
                 return False

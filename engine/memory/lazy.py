@@ -23,12 +23,15 @@ FILL_BATCH = 4
 Fetched = list[tuple[str, int, Segment]]  # (run name, list number, rows)
 
 
-def fetch_lists(heads: Heads, head: Head, lists: list[tuple[str, int]], readers: int = READERS) -> Fetched:
-    """Read, decrypt and decode ``(run name, list)`` objects, in parallel."""
+def fetch_lists(
+    heads: Heads, head: Head, lists: list[tuple[str, int]], readers: int = READERS, held: str | None = None
+) -> Fetched:
+    """Read, decrypt and decode ``(run name, list)`` objects, in parallel; rows holding codes
+    of the ranges named ``held`` (``Layout.held``) come as those codes, not decoded."""
 
     def fetch(item: tuple[str, int]) -> tuple[str, int, Segment]:
         name, k = item
-        return name, k, segment.decode(heads.read(head, run.list_name(name, k)))
+        return name, k, segment.decode(heads.read(head, run.list_name(name, k)), held)
 
     if len(lists) <= 1:
         return [fetch(item) for item in lists]
@@ -47,9 +50,14 @@ class InFlight:
         self._reads: dict[tuple[object, ...], Future[tuple[str, int, Segment]]] = {}
 
     def fetch(
-        self, heads: Heads, head: Head, lists: list[tuple[str, int]], readers: int = READERS
+        self,
+        heads: Heads,
+        head: Head,
+        lists: list[tuple[str, int]],
+        readers: int = READERS,
+        held: str | None = None,
     ) -> Fetched:
-        """``fetch_lists``, sharing reads in flight."""
+        """``fetch_lists``, sharing reads in flight (all of one index read with one ``held``)."""
         mine: list[tuple[tuple[str, int], tuple[object, ...], Future[tuple[str, int, Segment]]]] = []
         theirs: list[tuple[tuple[str, int], Future[tuple[str, int, Segment]]]] = []
         with self._lock:
@@ -62,7 +70,7 @@ class InFlight:
                 else:
                     theirs.append((item, read))
         try:
-            got = fetch_lists(heads, head, [item for item, _, _ in mine], readers)
+            got = fetch_lists(heads, head, [item for item, _, _ in mine], readers, held)
         except BaseException as exc:
             for _, _, read in mine:
                 read.set_exception(exc)
@@ -78,16 +86,18 @@ class InFlight:
             try:
                 got.append(read.result())
             except Exception:  # their read failed: try it once more here
-                got += fetch_lists(heads, head, [item], readers)
+                got += fetch_lists(heads, head, [item], readers, held)
         return got
 
 
-def read_run(heads: Heads, head: Head, name: str, batch: int = RUN_BATCH) -> Iterator[tuple[int, Segment]]:
+def read_run(
+    heads: Heads, head: Head, name: str, batch: int = RUN_BATCH, held: str | None = None
+) -> Iterator[tuple[int, Segment]]:
     """Every non-empty list of a run, as ``(list number, rows)``, read ``batch`` lists at a
     time as the caller takes them (a whole run at once would be every row decoded)."""
     lists = heads.read_directory(head, name).lists()
     for lo in range(0, len(lists), batch):
-        for _, k, rows in fetch_lists(heads, head, [(name, k) for k in lists[lo : lo + batch]]):
+        for _, k, rows in fetch_lists(heads, head, [(name, k) for k in lists[lo : lo + batch]], held=held):
             yield k, rows
 
 

@@ -13,16 +13,18 @@ other norms, which faiss must hold normalised) the part keeps the stored rows to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..arrays.ann import AnnIndex
+from ..arrays.ann import AnnIndex, ranges_key, sq_decode
 from ..arrays.backend import Backend
 from ..arrays.kernels import normalize, row_norms, unit_norm
 from ..arrays.turboquant import TIERS
+from ..codec.segment import Held
 from ..model import memory_dtype
 
 
@@ -42,6 +44,12 @@ class Layout:
     def bits(self) -> int:
         """Bits per value of the IVF codes in memory: a trained tq8/tq6/tq4 index; else 0."""
         return TIERS.get(self.precision, 0) if self.ranges is not None and self.precision != "tq12" else 0
+
+    @functools.cached_property
+    def held(self) -> str | None:
+        """The name of the ranges whose stored codes (``segment.Held``) parts take as they
+        are: a trained tq8/tq6/tq4 index's; else None."""
+        return ranges_key(self.ranges) if self.bits and self.ranges is not None else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +90,24 @@ class Part:
 STEP = 65536  # rows added to faiss at a time
 
 
+def joined(batch: list[np.ndarray] | list[Held] | list[np.ndarray | Held]) -> np.ndarray | Held:
+    """Consecutive pending rows of one kind (vectors, or held codes of one ranges) as one."""
+    first = batch[0]
+    if len(batch) == 1:
+        return first
+    if isinstance(first, Held):
+        return Held(first.bits, first.key, np.concatenate([b.codes for b in batch if isinstance(b, Held)]))
+    return np.concatenate([b for b in batch if not isinstance(b, Held)])
+
+
+def values(layout: Layout, rows: np.ndarray | Held) -> np.ndarray:
+    """Rows as float32: held codes as the parts they go into reconstruct them."""
+    if isinstance(rows, Held):
+        assert layout.ranges is not None
+        return sq_decode(rows.codes, layout.dimension, rows.bits, layout.ranges)
+    return np.asarray(rows, dtype=np.float32)
+
+
 def _space(vectors: np.ndarray, exact: bool) -> Iterator[tuple[int, np.ndarray]]:
     """``vectors`` as faiss holds them (float32; normalised unless ``exact``), a chunk at a
     time: a big part never has a second full copy."""
@@ -108,9 +134,22 @@ def within(space: np.ndarray, ranges: np.ndarray | None) -> bool:
     return bool(np.all(space >= low) and np.all(space <= low + width))
 
 
-def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lists: np.ndarray) -> Part:
-    """A part over ``vectors`` (stored rows, float32 or the storage precision) that become
-    rows ``start ..``; ``lists`` pins each row to an IVF list (-1: the nearest centroid)."""
+def build(
+    backend: Backend, layout: Layout, start: int, vectors: np.ndarray | Held, lists: np.ndarray
+) -> Part:
+    """A part over ``vectors`` (stored rows, float32 or the storage precision; or their
+    ``Held`` codes of ``layout.held``) that become rows ``start ..``; ``lists`` pins each
+    row to an IVF list (-1: the nearest centroid; held rows are always pinned)."""
+    if isinstance(vectors, Held):  # the codes ``build`` would make of the rows they stand for
+        ann = backend.ann_index(
+            max(layout.dimension, 1),
+            layout.centroids,
+            quantizer=layout.quantizer,
+            bits=layout.bits,
+            ranges=layout.ranges,
+        )
+        ann.add_codes(vectors.codes, lists)
+        return Part(start, len(vectors), ann, None)
     exact = layout.metric != "cosine" or unit_norm(vectors)
     # float16 rows are held as float16 codes; tq rows, once trained, as codes of their width
     # (tq12: float16); before training a tq index is small and searched exactly in float32
@@ -138,13 +177,18 @@ def build(backend: Backend, layout: Layout, start: int, vectors: np.ndarray, lis
 
 
 def extended(
-    backend: Backend, layout: Layout, part: Part, vectors: np.ndarray, lists: np.ndarray
+    backend: Backend, layout: Layout, part: Part, vectors: np.ndarray | Held, lists: np.ndarray
 ) -> Part | None:
-    """``part`` with ``vectors`` appended to its own faiss index (only for a part no
-    snapshot holds yet: a load growing one part instead of many to merge later), or
-    ``None`` when they need another kind of part than it is."""
+    """``part`` with ``vectors`` (or their ``Held`` codes) appended to its own faiss index
+    (only for a part no snapshot holds yet: a load growing one part instead of many to
+    merge later), or ``None`` when they need another kind of part than it is."""
     if part.stored is not None:
         return None
+    if isinstance(vectors, Held):  # into a part of these codes, as given (held rows are exact)
+        if part.norms is not None or part.ann.kind != (True, False, layout.bits):
+            return None
+        part.ann.add_codes(vectors.codes, lists)
+        return Part(part.start, part.n + len(vectors), part.ann, None)
     exact = part.norms is None  # as given; else normalised, with each row's norm beside
     if exact and layout.metric == "cosine" and not unit_norm(vectors):
         return None

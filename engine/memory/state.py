@@ -47,7 +47,7 @@ from ..arrays.ann import flat_quantizer
 from ..arrays.backend import Backend
 from ..codec.centroids import TrainedLists
 from ..codec.run import Directory
-from ..codec.segment import Segment
+from ..codec.segment import Held, Segment
 from ..model import memory_dtype
 from . import parts
 from .partial import Partial, PartialRun
@@ -227,7 +227,8 @@ class Builder:
             self.shadow = base.partial.shadow if base.partial is not None else {}
         self._base_rows = n  # rows from here on were appended by this builder
         self._built = n  # rows below this are in ``parts``
-        self._pending: list[np.ndarray] = []  # vectors of rows from ``_built`` on
+        # rows from ``_built`` on: their vectors, or the codes that stand for them (``Held``)
+        self._pending: list[np.ndarray | Held] = []
         self._rebuild = False  # every row must go into new parts (new centroids, compaction)
         self._growing: Part | None = None  # the last part, made by this builder: it may grow
         self.text = TextBuilder(layout.text, base.text if base is not None else None) if layout.text else None
@@ -266,9 +267,15 @@ class Builder:
             self.alive[dead] = False
             self.live -= len(dead)
             return
-        assert segment.vectors is not None
+        # rows read with codes of this layout's ranges come without vectors, pinned to lists
+        held = segment.held if segment.vectors is None else None
+        assert segment.vectors is not None or (held is not None and held.key == self.layout.held)
         n = len(segment)
-        if self.n_rows == 0 and self.layout.dimension != segment.vectors.shape[1]:
+        if (
+            segment.vectors is not None
+            and self.n_rows == 0
+            and self.layout.dimension != segment.vectors.shape[1]
+        ):
             self.layout = replace(self.layout, dimension=int(segment.vectors.shape[1]))
         start = self.n_rows
         self._grow(n)
@@ -284,7 +291,11 @@ class Builder:
                 latest[key] = row
         self.ids.extend(segment.ids)
         self.lists[start : start + n] = ivf_list
-        self._pending.append(segment.vectors.astype(memory_dtype(self.layout.precision), copy=False))
+        if held is not None:
+            self._pending.append(held)
+        else:
+            assert segment.vectors is not None
+            self._pending.append(segment.vectors.astype(memory_dtype(self.layout.precision), copy=False))
         self.alive[start : start + n] = True
         older = prev[start : start + n]
         older = older[older >= 0]  # the rows these ids had: overwritten, the last write wins
@@ -339,7 +350,8 @@ class Builder:
     def set_centroids(self, name: str | None, trained: TrainedLists | None) -> None:
         """Adopt trained centroids (``None``: back to exact search): every row is indexed anew."""
         # List numbers of other centroids mean nothing here (a new column: earlier snapshots
-        # share the old one).
+        # share the old one); held codes mean nothing under other ranges.
+        self._pending = [parts.values(self.layout, p) for p in self._pending]
         self.lists = np.full(max(len(self.lists), self.n_rows), -1, dtype=np.int64)
         centroids = trained.centroids if trained is not None else None
         ranges = trained.ranges if trained is not None else None
@@ -366,7 +378,7 @@ class Builder:
         self._growing = None
 
     def _all_rows(self) -> np.ndarray:
-        chunks = [p.all_rows() for p in self.parts] + [np.asarray(c, dtype=np.float32) for c in self._pending]
+        chunks = [p.all_rows() for p in self.parts] + [parts.values(self.layout, c) for c in self._pending]
         return np.concatenate(chunks) if chunks else np.empty((0, max(self.layout.dimension, 1)), np.float32)
 
     @property
@@ -382,16 +394,21 @@ class Builder:
             self._index_pending(backend)
 
     def _index_pending(self, backend: Backend) -> None:
-        vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        rows = self.lists[self._built : self.n_rows]
-        last = self.parts[-1] if self.parts and self.parts[-1] is self._growing else None
-        grown = parts.extended(backend, self.layout, last, vectors, rows) if last is not None else None
-        if grown is None:
-            grown = parts.build(backend, self.layout, self._built, vectors, rows)
-            self.parts.append(grown)
-        else:
-            self.parts[-1] = grown
-        self._growing, self._pending, self._built = grown, [], self.n_rows
+        """The pending rows into parts: each stretch of vectors or of held codes grows the
+        part this builder grows when it can take them, else starts a new one."""
+        at = self._built
+        for _, group in itertools.groupby(self._pending, lambda p: isinstance(p, Held)):
+            data = parts.joined(list(group))
+            rows = self.lists[at : at + len(data)]
+            last = self.parts[-1] if self.parts and self.parts[-1] is self._growing else None
+            grown = parts.extended(backend, self.layout, last, data, rows) if last is not None else None
+            if grown is None:
+                grown = parts.build(backend, self.layout, at, data, rows)
+                self.parts.append(grown)
+            else:
+                self.parts[-1] = grown
+            self._growing, at = grown, at + len(data)
+        self._pending, self._built = [], self.n_rows
 
     # -- the next snapshot ----------------------------------------------------------------
     def freeze(self, backend: Backend | None) -> Snapshot:

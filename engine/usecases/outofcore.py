@@ -11,6 +11,8 @@ The passes, over the committed objects in sequence order (a run's lists in list 
    queries' exact neighbours, whether every row has unit norm, a tier's quantizer ranges.
 4. ``write``: for each group of lists of at most ``GROUP_BYTES`` stored bytes, the rows of
    those lists gathered with their stored codes untouched (``segment.Coded``) and written.
+   A tq8/tq6/tq4 index's lists also carry the codes its parts hold in memory within the
+   fitted ranges (``segment.Held``), so a cold load copies those instead of decoding.
 
 A row's list object holds exactly the codes it was stored with, so a reader decodes the
 values the assignment pass saw.
@@ -22,17 +24,17 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..arrays import kmeans, turboquant
-from ..arrays.ann import sq_ranges
+from ..arrays.ann import ranges_key, sq_codes, sq_ranges
 from ..arrays.kernels import normalize, unit_norm
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment
-from ..codec.segment import Coded, Segment
+from ..codec.segment import Coded, Held, Segment
 from ..store.heads import Head, Heads
 
 GROUP_BYTES = 3 << 30  # stored bytes of the lists gathered per pass of ``write``
@@ -197,12 +199,30 @@ def assign(
     return Assigned(labels, got, unit, ranges)
 
 
+def holder(head: Head, got: Assigned) -> Callable[[Coded], Held | None]:
+    """The codes a list's rows will be held as in memory (``Held``), from their stored ones:
+    for a tq8/tq6/tq4 index whose parts hold the rows as given (L2, or cosine rows of unit
+    norm), within the fitted ranges, as ``parts.build`` would encode the rows decoded."""
+    bits = turboquant.TIERS[head.precision] if head.precision in SQ_TIERS else 0
+    ranges = got.ranges
+    if not bits or ranges is None or (head.metric == "cosine" and not got.unit):
+        return lambda coded: None
+    key = ranges_key(ranges)
+    return lambda coded: Held(bits, key, sq_codes(coded.decode(), bits, ranges))
+
+
 def _put(
-    write_rows: Callable[[str, Segment, Coded], None], name: str, k: int, parts: list[tuple[Segment, Coded]]
+    write_rows: Callable[[str, Segment, Coded], None],
+    hold: Callable[[Coded], Held | None],
+    name: str,
+    k: int,
+    parts: list[tuple[Segment, Coded]],
 ) -> None:
-    """Write list ``k`` of run ``name`` from its gathered pieces."""
-    rows = segment.concat([s for s, _ in parts])
-    write_rows(run.list_name(name, k), rows, Coded.concat([c for _, c in parts]))
+    """Write list ``k`` of run ``name`` from its gathered pieces (codes held of an earlier
+    training's ranges are replaced by this one's)."""
+    coded = Coded.concat([c for _, c in parts])
+    rows = replace(segment.concat([s for s, _ in parts]), held=hold(coded))
+    write_rows(run.list_name(name, k), rows, coded)
 
 
 def groups(sizes: np.ndarray, row_bytes: int, budget: int = GROUP_BYTES) -> list[tuple[int, int]]:
@@ -237,6 +257,7 @@ def write(
     tier = turboquant.TIERS.get(head.precision)
     width = turboquant.nbytes(1, d, tier) if tier else d * (2 if head.precision == "float16" else 4)
     rank = np.cumsum(found.alive) - 1
+    hold = holder(head, got)
     for a, b in groups(sizes, width, budget or GROUP_BYTES):
         buckets: dict[int, list[tuple[Segment, Coded]]] = {k: [] for k in range(a, b) if sizes[k]}
         for piece, (_, data) in zip(
@@ -261,7 +282,11 @@ def write(
                     buckets[k].append((seg.take(rows), coded.take(rows)))
 
         with ThreadPoolExecutor(max_workers=readers) as pool:
-            list(pool.map(lambda k, held=buckets: _put(write_rows, name, k, held.pop(k)), sorted(buckets)))
+            list(
+                pool.map(
+                    lambda k, held=buckets: _put(write_rows, hold, name, k, held.pop(k)), sorted(buckets)
+                )
+            )
     directory = run.Directory(n_lists, tuple(int(n) for n in sizes), got.unit, head.precision)
     heads.write(head, name, directory.to_json())
     return directory

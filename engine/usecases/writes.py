@@ -68,7 +68,7 @@ class Writer:
         # Every row encoded in one call, then sliced per list: an encode per list object
         # (thousands at 10M rows) spent most of a tail merge waiting on BLAS's lock.
         coded = segment.coded(rows.vectors, precision)
-        bare = replace(rows, vectors=None)
+        bare = replace(rows, vectors=None, held=None)
 
         def put(k: int) -> None:
             self.heads.write_rows(head, run.list_name(name, k), bare.take(members[k]), coded.take(members[k]))
