@@ -1,5 +1,5 @@
-"""Held codes: a tq8/tq6/tq4 index trained out of core writes, beside each list's rows, the
-codes its parts hold in memory (``segment.Held``). A cold container copies them into its
+"""Held codes: a tq8/tq6/tq4 index's training (in memory or out of core) writes, beside each
+list's rows, the codes its parts hold in memory (``segment.Held``). A cold container copies them into its
 lists instead of decoding every row and encoding it again, and holds exactly what it
 would have held by decoding: the same codes, rows, answers and distances, loading whole
 or list by list, with writes, overwrites and deletes after the training; with rows written
@@ -31,10 +31,10 @@ def near(x: np.ndarray, metric: str) -> np.ndarray:
     return normalize(moved) if metric == "cosine" else moved
 
 
-def trained(store, precision: str, metric: str, *, later: bool = True):
-    """An index trained out of core (16 lists), with overwrites and deletes before the
-    training and, when ``later``, writes after it (close to rows the training saw, inside
-    its ranges)."""
+def trained(store, precision: str, metric: str, *, later: bool = True, in_memory: bool = False):
+    """An index trained (16 lists; out of core unless ``in_memory``), with overwrites and
+    deletes before the training and, when ``later``, writes after it (close to rows the
+    training saw, inside its ranges)."""
     svc = fresh(store, train_threshold=10**9)
     svc.create_index("t", "i", IndexConfig(dimension=D, metric=metric, storage_precision=precision), kek=KEK)
     x = clustered(2400, D, seed=11)
@@ -44,7 +44,7 @@ def trained(store, precision: str, metric: str, *, later: bool = True):
         svc.upsert("t", "i", KEK, RowBatch(ids[lo : lo + 400], x[lo : lo + 400]))
     svc.upsert("t", "i", KEK, RowBatch(ids[10:60], near(x[1000:1050], metric)))  # overwrites
     svc.delete_vectors("t", "i", KEK, ids[300:340])
-    svc.maintenance.in_memory_bytes = 0
+    svc.maintenance.in_memory_bytes = 2**40 if in_memory else 0
     assert svc.train("t", "i", KEK, n_lists=16).trained
     if later:
         svc.upsert("t", "i", KEK, RowBatch(ids[2000:2400], near(x[400:800], metric)))
@@ -87,11 +87,12 @@ def answers(svc, lazy: bool):
     return out, {g["id"]: np.asarray(g["vector"], dtype=np.float32) for g in got}, cold
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
 @pytest.mark.parametrize(
     ("precision", "metric"), [("tq8", "cosine"), ("tq6", "euclidean"), ("tq4", "cosine")]
 )
-def test_training_writes_the_codes_the_parts_hold(precision, metric):
-    svc = trained(MemoryStore(), precision, metric, later=False)
+def test_training_writes_the_codes_the_parts_hold(precision, metric, in_memory):
+    svc = trained(MemoryStore(), precision, metric, later=False, in_memory=in_memory)
     lists, raw = run_objects(svc)
     bits = turboquant.TIERS[precision]
     key = ranges_key(lists.ranges)
@@ -112,11 +113,20 @@ def test_training_writes_the_codes_the_parts_hold(precision, metric):
         assert other.held is None and np.array_equal(other.vectors, values)
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-@pytest.mark.parametrize(("precision", "metric"), [("tq8", "cosine"), ("tq6", "euclidean")])
-def test_a_cold_load_holds_what_decoding_would(precision, metric, lazy, monkeypatch):
+@pytest.mark.parametrize(
+    ("precision", "metric", "lazy", "in_memory"),
+    [
+        ("tq8", "cosine", False, False),
+        ("tq8", "cosine", True, False),
+        ("tq6", "euclidean", False, False),
+        ("tq6", "euclidean", True, False),
+        ("tq8", "cosine", False, True),
+        ("tq4", "euclidean", True, True),
+    ],
+)
+def test_a_cold_load_holds_what_decoding_would(precision, metric, lazy, in_memory, monkeypatch):
     store = MemoryStore()
-    svc = trained(store, precision, metric)
+    svc = trained(store, precision, metric, in_memory=in_memory)
     decoded = {"rows": 0}
     real = turboquant.decode
 
@@ -176,14 +186,15 @@ def test_codes_of_other_ranges_are_not_used_and_a_retraining_writes_its_own():
     )
 
 
-def test_no_codes_for_rows_held_normalised():
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_no_codes_for_rows_held_normalised(in_memory):
     """Cosine rows of other norms are held normalised, with their norms: no held codes."""
     store = MemoryStore()
     svc = fresh(store, train_threshold=10**9)
     svc.create_index("t", "i", IndexConfig(dimension=D, metric="cosine", storage_precision="tq8"), kek=KEK)
     x = clustered(800, D, seed=4)  # not unit norm
     svc.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(800)], x))
-    svc.maintenance.in_memory_bytes = 0
+    svc.maintenance.in_memory_bytes = 2**40 if in_memory else 0
     assert svc.train("t", "i", KEK, n_lists=4).trained
     _, raw = run_objects(svc)
     assert all(segment.decode_coded(data)[0].held is None for data in raw.values())

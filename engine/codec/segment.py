@@ -334,6 +334,10 @@ class Coded:
             raise ValueError(f"{len(raw)} bytes of {dtype} vectors, expected {n * width}")
         return cls(dtype, d, None, np.frombuffer(raw, dtype=np.uint8).reshape(n, width))
 
+    def slice(self, lo: int, hi: int) -> Coded:
+        """Rows ``lo .. hi - 1`` (a view)."""
+        return Coded(self.dtype, self.d, None if self.norms is None else self.norms[lo:hi], self.rows[lo:hi])
+
     def take(self, rows: Any) -> Coded:
         """The rows at positions ``rows`` (copied)."""
         rows = np.asarray(rows, dtype=np.int64)

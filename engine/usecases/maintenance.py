@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..arrays import kmeans, turboquant
-from ..arrays.ann import sq_ranges
-from ..arrays.kernels import normalize
+from ..arrays.ann import ranges_key, sq_codes, sq_ranges
+from ..arrays.kernels import normalize, unit_norm
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment, terms
 from ..codec.centroids import TrainedLists
-from ..codec.segment import Coded, Segment
+from ..codec.segment import Coded, Held, Segment
 from ..errors import CipherVecError, InvalidRequest, TrainingFailed
 from ..memory.cache import StateCache
 from ..memory.parts import Layout
@@ -135,23 +135,25 @@ class Maintenance:
             (probes, recall), (probes_100, _) = chosen[10], chosen[100]
         cent_name, snap_name = f"run/{new_id()}", f"run/{new_id()}"
         head = self._stage(head, "writing the run")
-        self.writer.run(head, snap_name, rows, labels, lists)
-        # What every reader will hold: the rows as the run's objects decode, turned so in place
-        # a chunk at a time (the run is written: nothing needs the rows as given any more),
-        # and in the same pass a tier's quantizer ranges, fitted once for every part
+        # The rows encoded once, for the run; what every reader will hold is those codes
+        # decoded, turned so in place a chunk at a time (nothing needs the rows as given any
+        # more), and in the same pass a tier's quantizer ranges, fitted once for every part
         sq_tier = layout.precision in SQ_TIERS
+        coded = segment.coded(vectors, head.precision)
+        extremes = []
+        for lo in range(0, len(vectors), STORED_ROWS):
+            chunk = vectors[lo : lo + STORED_ROWS]
+            if head.precision != "float32":
+                chunk[:] = coded.slice(lo, lo + len(chunk)).decode()
+            if sq_tier:
+                space = normalize(chunk) if metric == "cosine" else chunk
+                extremes.append(np.stack([space.min(0), space.max(0)]))
+        ranges = sq_ranges(extremes, turboquant.TIERS[layout.precision]) if sq_tier else None
+        trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
+        codes = _held(vectors, metric, layout.precision, ranges)
         try:
-            extremes = []
-            for lo, chunk in zip(
-                range(0, len(vectors), STORED_ROWS), _stored(vectors, head.precision), strict=True
-            ):
-                if head.precision != "float32":
-                    vectors[lo : lo + len(chunk)] = chunk
-                if sq_tier:
-                    space = normalize(chunk) if metric == "cosine" else chunk
-                    extremes.append(np.stack([space.min(0), space.max(0)]))
-            ranges = sq_ranges(extremes, turboquant.TIERS[layout.precision]) if sq_tier else None
-            trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
+            self.writer.run(head, snap_name, rows, labels, lists, coded=coded, held=codes)
+            del coded, codes
             self.heads.write_centroids(head, cent_name, trained_lists)
         except BaseException:
             self.heads.delete_all(head, [snap_name, cent_name])
@@ -421,8 +423,10 @@ def merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
 STORED_ROWS = 16384  # rows turned into their stored form at a time (TurboQuant works in float64)
 
 
-def _stored(vectors: np.ndarray, precision: str) -> Iterator[np.ndarray]:
-    """``vectors`` as readers decode them after storing at ``precision``, a chunk at a time."""
-    for lo in range(0, len(vectors), STORED_ROWS):
-        chunk = vectors[lo : lo + STORED_ROWS]
-        yield chunk if precision == "float32" else segment.as_stored(chunk, precision)
+def _held(vectors: np.ndarray, metric: str, precision: str, ranges: np.ndarray | None) -> Held | None:
+    """The codes a tq8/tq6/tq4 index's parts will hold for ``vectors`` (as every reader
+    decodes them), when parts hold such rows as given (L2, or cosine rows of unit norm)."""
+    if ranges is None or precision not in SQ_TIERS or (metric == "cosine" and not unit_norm(vectors)):
+        return None
+    bits = turboquant.TIERS[precision]
+    return Held(bits, ranges_key(ranges), sq_codes(vectors, bits, ranges))

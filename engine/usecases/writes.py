@@ -10,7 +10,7 @@ import numpy as np
 
 from ..arrays.kernels import unit_norm
 from ..codec import run, segment
-from ..codec.segment import Segment
+from ..codec.segment import Coded, Held, Segment
 from ..memory.cache import StateCache
 from ..memory.lazy import READERS
 from ..names import new_id
@@ -57,9 +57,20 @@ class Writer:
         self.cache.adopt(done.head, name, seg)
         return done
 
-    def run(self, head: Head, name: str, rows: Segment, labels: np.ndarray, n_lists: int) -> None:
+    def run(
+        self,
+        head: Head,
+        name: str,
+        rows: Segment,
+        labels: np.ndarray,
+        n_lists: int,
+        *,
+        coded: Coded | None = None,
+        held: Held | None = None,
+    ) -> None:
         """Write ``rows`` as run ``name``: one object per non-empty list (in parallel), then
-        the directory. On failure nothing of it is left behind."""
+        the directory. On failure nothing of it is left behind. ``coded``: the rows encoded
+        already; ``held``: their codes in a trained index's memory, written beside them."""
         assert rows.vectors is not None
         precision = head.precision
         unit = head.metric != "cosine" or unit_norm(rows.vectors)
@@ -67,8 +78,8 @@ class Writer:
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
         # Every row encoded in one call, then sliced per list: an encode per list object
         # (thousands at 10M rows) spent most of a tail merge waiting on BLAS's lock.
-        coded = segment.coded(rows.vectors, precision)
-        bare = replace(rows, vectors=None, held=None)
+        coded = coded if coded is not None else segment.coded(rows.vectors, precision)
+        bare = replace(rows, vectors=None, held=held)
 
         def put(k: int) -> None:
             self.heads.write_rows(head, run.list_name(name, k), bare.take(members[k]), coded.take(members[k]))
