@@ -62,3 +62,16 @@ def test_codes_of_rows_are_their_rows_codes(dtype):
     taken = whole.take(picks)
     assert taken.section() == alone.section()
     assert np.array_equal(taken.decode(), alone.decode())
+
+
+def test_rows_encode_a_chunk_at_a_time_to_the_codes_of_one_call(monkeypatch):
+    """TurboQuant encodes in float64 with copies of its input alive: ``coded`` takes big
+    batches a chunk at a time, and a row's codes do not depend on the rows beside it."""
+    from ciphervec.engine.arrays import turboquant
+
+    x = np.random.default_rng(3).standard_normal((50, 12)).astype(np.float32)
+    monkeypatch.setattr(segment, "ENCODE_ROWS", 7)
+    for dtype in ("tq8", "tq6", "tq4", "tq12"):
+        whole = turboquant.encode(x, turboquant.TIERS[dtype])
+        assert segment.coded(x, dtype).section() == whole
+    assert len(segment.coded(x[:0], "tq8")) == 0
