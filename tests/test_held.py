@@ -25,6 +25,12 @@ KEK = bytes(range(32))
 D = 24
 
 
+@pytest.fixture(autouse=True)
+def _small_indexes_hold_codes(monkeypatch):
+    """The indexes here are small: let their trainings write held codes as big ones do."""
+    monkeypatch.setattr(segment, "HELD_FROM_ROWS", 100)
+
+
 def near(x: np.ndarray, metric: str) -> np.ndarray:
     """Rows close to ``x`` but none equal to a row (equal rows tie, and ties rank by row)."""
     moved = x + 1e-3 * np.random.default_rng(len(x)).standard_normal(x.shape).astype(np.float32)
@@ -214,3 +220,12 @@ def test_held_codes_round_trip_and_malformed_ones_are_refused():
         segment.decode(bad, held.key)
     with pytest.raises(ValueError):
         segment.encode(segment.Segment("snapshot", seg.ids[:10], x[:10], held=held), "tq8")
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_small_indexes_store_no_codes_twice(in_memory, monkeypatch):
+    """Below ``HELD_FROM_ROWS`` rows a cold load decodes quickly: no held codes are stored."""
+    monkeypatch.setattr(segment, "HELD_FROM_ROWS", 2400)
+    svc = trained(MemoryStore(), "tq8", "cosine", later=False, in_memory=in_memory)
+    _, raw = run_objects(svc)
+    assert all(segment.decode_coded(data)[0].held is None for data in raw.values())

@@ -48,6 +48,12 @@ KINDS = ("upsert", "delete", "snapshot")
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
+# A training writes held codes for an index of at least this many rows: below it a cold
+# load decodes in a few CPU-seconds, not worth storing the codes twice (tq8: 784 bytes per
+# row instead of 400).
+HELD_FROM_ROWS = 1 << 18
+
+
 @dataclass(frozen=True, eq=False)
 class Held:
     """The codes a trained tq8/tq6/tq4 index holds in memory for a segment's rows: faiss

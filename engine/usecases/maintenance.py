@@ -425,8 +425,11 @@ STORED_ROWS = 16384  # rows turned into their stored form at a time (TurboQuant 
 
 def _held(vectors: np.ndarray, metric: str, precision: str, ranges: np.ndarray | None) -> Held | None:
     """The codes a tq8/tq6/tq4 index's parts will hold for ``vectors`` (as every reader
-    decodes them), when parts hold such rows as given (L2, or cosine rows of unit norm)."""
-    if ranges is None or precision not in SQ_TIERS or (metric == "cosine" and not unit_norm(vectors)):
+    decodes them), when parts hold such rows as given (L2, or cosine rows of unit norm),
+    for an index of ``segment.HELD_FROM_ROWS`` rows or more."""
+    if ranges is None or precision not in SQ_TIERS or len(vectors) < segment.HELD_FROM_ROWS:
+        return None
+    if metric == "cosine" and not unit_norm(vectors):
         return None
     bits = turboquant.TIERS[precision]
     return Held(bits, ranges_key(ranges), sq_codes(vectors, bits, ranges))

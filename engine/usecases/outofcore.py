@@ -202,10 +202,12 @@ def assign(
 def holder(head: Head, got: Assigned) -> Callable[[Coded], Held | None]:
     """The codes a list's rows will be held as in memory (``Held``), from their stored ones:
     for a tq8/tq6/tq4 index whose parts hold the rows as given (L2, or cosine rows of unit
-    norm), within the fitted ranges, as ``parts.build`` would encode the rows decoded."""
+    norm) of ``HELD_FROM_ROWS`` rows or more, within the fitted ranges, as ``parts.build``
+    would encode the rows decoded."""
     bits = turboquant.TIERS[head.precision] if head.precision in SQ_TIERS else 0
     ranges = got.ranges
-    if not bits or ranges is None or (head.metric == "cosine" and not got.unit):
+    few = len(got.labels) < segment.HELD_FROM_ROWS
+    if not bits or ranges is None or few or (head.metric == "cosine" and not got.unit):
         return lambda coded: None
     key = ranges_key(ranges)
     return lambda coded: Held(bits, key, sq_codes(coded.decode(), bits, ranges))
