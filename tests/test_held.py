@@ -103,7 +103,8 @@ def test_training_writes_the_codes_the_parts_hold(precision, metric, in_memory):
     bits = turboquant.TIERS[precision]
     key = ranges_key(lists.ranges)
     for k, data in raw.items():
-        seg, coded = segment.decode_coded(data)
+        seg = segment.decode(data, key)
+        _, coded = segment.decode_coded(data)
         assert seg.held is not None and seg.held.key == key and seg.held.bits == bits
         values = coded.decode()  # as any reader decodes the stored codes
         ann = AnnIndex(D, lists.centroids, bits=bits, ranges=lists.ranges)
@@ -184,8 +185,9 @@ def test_codes_of_other_ranges_are_not_used_and_a_retraining_writes_its_own():
     second, raw = run_objects(svc)
     assert ranges_key(second.ranges) != ranges_key(first.ranges)
     for data in raw.values():
-        seg, _ = segment.decode_coded(data)
-        assert seg.held is not None and seg.held.key == ranges_key(second.ranges)
+        assert segment.decode(data, ranges_key(first.ranges)).held is None
+        seg = segment.decode(data, ranges_key(second.ranges))
+        assert seg.held is not None and seg.vectors is None
     q = normalize(clustered(10, D, seed=3))
     assert fresh(store).query("t", "i", KEK, q, top_k=5, n_probes=8) == svc.query(
         "t", "i", KEK, q, top_k=5, n_probes=8
@@ -202,8 +204,9 @@ def test_no_codes_for_rows_held_normalised(in_memory):
     svc.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(800)], x))
     svc.maintenance.in_memory_bytes = 2**40 if in_memory else 0
     assert svc.train("t", "i", KEK, n_lists=4).trained
-    _, raw = run_objects(svc)
-    assert all(segment.decode_coded(data)[0].held is None for data in raw.values())
+    lists, raw = run_objects(svc)
+    key = ranges_key(lists.ranges)
+    assert all(segment.decode(data, key).held is None for data in raw.values())
 
 
 def test_held_codes_round_trip_and_malformed_ones_are_refused():
@@ -227,5 +230,6 @@ def test_small_indexes_store_no_codes_twice(in_memory, monkeypatch):
     """Below ``HELD_FROM_ROWS`` rows a cold load decodes quickly: no held codes are stored."""
     monkeypatch.setattr(segment, "HELD_FROM_ROWS", 2400)
     svc = trained(MemoryStore(), "tq8", "cosine", later=False, in_memory=in_memory)
-    _, raw = run_objects(svc)
-    assert all(segment.decode_coded(data)[0].held is None for data in raw.values())
+    lists, raw = run_objects(svc)
+    key = ranges_key(lists.ranges)
+    assert all(segment.decode(data, key).held is None for data in raw.values())

@@ -225,8 +225,8 @@ def _sections(data: bytes | memoryview) -> tuple[dict[str, Any], list[memoryview
     return header, parts
 
 
-def _rows(header: dict[str, Any], parts: list[memoryview]) -> Segment:
-    """Every section but the vectors, parsed."""
+def _rows(header: dict[str, Any], parts: list[memoryview], held: str | None = None) -> Segment:
+    """Every section but the vectors, parsed; the held codes only if of the ranges ``held``."""
     n = int(header["n"])
     ids = json.loads(bytes(parts[0]))
     metadata = json.loads(bytes(parts[1])) if len(parts[1]) else None
@@ -234,12 +234,13 @@ def _rows(header: dict[str, Any], parts: list[memoryview]) -> Segment:
     if len(ids) != n or any(x is not None and len(x) != n for x in (metadata, contents)):
         raise ValueError("row counts disagree")
     terms = terms_codec.decode(parts[4], n) if len(parts) >= 5 and len(parts[4]) else None
-    return Segment(header["kind"], ids, None, metadata, contents, terms, _held(header, parts, n))
+    return Segment(header["kind"], ids, None, metadata, contents, terms, _held(header, parts, n, held))
 
 
-def _held(header: dict[str, Any], parts: list[memoryview], n: int) -> Held | None:
-    """The held codes section (version 3), copied out of the object's bytes."""
-    if len(parts) < 6:
+def _held(header: dict[str, Any], parts: list[memoryview], n: int, want: str | None) -> Held | None:
+    """The held codes section (version 3) if its ranges are ``want``, copied out of the
+    object's bytes; else None (other ranges' codes are of no use to the reader)."""
+    if len(parts) < 6 or want is None or str(header["held"]["key"]) != want:
         return None
     spec = header["held"]
     bits, key = int(spec["bits"]), str(spec["key"])
@@ -259,9 +260,7 @@ def decode(data: bytes, held: str | None = None) -> Segment:
     for them)."""
     try:
         header, parts = _sections(data)
-        seg = _rows(header, parts)
-        if seg.held is not None and (held is None or seg.held.key != held):
-            seg.held = None  # codes of other ranges: of no use to this reader
+        seg = _rows(header, parts, held)
         if len(parts[3]) and seg.held is None:
             seg.vectors = _vectors(parts[3], len(seg), int(header["d"]), header["dtype"])
     except (ValueError, KeyError, TypeError, struct.error) as exc:
