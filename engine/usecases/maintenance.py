@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..arrays import kmeans, turboquant
-from ..arrays.ann import ranges_key, sq_codes, sq_ranges
+from ..arrays.ann import sq_ranges
 from ..arrays.kernels import normalize, unit_norm
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment, terms
 from ..codec.centroids import TrainedLists
-from ..codec.segment import Coded, Held, Segment
+from ..codec.segment import Coded, Segment
 from ..errors import CipherVecError, InvalidRequest, TrainingFailed
 from ..memory.cache import StateCache
 from ..memory.parts import Layout
@@ -150,7 +150,8 @@ class Maintenance:
                 extremes.append(np.stack([space.min(0), space.max(0)]))
         ranges = sq_ranges(extremes, turboquant.TIERS[layout.precision]) if sq_tier else None
         trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
-        codes = _held(vectors, metric, layout.precision, ranges)
+        hold = outofcore.holder(layout.precision, metric, len(vectors), ranges, lambda: unit_norm(vectors))
+        codes = hold(vectors) if hold else None
         try:
             self.writer.run(head, snap_name, rows, labels, lists, coded=coded, held=codes)
             del coded, codes
@@ -421,15 +422,3 @@ def merge_run(refs: list[SegmentRef]) -> list[SegmentRef]:
 
 
 STORED_ROWS = 16384  # rows turned into their stored form at a time (TurboQuant works in float64)
-
-
-def _held(vectors: np.ndarray, metric: str, precision: str, ranges: np.ndarray | None) -> Held | None:
-    """The codes a tq8/tq6/tq4 index's parts will hold for ``vectors`` (as every reader
-    decodes them), when parts hold such rows as given (L2, or cosine rows of unit norm),
-    for an index of ``segment.HELD_FROM_ROWS`` rows or more."""
-    if ranges is None or precision not in SQ_TIERS or len(vectors) < segment.HELD_FROM_ROWS:
-        return None
-    if metric == "cosine" and not unit_norm(vectors):
-        return None
-    bits = turboquant.TIERS[precision]
-    return Held(bits, ranges_key(ranges), sq_codes(vectors, bits, ranges))

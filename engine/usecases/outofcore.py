@@ -199,23 +199,24 @@ def assign(
     return Assigned(labels, got, unit, ranges)
 
 
-def holder(head: Head, got: Assigned) -> Callable[[Coded], Held | None]:
-    """The codes a list's rows will be held as in memory (``Held``), from their stored ones:
-    for a tq8/tq6/tq4 index whose parts hold the rows as given (L2, or cosine rows of unit
-    norm) of ``HELD_FROM_ROWS`` rows or more, within the fitted ranges, as ``parts.build``
-    would encode the rows decoded."""
-    bits = turboquant.TIERS[head.precision] if head.precision in SQ_TIERS else 0
-    ranges = got.ranges
-    few = len(got.labels) < segment.HELD_FROM_ROWS
-    if not bits or ranges is None or few or (head.metric == "cosine" and not got.unit):
-        return lambda coded: None
-    key = ranges_key(ranges)
-    return lambda coded: Held(bits, key, sq_codes(coded.decode(), bits, ranges))
+def holder(
+    precision: str, metric: str, rows: int, ranges: np.ndarray | None, unit: Callable[[], bool]
+) -> Callable[[np.ndarray], Held] | None:
+    """How a training turns rows (decoded, as every reader holds them) into the codes its
+    parts will hold in memory (``Held``, written beside them), or None where it writes none:
+    only a tq8/tq6/tq4 index of ``HELD_FROM_ROWS`` rows or more whose parts hold its rows
+    as given (L2, or cosine rows of unit norm: ``unit``, asked last), within ``ranges``."""
+    if precision not in SQ_TIERS or ranges is None or rows < segment.HELD_FROM_ROWS:
+        return None
+    if metric == "cosine" and not unit():
+        return None
+    bits, key, fitted = turboquant.TIERS[precision], ranges_key(ranges), ranges
+    return lambda values: Held(bits, key, sq_codes(values, bits, fitted))
 
 
 def _put(
     write_rows: Callable[[str, Segment, Coded], None],
-    hold: Callable[[Coded], Held | None],
+    hold: Callable[[np.ndarray], Held] | None,
     name: str,
     k: int,
     parts: list[tuple[Segment, Coded]],
@@ -223,7 +224,7 @@ def _put(
     """Write list ``k`` of run ``name`` from its gathered pieces (codes held of an earlier
     training's ranges are replaced by this one's)."""
     coded = Coded.concat([c for _, c in parts])
-    rows = replace(segment.concat([s for s, _ in parts]), held=hold(coded))
+    rows = replace(segment.concat([s for s, _ in parts]), held=hold(coded.decode()) if hold else None)
     write_rows(run.list_name(name, k), rows, coded)
 
 
@@ -259,7 +260,7 @@ def write(
     tier = turboquant.TIERS.get(head.precision)
     width = turboquant.nbytes(1, d, tier) if tier else d * (2 if head.precision == "float16" else 4)
     rank = np.cumsum(found.alive) - 1
-    hold = holder(head, got)
+    hold = holder(head.precision, head.metric, len(got.labels), got.ranges, lambda: got.unit)
     for a, b in groups(sizes, width, budget or GROUP_BYTES):
         buckets: dict[int, list[tuple[Segment, Coded]]] = {k: [] for k in range(a, b) if sizes[k]}
         for piece, (_, data) in zip(
@@ -286,7 +287,7 @@ def write(
         with ThreadPoolExecutor(max_workers=readers) as pool:
             list(
                 pool.map(
-                    lambda k, held=buckets: _put(write_rows, hold, name, k, held.pop(k)), sorted(buckets)
+                    lambda k, todo=buckets: _put(write_rows, hold, name, k, todo.pop(k)), sorted(buckets)
                 )
             )
     directory = run.Directory(n_lists, tuple(int(n) for n in sizes), got.unit, head.precision)
