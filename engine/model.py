@@ -10,6 +10,7 @@ import numpy as np
 from .arrays.turboquant import MAX_DIMENSION as MAX_TQ_DIMENSION
 from .arrays.turboquant import TIERS
 from .errors import InvalidRequest, ValidationFailed
+from .names import escape
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
 PRECISIONS = ("float32", "float16", *TIERS)  # tq*: TurboQuant codes (``turboquant``)
@@ -37,8 +38,14 @@ def value_bound(precision: str) -> float:
 def check_index_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidRequest("index_name must be a non-empty string")
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise InvalidRequest(f"index_name is longer than {MAX_NAME_BYTES} bytes")
+    # The store keeps the name percent-encoded as one path component (``names.escape``): a
+    # byte outside ASCII letters, digits and "-._~" takes three, and no file system holds a
+    # component over 255 bytes (the file store answered such a name with a 500).
+    if len(escape(name)) > MAX_NAME_BYTES:
+        raise InvalidRequest(
+            f"index_name is too long: at most {MAX_NAME_BYTES} bytes once percent-encoded"
+            " (a byte other than an ASCII letter, digit or -._~ counts 3)"
+        )
     return name
 
 

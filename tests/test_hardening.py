@@ -279,3 +279,24 @@ def test_the_rows_a_filter_tests_one_by_one_are_bounded(server_factory, tmp_path
     assert status == 200 and sorted(r["id"] for r in out["results"]) == ["b15", "b16"]
     status, out, _ = srv.request("POST", "/v1/vectors/num_vectors", {"index_name": "big", "index_key": KEY})
     assert out == {"result": n}
+
+
+def test_index_names_the_store_cannot_hold_are_400_and_leave_nothing(srv, tmp_path):
+    """A name is one path component once percent-encoded: 43 mathematical-bold letters take
+    172 bytes of UTF-8 but 516 encoded, past any file system's 255 (a 500 before, found by
+    schemathesis); the longest name that fits still works."""
+    bold = "".join(chr(0x1D41A + (i % 26)) for i in range(43))
+    for path in ("/v1/indexes/create", "/v1/vectors/num_vectors"):
+        status, body, _ = srv.request("POST", path, {"index_name": bold, "index_key": KEY, "dimension": 8})
+        assert status == 400 and "percent-encoded" in body["detail"], (path, body)
+    assert not any(p.name.startswith("%F0") for p in (tmp_path / "data").rglob("*"))
+    longest = "\u00e9" * 42 + "a" * 3  # 42 x 6 + 3 = 255 bytes encoded
+    create(srv, longest)
+    status, body, _ = srv.request(
+        "POST", "/v1/vectors/num_vectors", {"index_name": longest, "index_key": KEY}
+    )
+    assert status == 200 and body["result"] == 0, body
+    status, _, _ = srv.request(
+        "POST", "/v1/indexes/create", {"index_name": longest + "a", "index_key": KEY, "dimension": 8}
+    )
+    assert status == 400
