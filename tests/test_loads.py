@@ -603,3 +603,33 @@ def test_a_load_after_an_interrupted_reencryption_queues_the_rewrite_again(store
         time.sleep(0.05)
     assert service.heads.open("t", "docs", new).body.stale_objects() == 0
     assert sorted(service.list_ids("t", "docs", new)) == ["a", "b", "c"]
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {int(pool["num_threads"]) for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_a_load_runs_on_one_blas_thread_and_gives_the_others_back(service, index, tmp_path):
+    """The staging threads are a load's parallelism: BLAS is held to one thread while any
+    load runs (counted, so one load ending does not lift another's limit), then restored."""
+    from threadpoolctl import threadpool_limits
+
+    from ciphervec.infra import blas
+
+    seen: list[set[int]] = []
+    path = write_parquet(tmp_path / "a.parquet", [f"r{i}" for i in range(300)], clustered(300, D, seed=3))
+    with threadpool_limits(limits=2, user_api="blas"):
+        if _blas_threads() != {2}:
+            pytest.skip("no BLAS library that takes a thread count")
+        done = load(
+            service, index, path, options={"rows": 100}, progress=lambda job: seen.append(_blas_threads())
+        )
+        assert done.state == "succeeded" and seen and all(s == {1} for s in seen)
+        assert _blas_threads() == {2}
+        with blas.one_thread():
+            with blas.one_thread():
+                assert _blas_threads() == {1}
+            assert _blas_threads() == {1}  # the outer block still holds it
+        assert _blas_threads() == {2}
