@@ -70,17 +70,17 @@ def rotation(d: int) -> np.ndarray:
 
 @_once
 def _rotation64(d: int) -> np.ndarray:
-    """``rotation(d)`` in float64: rows are rotated in float64 and rounded once, so a row
+    """``rotation(d)`` in float64: rows are decoded in float64 and rounded once, so a row
     gets the same values alone or in a batch (float32 BLAS sums round differently per
     batch shape, and a writer and a cold reader must hold the same values)."""
     return rotation(d).astype(np.float64)
 
 
 @_once
-def _forward64(d: int) -> np.ndarray:
-    """``sqrt(d) * R.T`` in float64: a row times it is ``sqrt(d) R x`` (one product, where
+def _forward(d: int) -> np.ndarray:
+    """``sqrt(d) * R.T`` in float32: a row times it is ``sqrt(d) R x`` (one product, where
     scaling the rows before or after it is two more passes over them)."""
-    return np.ascontiguousarray(_rotation64(d).T * np.sqrt(d))
+    return np.ascontiguousarray(_rotation64(d).T * np.sqrt(d), dtype=np.float32)
 
 
 @_once
@@ -191,19 +191,21 @@ def _norms(x64: np.ndarray) -> np.ndarray:
 
 
 def encode(vectors: np.ndarray, bits: int) -> bytes:
-    """The norms and packed codes of float32 ``(n, d)`` rows."""
+    """The norms and packed codes of float32 ``(n, d)`` rows.
+
+    The rotation is a float32 product (its rounding moves a value by about 1e-7, and a code
+    only where a value lies that close to an edge: 1.6e-5 of them, against float64's
+    product, which was 40 % of an encode). What a reader holds depends only on the codes
+    (``decode`` is float64 throughout), and every row is encoded once, so no two writers
+    need to agree on them. The norm is summed in float64: it is stored, and restored exactly.
+    """
     x = np.asarray(vectors, dtype=np.float32)
     n, d = x.shape
-    x64 = x.astype(np.float64)  # in float64 throughout: see ``_rotation64``
-    length = _norms(x64)
-    norms = length.astype(np.float32)
-    y = x64 @ _forward64(d)  # sqrt(d) R x: divided by the norm below, rounded once
-    del x64
-    z = np.empty((n, d), dtype=np.float32)
-    np.divide(y, np.where(length > 0, length, 1)[:, None], out=z, casting="same_kind")
-    del y
+    length = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    z = x @ _forward(d)  # sqrt(d) R x, divided by the norm below
+    z /= np.where(length > 0, length, 1).astype(np.float32)[:, None]
     codes = quantize(z, bits)
-    return norms.astype("<f4").tobytes() + _pack(codes, bits).tobytes()
+    return length.astype("<f4").tobytes() + _pack(codes, bits).tobytes()
 
 
 def decode(raw: bytes | memoryview, n: int, d: int, bits: int) -> np.ndarray:

@@ -70,7 +70,9 @@ def check(
             bad.extend((first + int(r), "vector has NaN or Inf values") for r in np.flatnonzero(~finite))
             bad.extend((first + int(r), f"vector has values beyond ±{bound:g}") for r in np.flatnonzero(huge))
     if set(map(type, chunk.ids)) - {str} or not all(chunk.ids):  # the rare file with a bad id
-        bad.extend((first + r, "id is not a non-empty string") for r, i in enumerate(chunk.ids) if not _is_id(i))
+        bad.extend(
+            (first + r, "id is not a non-empty string") for r, i in enumerate(chunk.ids) if not _is_id(i)
+        )
     metadata = None
     if chunk.metadata is not None:
         metadata = []
