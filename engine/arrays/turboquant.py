@@ -77,6 +77,12 @@ def _rotation64(d: int) -> np.ndarray:
 
 
 @_once
+def _levels64(bits: int) -> np.ndarray:
+    """``codebook(bits)``'s levels in float64, as ``decode`` looks them up."""
+    return codebook(bits)[0].astype(np.float64)
+
+
+@_once
 def _forward(d: int) -> np.ndarray:
     """``sqrt(d) * R.T`` in float32: a row times it is ``sqrt(d) R x`` (one product, where
     scaling the rows before or after it is two more passes over them)."""
@@ -215,11 +221,13 @@ def decode(raw: bytes | memoryview, n: int, d: int, bits: int) -> np.ndarray:
         raise ValueError(f"{len(raw)} bytes of tq{bits} codes, expected {size}")
     norms = np.frombuffer(raw, dtype="<f4", count=n)
     packed = np.frombuffer(raw, dtype=np.uint8, offset=4 * n).reshape(n, row_bytes(d, bits))
-    levels, _ = codebook(bits)
-    y = levels.astype(np.float64)[_unpack(packed, d, bits)] @ _rotation64(d)  # back from the rotated frame
+    codes = packed if bits == 8 and packed.shape[1] == d else _unpack(packed, d, bits)
+    y = _levels64(bits)[codes] @ _rotation64(d)  # back from the rotated frame
     length = _norms(y)
     scale = np.where(length > 0, norms / np.where(length > 0, length, 1), 0)
-    return np.ascontiguousarray(y * scale[:, None], dtype=np.float32)
+    out = np.empty((n, d), dtype=np.float32)
+    np.multiply(y, scale[:, None], out=out, casting="same_kind")  # scaled in float64, rounded once
+    return out
 
 
 def nbytes(n: int, d: int, bits: int) -> int:
