@@ -21,7 +21,7 @@ from ..engine.errors import Forbidden, InvalidRequest, LoadBusy, LostLease
 from ..engine.service import IndexService
 from ..engine.store.jobs import LoadJob, job_id, new_owner
 from ..engine.usecases.chunks import ChunkSource, embedded
-from . import aws, blas, formats
+from . import aws, formats
 from .sources import open_source, split_s3
 
 log = logging.getLogger("ciphervec.loading")
@@ -111,8 +111,7 @@ def work(
                 record, f"the embedding model {model} is not installed where this load runs"
             )
         read = _embedding(read, lambda texts: embedder.encode(model, texts))
-    with blas.one_thread():
-        done = index.run_load(record, read, should_stop=should_stop, progress=progress)
+    done = index.run_load(record, read, should_stop=should_stop, progress=progress)
     if trainer is not None:  # what its commit made due, as after any upsert
         index.queue_after_load(done, trainer)
     return done

@@ -616,7 +616,7 @@ def test_a_load_runs_on_one_blas_thread_and_gives_the_others_back(service, index
     load runs (counted, so one load ending does not lift another's limit), then restored."""
     from threadpoolctl import threadpool_limits
 
-    from ciphervec.infra import blas
+    from ciphervec.engine.arrays import blas
 
     seen: list[set[int]] = []
     path = write_parquet(tmp_path / "a.parquet", [f"r{i}" for i in range(300)], clustered(300, D, seed=3))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ..arrays import blas
 from ..codec.segment import Segment
 from ..errors import BadSource, CipherVecError, LoadBusy
 from ..memory.prefetch import prefetched
@@ -123,6 +124,7 @@ class Loader:
 
         try:
             with (
+                blas.one_thread(),  # the staging threads are the parallelism
                 ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ciphervec-stage") as pool,
                 prefetched(guarded(read(dict(job.position), dimension))) as chunks,
             ):

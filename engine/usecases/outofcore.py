@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import kmeans, turboquant
+from ..arrays import blas, kmeans, turboquant
 from ..arrays.ann import ranges_key, sq_codes, sq_ranges
 from ..arrays.kernels import normalize, unit_norm
 from ..arrays.turboquant import SQ_TIERS
@@ -284,7 +284,7 @@ def write(
                 if len(rows):
                     buckets[k].append((seg.take(rows), coded.take(rows)))
 
-        with ThreadPoolExecutor(max_workers=readers) as pool:
+        with blas.one_thread(), ThreadPoolExecutor(max_workers=readers) as pool:  # each decodes
             list(
                 pool.map(
                     lambda k, todo=buckets: _put(write_rows, hold, name, k, todo.pop(k)), sorted(buckets)
