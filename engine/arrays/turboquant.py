@@ -192,8 +192,9 @@ def _unpack(packed: np.ndarray, d: int, bits: int) -> np.ndarray:
     return codes.reshape(n, -1)[:, :d].astype(np.uint16)
 
 
-def _norms(x64: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.einsum("ij,ij->i", x64, x64))
+def _norms(x: np.ndarray) -> np.ndarray:
+    """Each row's length, summed in float64 (whatever ``x``'s type)."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
 
 
 def encode(vectors: np.ndarray, bits: int) -> bytes:
@@ -207,7 +208,7 @@ def encode(vectors: np.ndarray, bits: int) -> bytes:
     """
     x = np.asarray(vectors, dtype=np.float32)
     n, d = x.shape
-    length = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    length = _norms(x)
     z = x @ _forward(d)  # sqrt(d) R x, divided by the norm below
     z /= np.where(length > 0, length, 1).astype(np.float32)[:, None]
     codes = quantize(z, bits)
