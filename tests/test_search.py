@@ -253,3 +253,23 @@ def test_calibration_truth_searched_in_chunks_equals_one_search(monkeypatch, cos
     got_d, got_i = kmeans._exact_neighbours(be, queries, x, 18, cosine)
     assert np.array_equal(got_i, want_i)
     assert np.allclose(got_d, want_d, rtol=1e-5, atol=1e-6)
+
+
+def test_calibration_truth_puts_duplicates_at_zero_and_ties_on_the_earlier_row():
+    """The calibration drops a query's exact duplicates by their distance of 0, so the truth
+    measures distances directly (``|x|^2 - 2 q.x`` leaves ~1e-7 there); rows at the same
+    distance come earliest first, across chunks and within one."""
+    be = select(BACKEND)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[[7, 100]].copy()
+    x[[2500, 900, 3999]] = q[0]  # duplicates of the first query, in three chunks
+    x[[1500, 1501]] = q[1] * np.float32(1.5)  # two rows at the same distance from the second
+    near = kmeans.Nearest(be, q, 5)
+    for lo in range(0, len(x), 700):
+        near.add(x[lo : lo + 700], np.arange(lo, min(lo + 700, len(x))))
+    dist, rows = near.result()
+    assert rows[0, :4].tolist() == [7, 900, 2500, 3999] and np.all(dist[0, :4] == 0)
+    assert rows[1, 0] == 100 and dist[1, 0] == 0
+    assert rows[1, 1:3].tolist() == [1500, 1501] and dist[1, 1] == dist[1, 2]
