@@ -70,7 +70,7 @@ def route(
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         dynamic = "<" in path
-        pattern = re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", path) + "$")
+        pattern = re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", path) + r"\Z")
         entry = Route(method, path, pattern, body, fn, dynamic, documented, answer, accepted, status)
         ROUTES.append(entry)
         if dynamic:

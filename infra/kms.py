@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..engine.errors import InvalidRequest, WrongKey
 from . import aws
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 
 
 def _aad(context: dict[str, str]) -> bytes:

@@ -289,6 +289,9 @@ def test_routing_errors(app):
     assert call("GET", "/v1/vectors/query")[0] == 405
     assert call("DELETE", "/v1/health")[0] == 405
     create()
+    # a route's pattern holds to the end of the path: "$" also matched before a final newline
+    assert call("GET", "/v1/indexes/idx/users")[0] != 404  # found (what it answers is beside the point)
+    assert call("GET", "/v1/indexes/idx/users\n")[0] == 404
     status, payload, _ = call("POST", "/v1/indexes/describe", raw="{not json")
     assert status == 422 and isinstance(payload["detail"], list)
 

@@ -136,3 +136,12 @@ def test_writes_racing_a_rotation_lose_nothing(tmp_path):
     assert set(acked) <= set(cold.list_ids("t", "i", new))
     with pytest.raises(InvalidRequest):
         cold.rotate_key("t", "i", new, new, "default")  # one new key, not two
+
+
+@pytest.mark.parametrize("name", ["key\n", "../key", "", "k" * 129])
+def test_local_key_names_hold_to_the_whole_string(tmp_path, name):
+    """A local master key is a file named after the key: a name is letters, digits, '.',
+    '_' and '-' to its very end ("$" also matched before a final newline)."""
+    with pytest.raises(InvalidRequest):
+        LocalKeyWrapper(tmp_path).wrap(name, b"k" * 32, {"index": "i"})
+    assert not list(tmp_path.iterdir())

@@ -66,6 +66,16 @@ def test_bad_keys_are_401(keystore, bad):
         Authenticator(keystore).authenticate(bad)
 
 
+def test_a_real_key_with_a_newline_after_it_is_401(keystore):
+    """Key and tenant patterns hold to the end of the string: ``$`` also matched before a
+    final newline, so ``key + "\\n"`` authenticated and a tenant ``"acme\\n"`` was minted."""
+    auth = Authenticator(keystore)
+    key, _ = auth.create_key("acme", "read")
+    assert auth.authenticate(key).tenant == "acme"
+    with pytest.raises(Unauthorized):
+        auth.authenticate(key + "\n")
+
+
 def test_wrong_secret_for_a_real_key_id(keystore):
     auth = Authenticator(keystore)
     key, _ = auth.create_key("acme", "read")
@@ -80,7 +90,7 @@ def test_root_key_and_disabled_auth(keystore):
     assert "admin" in Authenticator(keystore, enabled=False).authenticate(None).rights
 
 
-@pytest.mark.parametrize("args", [("bad tenant!", "admin"), ("acme", "owner")])
+@pytest.mark.parametrize("args", [("bad tenant!", "admin"), ("acme", "owner"), ("acme\n", "admin")])
 def test_invalid_key_requests(keystore, args):
     with pytest.raises(InvalidRequest):
         Authenticator(keystore).create_key(*args)

@@ -21,8 +21,8 @@ from ...engine.errors import Forbidden, InvalidRequest, Unauthorized
 ROLES = ("admin", "write", "read")
 PERMISSIONS = ("read", "write")
 _ROLE_RIGHTS = {"admin": {"admin", "write", "read"}, "write": {"write", "read"}, "read": {"read"}}
-_KEY = re.compile(r"^cv_([0-9a-f]{16})_([0-9a-f]{64})$")
-_TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY = re.compile(r"^cv_([0-9a-f]{16})_([0-9a-f]{64})\Z")
+_TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def hash_secret(secret: str) -> str:
