@@ -228,3 +228,23 @@ def test_quantize_is_exactly_a_binary_search_over_the_edges(bits):
         ]
     ).astype(np.float32)
     assert np.array_equal(turboquant.quantize(z, bits), np.searchsorted(edges, z))
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8, 12])
+@pytest.mark.parametrize("d", [384, 383, 5, 1])
+def test_packed_layout_is_the_documented_one(bits, d):
+    """Stored codes keep the module's layout whatever packs them: g values of b bits,
+    little-endian, in g*b/8 bytes, the last group padded with zeros; and unpack inverts it."""
+    rng = np.random.default_rng(bits * 1000 + d)
+    codes = rng.integers(0, 1 << bits, (3, d)).astype(np.uint16)
+    g = {4: 2, 6: 4, 8: 1, 12: 2}[bits]
+    nbytes = g * bits // 8
+    want = bytearray()
+    for row in codes.tolist():
+        row = row + [0] * (-d % g)
+        for lo in range(0, len(row), g):
+            value = sum(int(c) << (bits * j) for j, c in enumerate(row[lo : lo + g]))
+            want += value.to_bytes(nbytes, "little")
+    packed = turboquant._pack(codes, bits)
+    assert packed.shape == (3, turboquant.row_bytes(d, bits)) and packed.tobytes() == bytes(want)
+    assert np.array_equal(turboquant._unpack(packed, d, bits), codes)
