@@ -172,8 +172,8 @@ def encode(segment: Segment, dtype: str = "float32", coded: Coded | None = None)
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *sections])
 
 
-# Rows TurboQuant encodes at a time: it works in float64, with several copies of its input
-# alive at once (about 14 bytes per value: 14 GB for a million 384-d rows in one call).
+# Rows TurboQuant encodes at a time: it keeps several copies of its input alive at once
+# (float32 products, int64 bin numbers: ~18 bytes per value, 7 GB for a million 384-d rows).
 ENCODE_ROWS = 1 << 16
 
 
@@ -191,17 +191,6 @@ def coded(vectors: np.ndarray, dtype: str) -> Coded:
         for lo in range(0, max(n, 1), ENCODE_ROWS)
     ]
     return parts[0] if len(parts) == 1 else Coded.concat(parts)
-
-
-def as_stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
-    """``vectors`` as a reader decodes them after ``encode`` at ``dtype`` (a writer's own
-    copy must hold what every other reader will)."""
-    if dtype in turboquant.TIERS:
-        bits = turboquant.TIERS[dtype]
-        return turboquant.decode(turboquant.encode(vectors, bits), len(vectors), vectors.shape[1], bits)
-    if dtype == "float16":
-        return vectors.astype(np.float16).astype(np.float32)
-    return vectors
 
 
 def _sections(data: bytes | memoryview) -> tuple[dict[str, Any], list[memoryview]]:

@@ -150,10 +150,11 @@ class Maintenance:
                 extremes.append(np.stack([space.min(0), space.max(0)]))
         ranges = sq_ranges(extremes, turboquant.TIERS[layout.precision]) if sq_tier else None
         trained_lists = TrainedLists(self.backend.to_host(centroids).astype(np.float32), ranges)
-        hold = outofcore.holder(layout.precision, metric, len(vectors), ranges, lambda: unit_norm(vectors))
+        unit = metric != "cosine" or unit_norm(vectors)  # of the rows as stored: once, for both
+        hold = outofcore.holder(layout.precision, metric, len(vectors), ranges, lambda: unit)
         codes = hold(vectors) if hold else None
         try:
-            self.writer.run(head, snap_name, rows, labels, lists, coded=coded, held=codes)
+            self.writer.run(head, snap_name, rows, labels, lists, coded=coded, held=codes, unit=unit)
             del coded, codes
             self.heads.write_centroids(head, cent_name, trained_lists)
         except BaseException:

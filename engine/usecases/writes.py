@@ -67,13 +67,16 @@ class Writer:
         *,
         coded: Coded | None = None,
         held: Held | None = None,
+        unit: bool | None = None,
     ) -> None:
         """Write ``rows`` as run ``name``: one object per non-empty list (in parallel), then
         the directory. On failure nothing of it is left behind. ``coded``: the rows encoded
-        already; ``held``: their codes in a trained index's memory, written beside them."""
+        already; ``held``: their codes in a trained index's memory, written beside them;
+        ``unit``: whether every row has unit norm, if the caller knows."""
         assert rows.vectors is not None
         precision = head.precision
-        unit = head.metric != "cosine" or unit_norm(rows.vectors)
+        if unit is None:
+            unit = head.metric != "cosine" or unit_norm(rows.vectors)
         members = run.group(rows, labels, n_lists)
         directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
         # Every row encoded in one call, then sliced per list: an encode per list object
