@@ -16,6 +16,7 @@ from ciphervec.engine.codec import segment, terms
 from ciphervec.engine.codec.segment import Segment
 from ciphervec.engine.errors import CorruptObject
 from ciphervec.engine.model import IndexConfig, RowBatch
+from ciphervec.engine.timing import events
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.test_bm25 import QUERIES, corpus
 from tests.test_service import fresh
@@ -32,8 +33,8 @@ def plain_scores(live: dict[str, str], query: str) -> dict[str, np.float32]:
     return {ids[j]: scores[j] for j in np.flatnonzero(scores > 0)}
 
 
-def ours(svc, query: str) -> dict[str, np.float32]:
-    hits = svc.text_query("t", "i", KEK, TextQuery(query), top_k=100_000)
+def ours(svc, query: str, kek: bytes = KEK) -> dict[str, np.float32]:
+    hits = svc.text_query("t", "i", kek, TextQuery(query), top_k=100_000)
     return {h["id"]: np.float32(h["score"]) for h in hits}
 
 
@@ -47,9 +48,9 @@ def rare(live: dict[str, str]) -> str:
     return next(t for t in sorted(df) if 2 <= df[t] <= 5 and t.isalpha())
 
 
-def same_as_plain(svc, live: dict[str, str]) -> None:
+def same_as_plain(svc, live: dict[str, str], kek: bytes = KEK) -> None:
     for q in [*QUERIES, rare(live), f"{rare(live)} bucket"]:
-        want, got = plain_scores(live, q), ours(svc, q)
+        want, got = plain_scores(live, q), ours(svc, q, kek)
         assert got == want, q  # the same rows with bit-identical float32 scores
 
 
@@ -209,7 +210,7 @@ def test_common_terms_are_scored_once_per_snapshot_within_a_bound(monkeypatch):
     put(svc, live, rng)
     same_as_plain(svc, live)
     snap = svc.cache.snapshot(svc.heads.open("t", "i", KEK))
-    cache = snap.cached("bm25-terms", textindex._TermCache)
+    cache = snap.cached("text-view", lambda: textindex.TextView.of(snap)).terms
     assert cache.entries and cache.size == sum(len(r) for r, _ in cache.entries.values()) <= 300
     same_as_plain(svc, live)  # again, partly from the cache
     svc.delete_vectors("t", "i", KEK, [f"d{i}" for i in range(0, 1000, 2)])  # a new snapshot
@@ -237,3 +238,170 @@ def test_rows_analysed_in_many_threads_get_the_terms_they_get_alone():
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(analyze, chunks * 3))
     assert together == alone * 3
+
+
+# -- a cold container's text query from the runs' text objects --------------------------------
+
+
+def lists_held(svc) -> tuple[int, int]:
+    """(lists loaded, lists missing) of the cold container's current snapshot."""
+    snap = svc.cache.current(svc.heads.open("t", "i", KEK).key)
+    if snap.partial is None:
+        return -1, 0
+    loaded = sum(len(r.loaded) for r in snap.partial.runs)
+    return loaded, len(snap.partial.missing())
+
+
+def trained_with_history(monkeypatch, store, n_lists=8):
+    """An index of texts, trained into a run, then overwritten, deleted and grown; returns
+    the live texts."""
+    texts = corpus(1600)
+    rng = np.random.default_rng(7)
+    svc = fresh(store, train_threshold=10**9, merge_at=10**6)
+    create(svc)
+    live = {f"d{i}": texts[i] for i in range(1000)}
+    put(svc, live, rng)
+    assert svc.train("t", "i", KEK, n_lists=n_lists).trained
+    over = {f"d{i}": texts[1599 - i] for i in range(0, 400, 7)}  # newer rows of run ids
+    put(svc, over, rng)
+    svc.delete_vectors("t", "i", KEK, ["d3", "d5", "d7", "d14"])  # d7, d14: overwritten, then deleted
+    new = {f"d{i}": texts[i] for i in range(1000, 1100)}
+    put(svc, new, rng)
+    live |= over | new
+    for gone in ("d3", "d5", "d7", "d14"):
+        live.pop(gone)
+    return live
+
+
+def test_a_cold_text_query_reads_the_runs_text_object_not_its_lists(monkeypatch):
+    store = MemoryStore()
+    live = trained_with_history(monkeypatch, store)
+    names = [k for k in store.list("t/i/run/") if k.endswith("-text")]
+    assert len(names) == 1  # the training wrote the run's postings beside its lists
+    assert all(b"bucket" not in v for k, v in store.items())  # sealed like every object
+
+    Analysed(monkeypatch, fail=True)  # nothing analysed again, cold or not
+    cold = fresh(store, train_threshold=10**9, lazy_rows=1)
+    filled = []  # the background fill would load the rest meanwhile: counted, not run
+    monkeypatch.setattr(cold.cache, "fill_later", filled.append)
+    hits = cold.text_query("t", "i", KEK, TextQuery(QUERIES[0]), top_k=3, include=["metadata"])
+    assert len(filled) == 1
+    loaded, missing = lists_held(cold)
+    assert 1 <= loaded <= 3 and missing >= 8 - 3  # only the lists holding the three hits
+    plain = plain_scores(live, QUERIES[0])
+    assert [np.float32(h["score"]) for h in hits] == sorted(plain.values(), reverse=True)[:3]
+    assert all(plain[h["id"]] == np.float32(h["score"]) for h in hits)  # bm25s's, bit for bit
+    assert all(h["metadata"]["title"] == live[h["id"]] for h in hits)
+    same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live)  # every query, cold
+
+
+def test_cold_text_queries_agree_once_some_lists_or_a_second_run_are_loaded(monkeypatch):
+    store = MemoryStore()
+    live = trained_with_history(monkeypatch, store)
+    svc = fresh(store, train_threshold=10**9, merge_at=2)
+    rng = np.random.default_rng(9)
+    texts = corpus(1600)
+    later = {f"d{i}": texts[1500 - i] for i in range(0, 1100, 11)}  # overwrites old and new rows
+    put(svc, later, rng)
+    live |= later
+    assert svc.merge_tail("t", "i", KEK) >= 2  # the writes since training become a second run
+    head = svc.heads.open("t", "i", KEK)
+    assert sum(r.kind == "run" for r in head.body.segments) == 2
+    assert sum(k.endswith("-text") for k in store.list("t/i/run/")) == 2
+
+    cold = fresh(store, train_threshold=10**9, lazy_rows=1)
+    same_as_plain(cold, live)  # both runs unloaded: the newer one's rows win
+    partly = fresh(store, train_threshold=10**9, lazy_rows=1)
+    partly.query("t", "i", KEK, rng.standard_normal((1, 8)).astype(np.float32), top_k=5, n_probes=3)
+    assert lists_held(partly)[0] >= 3
+    same_as_plain(partly, live)  # some lists in memory, the rest from the text objects
+
+
+def test_filtered_queries_and_runs_without_a_text_object_load_the_lists(monkeypatch):
+    store = MemoryStore()
+    live = trained_with_history(monkeypatch, store)
+    cold = fresh(store, train_threshold=10**9, lazy_rows=1)
+    q, where = QUERIES[0], {"title": {"$exists": True}}
+    hits = cold.text_query("t", "i", KEK, TextQuery(q), top_k=100_000, filters=where)
+    assert {h["id"]: np.float32(h["score"]) for h in hits} == plain_scores(live, q)
+    assert lists_held(cold) == (-1, 0)  # a filter reads every row's metadata: loaded whole
+
+    store = MemoryStore()  # trained out of core: the run has no text object
+    svc = fresh(store, train_threshold=10**9)
+    create(svc)
+    texts = corpus(800)
+    live = {f"d{i}": t for i, t in enumerate(texts)}
+    put(svc, live, np.random.default_rng(3))
+    svc.maintenance.in_memory_bytes = 0
+    assert svc.train("t", "i", KEK, n_lists=4).trained
+    assert not any(k.endswith("-text") for k in store.list("t/i/run/"))
+    cold = fresh(store, train_threshold=10**9, lazy_rows=1)
+    same_as_plain(cold, live)
+    assert lists_held(cold) == (-1, 0)
+
+
+def test_run_text_objects_round_trip_and_refuse_damage():
+    from ciphervec.engine.codec.runtext import RunText
+    from ciphervec.engine.codec.terms import FieldTerms
+    from ciphervec.engine.memory.textindex import run_text
+
+    texts = corpus(50)
+    ft = FieldTerms.of(texts)
+    order = np.random.default_rng(0).permutation(50)
+    text = run_text([f"d{i}" for i in range(50)], {"title": ft}, order)
+    back = RunText.decode(text.encode())
+    assert back is not None and back.ids == [f"d{i}" for i in order.tolist()]
+    f = back.fields["title"]
+    for j, i in enumerate(order.tolist()):  # row j of the run is row i of the batch
+        words = analyze([texts[i]])[0]
+        assert f.lengths[j] == len(words)
+        for w in set(words):
+            t = f.vocab.index(w)
+            k = int(np.searchsorted(f.terms, t))
+            lo, hi = f.ptr[k], f.ptr[k + 1]
+            at = lo + int(np.searchsorted(f.rows[lo:hi], j))
+            assert f.rows[at] == j and f.tf[at] == words.count(w)
+    raw = text.encode()
+    for bad in (raw[:-1], raw + b"\0"):
+        with pytest.raises(ValueError):
+            RunText.decode(bad)
+    flipped = bytearray(raw)
+    flipped[-5] = 0xFF  # the last tf: negative
+    with pytest.raises(ValueError):
+        RunText.decode(bytes(flipped))
+
+
+def test_a_rewrite_under_a_new_key_carries_the_text_object(monkeypatch):
+    store = MemoryStore()
+    live = trained_with_history(monkeypatch, store)
+    before = [k for k in store.list("t/i/run/") if k.endswith("-text")]
+    new = bytes(range(1, 33))
+    svc = fresh(store, retire_grace_seconds=0.0)
+    svc.rotate_key("t", "i", KEK, new, None, reencrypt=True)
+    assert svc.rewrite("t", "i", new) > 0
+    svc.sweep("t", "i", new)
+    after = [k for k in store.list("t/i/run/") if k.endswith("-text")]
+    assert len(after) == 1 and after != before  # copied under the new run's name; the old one swept
+    read = events().get("run_texts_loaded", 0)
+    same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live, new)
+    assert events().get("run_texts_loaded", 0) == read + 1  # the copy, read and opened once
+
+
+def test_cold_hybrid_queries_fuse_as_warm_ones(monkeypatch):
+    store = MemoryStore()
+    live = trained_with_history(monkeypatch, store)
+    warm = fresh(store, train_threshold=10**9, lazy_rows=0)  # loads whole
+    q = np.random.default_rng(11).standard_normal((2, 8)).astype(np.float32)
+
+    def hybrid(svc):
+        return svc.hybrid_query(
+            "t", "i", KEK, q, TextQuery(QUERIES[1]), top_k=5, n_probes=2, include=["metadata"]
+        )
+
+    cold = fresh(store, train_threshold=10**9, lazy_rows=1)
+    monkeypatch.setattr(cold.cache, "fill_later", lambda head: None)  # keep it partial
+    read = events().get("run_texts_loaded", 0)
+    got = hybrid(cold)
+    assert events().get("run_texts_loaded", 0) == read + 1 and lists_held(cold)[1] > 0
+    assert got == hybrid(warm)
+    assert all(h["metadata"]["title"] == live[h["id"]] for hits in got for h in hits)

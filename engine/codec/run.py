@@ -12,9 +12,11 @@ authentication like any swapped object::
 
     <name>       the directory: UTF-8 JSON
                  {"v": 1, "n_lists": L, "rows": [rows of each list], "unit": bool,
-                  "dtype": "float32"|"float16"}
+                  "dtype": "float32"|"float16", "text": bool (optional)}
     <name>-<k>   list k: a segment (``segment.encode``) of kind "snapshot" with the
                  list's rows; empty lists have no object
+    <name>-text  when the directory says ``"text": true``: the BM25 postings of all the
+                 run's rows (``runtext.py``), what a cold text query reads instead of the lists
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Directory:
     rows: tuple[int, ...]
     unit: bool  # every row has unit L2 norm (cosine indexes can keep one copy)
     dtype: str
+    text: bool = False  # a text object (``runtext.py``) holds the run's postings
 
     def to_json(self) -> bytes:
         data = {
@@ -47,6 +50,7 @@ class Directory:
             "rows": list(self.rows),
             "unit": self.unit,
             "dtype": self.dtype,
+            "text": self.text,
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -57,7 +61,11 @@ class Directory:
             if data["v"] != VERSION:
                 raise ValueError("unsupported run version")
             out = cls(
-                int(data["n_lists"]), tuple(int(r) for r in data["rows"]), bool(data["unit"]), data["dtype"]
+                int(data["n_lists"]),
+                tuple(int(r) for r in data["rows"]),
+                bool(data["unit"]),
+                data["dtype"],
+                bool(data.get("text", False)),
             )
             if len(out.rows) != out.n_lists:
                 raise ValueError("row counts do not match the list count")

@@ -3,10 +3,32 @@ newer writes shadow the rows those lists still hold (``state.py``)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec.run import Directory
+
+
+class Memo:
+    """A value computed on first use, then shared by every snapshot holding this memo (a
+    run's text postings: successive snapshots of one partial state share their runs')."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: Any = None
+
+    def get(self, compute: Callable[[], Any]) -> Any:
+        with self._lock:  # one computes; the others wait for its value
+            if not self._done:
+                self._value, self._done = compute(), True
+            return self._value
+
+    def peek(self) -> Any:
+        """The value if computed (None if not)."""
+        return self._value
 
 
 @dataclass(frozen=True)
@@ -17,6 +39,7 @@ class PartialRun:
     seq: int
     directory: Directory
     loaded: frozenset[int] = frozenset()
+    text: Memo = field(default_factory=Memo, compare=False, repr=False)  # its text postings, once read
 
     def missing(self, lists: Any = None) -> list[int]:
         """Non-empty lists (of ``lists``, default all) not loaded yet, ascending."""

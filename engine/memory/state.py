@@ -132,6 +132,8 @@ class Snapshot:
 
     def nbytes(self) -> int:
         own = sum(p.nbytes() for p in self.parts) + (self.text.nbytes() if self.text is not None else 0)
+        if self.partial is not None:  # the text postings of runs not loaded whole
+            own += sum(t.nbytes() for t in (r.text.peek() for r in self.partial.runs) if t is not None)
         return int(own + self.alive.nbytes + self.lists.nbytes + self.prev_ref[0].nbytes + 64 * self.n_rows)
 
     def rows(self, rows: np.ndarray | list[int]) -> np.ndarray:

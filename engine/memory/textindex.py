@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays.text import TextConfig, TextQuery, analyze, term_scores
+from ..codec.runtext import FieldPostings, RunText
 from ..codec.terms import FieldTerms, Terms, field_texts
 
 
@@ -54,6 +55,12 @@ class Block:
             np.concatenate([b.rows for b in blocks]),
             np.concatenate([b.tf for b in blocks]),
         )
+
+    @staticmethod
+    def of(ft: FieldTerms) -> Block:
+        """Rows ``0 .. len(ft) - 1`` of row-major terms, grouped by term (over ``ft.vocab``'s ids)."""
+        row = np.repeat(np.arange(len(ft), dtype=np.int64), np.diff(ft.indptr))
+        return _grouped(0, len(ft), ft.lengths().astype(np.int32), ft.term, row, ft.tf)
 
     def expanded(self) -> np.ndarray:
         """Each posting's term id."""
@@ -114,21 +121,6 @@ class TextIndex:
 
     def nbytes(self) -> int:
         return sum(b.nbytes() for blocks in self.fields.values() for b in blocks)
-
-    def postings(self, name: str, term: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows of field ``name`` holding ``term``, how often, and those rows' lengths."""
-        got = []
-        for block in self.fields.get(name, ()):
-            rows, tf = block.postings(term)
-            if len(rows):
-                got.append((rows, tf, block.lengths[rows - block.start]))
-        if not got:
-            empty = np.empty(0, dtype=np.int32)
-            return empty, empty, empty
-        if len(got) == 1:
-            return got[0]
-        rows_, tf_, lengths_ = zip(*got, strict=True)
-        return np.concatenate(rows_), np.concatenate(tf_), np.concatenate(lengths_)
 
     def terms_of(self, rows: np.ndarray) -> Terms:
         """The terms of ``rows`` (ascending), row-major over the index's term ids (what a
@@ -219,34 +211,109 @@ class TextBuilder:
         return TextIndex(self.ids, self.terms, {f: tuple(b) for f, b in self.blocks.items()})
 
 
+@dataclass(frozen=True, eq=False)
+class Source:
+    """Rows ``offset .. offset + len(alive) - 1`` of a ``TextView``: their postings per field
+    (term ids from ``vocab[field]``) and which of them are live."""
+
+    offset: int
+    alive: np.ndarray  # bool
+    blocks: dict[str, tuple[Block, ...]]
+    vocab: dict[str, dict[str, int]]  # field -> term -> term id
+
+    def postings(self, name: str, word: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live rows (view numbers) of field ``name`` holding ``word``, how often, and
+        those rows' lengths."""
+        term = self.vocab.get(name, {}).get(word, -1)
+        got = []
+        for block in self.blocks.get(name, ()) if term >= 0 else ():
+            rows, tf = block.postings(term)
+            if len(rows):
+                got.append((rows, tf, block.lengths[rows - block.start]))
+        if not got:
+            empty = np.empty(0, dtype=np.int32)
+            return empty, empty, empty
+        rows, tf, lengths = (np.concatenate(a) for a in zip(*got, strict=True)) if len(got) > 1 else got[0]
+        live = self.alive[rows]
+        return rows[live] + self.offset, tf[live], lengths[live]
+
+    def total_length(self, name: str) -> int:
+        """The summed lengths of field ``name`` over the live rows."""
+        blocks = self.blocks.get(name, ())
+        return sum(int(b.lengths[self.alive[b.start : b.start + b.n]].sum()) for b in blocks)
+
+
+class TextView:
+    """What a text query searches: the rows of one or more sources, numbered one after
+    another. A whole snapshot is one source; a partial one adds a source per run whose
+    lists are not all loaded (``runtext.py``). Built once per snapshot, so what it caches
+    (the scored postings of common terms, average lengths) changes only with the rows."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.sources = tuple(sources)
+        self.n_rows = sum(len(s.alive) for s in sources)
+        self.n_docs = sum(int(np.count_nonzero(s.alive)) for s in sources)
+        self.terms = _TermCache()
+        self._average: dict[str, float] = {}
+
+    @staticmethod
+    def of(snap: Any) -> TextView:
+        """A snapshot's own rows (its text index; no rows if it has none)."""
+        index: TextIndex | None = snap.text
+        if index is None:
+            return TextView([Source(0, snap.alive, {}, {})])
+        return TextView([Source(0, snap.alive, dict(index.fields), dict.fromkeys(index.fields, index.ids))])
+
+    def average_length(self, name: str) -> float:
+        got = self._average.get(name)
+        if got is None:
+            total = sum(s.total_length(name) for s in self.sources)
+            got = self._average[name] = total / max(self.n_docs, 1)
+        return got
+
+    def scored(self, name: str, word: str, k1: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows of field ``name`` holding ``word`` and their BM25 scores (a common
+        term's kept in the view's cache)."""
+        key = (name, word)
+        got = self.terms.get(key)
+        if got is not None:
+            return got
+        parts = [s.postings(name, word) for s in self.sources]
+        if len(parts) > 1:
+            rows, tf, lengths = (np.concatenate(a) for a in zip(*parts, strict=True))
+        else:
+            rows, tf, lengths = parts[0]
+        avg = self.average_length(name)
+        got = rows, term_scores(tf, lengths, len(rows), self.n_docs, avg, k1, b)
+        if len(rows) >= CACHE_FROM:
+            self.terms.put(key, got)
+        return got
+
+
 def search(
-    snap: Any, config: TextConfig | None, query: TextQuery, mask: np.ndarray | None, limit: int
+    view: TextView, config: TextConfig | None, query: TextQuery, mask: np.ndarray | None, limit: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows matching ``query`` (among ``mask``'s), best first, and their BM25 scores."""
+    """Rows of ``view`` matching ``query`` (among ``mask``'s), best first, and their BM25
+    scores."""
     searched = query.resolve(config)
     assert config is not None
     words = analyze([query.text])[0]
-    index: TextIndex | None = snap.text
-    alive: np.ndarray = snap.alive
-    n_docs = len(snap.live_rows())
     none = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    if not words or not n_docs or index is None:
+    if not words or not view.n_docs:
         return none
-    ids = [index.ids.get(w, -1) for w in words]
-    legs = []  # per searched field: {term id: (rows, scores)} of live rows holding it
+    legs = []  # per searched field: {word: (rows, scores)} of live rows holding it
     for name, weight in searched:
-        avg = _average_length(snap, index, name)
         per_term = {}
-        for term in set(ids) - {-1}:
-            got = _term(snap, index, name, term, (n_docs, avg, config.k1, config.b))
+        for word in set(words):
+            got = view.scored(name, word, config.k1, config.b)
             if len(got[0]):
-                per_term[term] = got
+                per_term[word] = got
         legs.append((weight, per_term))
     found = [rows for _, per_term in legs for rows, _ in per_term.values()]
     if not found:
         return none
-    if sum(map(len, found)) * 16 > len(alive):  # many postings: a column over every row
-        candidates = np.arange(len(alive), dtype=np.int64)
+    if sum(map(len, found)) * 16 > view.n_rows:  # many postings: a column over every row
+        candidates = np.arange(view.n_rows, dtype=np.int64)
 
         def place(rows: np.ndarray) -> np.ndarray:
             return rows
@@ -260,18 +327,18 @@ def search(
     total = np.zeros(len(candidates), dtype=np.float32)
     for weight, per_term in legs:
         field_sum = np.zeros(len(candidates), dtype=np.float32)
-        for term in ids:  # in query order, repeats included: bm25s's float32 sum
-            if term in per_term:
-                rows, scores = per_term[term]
+        for word in words:  # in query order, repeats included: bm25s's float32 sum
+            if word in per_term:
+                rows, scores = per_term[word]
                 field_sum[place(rows)] += scores
         total += np.float32(weight) * field_sum
     keep = total > 0
     if query.require_all:
-        for term in set(ids):
+        for word in set(words):
             holds = np.zeros(len(candidates), dtype=bool)
             for _, per_term in legs:
-                if term in per_term:
-                    holds[place(per_term[term][0])] = True
+                if word in per_term:
+                    holds[place(per_term[word][0])] = True
             keep &= holds
     if mask is not None:
         keep &= mask[candidates]
@@ -285,14 +352,14 @@ def search(
     return candidates[hit[order]], scores[order]
 
 
-# A snapshot keeps the scored postings of its most recently queried common terms (a term's
+# A view keeps the scored postings of its most recently queried common terms (a term's
 # scores change only with the rows, i.e. with the snapshot): at most this many postings in all.
 CACHED_POSTINGS = 4_000_000
 CACHE_FROM = 2048  # a term with fewer postings is scored afresh each time (cheap)
 
 
 class _TermCache:
-    """Scored postings of one snapshot's common terms, oldest evicted first."""
+    """Scored postings of one view's common terms, oldest evicted first."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -313,32 +380,14 @@ class _TermCache:
             self.size += len(value[0])
 
 
-def _term(
-    snap: Any, index: TextIndex, name: str, term: int, stats: tuple[int, float, float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The live rows of field ``name`` holding ``term`` and their scores under ``stats``
-    (documents, average length, k1, b), from the snapshot's cache for a common term."""
-    cache: _TermCache = snap.cached("bm25-terms", _TermCache)
-    key = (name, term)
-    got = cache.get(key)
-    if got is not None:
-        return got
-    rows, tf, lengths = index.postings(name, term)
-    live = snap.alive[rows]
-    rows, tf, lengths = rows[live], tf[live], lengths[live]
-    n_docs, avg, k1, b = stats
-    got = rows, term_scores(tf, lengths, len(rows), n_docs, avg, k1, b)
-    if len(rows) >= CACHE_FROM:
-        cache.put(key, got)
-    return got
-
-
-def _average_length(snap: Any, index: TextIndex, name: str) -> float:
-    """The mean length of field ``name`` over the snapshot's live rows (once per snapshot)."""
-
-    def compute() -> float:
-        alive = snap.alive
-        total = sum(int(b.lengths[alive[b.start : b.start + b.n]].sum()) for b in index.fields.get(name, ()))
-        return total / max(len(snap.live_rows()), 1)
-
-    return float(snap.cached(("bm25-avg", name), compute))
+def run_text(ids: list[str], terms: Terms, order: np.ndarray) -> RunText:
+    """The text object of a run whose rows are rows ``order`` of a batch with ``ids`` and
+    ``terms`` (``runtext.py``)."""
+    fields = {}
+    for name, ft in terms.items():
+        ft = ft.take(order).pruned()
+        block = Block.of(ft)
+        fields[name] = FieldPostings(
+            ft.vocab, block.lengths, block.terms.astype(np.int32), block.ptr, block.rows, block.tf
+        )
+    return RunText([ids[i] for i in order.tolist()], fields)

@@ -18,8 +18,10 @@ from ..arrays.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextConf
 from ..errors import InvalidRequest, ValidationFailed
 from ..memory.batching import Batcher
 from ..memory.cache import StateCache
+from ..memory.coldtext import locate
 from ..memory.search import knn, search_space
 from ..memory.state import Snapshot
+from ..memory.textindex import TextView
 from ..memory.textindex import search as text_search
 from ..model import MAX_VALUE
 from ..store.heads import Head
@@ -211,10 +213,33 @@ class Reader:
             field_policy.check(head.body.config, filters)
         config = TextConfig.of(head.body.config)
         text.resolve(config)  # 400 before any work
-        snap = self.cache.snapshot(head)
+        snap, found = self._text_hits(head, config, text, filters, top_k)
+        return _scored(snap, found, include or [])
+
+    def _text_hits(
+        self, head: Head, config: TextConfig | None, text: TextQuery, filters: Any, limit: int
+    ) -> tuple[Snapshot, list[tuple[int, float]]]:
+        """The best ``limit`` rows for ``text`` and their scores, as rows of the snapshot
+        returned. Without filters, a cold index's runs answer from their text objects
+        (``coldtext.py``) and only the lists holding the hits are read; a filter needs every
+        row's metadata."""
+        snap = self.cache.snapshot(head, full=bool(filters))
+        missing = snap.partial is not None and snap.partial.missing()
+        cold = self.cache.text_view(head, snap) if missing else None
+        if cold is None:
+            snap = self.cache.snapshot(head)
+            view = snap.cached("text-view", lambda: TextView.of(snap))
+        else:
+            view, runs = cold
+            self.cache.fill_later(head)
         with stage("search"):
-            rows, scores = text_search(snap, config, text, self._filter_mask(snap, filters), top_k)
-        return _scored(snap, list(zip(rows.tolist(), scores.tolist(), strict=True)), include or [])
+            rows, scores = text_search(view, config, text, self._filter_mask(snap, filters), limit)
+        if cold is None:
+            return snap, list(zip(rows.tolist(), scores.tolist(), strict=True))
+        ids, lists = locate(snap, runs, rows)
+        snap = self.cache.load_lists(head, snap, lists)  # those holding the hits, for their fields
+        found = [(snap.row_of(i), s) for i, s in zip(ids, scores.tolist(), strict=True)]
+        return snap, [(r, s) for r, s in found if r is not None]
 
     def hybrid_query(
         self,
@@ -236,10 +261,8 @@ class Reader:
         text.resolve(config)
         depth = top_k * max(1, window)
         vector = self.query(head, queries, top_k=depth, n_probes=n_probes, filters=filters)
-        snap = self.cache.snapshot(head)  # the same head: read once per request
-        with stage("search"):
-            rows, _ = text_search(snap, config, text, self._filter_mask(snap, filters), depth)
-        text_ids = [snap.ids[r] for r in rows.tolist()]
+        snap, found_text = self._text_hits(head, config, text, filters, depth)  # the same head
+        text_ids = [snap.ids[r] for r, _ in found_text]
         out = []
         for hits in vector:
             fused = fuse([h["id"] for h in hits], text_ids, alpha, rrf_k, top_k)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..codec import crypto, run
+from ..codec.runtext import text_name
 from ..errors import CipherVecError
 from ..memory.cache import StateCache
 from ..memory.lazy import READERS
@@ -149,7 +150,7 @@ class Rekeyer:
         return len(done)
 
     def _copy(self, head: Head, stale: list[tuple[str, str]], written: list[str]) -> dict[str, str]:
-        """Each stale object (a run: its lists, then its directory) read, opened with its old
+        """Each stale object (a run: its lists and text object, then its directory) read, opened with its old
         key and sealed under a new name with the current one; names go into ``written`` as
         they are written. Returns old name -> new name."""
         copies: dict[str, str] = {}
@@ -160,6 +161,8 @@ class Rekeyer:
             if kind == "run":
                 directory = self.heads.read_directory(head, old)
                 lists += [(run.list_name(old, k), run.list_name(new, k)) for k in directory.lists()]
+                if directory.text:
+                    lists.append((text_name(old), text_name(new)))
         tops = list(copies.items())
 
         def one(pair: tuple[str, str]) -> None:
