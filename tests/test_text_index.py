@@ -405,3 +405,19 @@ def test_cold_hybrid_queries_fuse_as_warm_ones(monkeypatch):
     assert events().get("run_texts_loaded", 0) == read + 1 and lists_held(cold)[1] > 0
     assert got == hybrid(warm)
     assert all(h["metadata"]["title"] == live[h["id"]] for hits in got for h in hits)
+
+
+def test_a_run_mostly_written_over_since_ranks_only_its_live_rows():
+    store, rng = MemoryStore(), np.random.default_rng(12)
+    texts = corpus(2200)
+    svc = fresh(store, train_threshold=10**9, merge_at=10**6)
+    create(svc)
+    live = {f"d{i}": texts[i] for i in range(1000)}
+    put(svc, live, rng)
+    assert svc.train("t", "i", KEK, n_lists=8).trained
+    later = {f"d{i}": texts[2199 - i] for i in range(0, 1200, 2)} | {
+        f"n{i}": texts[1000 + i] for i in range(500)
+    }
+    put(svc, later, rng)  # more ids written since than the run holds: the run's ids are walked
+    live |= later
+    same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live)

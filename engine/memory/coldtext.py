@@ -64,11 +64,12 @@ def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple
         alive = np.ones(t.n, dtype=bool)
         for k in r.loaded:
             alive[t.starts[k] : t.starts[k + 1]] = False
-        for key, seq in shadow.items() if len(shadow) < t.n else ():
-            row = t.row_of(key) if seq >= r.seq else None
-            if row is not None:
-                alive[row] = False
-        if len(shadow) >= t.n:
+        if len(shadow) < t.n:  # written or deleted since: whichever side is smaller is walked
+            for key, seq in shadow.items():
+                row = t.row_of(key) if seq >= r.seq else None
+                if row is not None:
+                    alive[row] = False
+        else:
             seqs = np.fromiter((shadow.get(i, -1) for i in t.ids), dtype=np.int64, count=t.n)
             alive &= seqs < r.seq
         for other, live in newer:
@@ -82,8 +83,7 @@ def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple
         own = own.copy()
         for t, alive in newer:
             own[_superseded(snap, t, alive)] = False
-    base = TextView.of(snap).sources[0]
-    sources = [Source(0, own, base.blocks, base.vocab)]
+    sources = [Source.of(snap, own)]
     offset = snap.n_rows
     for t, alive in newer:
         sources.append(Source(offset, alive, t.blocks, t.vocab))

@@ -237,6 +237,15 @@ class Source:
         live = self.alive[rows]
         return rows[live] + self.offset, tf[live], lengths[live]
 
+    @staticmethod
+    def of(snap: Any, alive: np.ndarray) -> Source:
+        """A snapshot's own rows (from row 0) with liveness ``alive``: its text index's
+        blocks (none if it has no text index)."""
+        index: TextIndex | None = snap.text
+        if index is None:
+            return Source(0, alive, {}, {})
+        return Source(0, alive, dict(index.fields), dict.fromkeys(index.fields, index.ids))
+
     def total_length(self, name: str) -> int:
         """The summed lengths of field ``name`` over the live rows."""
         blocks = self.blocks.get(name, ())
@@ -258,11 +267,8 @@ class TextView:
 
     @staticmethod
     def of(snap: Any) -> TextView:
-        """A snapshot's own rows (its text index; no rows if it has none)."""
-        index: TextIndex | None = snap.text
-        if index is None:
-            return TextView([Source(0, snap.alive, {}, {})])
-        return TextView([Source(0, snap.alive, dict(index.fields), dict.fromkeys(index.fields, index.ids))])
+        """A whole snapshot's rows."""
+        return TextView([Source.of(snap, snap.alive)])
 
     def average_length(self, name: str) -> float:
         got = self._average.get(name)
