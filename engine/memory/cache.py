@@ -13,7 +13,6 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -25,19 +24,15 @@ from typing import Any
 from ..arrays.backend import Backend
 from ..arrays.text import TextConfig
 from ..codec import run, segment
-from ..codec.runtext import RunText, text_name
 from ..codec.segment import Segment
-from ..errors import CorruptObject
 from ..store.heads import Head, Heads, Key
 from ..store.manifest import SegmentRef
 from ..timing import event, stage
-from . import coldtext, parts
-from .coldtext import RunPostings
+from . import parts
 from .lazy import FILL_BATCH, FILL_READERS, RUN_BATCH, InFlight, apply_lists, read_run
 from .partial import PartialRun
 from .parts import Layout, Part
 from .state import Builder, Snapshot
-from .textindex import TextView
 
 log = logging.getLogger("ciphervec.cache")
 BIG_ROWS = 1 << 20  # indexes this big merge parts of gigabytes: see ``big_heap``
@@ -190,34 +185,6 @@ class StateCache:
                 apply_lists(builder, got)
                 new = self._publish(head.key, builder, base, current)
         return new
-
-    def text_view(self, head: Head, snap: Snapshot) -> tuple[TextView, list[Any]] | None:
-        """What a text query searches on partial snapshot ``snap`` without loading its lists
-        (``coldtext.py``): its view and run sources, or None where a run with missing lists
-        has no usable text object (the caller then loads the lists)."""
-        assert snap.partial is not None
-        runs = [r for r in snap.partial.runs if r.missing()]
-        if not all(r.directory.text for r in runs):
-            return None
-
-        def load(r: PartialRun) -> RunPostings | None:
-            return r.text.get(lambda: self._read_text(head, r))
-
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(runs)))) as pool:
-            got = list(pool.map(load, runs))
-        if any(g is None for g in got):
-            return None
-        texts = {r.name: g for r, g in zip(runs, got, strict=True) if g is not None}
-        return snap.cached("text-view", lambda: coldtext.view(snap, texts))
-
-    def _read_text(self, head: Head, r: PartialRun) -> RunPostings | None:
-        raw = self.heads.read(head, text_name(r.name))
-        event("run_texts_loaded")
-        try:
-            text = RunText.decode(raw)
-            return None if text is None else RunPostings(text, r.directory.rows)
-        except (ValueError, KeyError, TypeError, struct.error) as exc:
-            raise CorruptObject(f"the text object of run {r.name!r} is malformed") from exc
 
     def _publish(self, key: Key, builder: Builder, base: Snapshot, current: Snapshot | None) -> Snapshot:
         """Freeze ``builder`` (grown from ``base``) under ``base``'s bookkeeping; it becomes

@@ -11,12 +11,17 @@ live row holds is superseded by it (that row is the newer: loading would replace
 
 from __future__ import annotations
 
+import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..codec.runtext import RunText
+from ..codec.runtext import RunText, text_name
+from ..errors import CorruptObject
+from ..store.heads import Head, Heads
+from ..timing import event
 from .partial import PartialRun
 from .textindex import Block, Source, TextView
 
@@ -51,6 +56,37 @@ class RunPostings:
 
     def nbytes(self) -> int:
         return sum(b.nbytes() for blocks in self.blocks.values() for b in blocks) + 64 * self.n
+
+
+def text_view(heads: Heads, head: Head, snap: Any) -> tuple[TextView, list[Any]] | None:
+    """What a text query searches on partial snapshot ``snap`` without loading its lists:
+    its view and run sources (``view``), or None where a run with missing lists has no
+    usable text object (the caller then loads the lists). Each run's object is read once
+    and shared by the snapshots of its partial state."""
+    runs = [r for r in snap.partial.runs if r.missing()]
+    if not all(r.directory.text for r in runs):
+        return None
+
+    def load(r: PartialRun) -> RunPostings | None:
+        return r.text.get(lambda: _read(heads, head, r))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(runs)))) as pool:
+        got = list(pool.map(load, runs))
+    if any(g is None for g in got):
+        return None
+    texts = {r.name: g for r, g in zip(runs, got, strict=True) if g is not None}
+    return snap.cached("text-view", lambda: view(snap, texts))
+
+
+def _read(heads: Heads, head: Head, r: PartialRun) -> RunPostings | None:
+    """Run ``r``'s text object, read and opened (None: of another analyzer)."""
+    raw = heads.read(head, text_name(r.name))
+    event("run_texts_loaded")
+    try:
+        text = RunText.decode(raw)
+        return None if text is None else RunPostings(text, r.directory.rows)
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptObject(f"the text object of run {r.name!r} is malformed") from exc
 
 
 def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple[PartialRun, RunPostings]]]:

@@ -18,7 +18,7 @@ from ..arrays.text import DEFAULT_ALPHA, DEFAULT_RRF_K, DEFAULT_WINDOW, TextConf
 from ..errors import InvalidRequest, ValidationFailed
 from ..memory.batching import Batcher
 from ..memory.cache import StateCache
-from ..memory.coldtext import locate
+from ..memory.coldtext import locate, text_view
 from ..memory.search import knn, search_space
 from ..memory.state import Snapshot
 from ..memory.textindex import TextView
@@ -225,7 +225,7 @@ class Reader:
         row's metadata."""
         snap = self.cache.snapshot(head, full=bool(filters))
         missing = snap.partial is not None and snap.partial.missing()
-        cold = self.cache.text_view(head, snap) if missing else None
+        cold = text_view(self.cache.heads, head, snap) if missing else None
         if cold is None:
             snap = self.cache.snapshot(head)
             view = snap.cached("text-view", lambda: TextView.of(snap))
