@@ -201,3 +201,34 @@ def test_parts_merge_in_the_background_and_answers_stay(trained):
     assert svc.get("t", "i", KEK, ["r7", "r3000"], ["vector"]) == cold.get(
         "t", "i", KEK, ["r7", "r3000"], ["vector"]
     )
+
+
+def test_merges_stop_short_of_the_byte_cap_and_answers_stay(monkeypatch):
+    from ciphervec.engine.memory import parts
+
+    store = MemoryStore()
+    svc = service(store)
+    svc.create_index("t", "i", IndexConfig(metric="cosine"), kek=KEK)
+    x = clustered(4000, D, seed=6)
+    svc.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(1000)], x[:1000]))
+    svc.train("t", "i", KEK, n_lists=8)
+    svc.upsert("t", "i", KEK, RowBatch([f"r{i}" for i in range(1000, 1150)], x[1000:1150]))
+    one = svc.cache.current(("t", "i")).parts[-1].nbytes()  # a 150-row write's part
+    cap = int(4.5 * one)
+    monkeypatch.setattr(parts, "MERGE_BYTES", cap)
+    for lo in range(1150, 4000, 150):
+        svc.upsert(
+            "t", "i", KEK, RowBatch([f"r{i}" for i in range(lo, min(lo + 150, 4000))], x[lo : lo + 150])
+        )
+    merger = svc.cache.merger(("t", "i"))
+    assert merger is not None
+    merger.join(timeout=60)
+    snap = svc.cache.current(("t", "i"))
+    sizes = [p.nbytes() for p in snap.parts]
+    assert parts.next_merge(snap.parts) is None
+    assert len(sizes) < 21 and all(s <= cap for s in sizes[1:])  # merged, never past the cap
+    q = x[::97]
+    cold = service(store)  # one part, loaded whole
+    assert svc.query("t", "i", KEK, q, top_k=7, n_probes=3) == cold.query(
+        "t", "i", KEK, q, top_k=7, n_probes=3
+    )

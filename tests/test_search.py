@@ -273,3 +273,30 @@ def test_calibration_truth_puts_duplicates_at_zero_and_ties_on_the_earlier_row()
     assert rows[0, :4].tolist() == [7, 900, 2500, 3999] and np.all(dist[0, :4] == 0)
     assert rows[1, 0] == 100 and dist[1, 0] == 0
     assert rows[1, 1:3].tolist() == [1500, 1501] and dist[1, 1] == dist[1, 2]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_parts_searched_with_lists_found_once_answer_as_each_alone(half):
+    """A snapshot's IVF parts share one coarse quantizer: knn finds each query's lists once
+    and every part scans them (``assigned``), with and without an id selector, exactly as a
+    part's own search does; and the lists given are the lists scanned."""
+    from ciphervec.engine.arrays.ann import flat_quantizer
+
+    cpu = select("numpy")
+    x, q = clustered(6000, 16, seed=8), clustered(30, 16, seed=9)
+    cent = cpu.kmeans(x, 32, niter=10, seed=1, spherical=False, tol=0)
+    quantizer = flat_quantizer(cent)
+    parts = [cpu.ann_index(16, cent, half=half, quantizer=quantizer) for _ in range(2)]
+    parts[0].add(x[:3500])
+    parts[1].add(x[3500:])
+    assigned = quantizer.search(q, 5)
+    for part, n in zip(parts, (3500, 2500), strict=True):
+        for valid in (np.ones(n, bool), np.arange(n) % 7 != 0):
+            d_own, r_own = part.search(q, 10, 5, valid)
+            d_one, r_one = part.search(q, 10, 5, valid, assigned=assigned)
+            np.testing.assert_array_equal(r_one, r_own)
+            np.testing.assert_array_equal(d_one, d_own)
+            assert valid[r_one[r_one >= 0]].all()
+        far = (assigned[0], (assigned[1] + 16) % 32)  # other lists: other rows
+        _, r_far = part.search(q, 10, 5, np.ones(n, bool), assigned=far)
+        assert not np.array_equal(r_far, part.search(q, 10, 5, np.ones(n, bool))[1])

@@ -260,12 +260,15 @@ class AnnIndex:
         excluded: int | None = None,
         *,
         host: bool = False,
+        assigned: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, rows)`` of the ``k`` nearest valid rows; missing slots are -1.
 
         ``excluded`` (rows of ``valid`` that are False) is counted here unless given;
         ``host`` searches on the host even with a GPU (an index still being filled would
-        be mirrored to the device again after every addition)."""
+        be mirrored to the device again after every addition); ``assigned``: the queries'
+        ``nprobe`` nearest centroids (distances, lists) from the shared quantizer, computed
+        once for every part of a snapshot, so an IVF search here only scans those lists."""
         if excluded is None:
             excluded = self.ntotal - int(np.count_nonzero(valid[: self.ntotal]))
         device = self.gpu is not None and not host
@@ -285,7 +288,18 @@ class AnnIndex:
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
             else:
                 params = faiss.SearchParameters(sel=selector)
-        dist, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k, params=params)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if assigned is not None and self.ivf:  # (params: IVF ones, nprobe as assigned)
+            dq = np.ascontiguousarray(assigned[0], dtype=np.float32)
+            iq = np.ascontiguousarray(assigned[1], dtype=np.int64)
+            dist = np.empty((len(q), k), dtype=np.float32)
+            rows = np.empty((len(q), k), dtype=np.int64)
+            ptr = faiss.swig_ptr
+            self.index.search_preassigned_c(
+                len(q), ptr(q), k, ptr(iq), ptr(dq), ptr(dist), ptr(rows), False, params
+            )
+        else:
+            dist, rows = self.index.search(q, k, params=params)
         del bits
         return dist, rows
 

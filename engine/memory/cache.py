@@ -300,14 +300,15 @@ class StateCache:
                     self._publish(key, builder, current, current)
 
     def _consolidate(self, key: Key) -> None:
-        """Merge every part of a whole snapshot into one. A fill publishes a part per few
-        lists, which tiered merging leaves as several parts; each part is one more IVF
-        search (coarse quantizer included) per query: 2x the CPU of one part at 50k rows."""
+        """Merge every part of a whole snapshot into one, up to ``parts.MERGE_BYTES``. A fill
+        publishes a part per few lists, which tiered merging leaves as several parts; each
+        part is one more IVF scan per query (2x the CPU of one part at 50k rows)."""
         merging = self._mergers.get(key)
         if merging is not None:
             merging.join()  # its tier merges first, so that the parts below are the last word
         snap = self._snaps.get(key)
-        if snap is not None and snap.partial is None and len(snap.parts) > 1:
+        whole = snap is not None and sum(p.nbytes() for p in snap.parts) <= parts.MERGE_BYTES
+        if snap is not None and whole and snap.partial is None and len(snap.parts) > 1:
             self._merge_group(key, snap, 0, len(snap.parts))  # written meanwhile: tiers carry on
         del snap, merging
         self._trim()

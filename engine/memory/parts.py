@@ -240,19 +240,30 @@ def merged(backend: Backend, layout: Layout, parts: list[Part], lists: np.ndarra
 
 FANOUT = 4  # neighbours of like size merged at once: each row is rewritten log4(n) times
 MAX_PARTS = 24  # beyond this many parts, the two smallest neighbours merge regardless
+# A merge builds its part beside the parts it replaces, which snapshots hold until it is
+# swapped in: the memory one merge adds. Parts that would merge past it stay apart (a
+# query finds its lists once for all parts, then scans each); a 10M-row tq8 index settles
+# at a few parts instead of peaking at twice its codes while they merge into one.
+MERGE_BYTES = 1 << 30
 
 
-def next_merge(parts: tuple[Part, ...]) -> tuple[int, int] | None:
+def next_merge(parts: tuple[Part, ...], cap: int | None = None) -> tuple[int, int] | None:
     """Parts ``[i, j)`` to merge into one: the rightmost run of ``FANOUT`` or more
-    neighbours of like size (none more than twice the smallest); past ``MAX_PARTS`` parts,
-    the two smallest neighbours. ``None`` when nothing is due."""
+    neighbours of like size (none more than twice the smallest) whose merged part stays
+    within ``cap`` bytes (else its last ``FANOUT`` if they do); past ``MAX_PARTS`` parts,
+    the two smallest neighbours. ``None`` when nothing is due. ``cap``: ``MERGE_BYTES``."""
+    cap = MERGE_BYTES if cap is None else cap
+    sizes = [p.nbytes() for p in parts]
     for end in range(len(parts), 0, -1):
         start, smallest = end - 1, parts[end - 1].n
         while start > 0 and parts[start - 1].n <= 2 * smallest:
             start -= 1
             smallest = min(smallest, parts[start].n)
         if end - start >= FANOUT:
-            return start, end
+            if sum(sizes[start:end]) <= cap:
+                return start, end
+            if sum(sizes[end - FANOUT : end]) <= cap:
+                return end - FANOUT, end
     if len(parts) > MAX_PARTS:
         i = min(range(len(parts) - 1), key=lambda i: parts[i].n + parts[i + 1].n)
         return i, i + 2

@@ -42,12 +42,17 @@ def knn(
     space = np.ascontiguousarray(backend.to_host(search_space(snap.metric, queries)), dtype=np.float32)
     dead = snap.dead_per_part() if row_mask is None else [None] * len(parts)
     host = snap.partial is not None
+    # Several IVF parts share one coarse quantizer: the queries' nearest lists are found
+    # once, not once per part (at 4,096 lists, a third of a part's work per query).
+    ivf = sum(p.ann.ivf for p in parts if p.n)
+    assigned = snap.quantizer.search(space, n_probes) if ivf > 1 and snap.quantizer is not None else None
     found = []
     for part, excluded in zip(parts, dead, strict=True):
         k = min(top_k, part.n)
         if k == 0 or excluded == part.n:
             continue
-        _, rows = part.ann.search(space, k, n_probes, valid[part.start : part.end], excluded, host=host)
+        valid_here = valid[part.start : part.end]
+        _, rows = part.ann.search(space, k, n_probes, valid_here, excluded, host=host, assigned=assigned)
         found.append(np.where(rows >= 0, rows + part.start, -1) if part.start else rows)
     results = []
     for i in range(len(space)):
