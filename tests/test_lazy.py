@@ -129,6 +129,25 @@ def test_cold_query_reads_only_probed_lists_and_matches_a_full_load(trained):
     assert len(cold.list_ids("t", "i", KEK)) == N
 
 
+def test_a_fill_settles_in_parts_no_merge_may_pass(trained, monkeypatch):
+    from ciphervec.engine.memory import parts
+
+    store, x = trained
+    q = x[::500] + 0.01
+    full = service(store, lazy_rows=0)
+    want = answers(full, q, n_probes=3)
+    whole = full.cache.current(("t", "i")).parts[0].nbytes()
+    cap = whole // 3
+    monkeypatch.setattr(parts, "MERGE_BYTES", cap)
+    cold = service(store, lazy_rows=100)
+    answers(cold, q[:1], n_probes=3)
+    wait_filled(cold, "i")  # then merged into as few parts as the cap allows
+    got = cold.cache.current(("t", "i")).parts
+    assert 3 <= len(got) <= 6 and len(parts.packed(got)) == len(got)  # no two neighbours fit together
+    assert all(p.nbytes() <= cap for p in got if p.n > 1)
+    assert answers(cold, q, n_probes=3) == want  # several parts answer as one
+
+
 def test_tail_writes_shadow_rows_of_lists_loaded_later(trained):
     store, x = trained
     far = np.full((1, D), 50.0, np.float32)

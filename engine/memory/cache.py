@@ -300,17 +300,20 @@ class StateCache:
                     self._publish(key, builder, current, current)
 
     def _consolidate(self, key: Key) -> None:
-        """Merge every part of a whole snapshot into one, up to ``parts.MERGE_BYTES``. A fill
-        publishes a part per few lists, which tiered merging leaves as several parts; each
-        part is one more IVF scan per query (2x the CPU of one part at 50k rows)."""
+        """Merge a whole snapshot's parts into as few as ``parts.MERGE_BYTES`` allows
+        (consecutive groups, right to left, so that the groups left of a merge keep their
+        places). A fill publishes a part per few lists, which tiered merging leaves as many
+        parts of uneven sizes; each part is one more IVF scan per query."""
         merging = self._mergers.get(key)
         if merging is not None:
             merging.join()  # its tier merges first, so that the parts below are the last word
         snap = self._snaps.get(key)
-        whole = snap is not None and sum(p.nbytes() for p in snap.parts) <= parts.MERGE_BYTES
-        if snap is not None and whole and snap.partial is None and len(snap.parts) > 1:
-            self._merge_group(key, snap, 0, len(snap.parts))  # written meanwhile: tiers carry on
+        groups = parts.packed(snap.parts) if snap is not None and snap.partial is None else []
         del snap, merging
+        for start, end in reversed(groups):
+            current = self._snaps.get(key)  # written meanwhile: its new parts are at the end
+            if end - start > 1 and (current is None or not self._merge_group(key, current, start, end)):
+                break
         self._trim()
 
     def _trim(self) -> None:

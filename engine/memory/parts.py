@@ -247,6 +247,22 @@ MAX_PARTS = 24  # beyond this many parts, the two smallest neighbours merge rega
 MERGE_BYTES = 1 << 30
 
 
+def packed(parts: tuple[Part, ...], cap: int | None = None) -> list[tuple[int, int]]:
+    """``parts`` in consecutive groups ``[i, j)`` of at most ``cap`` bytes each (default
+    ``MERGE_BYTES``; a bigger part is a group of its own), filled from the left."""
+    cap = MERGE_BYTES if cap is None else cap
+    out, start, held = [], 0, 0
+    for i, p in enumerate(parts):
+        size = p.nbytes()
+        if i > start and held + size > cap:
+            out.append((start, i))
+            start, held = i, 0
+        held += size
+    if parts:
+        out.append((start, len(parts)))
+    return out
+
+
 def next_merge(parts: tuple[Part, ...], cap: int | None = None) -> tuple[int, int] | None:
     """Parts ``[i, j)`` to merge into one: the rightmost run of ``FANOUT`` or more
     neighbours of like size (none more than twice the smallest) whose merged part stays
