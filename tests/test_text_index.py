@@ -17,6 +17,7 @@ from ciphervec.engine.codec.segment import Segment
 from ciphervec.engine.errors import CorruptObject
 from ciphervec.engine.model import IndexConfig, RowBatch
 from ciphervec.engine.timing import events
+from ciphervec.engine.usecases import textparts
 from ciphervec.infra.storage.memory import MemoryStore
 from tests.test_bm25 import QUERIES, corpus
 from tests.test_service import fresh
@@ -243,6 +244,10 @@ def test_rows_analysed_in_many_threads_get_the_terms_they_get_alone():
 # -- a cold container's text query from the runs' text objects --------------------------------
 
 
+def text_objects(store) -> list[str]:
+    return sorted(k for k in store.list("t/i/run/") if "-text-" in k)
+
+
 def lists_held(svc) -> tuple[int, int]:
     """(lists loaded, lists missing) of the cold container's current snapshot."""
     snap = svc.cache.current(svc.heads.open("t", "i", KEK).key)
@@ -276,8 +281,7 @@ def trained_with_history(monkeypatch, store, n_lists=8):
 def test_a_cold_text_query_reads_the_runs_text_object_not_its_lists(monkeypatch):
     store = MemoryStore()
     live = trained_with_history(monkeypatch, store)
-    names = [k for k in store.list("t/i/run/") if k.endswith("-text")]
-    assert len(names) == 1  # the training wrote the run's postings beside its lists
+    assert len(text_objects(store)) == 1  # the training wrote the run's postings beside its lists
     assert all(b"bucket" not in v for k, v in store.items())  # sealed like every object
 
     Analysed(monkeypatch, fail=True)  # nothing analysed again, cold or not
@@ -295,9 +299,13 @@ def test_a_cold_text_query_reads_the_runs_text_object_not_its_lists(monkeypatch)
     same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live)  # every query, cold
 
 
-def test_cold_text_queries_agree_once_some_lists_or_a_second_run_are_loaded(monkeypatch):
+@pytest.mark.parametrize("part_rows", [None, 250])
+def test_cold_text_queries_agree_once_some_lists_or_a_second_run_are_loaded(monkeypatch, part_rows):
+    if part_rows:  # a run's postings in several objects, each ending where a list does
+        monkeypatch.setattr(textparts, "PART_ROWS", part_rows)
     store = MemoryStore()
     live = trained_with_history(monkeypatch, store)
+    assert len(text_objects(store)) == (1 if part_rows is None else 4)
     svc = fresh(store, train_threshold=10**9, merge_at=2)
     rng = np.random.default_rng(9)
     texts = corpus(1600)
@@ -307,7 +315,7 @@ def test_cold_text_queries_agree_once_some_lists_or_a_second_run_are_loaded(monk
     assert svc.merge_tail("t", "i", KEK) >= 2  # the writes since training become a second run
     head = svc.heads.open("t", "i", KEK)
     assert sum(r.kind == "run" for r in head.body.segments) == 2
-    assert sum(k.endswith("-text") for k in store.list("t/i/run/")) == 2
+    assert len({k.rsplit("-text-", 1)[0] for k in text_objects(store)}) == 2
 
     cold = fresh(store, train_threshold=10**9, lazy_rows=1)
     same_as_plain(cold, live)  # both runs unloaded: the newer one's rows win
@@ -326,18 +334,36 @@ def test_filtered_queries_and_runs_without_a_text_object_load_the_lists(monkeypa
     assert {h["id"]: np.float32(h["score"]) for h in hits} == plain_scores(live, q)
     assert lists_held(cold) == (-1, 0)  # a filter reads every row's metadata: loaded whole
 
-    store = MemoryStore()  # trained out of core: the run has no text object
-    svc = fresh(store, train_threshold=10**9)
-    create(svc)
-    texts = corpus(800)
-    live = {f"d{i}": t for i, t in enumerate(texts)}
-    put(svc, live, np.random.default_rng(3))
-    svc.maintenance.in_memory_bytes = 0
-    assert svc.train("t", "i", KEK, n_lists=4).trained
-    assert not any(k.endswith("-text") for k in store.list("t/i/run/"))
+    store = MemoryStore()  # a run written before text objects: its directory lists none
+    with monkeypatch.context() as m:
+        m.setattr(textparts.TextParts, "add_all", lambda self, rows, members: None)
+        live = trained_with_history(m, store)
+    assert not text_objects(store)
     cold = fresh(store, train_threshold=10**9, lazy_rows=1)
     same_as_plain(cold, live)
     assert lists_held(cold) == (-1, 0)
+
+
+def test_a_run_trained_out_of_core_has_its_text_objects_too(monkeypatch):
+    monkeypatch.setattr(textparts, "PART_ROWS", 300)
+    store, rng = MemoryStore(), np.random.default_rng(3)
+    svc = fresh(store, train_threshold=10**9)
+    create(svc)
+    texts = corpus(1400)
+    live = {f"d{i}": t for i, t in enumerate(texts[:1200])}
+    for lo in range(0, 1200, 200):  # several segments: each list gathers pieces of them
+        put(svc, dict(list(live.items())[lo : lo + 200]), rng)
+    svc.maintenance.in_memory_bytes = 0
+    assert svc.train("t", "i", KEK, n_lists=8).trained
+    parts = text_objects(store)
+    assert len(parts) >= 3
+    over = {f"d{i}": texts[1399 - i] for i in range(0, 300, 3)}
+    put(svc, over, rng)
+    live |= over
+    Analysed(monkeypatch, fail=True)
+    read = events().get("run_texts_loaded", 0)
+    same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live)
+    assert events().get("run_texts_loaded", 0) == read + len(parts)
 
 
 def test_run_text_objects_round_trip_and_refuse_damage():
@@ -374,13 +400,13 @@ def test_run_text_objects_round_trip_and_refuse_damage():
 def test_a_rewrite_under_a_new_key_carries_the_text_object(monkeypatch):
     store = MemoryStore()
     live = trained_with_history(monkeypatch, store)
-    before = [k for k in store.list("t/i/run/") if k.endswith("-text")]
+    before = text_objects(store)
     new = bytes(range(1, 33))
     svc = fresh(store, retire_grace_seconds=0.0)
     svc.rotate_key("t", "i", KEK, new, None, reencrypt=True)
     assert svc.rewrite("t", "i", new) > 0
     svc.sweep("t", "i", new)
-    after = [k for k in store.list("t/i/run/") if k.endswith("-text")]
+    after = text_objects(store)
     assert len(after) == 1 and after != before  # copied under the new run's name; the old one swept
     read = events().get("run_texts_loaded", 0)
     same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live, new)

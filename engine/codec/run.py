@@ -12,11 +12,12 @@ authentication like any swapped object::
 
     <name>       the directory: UTF-8 JSON
                  {"v": 1, "n_lists": L, "rows": [rows of each list], "unit": bool,
-                  "dtype": "float32"|"float16", "text": bool (optional)}
+                  "dtype": "float32"|"float16", "text": [rows of each text object]}
     <name>-<k>   list k: a segment (``segment.encode``) of kind "snapshot" with the
                  list's rows; empty lists have no object
-    <name>-text  when the directory says ``"text": true``: the BM25 postings of all the
-                 run's rows (``runtext.py``), what a cold text query reads instead of the lists
+    <name>-text-<g>  text object g of the run, when the directory lists them: the BM25
+                 postings and ids of the next ``text[g]`` rows of the run in list order
+                 (``runtext.py``), what a cold text query reads instead of the lists
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Directory:
     rows: tuple[int, ...]
     unit: bool  # every row has unit L2 norm (cosine indexes can keep one copy)
     dtype: str
-    text: bool = False  # a text object (``runtext.py``) holds the run's postings
+    text: tuple[int, ...] = ()  # rows of each text object (``runtext.py``); () when none
 
     def to_json(self) -> bytes:
         data = {
@@ -50,7 +51,7 @@ class Directory:
             "rows": list(self.rows),
             "unit": self.unit,
             "dtype": self.dtype,
-            "text": self.text,
+            "text": list(self.text),
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -65,10 +66,12 @@ class Directory:
                 tuple(int(r) for r in data["rows"]),
                 bool(data["unit"]),
                 data["dtype"],
-                bool(data.get("text", False)),
+                tuple(int(r) for r in data.get("text", ())),
             )
             if len(out.rows) != out.n_lists:
                 raise ValueError("row counts do not match the list count")
+            if out.text and sum(out.text) != sum(out.rows):
+                raise ValueError("text objects do not cover the run's rows")
             return out
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"run {name!r} has a malformed directory") from exc

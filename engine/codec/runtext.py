@@ -1,12 +1,13 @@
-"""A run's text object: the BM25 postings of all of a run's rows in one object, grouped by
-term, so that a cold container answers a text query without reading the run's lists.
+"""A run's text objects: the BM25 postings of a run's rows grouped by term, with their ids,
+so that a cold container answers a text query without reading the run's lists.
 
 A training (or a tail merge) that writes a run of an index with full-text fields writes,
-beside its list objects, ``<run>-text`` (sealed like them, under its own name), and marks
-the run's directory ``"text": true``. Its rows are the run's rows in run order: list 0's
-rows, then list 1's, and so on (``Directory.rows`` tells where each list starts). The
-terms come from the rows' stored terms, so nothing is analysed again; they exist only in
-sealed objects and in memory, like the metadata they come from.
+beside its list objects, ``<run>-text-0``, ``<run>-text-1``, ... (sealed like them, each
+under its own name), and lists their row counts in the run's directory (``"text"``).
+Object g holds the next ``text[g]`` rows of the run in run order: list 0's rows, then list
+1's, and so on (``Directory.rows`` tells where each list starts); an object ends where a
+list does. The terms come from the rows' stored terms, so nothing is analysed again; they
+exist only in sealed objects and in memory, like the metadata they come from.
 
 Byte layout::
 
@@ -33,9 +34,9 @@ from ..arrays import text as analysis
 VERSION = 1
 
 
-def text_name(run_name: str) -> str:
-    """The text object of run ``run_name``."""
-    return f"{run_name}-text"
+def text_name(run_name: str, part: int) -> str:
+    """Text object ``part`` of run ``run_name``."""
+    return f"{run_name}-text-{part}"
 
 
 @dataclass(frozen=True, eq=False)

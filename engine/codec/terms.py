@@ -92,8 +92,14 @@ class FieldTerms:
         index: dict[str, int] = {}
         terms, indptrs, offset = [], [np.zeros(1, dtype=np.int64)], 0
         for part in parts:
-            remap = np.fromiter(
-                (index.setdefault(t, len(index)) for t in part.vocab), dtype=np.int32, count=len(part.vocab)
+            # only the terms the part's rows use: a part taken out of a bigger batch keeps
+            # that batch's whole vocabulary (a list of a run gathered from many segments)
+            used = np.unique(part.term)
+            remap = np.zeros(len(part.vocab), dtype=np.int32)
+            remap[used] = np.fromiter(
+                (index.setdefault(part.vocab[i], len(index)) for i in used.tolist()),
+                dtype=np.int32,
+                count=len(used),
             )
             terms.append(remap[part.term] if len(part.term) else part.term)
             indptrs.append(part.indptr[1:] + offset)

@@ -14,33 +14,57 @@ from __future__ import annotations
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..codec.run import Directory
 from ..codec.runtext import RunText, text_name
 from ..errors import CorruptObject
 from ..store.heads import Head, Heads
 from ..timing import event
+from .lazy import READERS
 from .partial import PartialRun
 from .textindex import Block, Source, TextView
 
 
-class RunPostings:
-    """A run's text object as searchable blocks, its ids' rows, where its lists start."""
+@dataclass(frozen=True, eq=False)
+class TextPart:
+    """One text object of a run: its rows' postings (rows from 0) and term ids per field."""
 
-    def __init__(self, text: RunText, rows_per_list: tuple[int, ...]) -> None:
-        self.ids = text.ids
-        self.n = len(text.ids)
-        self.blocks: dict[str, tuple[Block, ...]] = {
-            name: (Block(0, self.n, f.lengths, f.terms.astype(np.int64), f.ptr, f.rows, f.tf),)
+    start: int  # its first row, in run order
+    n: int
+    blocks: dict[str, tuple[Block, ...]]
+    vocab: dict[str, dict[str, int]]
+
+    @staticmethod
+    def of(start: int, text: RunText) -> TextPart:
+        n = len(text.ids)
+        blocks: dict[str, tuple[Block, ...]] = {
+            name: (Block(0, n, f.lengths, f.terms.astype(np.int64), f.ptr, f.rows, f.tf),)
             for name, f in text.fields.items()
         }
-        self.vocab = {name: {t: i for i, t in enumerate(f.vocab)} for name, f in text.fields.items()}
-        self.starts = np.zeros(len(rows_per_list) + 1, dtype=np.int64)
-        np.cumsum(rows_per_list, out=self.starts[1:])
+        vocab = {name: {t: i for i, t in enumerate(f.vocab)} for name, f in text.fields.items()}
+        return TextPart(start, n, blocks, vocab)
+
+
+class RunPostings:
+    """A run's text objects as searchable parts, its ids' rows, where its lists start."""
+
+    def __init__(self, texts: list[RunText], directory: Directory) -> None:
+        self.ids = [i for t in texts for i in t.ids]
+        self.n = len(self.ids)
+        self.parts, start = [], 0
+        for t, size in zip(texts, directory.text, strict=True):
+            if len(t.ids) != size:
+                raise ValueError("a text object does not hold the rows its run's directory says")
+            self.parts.append(TextPart.of(start, t))
+            start += size
+        self.starts = np.zeros(len(directory.rows) + 1, dtype=np.int64)
+        np.cumsum(directory.rows, out=self.starts[1:])
         if self.starts[-1] != self.n:
-            raise ValueError("a run's text object does not hold its rows")
+            raise ValueError("a run's text objects do not hold its rows")
         self._index: dict[str, int] | None = None
         self._lock = threading.Lock()
 
@@ -55,7 +79,8 @@ class RunPostings:
         return int(np.searchsorted(self.starts, row, side="right")) - 1
 
     def nbytes(self) -> int:
-        return sum(b.nbytes() for blocks in self.blocks.values() for b in blocks) + 64 * self.n
+        own = sum(b.nbytes() for p in self.parts for blocks in p.blocks.values() for b in blocks)
+        return own + 64 * self.n
 
 
 def text_view(heads: Heads, head: Head, snap: Any) -> tuple[TextView, list[Any]] | None:
@@ -79,14 +104,24 @@ def text_view(heads: Heads, head: Head, snap: Any) -> tuple[TextView, list[Any]]
 
 
 def _read(heads: Heads, head: Head, r: PartialRun) -> RunPostings | None:
-    """Run ``r``'s text object, read and opened (None: of another analyzer)."""
-    raw = heads.read(head, text_name(r.name))
-    event("run_texts_loaded")
+    """Run ``r``'s text objects, read in parallel and opened (None: of another analyzer)."""
+
+    def one(g: int) -> RunText | None:
+        raw = heads.read(head, text_name(r.name, g))
+        try:
+            return RunText.decode(raw)
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            raise CorruptObject(f"text object {g} of run {r.name!r} is malformed") from exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(r.directory.text)))) as pool:
+        texts = list(pool.map(one, range(len(r.directory.text))))
+    event("run_texts_loaded", len(texts))
+    if any(t is None for t in texts):
+        return None
     try:
-        text = RunText.decode(raw)
-        return None if text is None else RunPostings(text, r.directory.rows)
-    except (ValueError, KeyError, TypeError, struct.error) as exc:
-        raise CorruptObject(f"the text object of run {r.name!r} is malformed") from exc
+        return RunPostings([t for t in texts if t is not None], r.directory)
+    except ValueError as exc:
+        raise CorruptObject(f"the text objects of run {r.name!r} do not match it") from exc
 
 
 def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple[PartialRun, RunPostings]]]:
@@ -122,7 +157,8 @@ def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple
     sources = [Source.of(snap, own)]
     offset = snap.n_rows
     for t, alive in newer:
-        sources.append(Source(offset, alive, t.blocks, t.vocab))
+        for p in t.parts:
+            sources.append(Source(offset + p.start, alive[p.start : p.start + p.n], p.blocks, p.vocab))
         offset += t.n
     return TextView(sources), [(r, texts[r.name]) for r in runs]
 

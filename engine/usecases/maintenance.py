@@ -249,8 +249,8 @@ class Maintenance:
         written = [snap_name, cent_name]
         at = head
 
-        def write_rows(obj: str, rows: Segment, coded: Coded) -> None:
-            self.heads.write_rows(at, obj, rows, coded)
+        def write_rows(obj: str, rows: Segment, coded: Coded) -> Segment:
+            return self.heads.write_rows(at, obj, rows, coded)
 
         try:
             outofcore.write(self.heads, head, found, got, snap_name, lists, write_rows)

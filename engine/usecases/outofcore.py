@@ -35,7 +35,9 @@ from ..arrays.kernels import normalize, unit_norm
 from ..arrays.turboquant import SQ_TIERS
 from ..codec import run, segment
 from ..codec.segment import Coded, Held, Segment
+from ..codec.terms import Terms
 from ..store.heads import Head, Heads
+from .textparts import TextParts
 
 GROUP_BYTES = 3 << 30  # stored bytes of the lists gathered per pass of ``write``
 PREFETCH = 4  # objects read ahead of the one being parsed
@@ -215,17 +217,18 @@ def holder(
 
 
 def _put(
-    write_rows: Callable[[str, Segment, Coded], None],
+    write_rows: Callable[[str, Segment, Coded], Segment],
     hold: Callable[[np.ndarray], Held] | None,
     name: str,
     k: int,
     parts: list[tuple[Segment, Coded]],
-) -> None:
+) -> tuple[list[str], Terms | None]:
     """Write list ``k`` of run ``name`` from its gathered pieces (codes held of an earlier
-    training's ranges are replaced by this one's)."""
+    training's ranges are replaced by this one's); returns its ids and terms as written."""
     coded = Coded.concat([c for _, c in parts])
     rows = replace(segment.concat([s for s, _ in parts]), held=hold(coded.decode()) if hold else None)
-    write_rows(run.list_name(name, k), rows, coded)
+    written = write_rows(run.list_name(name, k), rows, coded)
+    return written.ids, written.terms
 
 
 def groups(sizes: np.ndarray, row_bytes: int, budget: int = GROUP_BYTES) -> list[tuple[int, int]]:
@@ -249,12 +252,14 @@ def write(
     got: Assigned,
     name: str,
     n_lists: int,
-    write_rows: Callable[[str, Segment, Coded], None],
+    write_rows: Callable[[str, Segment, Coded], Segment],
     budget: int | None = None,
     readers: int = 16,
 ) -> run.Directory:
-    """Pass 4: the run ``name``, a group of lists per pass over the objects; then its
-    directory (the caller deletes the run if this raises)."""
+    """Pass 4: the run ``name``, a group of lists per pass over the objects, and its text
+    objects as its lists are written; then its directory (the caller deletes the run if
+    this raises)."""
+    text = TextParts(heads, head, name)
     sizes = np.bincount(got.labels, minlength=n_lists)
     d = int(head.body.config["dimension"])
     tier = turboquant.TIERS.get(head.precision)
@@ -285,11 +290,11 @@ def write(
                     buckets[k].append((seg.take(rows), coded.take(rows)))
 
         with blas.one_thread(), ThreadPoolExecutor(max_workers=readers) as pool:  # each decodes
-            list(
-                pool.map(
-                    lambda k, todo=buckets: _put(write_rows, hold, name, k, todo.pop(k)), sorted(buckets)
-                )
-            )
-    directory = run.Directory(n_lists, tuple(int(n) for n in sizes), got.unit, head.precision)
+            for ids, terms in pool.map(
+                lambda k, todo=buckets: _put(write_rows, hold, name, k, todo.pop(k)), sorted(buckets)
+            ):
+                text.add(ids, terms)  # in list order
+    rows_per_list = tuple(int(n) for n in sizes)
+    directory = run.Directory(n_lists, rows_per_list, got.unit, head.precision, text.finish())
     heads.write(head, name, directory.to_json())
     return directory

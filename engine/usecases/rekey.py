@@ -161,8 +161,7 @@ class Rekeyer:
             if kind == "run":
                 directory = self.heads.read_directory(head, old)
                 lists += [(run.list_name(old, k), run.list_name(new, k)) for k in directory.lists()]
-                if directory.text:
-                    lists.append((text_name(old), text_name(new)))
+                lists += [(text_name(old, g), text_name(new, g)) for g in range(len(directory.text))]
         tops = list(copies.items())
 
         def one(pair: tuple[str, str]) -> None:

@@ -9,17 +9,15 @@ from dataclasses import replace
 import numpy as np
 
 from ..arrays.kernels import unit_norm
-from ..arrays.text import TextConfig
 from ..codec import run, segment
-from ..codec.runtext import text_name
 from ..codec.segment import Coded, Held, Segment
 from ..memory.cache import StateCache
 from ..memory.lazy import READERS
-from ..memory.textindex import run_text
 from ..names import new_id
 from ..store.heads import Committed, Head, Heads
 from ..store.transactions import Append, Due, JobRules
 from ..timing import stage
+from .textparts import TextParts
 
 
 class Writer:
@@ -81,29 +79,24 @@ class Writer:
         if unit is None:
             unit = head.metric != "cosine" or unit_norm(rows.vectors)
         members = run.group(rows, labels, n_lists)
-        # With full-text fields, the run's postings go in a text object of their own (what a
-        # cold text query reads instead of the lists), from the rows' terms (analysed here,
-        # once, for rows written before terms were stored).
-        fields = TextConfig.fields_of(head.body.config)
-        bare = replace(rows.with_terms(fields) if fields else rows, vectors=None, held=held)
-        text = None
-        if fields and bare.terms is not None:
-            order = np.concatenate(members) if members else np.empty(0, dtype=np.int64)
-            text = run_text(bare.ids, {f: bare.terms[f] for f in fields}, order)
-        directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision, text is not None)
+        # With full-text fields, the run's postings also go in text objects of their own
+        # (what a cold text query reads instead of the lists), from the rows' terms
+        # (analysed here, once, for rows written before terms were stored).
+        text = TextParts(self.heads, head, name)
+        bare = replace(rows.with_terms(text.fields) if text.fields else rows, vectors=None, held=held)
         # Every row encoded in one call, then sliced per list: an encode per list object
         # (thousands at 10M rows) spent most of a tail merge waiting on BLAS's lock.
         coded = coded if coded is not None else segment.coded(rows.vectors, precision)
+        sizes = tuple(len(m) for m in members)
 
         def put(k: int) -> None:
             self.heads.write_rows(head, run.list_name(name, k), bare.take(members[k]), coded.take(members[k]))
 
         try:
             with stage("io"), ThreadPoolExecutor(max_workers=READERS) as pool:
-                list(pool.map(put, directory.lists()))
-            if text is not None:
-                self.heads.write(head, text_name(name), text.encode())
-                del text
+                list(pool.map(put, [k for k, n in enumerate(sizes) if n]))
+            text.add_all(bare, members)
+            directory = run.Directory(n_lists, sizes, unit, precision, text.finish())
             self.heads.write(head, name, directory.to_json())
         except BaseException:
             self.heads.delete_all(head, [name])
