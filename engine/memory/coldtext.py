@@ -24,6 +24,7 @@ from ..codec.runtext import RunText, text_name
 from ..errors import CorruptObject
 from ..store.heads import Head, Heads
 from ..timing import event
+from .cache import StateCache
 from .lazy import READERS
 from .partial import PartialRun
 from .textindex import Block, Source, TextView
@@ -83,24 +84,41 @@ class RunPostings:
         return own + 64 * self.n
 
 
-def text_view(heads: Heads, head: Head, snap: Any) -> tuple[TextView, list[Any]] | None:
-    """What a text query searches on partial snapshot ``snap`` without loading its lists:
-    its view and run sources (``view``), or None where a run with missing lists has no
-    usable text object (the caller then loads the lists). Each run's object is read once
-    and shared by the snapshots of its partial state."""
+def text_view(cache: StateCache, head: Head, snap: Any) -> tuple[Any, TextView, list[Any]] | None:
+    """What a text query searches on partial snapshot ``snap`` (or the current one, its
+    successor) without loading its lists: that snapshot, its view and its run sources
+    (``view``); None where a run with missing lists has no usable text objects (the caller
+    then loads the lists). Each run's objects are read once and shared by the snapshots of
+    its partial state.
+
+    The view is computed under the index's writer lock, on the current snapshot: the
+    shadow map is shared by successive snapshots and grown by whoever builds the next one,
+    so only then does it say exactly what that snapshot's writes shadow."""
     runs = [r for r in snap.partial.runs if r.missing()]
     if not all(r.directory.text for r in runs):
         return None
 
     def load(r: PartialRun) -> RunPostings | None:
-        return r.text.get(lambda: _read(heads, head, r))
+        return r.text.get(lambda: _read(cache.heads, head, r))
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(runs)))) as pool:
         got = list(pool.map(load, runs))
     if any(g is None for g in got):
         return None
     texts = {r.name: g for r, g in zip(runs, got, strict=True) if g is not None}
-    return snap.cached("text-view", lambda: view(snap, texts))
+    with cache.writer(head.key):
+        current = cache.current(head.key)
+        if current is None or current.uid != snap.uid or current.partial is None:
+            return None  # loaded whole, dropped or replaced meanwhile: the caller loads it
+        if any(r.name not in texts for r in current.partial.runs if r.missing()):
+            return None
+        return current, current.cached("text-view", lambda: view(current, texts)), _runs(current, texts)
+
+
+def _runs(snap: Any, texts: dict[str, RunPostings]) -> list[tuple[PartialRun, RunPostings]]:
+    """The runs with missing lists, newest first (the order of their sources in ``view``)."""
+    runs = sorted((r for r in snap.partial.runs if r.missing()), key=lambda r: r.seq, reverse=True)
+    return [(r, texts[r.name]) for r in runs]
 
 
 def _read(heads: Heads, head: Head, r: PartialRun) -> RunPostings | None:
@@ -124,14 +142,13 @@ def _read(heads: Heads, head: Head, r: PartialRun) -> RunPostings | None:
         raise CorruptObject(f"the text objects of run {r.name!r} do not match it") from exc
 
 
-def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple[PartialRun, RunPostings]]]:
+def view(snap: Any, texts: dict[str, RunPostings]) -> TextView:
     """The text view of partial snapshot ``snap`` (``texts``: the postings of every run with
-    missing lists) and its run sources in order (view rows past ``snap.n_rows``)."""
-    runs = sorted((r for r in snap.partial.runs if r.missing()), key=lambda r: r.seq, reverse=True)
+    missing lists; their sources follow the snapshot's rows in ``_runs`` order). Call it
+    with the index's writer lock held and ``snap`` current (``text_view``)."""
     shadow: dict[str, int] = snap.partial.shadow
     newer: list[tuple[RunPostings, np.ndarray]] = []  # unloaded rows of newer runs, and which live
-    for r in runs:
-        t = texts[r.name]
+    for r, t in _runs(snap, texts):
         alive = np.ones(t.n, dtype=bool)
         for k in r.loaded:
             alive[t.starts[k] : t.starts[k + 1]] = False
@@ -160,7 +177,7 @@ def view(snap: Any, texts: dict[str, RunPostings]) -> tuple[TextView, list[tuple
         for p in t.parts:
             sources.append(Source(offset + p.start, alive[p.start : p.start + p.n], p.blocks, p.vocab))
         offset += t.n
-    return TextView(sources), [(r, texts[r.name]) for r in runs]
+    return TextView(sources)
 
 
 def _superseded(snap: Any, t: RunPostings, alive: np.ndarray) -> list[int]:

@@ -225,12 +225,12 @@ class Reader:
         row's metadata."""
         snap = self.cache.snapshot(head, full=bool(filters))
         missing = snap.partial is not None and snap.partial.missing()
-        cold = text_view(self.cache.heads, head, snap) if missing else None
+        cold = text_view(self.cache, head, snap) if missing else None
         if cold is None:
             snap = self.cache.snapshot(head)
             view = snap.cached("text-view", lambda: TextView.of(snap))
         else:
-            view, runs = cold
+            snap, view, runs = cold
             self.cache.fill_later(head)
         with stage("search"):
             rows, scores = text_search(view, config, text, self._filter_mask(snap, filters), limit)
