@@ -142,8 +142,20 @@ class Nearest:
             cand = np.argpartition(ranked, keep - 1, axis=1)[:, :keep]
         else:
             cand = np.tile(np.arange(n), (len(ranked), 1))
-        diff = chunk[cand] - self.queries[:, None, :]
-        exact = np.einsum("qcd,qcd->qc", diff, diff)
+        # Measured exactly: only candidates that can still enter a query's k nearest (once
+        # it has k, those within a bound of the product's rounding of its k-th distance);
+        # gathering every candidate's row was most of a 10M-row calibration.
+        measure = np.ones(cand.shape, dtype=bool)
+        if self.dist is not None and self.dist.shape[1] == self.k:
+            qn = np.einsum("qd,qd->q", self.queries, self.queries, dtype=np.float64)
+            xn = float(np.einsum("cd,cd->c", chunk, chunk, dtype=np.float64).max())
+            slack = 1e-3 * (qn + xn + 2.0 * np.sqrt(qn * xn)) + 1e-6  # far above float32 GEMM error
+            product = np.take_along_axis(ranked, cand, axis=1) + qn[:, None]
+            measure = product <= (self.dist[:, -1] + slack)[:, None]
+        exact = np.full(cand.shape, np.inf, dtype=np.float32)
+        qi, ci = np.nonzero(measure)
+        diff = chunk[cand[qi, ci]] - self.queries[qi]
+        exact[qi, ci] = np.einsum("cd,cd->c", diff, diff)
         found = np.asarray(rows, dtype=np.int64)[cand]
         self._merge(exact, found)
 

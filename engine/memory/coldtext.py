@@ -1,5 +1,5 @@
 """A text query on a partial snapshot: its own rows plus, for each run whose lists are not
-all loaded, the postings of the run's text object (``codec/runtext.py``), so a cold
+all loaded, the postings of the run's text objects (``codec/runtext.py``), so a cold
 container ranks every live row without reading the lists' vectors.
 
 Which rows of such a run are live is what loading its lists would leave live

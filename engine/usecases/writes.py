@@ -83,21 +83,20 @@ class Writer:
         # (what a cold text query reads instead of the lists), from the rows' terms
         # (analysed here, once, for rows written before terms were stored).
         text = TextParts(self.heads, head, name)
-        bare = replace(rows.with_terms(text.fields) if text.fields else rows, vectors=None, held=held)
+        bare = replace(rows.with_terms(text.fields), vectors=None, held=held)
         # Every row encoded in one call, then sliced per list: an encode per list object
         # (thousands at 10M rows) spent most of a tail merge waiting on BLAS's lock.
         coded = coded if coded is not None else segment.coded(rows.vectors, precision)
-        sizes = tuple(len(m) for m in members)
+        directory = run.Directory(n_lists, tuple(len(m) for m in members), unit, precision)
 
         def put(k: int) -> None:
             self.heads.write_rows(head, run.list_name(name, k), bare.take(members[k]), coded.take(members[k]))
 
         try:
             with stage("io"), ThreadPoolExecutor(max_workers=READERS) as pool:
-                list(pool.map(put, [k for k, n in enumerate(sizes) if n]))
+                list(pool.map(put, directory.lists()))
             text.add_all(bare, members)
-            directory = run.Directory(n_lists, sizes, unit, precision, text.finish())
-            self.heads.write(head, name, directory.to_json())
+            self.heads.write(head, name, replace(directory, text=text.finish()).to_json())
         except BaseException:
             self.heads.delete_all(head, [name])
             raise
