@@ -447,3 +447,39 @@ def test_a_run_mostly_written_over_since_ranks_only_its_live_rows():
     put(svc, later, rng)  # more ids written since than the run holds: the run's ids are walked
     live |= later
     same_as_plain(fresh(store, train_threshold=10**9, lazy_rows=1), live)
+
+
+def test_cold_text_queries_while_the_same_container_writes(monkeypatch):
+    import threading
+
+    store = MemoryStore()
+    live = trained_with_history(monkeypatch, store)
+    cold = fresh(store, train_threshold=10**9, lazy_rows=1)
+    monkeypatch.setattr(cold.cache, "fill_later", lambda head: None)  # stays partial throughout
+    texts, rng = corpus(1600), np.random.default_rng(13)
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                cold.text_query("t", "i", KEK, TextQuery(QUERIES[0]), top_k=5, include=["metadata"])
+            except Exception as exc:  # noqa: BLE001 (any failure fails the test below)
+                errors.append(exc)
+                return
+
+    worker = threading.Thread(target=reader)
+    worker.start()
+    try:
+        for n in range(12):  # overwrites of run rows and of earlier writes, and deletes
+            batch = {f"d{(n * 37 + j * 11) % 1100}": texts[(n * 101 + j) % 1600] for j in range(40)}
+            put(cold, batch, rng)
+            live |= batch
+            gone = [f"d{(n * 53 + 7) % 1000}"]
+            cold.delete_vectors("t", "i", KEK, gone)
+            live.pop(gone[0], None)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert not errors
+    assert cold.cache.current(("t", "i")).partial is not None
+    same_as_plain(cold, live)  # the shadow the writes grew, read by the cold view
