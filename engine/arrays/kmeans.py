@@ -126,6 +126,7 @@ class Nearest:
     def __init__(self, backend: Backend, queries: np.ndarray, k: int) -> None:
         self.backend, self.queries, self.k = backend, np.ascontiguousarray(queries, dtype=np.float32), k
         self._on = backend.asarray(self.queries)
+        self._norms = np.einsum("qd,qd->q", self.queries, self.queries, dtype=np.float64)  # |q|^2
         self.dist: np.ndarray | None = None
         self.rows: np.ndarray | None = None
 
@@ -147,7 +148,7 @@ class Nearest:
         # gathering every candidate's row was most of a 10M-row calibration.
         measure = np.ones(cand.shape, dtype=bool)
         if self.dist is not None and self.dist.shape[1] == self.k:
-            qn = np.einsum("qd,qd->q", self.queries, self.queries, dtype=np.float64)
+            qn = self._norms
             xn = float(np.einsum("cd,cd->c", chunk, chunk, dtype=np.float64).max())
             slack = 1e-3 * (qn + xn + 2.0 * np.sqrt(qn * xn)) + 1e-6  # far above float32 GEMM error
             product = np.take_along_axis(ranked, cand, axis=1) + qn[:, None]

@@ -211,6 +211,20 @@ class TextBuilder:
         return TextIndex(self.ids, self.terms, {f: tuple(b) for f, b in self.blocks.items()})
 
 
+Postings = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, term frequencies, row lengths
+
+
+def _joined(got: list[Postings]) -> Postings:
+    """Postings of several blocks or sources, one after another."""
+    if not got:
+        empty = np.empty(0, dtype=np.int32)
+        return empty, empty, empty
+    if len(got) == 1:
+        return got[0]
+    rows, tf, lengths = (np.concatenate(a) for a in zip(*got, strict=True))
+    return rows, tf, lengths
+
+
 @dataclass(frozen=True, eq=False)
 class Source:
     """Rows ``offset .. offset + len(alive) - 1`` of a ``TextView``: their postings per field
@@ -230,10 +244,7 @@ class Source:
             rows, tf = block.postings(term)
             if len(rows):
                 got.append((rows, tf, block.lengths[rows - block.start]))
-        if not got:
-            empty = np.empty(0, dtype=np.int32)
-            return empty, empty, empty
-        rows, tf, lengths = (np.concatenate(a) for a in zip(*got, strict=True)) if len(got) > 1 else got[0]
+        rows, tf, lengths = _joined(got)
         live = self.alive[rows]
         return rows[live] + self.offset, tf[live], lengths[live]
 
@@ -284,11 +295,7 @@ class TextView:
         got = self.terms.get(key)
         if got is not None:
             return got
-        parts = [s.postings(name, word) for s in self.sources]
-        if len(parts) > 1:
-            rows, tf, lengths = (np.concatenate(a) for a in zip(*parts, strict=True))
-        else:
-            rows, tf, lengths = parts[0]
+        rows, tf, lengths = _joined([s.postings(name, word) for s in self.sources])
         avg = self.average_length(name)
         got = rows, term_scores(tf, lengths, len(rows), self.n_docs, avg, k1, b)
         if len(rows) >= CACHE_FROM:

@@ -150,7 +150,7 @@ class Rekeyer:
         return len(done)
 
     def _copy(self, head: Head, stale: list[tuple[str, str]], written: list[str]) -> dict[str, str]:
-        """Each stale object (a run: its lists and text object, then its directory) read, opened with its old
+        """Each stale object (a run: its lists and text objects, then its directory) read, opened with its old
         key and sealed under a new name with the current one; names go into ``written`` as
         they are written. Returns old name -> new name."""
         copies: dict[str, str] = {}
