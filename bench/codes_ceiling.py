@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 
+from ciphervec.engine.arrays.ann import load_faiss
+
+faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale10m_data import Data  # noqa: E402
 

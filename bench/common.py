@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
+from ciphervec.engine.arrays.ann import load_faiss
+
+faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = HERE / ".cache"

@@ -35,13 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pybase64
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cyborgdb import Client
 from pydantic_core import to_json
 
+from ciphervec.engine.arrays.ann import load_faiss
+
+faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     API_KEY,

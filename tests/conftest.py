@@ -16,10 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ciphervec.engine.arrays.ann import load_faiss
 from ciphervec.engine.arrays.backend import select
 from ciphervec.engine.service import IndexService
 from ciphervec.engine.store.manifest import RetryPolicy
 from ciphervec.infra.storage.memory import MemoryStore
+
+load_faiss()  # before a test module's own `import faiss`: the OpenBLAS kernels the server runs
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOT_KEY = "test-root-key-0123456789"

@@ -25,10 +25,19 @@ class _Faiss:
     The first use puts the module itself in its place, so later calls go straight to it."""
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(load_faiss(), name)
+
+
+def load_faiss() -> Any:
+    """faiss itself, loaded once the OpenBLAS kernels it will run are named
+    (``blas.kernels_named``); the same for a benchmark's own faiss."""
+    from .blas import kernels_named
+
+    with kernels_named():
         import faiss as module
 
-        globals()["faiss"] = module
-        return getattr(module, name)
+    globals()["faiss"] = module
+    return module
 
 
 faiss: Any = _Faiss()
