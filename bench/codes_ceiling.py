@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import faiss  # noqa: E402
 from scale10m_data import Data  # noqa: E402
 
 DEPTH = 100  # exact neighbours re-ranked per query

@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
+try:  # loaded with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
+    from ciphervec.engine.arrays.ann import load_faiss
+except ImportError:  # an older tree (PYTHONPATH at a base revision) loads it as it did
+    import faiss
+else:
+    faiss = load_faiss()
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = HERE / ".cache"

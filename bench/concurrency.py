@@ -39,11 +39,8 @@ from typing import Any
 import numpy as np
 from cyborgdb import Client
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, Server, cpu_seconds, free_port, minilm, p, rss_mb, save  # noqa: E402
+from common import API_KEY, Server, cpu_seconds, faiss, free_port, minilm, p, rss_mb, save  # noqa: E402
 
 
 def data(n: int, queries: int) -> tuple[np.ndarray, np.ndarray]:

@@ -41,15 +41,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cyborgdb import Client
 from pydantic_core import to_json
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     API_KEY,
     HERE,
     Server,
     cpu_seconds,
+    faiss,
     minilm,
     p,
     save,

@@ -23,11 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import faiss, save  # noqa: E402
 from scale import vectors  # noqa: E402
 
 PROMISE = 0.95

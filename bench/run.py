@@ -32,14 +32,12 @@ from typing import Any
 import numpy as np
 from cyborgdb import Client
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     API_KEY,
     K,
     Server,
+    faiss,
     glove,
     minilm,
     p,

@@ -91,11 +91,9 @@ def chunk_rows(pool: np.ndarray, c: int, n: int) -> np.ndarray:
 def make_data(data: Data) -> dict[str, Any]:
     """Generate the rows chunk by chunk into one Parquet file, with the exact top-10 of every
     held-out query merged chunk by chunk."""
-    from ciphervec.engine.arrays.ann import load_faiss
-
-    faiss = load_faiss()
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from common import faiss
 
     if data.complete():
         mb = data.parquet.stat().st_size / 2**20

@@ -22,11 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ciphervec.engine.arrays.ann import load_faiss
-
-faiss = load_faiss()  # with the OpenBLAS kernels the server's faiss runs (engine/arrays/blas.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import minilm, p, save  # noqa: E402
+from common import faiss, minilm, p, save  # noqa: E402
 
 TIERS = ("float32", "float16", "tq12", "tq8", "tq6", "tq4")
 FAISS_SQ = {
