@@ -39,9 +39,9 @@ def kernels_named(flags: set[str] | None = None) -> Iterator[str | None]:
     """Inside this block, ``OPENBLAS_CORETYPE`` names the kernels for this CPU's features
     (unless it is set already): load faiss here, and the OpenBLAS its wheel bundles runs them.
 
-    That copy (0.3.15 in faiss-cpu 1.x) knows CPUs by model number, and one it does not know
-    falls back to its generic SSE3 kernels ("Prescott"; OpenBLAS issue 4267, fixed in
-    0.3.25): on this box's Xeon, placing 1,000 rows in their nearest of 4,096 lists took
+    That copy (0.3.15 in faiss-cpu 1.15.1, the newest wheel) knows CPUs by model number,
+    and one it does not know falls back to its generic SSE3 kernels ("Prescott"; OpenBLAS
+    issue 4267, fixed in 0.3.25): on this box's Xeon, placing 1,000 rows in their nearest of 4,096 lists took
     100 ms on one thread instead of 22, and k-means ran 4x slower. The variable is
     OpenBLAS's only way to name the kernels, read once as it loads; numpy's newer OpenBLAS,
     loaded already, keeps its own choice. Kernels are picked from the flags the CPU
