@@ -5,14 +5,16 @@
 `ciphervec serve` (file store) holds 50,000 real MiniLM-384 embeddings (cosine, trained,
 default n_probes); one official-SDK client sends, round after round, single queries at
 k = 10 and k = 100, gets of 100 ids with their vectors and upserts of 1,000 x 384 (into a
-second index). The server's CPU per request comes from /proc (every thread, background
+second index, untrained; and into a third, trained: 10,000 rows in 256 lists, so each upsert
+also places its rows in their nearest lists). The server's CPU per request comes from /proc (every thread, background
 work included), after the server has settled.
 
 Beside each figure stands the floor for the same work in this process: faiss's own IVF
 search on the very lists the server searches (its trained index opened from the store),
 one thread, same n_probes; for a get, faiss reconstructing the 100 rows and the JSON of
 them; for an upsert, parsing the SDK's JSON body, decoding its base64, sealing the bytes
-with AES-256-GCM and adding them to a flat faiss index. The ratio server / floor is what
+with AES-256-GCM and adding them to a flat faiss index (to an IVF index on the trained
+index's centroids, for the trained upsert). The ratio server / floor is what
 this report guards: it does not move with the machine's speed.
 
 With ``--base REV`` a second server runs git revision REV of this repository on the same
@@ -59,14 +61,16 @@ from common import (  # noqa: E402
 
 BASELINE = HERE / "cost-baseline.json"
 WORSE = 1.15  # a ratio this much above its committed value is a regression
-KINDS = ("query_k10", "query_k100", "get_100", "upsert_1000")
+KINDS = ("query_k10", "query_k100", "get_100", "upsert_1000", "upsert_trained")
 LABELS = {
     "query_k10": "single query, k=10",
     "query_k100": "single query, k=100",
     "get_100": "get 100 ids with vectors",
     "upsert_1000": "upsert 1,000 x 384",
+    "upsert_trained": "upsert 1,000, trained",
 }
 BATCH = 1000
+TRAINED_ROWS, TRAINED_LISTS = 10_000, 256  # the trained write index: rows each upsert places
 
 
 class Subject:
@@ -78,6 +82,7 @@ class Subject:
         client = Client(server.url, API_KEY)
         self.index = client.create_index("cost", self.key, metric="cosine", dimension=base.shape[1])
         self.writes = client.create_index("cost-w", self.key, metric="cosine", dimension=base.shape[1])
+        self.trained = client.create_index("cost-t", self.key, metric="cosine", dimension=base.shape[1])
         self.cpu: dict[str, list[float]] = {k: [] for k in KINDS}
         self.wall: dict[str, list[float]] = {k: [] for k in KINDS}
 
@@ -112,7 +117,7 @@ def _round(subject: Subject, queries: np.ndarray, base: np.ndarray, rng: np.rand
             t = time.perf_counter()
             call()
             times.append(time.perf_counter() - t)
-        if kind == "upsert_1000":  # the merges an upsert leaves behind are its cost too
+        if kind.startswith("upsert"):  # the merges an upsert leaves behind are its cost too
             settle(subject.server.proc.pid)
         subject.cpu[kind].append((subject.used() - cpu0) / len(calls))
         subject.wall[kind].append(p(times, 50))
@@ -126,6 +131,11 @@ def _round(subject: Subject, queries: np.ndarray, base: np.ndarray, rng: np.rand
     block(
         "upsert_1000",
         [lambda lo=lo: subject.writes.upsert(ids[lo : lo + BATCH], base[lo : lo + BATCH]) for lo in starts],
+    )
+    starts = rng.integers(0, len(base) // BATCH, 10) * BATCH  # over rows the index holds or not
+    block(
+        "upsert_trained",
+        [lambda lo=lo: subject.trained.upsert(ids[lo : lo + BATCH], base[lo : lo + BATCH]) for lo in starts],
     )
 
 
@@ -169,6 +179,10 @@ class Floors:
             for lo in range(0, 10 * BATCH, BATCH)
         ]
         self.rng = np.random.default_rng(5)
+        # the trained write index's centroids: ``n_lists`` of the trained index's own
+        ivf = faiss.extract_index_ivf(self.index)
+        self.centroids = faiss.IndexFlatL2(ivf.d)
+        self.centroids.add(ivf.quantizer.reconstruct_n(0, TRAINED_LISTS))
 
     def measure(self) -> dict[str, float]:
         """CPU seconds per request of each kind's floor (one thread, as the server searches)."""
@@ -193,14 +207,23 @@ class Floors:
             self.aead.encrypt(os.urandom(12), raw, b"segment")
             flat.add(np.frombuffer(raw, dtype="<f4").reshape(-1, batch["dimension"]))
         out["upsert_1000"] = (time.process_time() - t) / len(self.bodies)
+        ivf = faiss.IndexIVFFlat(self.centroids, self.unit.shape[1], TRAINED_LISTS)
+        t = time.process_time()
+        for body in self.bodies:
+            batch = json.loads(body)["batch"]
+            raw = pybase64.b64decode(batch["vectors_b64"], validate=True)
+            self.aead.encrypt(os.urandom(12), raw, b"segment")
+            ivf.add(np.frombuffer(raw, dtype="<f4").reshape(-1, batch["dimension"]))
+        out["upsert_trained"] = (time.process_time() - t) / len(self.bodies)
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         return out
 
 
-def _train(subject: Subject) -> None:
-    subject.index.train()
+def _train(subject: Subject, index: Any = None, **options: Any) -> None:
+    index = subject.index if index is None else index
+    index.train(**options)
     deadline = time.time() + 600
-    while not subject.index.is_trained():
+    while not index.is_trained():
         if time.time() > deadline:
             raise SystemExit(f"{subject.label}: training did not finish")
         time.sleep(0.5)
@@ -223,6 +246,9 @@ def run(
         setup = {s.label: _ingest(s, base) for s in subjects}
         for s in subjects:
             _train(s)
+            for lo in range(0, TRAINED_ROWS, BATCH):
+                s.trained.upsert([str(i) for i in range(lo, lo + BATCH)], base[lo : lo + BATCH])
+            _train(s, s.trained, n_lists=TRAINED_LISTS)
         floors = Floors(tmp / "now-data", subjects[0].key, qs, base)
         rng = np.random.default_rng(7)
         measured: list[dict[str, float]] = []
