@@ -6,16 +6,16 @@
 default n_probes); one official-SDK client sends, round after round, single queries at
 k = 10 and k = 100, gets of 100 ids with their vectors and upserts of 1,000 x 384 (into a
 second index, untrained; and into a third, trained: 10,000 rows in 256 lists, so each upsert
-also places its rows in their nearest lists). The server's CPU per request comes from /proc (every thread, background
-work included), after the server has settled.
+also places its rows in their nearest lists). The server's CPU per request comes from /proc
+(every thread, background work included), after the server has settled.
 
 Beside each figure stands the floor for the same work in this process: faiss's own IVF
 search on the very lists the server searches (its trained index opened from the store),
 one thread, same n_probes; for a get, faiss reconstructing the 100 rows and the JSON of
 them; for an upsert, parsing the SDK's JSON body, decoding its base64, sealing the bytes
 with AES-256-GCM and adding them to a flat faiss index (to an IVF index on the trained
-index's centroids, for the trained upsert). The ratio server / floor is what
-this report guards: it does not move with the machine's speed.
+index's centroids, for the trained upsert). The ratio server / floor is what this report
+guards: it does not move with the machine's speed.
 
 With ``--base REV`` a second server runs git revision REV of this repository on the same
 data, in the same run, and the rounds alternate between the two. The ratios of the last
@@ -199,24 +199,22 @@ class Floors:
             vectors = self.index.reconstruct_batch(rows).tolist()
             to_json([{"id": str(r), "vector": v} for r, v in zip(rows, vectors, strict=True)])
         out["get_100"] = (time.process_time() - t) / 100
-        flat = faiss.IndexFlatL2(self.unit.shape[1])
-        t = time.process_time()
-        for body in self.bodies:
-            batch = json.loads(body)["batch"]
-            raw = pybase64.b64decode(batch["vectors_b64"], validate=True)
-            self.aead.encrypt(os.urandom(12), raw, b"segment")
-            flat.add(np.frombuffer(raw, dtype="<f4").reshape(-1, batch["dimension"]))
-        out["upsert_1000"] = (time.process_time() - t) / len(self.bodies)
-        ivf = faiss.IndexIVFFlat(self.centroids, self.unit.shape[1], TRAINED_LISTS)
-        t = time.process_time()
-        for body in self.bodies:
-            batch = json.loads(body)["batch"]
-            raw = pybase64.b64decode(batch["vectors_b64"], validate=True)
-            self.aead.encrypt(os.urandom(12), raw, b"segment")
-            ivf.add(np.frombuffer(raw, dtype="<f4").reshape(-1, batch["dimension"]))
-        out["upsert_trained"] = (time.process_time() - t) / len(self.bodies)
+        out["upsert_1000"] = self._upserts(faiss.IndexFlatL2(self.unit.shape[1]))
+        out["upsert_trained"] = self._upserts(
+            faiss.IndexIVFFlat(self.centroids, self.unit.shape[1], TRAINED_LISTS)
+        )
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         return out
+
+    def _upserts(self, index: Any) -> float:
+        """CPU seconds per upsert body: parse it, decode its base64, seal it, add it to ``index``."""
+        t = time.process_time()
+        for body in self.bodies:
+            batch = json.loads(body)["batch"]
+            raw = pybase64.b64decode(batch["vectors_b64"], validate=True)
+            self.aead.encrypt(os.urandom(12), raw, b"segment")
+            index.add(np.frombuffer(raw, dtype="<f4").reshape(-1, batch["dimension"]))
+        return (time.process_time() - t) / len(self.bodies)
 
 
 def _train(subject: Subject, index: Any = None, **options: Any) -> None:
