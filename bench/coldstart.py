@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, free_port, save  # noqa: E402
+from common import API_KEY, moto_s3, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / ".aws-sam" / "build" / "ApiFunction"
@@ -47,9 +47,10 @@ import json, os, sys, time
 t0 = time.perf_counter()
 from ciphervec.handlers.api import lambda_handler
 imported = time.perf_counter() - t0
-event = json.loads(sys.stdin.read())
+raw = sys.stdin.read()
 
-def ask():
+def ask():  # each invocation gets its own event, as in Lambda (the handler lets go of its body)
+    event = json.loads(raw)
     t = time.perf_counter()
     out = lambda_handler(event, None)
     assert out["statusCode"] == 200, out["body"][:300]
@@ -200,29 +201,7 @@ def run(n: int = 100_000, rounds: int = 5) -> dict[str, Any] | None:
             f" with its bytecode, {report['import_no_bytecode_s'] * 1e3:.0f} ms without"
             f" (median of {rounds}; target <= 350 ms)"
         )
-        import logging
-
-        import boto3
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        port = free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        moto.start()
-        env = {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        }
-        try:
-            boto3.client(
-                "s3",
-                region_name="us-east-1",
-                endpoint_url=env["AWS_ENDPOINT_URL"],
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-            ).create_bucket(Bucket="cv-bench")
+        with moto_s3("cv-bench") as (env, _):
             key, queries = build_index(tmp, n, env)
             lambda_vars = {
                 **env,
@@ -234,8 +213,6 @@ def run(n: int = 100_000, rounds: int = 5) -> dict[str, Any] | None:
             events = [query_event(key, queries[i % len(queries)]) for i in range(rounds)]
             cold = first_queries(python, "cold", lambda_vars, events)
             restored = first_queries(python, "restore", lambda_vars, events)
-        finally:
-            moto.stop()
         report["cold"] = {f: med(cold, f) for f in cold[0]}
         report["restore"] = {f: med(restored, f) for f in restored[0]}
         c, r = report["cold"], report["restore"]

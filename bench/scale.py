@@ -30,7 +30,7 @@ import numpy as np
 from cyborgdb import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import API_KEY, Server, free_port, minilm, p, recall, rss_mb, save, truth  # noqa: E402
+from common import API_KEY, Server, free_port, minilm, moto_s3, p, recall, rss_mb, save, truth  # noqa: E402
 
 
 def vectors(n: int, queries: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -111,25 +111,7 @@ def scale(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
 
 
 def cold(tmp: Path, n: int) -> dict[str, Any]:
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-    try:
-        boto3.client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        ).create_bucket(Bucket="cv-bench")
+    with moto_s3("cv-bench") as (env, _):
         base, queries, _ = vectors(n, 50)
         key = Client.generate_key()
         srv = serve(tmp, "s3://cv-bench/idx", env, "warm")
@@ -139,8 +121,6 @@ def cold(tmp: Path, n: int) -> dict[str, Any]:
             srv.stop()
         lazy = _cold_run(tmp, env, key, queries, lazy=True)
         whole = _cold_run(tmp, env, key, queries, lazy=False)
-    finally:
-        moto.stop()
     out = {"n": n, **{f"lazy_{k}": v for k, v in lazy.items()}, **{f"whole_{k}": v for k, v in whole.items()}}
     print(
         f"  cold start on S3 (moto), {n:,} vectors: first query {lazy['first_s']:.2f} s lazy"
